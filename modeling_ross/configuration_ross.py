@@ -1,0 +1,191 @@
+"""ROSS model configuration.
+
+`RossConfig` is a LLaVA-style composite config (a vision tower config + a causal LM config)
+with one extra section, `objective_config` (`RossObjectiveConfig`), that describes the
+reconstructive objective used in training: which target the denoiser recovers, from which
+frozen teacher, with which denoiser and noise schedule. Inference never reads that section.
+"""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+@strict
+class RossObjectiveConfig(PreTrainedConfig):
+    r"""
+    The reconstructive ("visual") objective of ROSS. Training-only.
+
+    Args:
+        objective (`str`, defaults to `"denoise"`):
+            `"denoise"` (ROSS^D, the paper's default), `"regress"` (ROSS^R-Pixel / ROSS^R-Latent, an MLP head),
+            `"latent2pixel"` (MLP head -> frozen VAE decoder -> pixel MSE) or `"none"` (the LLaVA baseline).
+        enabled (`bool`, defaults to `True`):
+            Kept in sync with `objective`: `objective="none"` <=> `enabled=False`.
+        target (`str`, defaults to `"vae"`):
+            What the teacher tokenizer produces: `"vae"` (diffusers `AutoencoderKL` latents), `"pixel"`
+            (patchified RGB) or `"features"` (a transformers vision model's features).
+        teacher (`str`, *optional*):
+            Hub id or local folder of the teacher (not needed for `target="pixel"`).
+        teacher_subfolder (`str`, *optional*):
+            Subfolder of `teacher` holding the weights (e.g. `"vae"` in a diffusers pipeline repo).
+        teacher_config (`dict`, *optional*):
+            The teacher's own config (filled in by `from_components`), so the teacher can be built from
+            config alone, e.g. under DeepSpeed ZeRO-3 or offline.
+        latent_sample (`str`, defaults to `"sample"`):
+            `"sample"` (reference code) draws from the VAE posterior, `"mode"` takes its mean.
+        vae_fold (`int`, *optional*):
+            Fold `vae_fold x vae_fold` latent windows into channels so the latent grid equals the vision token
+            grid. Defaults to `max(1, 16 // vae_downsample)` (2 for FLUX/SD VAEs, 1 for KL-16 VAEs).
+        pixel_patch_size (`int`, defaults to 16):
+            Patch size of the `"pixel"` target: the image is resized to `grid * pixel_patch_size`.
+        pixel_norm (`bool`, defaults to `False`):
+            Normalise each pixel patch to zero mean / unit variance (MAE-style).
+        feature_layer (`int`, defaults to -1):
+            Hidden-state index used by the `"features"` teacher.
+        teacher_image_size / teacher_image_mean / teacher_image_std:
+            Input size and normalisation of the `"features"` teacher (filled in from its image processor).
+        image_mean / image_std (`list[float]`):
+            The vision tower's input normalisation, used to de-normalise `pixel_values` for the teacher.
+        denoiser_hidden_size, denoiser_depth, denoiser_num_heads, denoiser_mlp_ratio:
+            Width, number of blocks, heads and MLP ratio of the DiT-style denoiser (reference: 1024, 3, 16, 4).
+        denoiser_self_attention (`bool`, defaults to `True`):
+            `False` gives the paper's ablation without self-attention (per-token MLP blocks only).
+        num_noise_draws (`int`, defaults to 4):
+            Noise draws per image for the denoising loss (condition and target repeated along the batch).
+        weight (`float`, defaults to 1.0):
+            `loss = text_loss + weight * visual_loss`.
+        num_train_timesteps, beta_schedule, prediction_type:
+            Arguments of diffusers' `DDPMScheduler` (reference: 1000, `"squaredcos_cap_v2"`, `"epsilon"`).
+        regress_loss (`str`, *optional*):
+            `"mse"` or `"cosine"` for the `regress` objective; defaults to `"mse"` for pixels, `"cosine"` for latents.
+        head_hidden_size (`int`, *optional*):
+            Hidden width of the MLP head of `regress` / `latent2pixel` (defaults to the LLM width).
+        save_teacher (`bool`, defaults to `False`):
+            Whether `save_pretrained` keeps the frozen teacher's weights in the checkpoint.
+    """
+
+    model_type = "ross_objective"
+
+    objective: Literal["denoise", "regress", "latent2pixel", "none"] = "denoise"
+    enabled: bool = True
+    target: Literal["vae", "pixel", "features"] = "vae"
+    teacher: str | None = None
+    teacher_subfolder: str | None = None
+    teacher_config: dict | None = None
+    latent_sample: Literal["sample", "mode"] = "sample"
+    vae_fold: int | None = None
+    pixel_patch_size: int = 16
+    pixel_norm: bool = False
+    feature_layer: int = -1
+    teacher_image_size: int | None = None
+    teacher_image_mean: list[float] | None = None
+    teacher_image_std: list[float] | None = None
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    denoiser_hidden_size: int = 1024
+    denoiser_depth: int = 3
+    denoiser_num_heads: int = 16
+    denoiser_mlp_ratio: float = 4.0
+    denoiser_self_attention: bool = True
+    num_noise_draws: int = 4
+    weight: float = 1.0
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    regress_loss: Literal["mse", "cosine"] | None = None
+    head_hidden_size: int | None = None
+    save_teacher: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.objective == "none" or not self.enabled:
+            self.objective, self.enabled = "none", False
+        if self.regress_loss is None:
+            self.regress_loss = "mse" if self.target == "pixel" else "cosine"
+        if self.image_mean is None:
+            self.image_mean = [0.5, 0.5, 0.5]
+        if self.image_std is None:
+            self.image_std = [0.5, 0.5, 0.5]
+        super().__post_init__(**kwargs)
+
+
+@strict
+class RossConfig(PreTrainedConfig):
+    r"""
+    Configuration of a ROSS model: vision tower -> projector -> causal LLM, plus the training-only
+    reconstructive objective.
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`):
+            Any transformers vision tower (SigLIP, CLIP, ...). Default: SigLIP-so400m-patch14-384.
+        text_config (`dict` or `PreTrainedConfig`):
+            Any causal LM (Qwen2, Llama/Vicuna, ...). Default: Qwen2.
+        objective_config (`dict` or `RossObjectiveConfig`):
+            The reconstructive objective (see `RossObjectiveConfig`).
+        image_token_id (`int`):
+            Id of the `<image>` token; each image occupies `image_seq_length` consecutive such tokens.
+        image_seq_length (`int`):
+            Number of visual tokens per image (`grid_size ** 2`, e.g. 729 for SigLIP-384/14).
+        vision_feature_layer (`int`, defaults to -2):
+            Hidden-state index of the vision tower fed to the projector (reference: the penultimate layer).
+        vision_feature_select_strategy (`str`, defaults to `"full"`):
+            `"default"` drops the first (CLS) token as for CLIP, `"full"` keeps every patch as for SigLIP.
+        projector_type (`str`, defaults to `"mlp2x_gelu"`):
+            `"mlp2x_gelu"` (Linear-GELU-Linear, LLaVA-1.5) or `"linear"`.
+        projector_hidden_act (`str`, defaults to `"gelu"`):
+            Activation of the `mlp2x_gelu` projector.
+    """
+
+    model_type = "ross"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="siglip_vision_model",
+            init_kwargs={
+                "hidden_size": 1152,
+                "intermediate_size": 4304,
+                "num_hidden_layers": 27,
+                "num_attention_heads": 16,
+                "image_size": 384,
+                "patch_size": 14,
+                "vision_use_head": False,
+            },
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+        "objective_config": SubConfigSpec(config_class=RossObjectiveConfig),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    objective_config: dict | PreTrainedConfig | None = None
+    image_token_id: int = 151646
+    image_seq_length: int | None = None
+    vision_feature_layer: int = -2
+    vision_feature_select_strategy: Literal["default", "full"] = "full"
+    projector_type: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
+    projector_hidden_act: str = "gelu"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.image_seq_length is None:
+            self.image_seq_length = self.grid_size**2
+        elif self.image_seq_length != self.grid_size**2:
+            raise ValueError(
+                f"image_seq_length={self.image_seq_length} does not match the vision tower's token grid "
+                f"{self.grid_size}x{self.grid_size} (image_size={self.vision_config.image_size}, "
+                f"patch_size={self.vision_config.patch_size})."
+            )
+        # Same workaround as LlavaConfig: some checkpoints keep the flag only in the text config.
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the square visual token grid (27 for SigLIP-384/14, 24 for CLIP-L/14-336)."""
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+
+__all__ = ["RossConfig", "RossObjectiveConfig"]
