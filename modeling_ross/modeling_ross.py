@@ -1,0 +1,515 @@
+"""ROSS: a LLaVA-style model whose visual outputs are supervised by a reconstructive objective.
+
+At inference ROSS is exactly LLaVA: vision tower -> projector -> visual tokens scattered into the
+text embeddings at the `<image>` positions -> causal LLM -> `lm_head`. In training, the LLM's last
+hidden states (after the final norm) at the image positions -- the *visual outputs* -- also
+condition a small denoiser that must recover the image's latent tokens from noise (see
+`objective.py`), and `loss = text_loss + weight * visual_loss`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.utils import logging
+
+from .configuration_ross import RossConfig
+from .denoiser import RossDenoiser, RossMLPHead, build_noise_scheduler
+from .objective import compute_visual_loss, reconstruct_tokens
+from .teacher import build_teacher, freeze, load_teacher_source, protect_from_init
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class RossModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
+        Projected vision features that were scattered into the input embeddings.
+    image_token_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
+        Where the image tokens are.
+    """
+
+    image_hidden_states: torch.FloatTensor | None = None
+    image_token_mask: torch.BoolTensor | None = None
+
+
+@dataclass
+class RossCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*):
+        `text_loss + weight * visual_loss` in training, `text_loss` otherwise.
+    text_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Next-token cross-entropy on the supervised (non -100) labels.
+    visual_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        The reconstructive loss averaged over the images of the batch (None for `objective="none"`, in eval mode,
+        or without labels). Zero, but still connected to the denoiser, for a batch without images.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
+        Language-modelling scores.
+    visual_outputs (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
+        The LLM's last hidden states (after the final norm) gathered at the image-token positions, image by image
+        in the order of `pixel_values`. This is the denoiser's condition.
+    """
+
+    loss: torch.FloatTensor | None = None
+    text_loss: torch.FloatTensor | None = None
+    visual_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor] | None = None
+    attentions: tuple[torch.FloatTensor] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+    visual_outputs: torch.FloatTensor | None = None
+
+
+class RossProjector(nn.Module):
+    """Vision features `(num_images, N, vision_hidden)` -> visual tokens `(num_images, N, text_hidden)`."""
+
+    def __init__(self, config: RossConfig):
+        super().__init__()
+        vision_size, text_size = config.vision_config.hidden_size, config.text_config.hidden_size
+        self.linear_1 = nn.Linear(vision_size, text_size)
+        if config.projector_type == "mlp2x_gelu":
+            self.act = ACT2FN[config.projector_hidden_act]
+            self.linear_2 = nn.Linear(text_size, text_size)
+        else:  # "linear"
+            self.act = self.linear_2 = None
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.linear_1(image_features)
+        if self.linear_2 is not None:
+            hidden_states = self.linear_2(self.act(hidden_states))
+        return hidden_states
+
+
+class RossPreTrainedModel(PreTrainedModel):
+    config: RossConfig
+    config_class = RossConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # Training-only modules found in a checkpoint are expected when the model is loaded for inference.
+    _keys_to_ignore_on_load_unexpected = [r"^denoiser\.", r"^teacher\."]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        # Children are visited first, so this overrides the generic init with the DiT one (zero-init adaLN).
+        if isinstance(module, RossDenoiser):
+            module.initialize_weights()
+
+
+class RossModel(RossPreTrainedModel):
+    """Vision tower + projector + language model (no LM head), as `LlavaModel`."""
+
+    def __init__(self, config: RossConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.projector = RossProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """
+        Args:
+            pixel_values: `(num_images, 3, image_size, image_size)`, normalised as the vision tower expects.
+        Returns:
+            Visual tokens `(num_images, image_seq_length, text_hidden_size)`.
+        """
+        # A frozen tower (the recipe's default) needs no autograd graph.
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_tower.parameters())
+        with torch.set_grad_enabled(needs_grad):
+            pixel_values = pixel_values.to(self.vision_tower.dtype)
+            outputs = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+            features = outputs.hidden_states[self.config.vision_feature_layer]
+            if self.config.vision_feature_select_strategy == "default":
+                features = features[:, 1:]  # drop CLS
+        if features.shape[1] != self.config.image_seq_length:
+            raise ValueError(
+                f"The vision tower returned {features.shape[1]} tokens per image but the config expects "
+                f"image_seq_length={self.config.image_seq_length}; check image_size and vision_feature_select_strategy."
+            )
+        return self.projector(features)
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, image_features: torch.FloatTensor
+    ) -> torch.BoolTensor:
+        """
+        The `(batch_size, sequence_length)` mask of image tokens, checked against the number of image features:
+        every image must own exactly `image_seq_length` tokens (a truncated image span would silently misalign).
+        """
+        if input_ids is None:
+            image_embedding = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == image_embedding).all(-1)
+        else:
+            mask = input_ids == self.config.image_token_id
+        num_tokens, num_features = int(mask.sum()), image_features.shape[0] * image_features.shape[1]
+        if num_tokens != num_features:
+            raise ValueError(
+                f"Image features and image tokens do not match: tokens: {num_tokens}, features: {num_features} "
+                f"({image_features.shape[0]} images x {image_features.shape[1]} tokens). Each <image> must be "
+                "expanded to image_seq_length tokens by the processor and must not be cut by truncation."
+            )
+        return mask
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> RossModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_features = image_mask = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values).to(inputs_embeds.device, inputs_embeds.dtype)
+            image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
+        elif input_ids is not None and (input_ids == self.config.image_token_id).any():
+            raise ValueError(
+                f"input_ids contain {int((input_ids == self.config.image_token_id).sum())} image tokens "
+                "but no pixel_values were given."
+            )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        return RossModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+            image_token_mask=image_mask,
+        )
+
+
+class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
+    """
+    ROSS for image-text-to-text generation.
+
+    Modules: `model.vision_tower`, `model.projector`, `model.language_model`, `lm_head` (inference), and the
+    training-only `teacher` (frozen target tokenizer) and `denoiser` (ROSS^D denoiser, or the MLP head of ROSS^R).
+    `RossForConditionalGeneration(config)` builds the training modules when the objective is enabled;
+    `from_pretrained` builds them only with `load_objective=True`.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: RossConfig, load_objective: bool = True):
+        super().__init__(config)
+        self.model = RossModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.teacher = self.denoiser = self.noise_scheduler = None
+        if load_objective and config.objective_config.enabled:
+            self._build_objective()
+        self.post_init()
+
+    def _build_objective(self):
+        objective = self.config.objective_config
+        grid = self.config.grid_size
+        self.teacher = build_teacher(objective, grid)
+        condition_size = self.config.text_config.hidden_size
+        if objective.objective == "denoise":
+            self.denoiser = RossDenoiser(
+                in_channels=self.teacher.num_channels,
+                condition_size=condition_size,
+                hidden_size=objective.denoiser_hidden_size,
+                depth=objective.denoiser_depth,
+                num_heads=objective.denoiser_num_heads,
+                mlp_ratio=objective.denoiser_mlp_ratio,
+                grid_size=grid,
+                self_attention=objective.denoiser_self_attention,
+            )
+            self.noise_scheduler = build_noise_scheduler(objective)
+        else:  # "regress" / "latent2pixel": an MLP head predicts the target directly
+            self.denoiser = RossMLPHead(
+                condition_size, self.teacher.num_channels, objective.head_hidden_size or condition_size
+            )
+        protect_from_init(self.teacher)
+
+    # ---- convenience accessors (the modules live in `self.model`, as in LlavaForConditionalGeneration) ----
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.vision_tower
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.model.projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        return self.model.get_image_features(pixel_values)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> RossCausalLMOutputWithPast:
+        r"""
+        Args:
+            input_ids: `(batch_size, sequence_length)` with every image expanded to `image_seq_length` image tokens.
+            pixel_values: `(num_images, 3, H, W)`, images in their order of appearance in the batch (row-major).
+            labels: `(batch_size, sequence_length)`, -100 where not supervised.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state  # after the LLM's final norm
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        visual_outputs = None
+        if outputs.image_token_mask is not None:
+            num_images = outputs.image_hidden_states.shape[0]
+            # Boolean indexing is row-major, the same order masked_scatter filled the image features in.
+            visual_outputs = hidden_states[outputs.image_token_mask].view(num_images, -1, hidden_states.shape[-1])
+
+        loss = text_loss = visual_loss = None
+        if labels is not None:
+            text_loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+            loss = text_loss
+            if self.training and self.denoiser is not None:
+                visual_loss = compute_visual_loss(self, visual_outputs, pixel_values, hidden_states)
+                loss = text_loss + self.config.objective_config.weight * visual_loss
+
+        return RossCausalLMOutputWithPast(
+            loss=loss,
+            text_loss=text_loss,
+            visual_loss=visual_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            visual_outputs=visual_outputs,
+        )
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        scheduler="ddim",
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+    ):
+        """
+        Reconstruct the images from the model's visual outputs: reverse diffusion with the trained denoiser
+        (or the MLP head of ROSS^R), then the teacher's decoder (VAE decoder or un-patchify).
+
+        Args:
+            pixel_values: `(num_images, 3, H, W)` as produced by the processor.
+            input_ids: optional prompt ids containing the image tokens (e.g. from the chat template); by default each
+                image is fed alone as `image_seq_length` image tokens.
+            scheduler: `"ddpm"`, `"ddim"` or any diffusers scheduler instance.
+            output_type: `"pil"` (list of `PIL.Image`) or `"pt"` (`(num_images, 3, S, S)` in [0, 1]).
+        """
+        if self.denoiser is None or self.teacher is None or not hasattr(self.teacher, "decode"):
+            raise ValueError(
+                "reconstruct() needs the trained denoiser and a decodable teacher (target 'vae' or 'pixel'): load the "
+                "model with `from_pretrained(path, load_objective=True)`."
+            )
+        if input_ids is None:
+            input_ids = torch.full(
+                (pixel_values.shape[0], self.config.image_seq_length), self.config.image_token_id, device=self.device
+            )
+        outputs = self.model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+        hidden = outputs.last_hidden_state
+        condition = hidden[outputs.image_token_mask].view(pixel_values.shape[0], -1, hidden.shape[-1])
+        tokens = reconstruct_tokens(self, condition, num_inference_steps, scheduler, generator)
+        images = self.teacher.decode(tokens).float().clamp(0, 1)
+        if output_type == "pt":
+            return images
+        from PIL import Image
+
+        arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
+        return [Image.fromarray(array) for array in arrays]
+
+    # ---- construction from components / checkpoints ----
+    @classmethod
+    def from_pretrained(cls, *args, load_objective: bool = False, **kwargs):
+        """
+        `load_objective=False` (default, inference): neither teacher nor denoiser is allocated.
+        `load_objective=True` (further training, reconstruction): the trained denoiser is restored from the checkpoint
+        and the frozen teacher is loaded from the checkpoint if it was saved there, else from its own source.
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            *args, load_objective=load_objective, output_loading_info=True, **kwargs
+        )
+        if model.teacher is not None:
+            missing = info["missing_keys"]
+            if any(key.startswith("teacher.") for key in missing):
+                model.load_teacher()
+            if any(key.startswith("denoiser.") for key in missing):
+                logger.warning(
+                    "The checkpoint has no denoiser weights: the denoiser starts from a fresh (zero-init) state."
+                )
+            freeze(model.teacher)
+        return (model, info) if output_loading_info else model
+
+    def load_teacher(self):
+        """(Re)load the frozen teacher's weights from `objective_config.teacher` and freeze it."""
+        _, state_dict, _ = load_teacher_source(self.config.objective_config)
+        if state_dict:
+            self.teacher.load_state_dict(state_dict)
+        freeze(self.teacher)
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """Saves safetensors weights; the frozen teacher is left out unless `objective_config.save_teacher`."""
+        if self.teacher is not None and not self.config.objective_config.save_teacher:
+            state_dict = state_dict if state_dict is not None else self.state_dict()
+            state_dict = {key: value for key, value in state_dict.items() if not key.startswith("teacher.")}
+        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+
+    @classmethod
+    def from_components(
+        cls,
+        vision_model: str,
+        language_model: str,
+        objective: str = "denoise",
+        target: str = "vae",
+        teacher: str | None = None,
+        teacher_subfolder: str | None = None,
+        image_token: str = "<image>",
+        dtype: torch.dtype | None = None,
+        **config_overrides,
+    ) -> "RossForConditionalGeneration":
+        """
+        Build an untrained ROSS model from pretrained component repos or folders, loading their weights: a vision
+        tower (e.g. `google/siglip-so400m-patch14-384`), a causal LM (e.g. `Qwen/Qwen2-7B-Instruct`) and, for
+        `target="vae"/"features"`, a teacher (e.g. `black-forest-labs/FLUX.1-dev` with `teacher_subfolder="vae"`).
+        The projector and the denoiser are freshly initialised; the vision tower and the teacher are frozen.
+
+        `config_overrides` go to `RossConfig` (e.g. `vision_feature_layer`, `projector_type`) or, for the fields of
+        `RossObjectiveConfig` (e.g. `denoiser_depth`, `num_noise_draws`, `weight`), to the objective section.
+        """
+        from .processing_ross import add_image_token, load_image_processor
+
+        vision_config = AutoConfig.from_pretrained(vision_model)
+        vision_config = getattr(vision_config, "vision_config", vision_config)  # full CLIP/SigLIP repos
+        text_config = AutoConfig.from_pretrained(language_model)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(language_model)
+        image_token_id = add_image_token(tokenizer, image_token)
+        image_processor = load_image_processor(vision_model)
+
+        objective_fields = set(RossConfig.sub_configs_defaults["objective_config"].config_class.__dataclass_fields__)
+        objective_kwargs = {k: config_overrides.pop(k) for k in list(config_overrides) if k in objective_fields}
+        objective_kwargs.update(
+            objective=objective,
+            target=target,
+            teacher=teacher,
+            teacher_subfolder=teacher_subfolder,
+            image_mean=list(image_processor.image_mean),
+            image_std=list(image_processor.image_std),
+        )
+        teacher_state = None
+        if objective != "none" and target != "pixel":
+            from .configuration_ross import RossObjectiveConfig
+
+            teacher_config, teacher_state, extra = load_teacher_source(RossObjectiveConfig(**objective_kwargs))
+            objective_kwargs.update(teacher_config=teacher_config, **extra)
+        if vision_config.model_type == "clip_vision_model":
+            config_overrides.setdefault("vision_feature_select_strategy", "default")
+
+        config = RossConfig(
+            vision_config=vision_config.to_dict(),
+            text_config=text_config.to_dict(),
+            objective_config=objective_kwargs,
+            image_token_id=image_token_id,
+            **config_overrides,
+        )
+        # Build the big parts on the meta device and plug in the loaded components: nothing is materialised twice.
+        with torch.device("meta"):
+            model = cls(config, load_objective=False)
+        float_dtype = dtype or torch.float32
+        vision_class = type(model.model.vision_tower)  # e.g. SiglipVisionModel, also from a full SigLIP repo
+        model.model.vision_tower = vision_class.from_pretrained(vision_model, config=vision_config, dtype=float_dtype)
+        causal_lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=float_dtype)
+        model.model.language_model = causal_lm.model
+        model.lm_head = causal_lm.lm_head
+        # Fresh modules: the projector, and the objective's denoiser (+ frozen teacher filled below).
+        model.model.projector = RossProjector(config).to(float_dtype)
+        model.initialize_weights_of(model.model.projector)
+        if config.objective_config.enabled:
+            model._build_objective()
+            model.initialize_weights_of(model.denoiser)
+            model.denoiser.to(float_dtype)
+            if teacher_state:
+                model.teacher.load_state_dict(teacher_state)
+            freeze(model.teacher)
+        if len(tokenizer) > config.text_config.vocab_size:
+            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+        freeze(model.model.vision_tower)
+        model.tie_weights()
+        model.train()
+        return model
+
+    def initialize_weights_of(self, module: nn.Module):
+        """Run this model's `_init_weights` over one sub-module, children first as `post_init` does."""
+        with torch.no_grad():
+            for sub in reversed(list(module.modules())):
+                self._init_weights(sub)
+
+
+__all__ = ["RossForConditionalGeneration", "RossModel", "RossPreTrainedModel"]

@@ -1,0 +1,170 @@
+"""Processor for ROSS: image processor (SigLIP/CLIP preprocessing) + tokenizer + `<image>` expansion + chat template."""
+
+import numpy as np
+from PIL import Image
+from transformers import AutoImageProcessor, AutoTokenizer
+from transformers.processing_utils import ProcessorMixin
+
+
+# The reference code's Vicuna-style template for Qwen2 ("qwen_2" in the authors' conversation.py):
+# "{system} USER: <image>\n{q} ASSISTANT: {a}<|im_end|>USER: ...". The {% generation %} markers make
+# `return_assistant_tokens_mask` mark each answer and its end-of-turn token.
+VICUNA_QWEN2_CHAT_TEMPLATE = (
+    "{%- set default_system = \"A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions.\" -%}"
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{- content -}}"
+    "{%- else -%}{%- for item in content -%}"
+    "{%- if item['type'] == 'image' -%}{{- '<image>\\n' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{{- render(messages[0]['content']) -}}{%- set messages = messages[1:] -%}"
+    "{%- else -%}{{- default_system -}}{%- endif -%}"
+    "{{- ' ' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- 'USER: ' -}}{{- render(message['content']) -}}{{- ' ' -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- 'ASSISTANT: ' -}}{%- generation -%}{{- render(message['content']) -}}{{- '<|im_end|>' -}}{%- endgeneration -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+
+def add_image_token(tokenizer, image_token: str = "<image>") -> int:
+    """Add `image_token` as a special token if the tokenizer lacks it (existing ids are kept); return its id."""
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([image_token], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(image_token)
+
+
+def load_image_processor(path: str, **kwargs):
+    """The vision repo's image processor with the PIL backend (no torchvision dependency)."""
+    return AutoImageProcessor.from_pretrained(path, backend="pil", **kwargs)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: alpha is composited on white, 16/32-bit and float images are rescaled to 8 bits."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / high * 255.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
+
+
+def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Pad to a centred square with `background` (the reference SFT setting uses the image processor's mean colour)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    result = Image.new("RGB", (side, side), background)
+    result.paste(image, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
+class RossProcessor(ProcessorMixin):
+    r"""
+    Wraps an image processor and a tokenizer. Each `<image>` placeholder in the text is expanded to
+    `image_seq_length` image tokens; images are converted to RGB and, with `image_aspect_ratio="pad"`, padded to a
+    square with the mean colour before resizing (`"resize"` resizes directly, as in stage 1 of the recipe).
+
+    Args:
+        image_processor: e.g. `SiglipImageProcessorPil`.
+        tokenizer: the LLM's tokenizer, with `image_token` added.
+        chat_template (`str`, *optional*): defaults to the reference Vicuna-style template.
+        image_token (`str`, defaults to `"<image>"`).
+        image_seq_length (`int`): visual tokens per image (`grid_size ** 2`).
+        image_aspect_ratio (`str`, defaults to `"pad"`): `"pad"` or `"resize"`.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        image_token="<image>",
+        image_seq_length=None,
+        image_aspect_ratio="pad",
+        **kwargs,
+    ):
+        if image_aspect_ratio not in ("pad", "resize"):
+            raise ValueError(f"image_aspect_ratio must be 'pad' or 'resize', got {image_aspect_ratio!r}")
+        self.image_token = image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"The tokenizer has no {image_token!r} token; add it with `add_image_token(tokenizer)`.")
+        self.image_seq_length = image_seq_length
+        self.image_aspect_ratio = image_aspect_ratio
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or VICUNA_QWEN2_CHAT_TEMPLATE)
+
+    @classmethod
+    def from_components(
+        cls, vision_model: str, language_model: str, image_token: str = "<image>", chat_template="vicuna", **kwargs
+    ) -> "RossProcessor":
+        """
+        Build the processor of `RossForConditionalGeneration.from_components(vision_model, language_model)`.
+
+        `chat_template`: `"vicuna"` (reference template, default), `"llm"` (the language model's own template, which
+        needs `{% generation %}` markers for assistant-only masks), or a Jinja string.
+        """
+        from transformers import AutoConfig
+
+        tokenizer = AutoTokenizer.from_pretrained(language_model)
+        add_image_token(tokenizer, image_token)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or "<|endoftext|>"
+        image_processor = load_image_processor(vision_model)
+        vision_config = AutoConfig.from_pretrained(vision_model)
+        vision_config = getattr(vision_config, "vision_config", vision_config)
+        grid = vision_config.image_size // vision_config.patch_size
+        if chat_template == "vicuna":
+            chat_template = VICUNA_QWEN2_CHAT_TEMPLATE
+        elif chat_template == "llm":
+            chat_template = tokenizer.chat_template
+        return cls(
+            image_processor, tokenizer, chat_template, image_token=image_token, image_seq_length=grid * grid, **kwargs
+        )
+
+    def _process_images(self, images, **kwargs):
+        from transformers.image_utils import make_flat_list_of_images
+
+        images = make_flat_list_of_images(images)
+        converted = []
+        for image in images:
+            if isinstance(image, Image.Image):
+                image = to_rgb(image)
+                if self.image_aspect_ratio == "pad":
+                    mean = tuple(int(round(255 * m)) for m in self.image_processor.image_mean)
+                    image = expand_to_square(image, mean)
+            converted.append(image)
+        return super()._process_images(converted, **kwargs)
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * self.image_seq_length
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs):
+        from transformers.processing_utils import MultiModalData
+
+        if image_sizes is None:
+            return MultiModalData()
+        return MultiModalData(
+            num_image_tokens=[self.image_seq_length] * len(image_sizes), num_image_patches=[1] * len(image_sizes)
+        )
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+__all__ = ["RossProcessor"]
