@@ -7,7 +7,9 @@ condition a small denoiser that must recover the image's latent tokens from nois
 `objective.py`), and `loss = text_loss + weight * visual_loss`.
 """
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -418,7 +420,20 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         if self.teacher is not None and not self.config.objective_config.save_teacher:
             state_dict = state_dict if state_dict is not None else self.state_dict()
             state_dict = {key: value for key, value in state_dict.items() if not key.startswith("teacher.")}
-        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        # transformers writes auto_map entries only for the saved class; users also expect AutoModel/AutoProcessor.
+        config_file = Path(save_directory) / "config.json"
+        if config_file.is_file() and kwargs.get("is_main_process", True):
+            config = json.loads(config_file.read_text())
+            config.setdefault("auto_map", {}).update(
+                {
+                    "AutoConfig": "configuration_ross.RossConfig",
+                    "AutoModel": "modeling_ross.RossModel",
+                    "AutoModelForImageTextToText": "modeling_ross.RossForConditionalGeneration",
+                    "AutoProcessor": "processing_ross.RossProcessor",
+                }
+            )
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_components(
