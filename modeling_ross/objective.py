@@ -43,9 +43,10 @@ def compute_visual_loss(model, visual_outputs, pixel_values, hidden_states):
             loss = F.mse_loss(prediction, target)
     elif config.objective == "latent2pixel":
         # The frozen VAE decoder turns predicted latents into pixels; gradients flow through it to the head.
-        prediction = model.teacher.decode(model.denoiser(visual_outputs).float(), differentiable=True)
-        image = model.teacher.decode(target)
-        loss = F.mse_loss(prediction.float(), image.float())
+        prediction = model.teacher.decode(model.denoiser(visual_outputs).float(), clamp=False)  # (M, 3, S, S)
+        with torch.no_grad():
+            image = (model.teacher.preprocess(pixel_values) + 1) / 2  # the VAE's input, in [0, 1]
+        loss = F.mse_loss(prediction.float(), image)
     else:
         raise ValueError(f"Unknown objective {config.objective!r}")
     return loss if has_images else loss * 0.0

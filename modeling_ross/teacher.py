@@ -1,0 +1,506 @@
+"""Frozen teacher tokenizers F of ROSS.
+
+A teacher turns the image the vision tower saw into the target tokens the reconstructive objective
+recovers, one token per cell of the vision tower's token grid:
+
+    pixel_values (B, 3, H, W), normalised with `image_mean` / `image_std`  ->  targets (B, N, C), N = grid_size ** 2
+
+Tokens are in raster order (row-major over the grid), the order of the vision tower's patch tokens.
+
+- `RossVaeTeacher`: diffusers `AutoencoderKL` latents, `fold x fold` latent windows folded into channels
+  (the reference code's FLUX VAE: 16 channels x 2 x 2 = 64 channels on a 27 x 27 grid).
+- `RossPixelTeacher`: patchified RGB (ROSS^R-Pixel, or pixel denoising).
+- `RossFeatureTeacher`: features of any transformers vision model (DINOv2, DeiT, CLIP / SigLIP vision).
+
+Teachers are built from config only (`build_teacher`); the real weights are read once by
+`load_teacher_source` and copied in by the model, or filled by the outer `from_pretrained`. That keeps
+DeepSpeed ZeRO-3 and offline loading working.
+
+Precision: teachers are frozen and run under `torch.no_grad()` with autocast disabled; inputs are cast to fp32.
+If a training engine cast a teacher's parameters to bf16 (DeepSpeed, `model.to(torch.bfloat16)`), the inputs are
+cast to the parameter dtype instead, the teacher computes in it, and the targets are still returned in fp32.
+"""
+
+import contextlib
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from .configuration_ross import RossObjectiveConfig
+
+
+try:  # diffusers is a training-time dependency: inference-only users can import the model without it.
+    from diffusers import AutoencoderKL
+except ImportError:  # pragma: no cover - exercised only without diffusers
+    AutoencoderKL = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers shared by the teachers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def protect_from_init(module: nn.Module) -> nn.Module:
+    """Mark every submodule of `module` as initialised, so transformers' `post_init` / `_init_weights` skip it.
+
+    `PreTrainedModel.initialize_weights` visits every child module and only checks the `_is_hf_initialized` flag,
+    so a teacher whose weights were copied in would otherwise be re-initialised. Do not call it on a teacher whose
+    weights are still missing (e.g. before a `from_pretrained` that has no teacher weights): its parameters would
+    then keep whatever the loader allocated.
+    """
+    for submodule in module.modules():
+        submodule._is_hf_initialized = True
+    return module
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Set `requires_grad=False` on all parameters and put `module` in eval mode.
+
+    Call again after any `from_pretrained`: transformers' loader creates new `nn.Parameter`s with `requires_grad=True`.
+    """
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def _check_pixel_values(pixel_values: torch.Tensor) -> None:
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+        raise ValueError(
+            f"Teachers expect pixel_values of shape (batch, 3, height, width), got {tuple(pixel_values.shape)}."
+        )
+
+
+def _channel_stats(values: list[float], reference: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=reference.dtype, device=reference.device).view(1, -1, 1, 1)
+
+
+def _to_unit_range(pixel_values: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """Undo the vision tower's normalisation: fp32 RGB in [0, 1]."""
+    pixel_values = pixel_values.float()
+    return (pixel_values * _channel_stats(std, pixel_values) + _channel_stats(mean, pixel_values)).clamp(0.0, 1.0)
+
+
+def _resize(images: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
+    """Bilinear resize of (B, C, H, W) to (B, C, size, size); a no-op when the size already matches."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+
+
+def _parameter_dtype(module: nn.Module) -> torch.dtype:
+    parameter = next(module.parameters(), None)
+    return torch.float32 if parameter is None else parameter.dtype
+
+
+@contextlib.contextmanager
+def _frozen_fp32(device: torch.device, keep_graph: bool = False):
+    """No autograd graph (unless `keep_graph`) and no autocast: the teacher computes in its own parameter dtype."""
+    grad_context = contextlib.nullcontext() if keep_graph else torch.no_grad()
+    with grad_context, torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def _fold(latents: torch.Tensor, fold: int) -> torch.Tensor:
+    """(B, C, g*fold, g*fold) -> (B, g*g, C*fold*fold), channel = c*fold*fold + row_offset*fold + col_offset.
+
+    This is the channel order of the reference code (`unfold(2, f, f).unfold(3, f, f)` then
+    `b c h w p1 p2 -> b (c p1 p2) h w`), which is also `pixel_unshuffle`'s.
+    """
+    if fold > 1:
+        latents = F.pixel_unshuffle(latents, fold)
+    return latents.flatten(2).transpose(1, 2)
+
+
+def _unfold(tokens: torch.Tensor, fold: int) -> torch.Tensor:
+    """Inverse of `_fold`: (B, g*g, C*fold*fold) -> (B, C, g*fold, g*fold)."""
+    batch_size, num_tokens, channels = tokens.shape
+    grid = int(round(num_tokens**0.5))
+    if grid * grid != num_tokens:
+        raise ValueError(f"Tokens must form a square grid, got {num_tokens} tokens.")
+    latents = tokens.transpose(1, 2).reshape(batch_size, channels, grid, grid)
+    return F.pixel_shuffle(latents, fold) if fold > 1 else latents
+
+
+def _require_diffusers() -> None:
+    if AutoencoderKL is None:
+        raise ImportError("The `vae` target needs diffusers: `pip install diffusers`.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Teachers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class RossVaeTeacher(nn.Module):
+    """KL-VAE latents (ROSS^D's default target), folded so the latent grid equals the vision token grid.
+
+    The image is de-normalised to [-1, 1] and resized (bilinear, antialiased) to
+    `image_size = grid_size * downsample * fold`, encoded, and
+    `latents = (sample-or-mode - shift_factor) * scaling_factor`. Every `fold x fold` latent window is then folded
+    into channels (channel = c * fold**2 + row_offset * fold + col_offset, the reference code's order), giving
+    `(B, grid_size**2, latent_channels * fold**2)` tokens.
+
+    Examples: FLUX VAE (16 channels, downsample 8, fold 2) on SigLIP-384/14 -> 432 px, 729 x 64 tokens;
+    KL-16 VAE (downsample 16, fold 1) -> 432 px, 729 x latent_channels tokens.
+
+    Args:
+        objective_config (`RossObjectiveConfig`): `teacher_config` holds the `AutoencoderKL` config; `vae_fold`,
+            `latent_sample`, `image_mean` / `image_std` are read too.
+        grid_size (`int`): side of the vision tower's token grid.
+    """
+
+    def __init__(self, objective_config: RossObjectiveConfig, grid_size: int):
+        super().__init__()
+        _require_diffusers()
+        if not objective_config.teacher_config:
+            raise ValueError(
+                "target='vae' needs `objective_config.teacher_config` (the AutoencoderKL config); "
+                "fill it with `load_teacher_source` (done by `RossForConditionalGeneration.from_components`)."
+            )
+        # Built from config only: the weights are copied in later (from_components) or by the outer from_pretrained.
+        self.vae = AutoencoderKL.from_config(objective_config.teacher_config)
+        self.grid_size = grid_size
+        self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.fold = objective_config.vae_fold or max(1, 16 // self.downsample)
+        self.image_size = grid_size * self.downsample * self.fold
+        self.latent_sample = objective_config.latent_sample
+        self.image_mean = list(objective_config.image_mean)
+        self.image_std = list(objective_config.image_std)
+
+    @property
+    def num_channels(self) -> int:
+        """Channels of a target token: `latent_channels * fold**2`."""
+        return self.vae.config.latent_channels * self.fold**2
+
+    @property
+    def shift_factor(self) -> float:
+        return self.vae.config.shift_factor or 0.0
+
+    @property
+    def scaling_factor(self) -> float:
+        return self.vae.config.scaling_factor
+
+    def preprocess(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tower-normalised images -> fp32 images in [-1, 1] of side `image_size`."""
+        _check_pixel_values(pixel_values)
+        images = _to_unit_range(pixel_values, self.image_mean, self.image_std) * 2.0 - 1.0
+        return _resize(images, self.image_size).clamp(-1.0, 1.0)
+
+    def encode_latents(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled, shifted latents before folding: (B, latent_channels, grid*fold, grid*fold), fp32, no graph."""
+        with _frozen_fp32(pixel_values.device):
+            images = self.preprocess(pixel_values)
+            # If a training engine cast the VAE to bf16, compute in that dtype and return fp32.
+            posterior = self.vae.encode(images.to(_parameter_dtype(self.vae))).latent_dist
+            latents = posterior.sample(generator=generator) if self.latent_sample == "sample" else posterior.mode()
+            latents = (latents.float() - self.shift_factor) * self.scaling_factor
+        return latents
+
+    def forward(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) tower-normalised images -> (B, grid_size**2, num_channels) fp32 target tokens.
+
+        `generator` seeds the posterior draw when `latent_sample="sample"`.
+        """
+        latents = self.encode_latents(pixel_values, generator=generator)
+        tokens = _fold(latents, self.fold)
+        if tokens.shape[1] != self.grid_size**2:
+            raise ValueError(
+                f"VAE latent grid {latents.shape[-1] // self.fold} does not match the token grid {self.grid_size} "
+                f"(image_size={self.image_size}, downsample={self.downsample}, fold={self.fold})."
+            )
+        return tokens
+
+    def decode(self, tokens: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """(B, N, num_channels) tokens -> (B, 3, image_size, image_size) fp32 images in [0, 1].
+
+        Unfolds, un-scales / un-shifts and runs the frozen VAE decoder. No parameter receives a gradient, but the
+        graph to `tokens` is kept (the latent2pixel objective backpropagates through the decoder): wrap the call
+        in `torch.no_grad()` for visualisation. `clamp=False` skips the final clamp, which would zero the gradient
+        of out-of-range pixels.
+        """
+        if tokens.ndim != 3 or tokens.shape[-1] != self.num_channels:
+            raise ValueError(
+                f"Expected tokens of shape (batch, num_tokens, {self.num_channels}), got {tuple(tokens.shape)}."
+            )
+        latents = _unfold(tokens.float(), self.fold) / self.scaling_factor + self.shift_factor
+        with _frozen_fp32(tokens.device, keep_graph=True):
+            images = self.vae.decode(latents.to(_parameter_dtype(self.vae))).sample.float()
+        images = (images + 1.0) / 2.0
+        return images.clamp(0.0, 1.0) if clamp else images
+
+
+class RossPixelTeacher(nn.Module):
+    """Patchified RGB targets (ROSS^R-Pixel; pixel denoising with ROSS^D). No parameters.
+
+    The image is de-normalised to [-1, 1], resized (bilinear, antialiased) to `grid_size * patch_size` and cut
+    into `patch_size x patch_size` patches in raster order. Channel order inside a token is MAE's
+    `(row, col, rgb)`: channel = (row * patch_size + col) * 3 + rgb. With `pixel_norm`, every patch is normalised
+    to zero mean / unit variance over its 3 * patch_size**2 values (MAE's `norm_pix_loss`).
+    """
+
+    def __init__(self, objective_config: RossObjectiveConfig, grid_size: int):
+        super().__init__()
+        self.grid_size = grid_size
+        self.patch_size = objective_config.pixel_patch_size
+        self.image_size = grid_size * self.patch_size
+        self.pixel_norm = objective_config.pixel_norm
+        self.image_mean = list(objective_config.image_mean)
+        self.image_std = list(objective_config.image_std)
+
+    @property
+    def num_channels(self) -> int:
+        return 3 * self.patch_size**2
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, g*P, g*P) -> (B, g*g, P*P*3), channel order (row, col, rgb)."""
+        batch_size, channels, height, width = images.shape
+        p, g = self.patch_size, height // self.patch_size
+        patches = images.reshape(batch_size, channels, g, p, g, p).permute(0, 2, 4, 3, 5, 1)
+        return patches.reshape(batch_size, g * g, p * p * channels)
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Inverse of `patchify`: (B, g*g, P*P*3) -> (B, 3, g*P, g*P)."""
+        batch_size, num_tokens, _ = tokens.shape
+        p, g = self.patch_size, int(round(num_tokens**0.5))
+        if g * g != num_tokens:
+            raise ValueError(f"Tokens must form a square grid, got {num_tokens} tokens.")
+        images = tokens.reshape(batch_size, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4)
+        return images.reshape(batch_size, 3, g * p, g * p)
+
+    def forward(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) tower-normalised images -> (B, grid_size**2, 3 * patch_size**2) fp32 targets in [-1, 1]
+        (or per-patch normalised with `pixel_norm`). `generator` is accepted for a uniform teacher interface."""
+        tokens = self.raw_patches(pixel_values)
+        if self.pixel_norm:
+            mean, std = self.patch_statistics(tokens)
+            tokens = (tokens - mean) / std
+        return tokens
+
+    def raw_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Un-normalised patches in [-1, 1]: (B, grid_size**2, 3 * patch_size**2), fp32, no graph."""
+        _check_pixel_values(pixel_values)
+        with _frozen_fp32(pixel_values.device):
+            images = _to_unit_range(pixel_values, self.image_mean, self.image_std) * 2.0 - 1.0
+            return self.patchify(_resize(images, self.image_size).clamp(-1.0, 1.0))
+
+    @staticmethod
+    def patch_statistics(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-patch mean and std (MAE's `norm_pix_loss`: unbiased variance, eps 1e-6), each (B, N, 1)."""
+        return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+
+    def decode(self, tokens: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, 3 * patch_size**2) tokens -> (B, 3, image_size, image_size) fp32 images in [0, 1].
+
+        Without `pixel_norm` this inverts `forward` exactly (up to the resize). With `pixel_norm`, the per-patch
+        mean and variance are lost: if `pixel_values` (the images the targets came from) are given, their patch
+        statistics are put back; otherwise the normalised patches are only mapped for display (+-2 std -> [0, 1]).
+        The graph to `tokens` is kept (the output is clamped to [0, 1]).
+        """
+        tokens = tokens.float()
+        if self.pixel_norm and pixel_values is not None:
+            mean, std = self.patch_statistics(self.raw_patches(pixel_values))
+            tokens = tokens * std + mean
+        elif self.pixel_norm:
+            return ((self.unpatchify(tokens) + 2.0) / 4.0).clamp(0.0, 1.0)
+        return ((self.unpatchify(tokens) + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+class RossFeatureTeacher(nn.Module):
+    """Features of a frozen transformers vision model (ROSS^R-Latent / ROSS^D with a DINOv2, DeiT, CLIP ... teacher).
+
+    The image is re-normalised from the tower's normalisation to the teacher's (`teacher_image_mean/std`), resized
+    (bilinear, antialiased) to `teacher_image_size`, and `hidden_states[feature_layer]` is taken (for most models
+    these are the encoder outputs before the final layer norm). Prefix tokens (CLS, register, distillation tokens)
+    are dropped by comparing the token count with the patch grid, and the patch features are bilinearly
+    interpolated to `grid_size x grid_size`.
+    """
+
+    def __init__(self, objective_config: RossObjectiveConfig, grid_size: int):
+        super().__init__()
+        teacher_config = dict(objective_config.teacher_config or {})
+        if "model_type" not in teacher_config:
+            raise ValueError(
+                "target='features' needs `objective_config.teacher_config` with a `model_type` (a transformers vision "
+                "model config); fill it with `load_teacher_source`."
+            )
+        self.model = AutoModel.from_config(AutoConfig.for_model(**teacher_config))
+        config = self.model.config
+        self.grid_size = grid_size
+        self.feature_layer = objective_config.feature_layer
+        self.image_size = objective_config.teacher_image_size or _as_int(config.image_size)
+        self.patch_size = _as_int(config.patch_size)
+        if objective_config.teacher_image_mean is None or objective_config.teacher_image_std is None:
+            raise ValueError(
+                "target='features' needs `teacher_image_mean` and `teacher_image_std` (from the teacher's image "
+                "processor; `load_teacher_source` returns them)."
+            )
+        self.teacher_mean = list(objective_config.teacher_image_mean)
+        self.teacher_std = list(objective_config.teacher_image_std)
+        self.image_mean = list(objective_config.image_mean)
+        self.image_std = list(objective_config.image_std)
+
+    @property
+    def num_channels(self) -> int:
+        return self.model.config.hidden_size
+
+    def preprocess(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tower-normalised images -> fp32 images normalised for the teacher, of side `teacher_image_size`."""
+        _check_pixel_values(pixel_values)
+        images = _resize(_to_unit_range(pixel_values, self.image_mean, self.image_std), self.image_size)
+        return (images - _channel_stats(self.teacher_mean, images)) / _channel_stats(self.teacher_std, images)
+
+    def forward(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) tower-normalised images -> (B, grid_size**2, hidden_size) fp32 features."""
+        with _frozen_fp32(pixel_values.device):
+            images = self.preprocess(pixel_values)
+            outputs = self.model(pixel_values=images.to(_parameter_dtype(self.model)), output_hidden_states=True)
+            features = outputs.hidden_states[self.feature_layer].float()
+            patch_grid = self.image_size // self.patch_size
+            num_prefix = features.shape[1] - patch_grid**2
+            if num_prefix < 0:
+                raise ValueError(
+                    f"The teacher returned {features.shape[1]} tokens, fewer than its {patch_grid}x{patch_grid} "
+                    f"patch grid (image_size={self.image_size}, patch_size={self.patch_size})."
+                )
+            features = features[:, num_prefix:]
+            batch_size, _, channels = features.shape
+            if patch_grid != self.grid_size:
+                features = features.transpose(1, 2).reshape(batch_size, channels, patch_grid, patch_grid)
+                features = _resize(features, self.grid_size, antialias=False).flatten(2).transpose(1, 2)
+        return features
+
+
+def _as_int(value) -> int:
+    """`image_size` / `patch_size` may be an int or a (height, width) pair; teachers use square inputs."""
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building and loading
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+_TEACHER_CLASSES = {"vae": RossVaeTeacher, "pixel": RossPixelTeacher, "features": RossFeatureTeacher}
+
+
+def build_teacher(objective_config: RossObjectiveConfig, grid_size: int) -> nn.Module | None:
+    """The frozen teacher of `objective_config.target`, built from config only (random weights until loaded).
+
+    Returns `None` when the objective is disabled. Does not call `protect_from_init`: the caller does once the
+    weights are in place.
+    """
+    if not objective_config.enabled:
+        return None
+    return freeze(_TEACHER_CLASSES[objective_config.target](objective_config, grid_size))
+
+
+def load_teacher_source(objective_config: RossObjectiveConfig) -> tuple[dict | None, dict[str, torch.Tensor], dict]:
+    """Load the real teacher named by `objective_config.teacher` (+ `teacher_subfolder`).
+
+    Returns `(teacher_config, state_dict, extra)`:
+        - `teacher_config`: a JSON-serialisable dict for `objective_config.teacher_config` (the `AutoencoderKL`
+          config, or the vision model's config with its `model_type`); `None` when no teacher is needed
+          (`target="pixel"` or the objective is disabled).
+        - `state_dict`: the teacher's tensors, keyed like the module `build_teacher` returns (`vae.` or `model.`
+          prefix), ready for `teacher.load_state_dict(state_dict)`.
+        - `extra`: for `target="features"`, `teacher_image_size`, `teacher_image_mean`, `teacher_image_std` from the
+          teacher's image processor (or its config when it has none); empty otherwise.
+
+    A composite checkpoint (e.g. a full CLIP / SigLIP model) loads only its vision model.
+    """
+    if not objective_config.enabled or objective_config.target == "pixel":
+        return None, {}, {}
+    source = objective_config.teacher
+    if not source:
+        raise ValueError(
+            f"target={objective_config.target!r} needs `objective_config.teacher` (a Hub id or a local folder)."
+        )
+    subfolder = objective_config.teacher_subfolder
+    where = os.path.join(source, subfolder) if subfolder else source
+    _check_local_source(source, where)
+    if objective_config.target == "vae":
+        return _load_vae_source(source, subfolder, where)
+    return _load_feature_source(source, subfolder, where)
+
+
+def _looks_like_local_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+
+
+def _check_local_source(source: str, where: str) -> None:
+    if os.path.isdir(source):
+        if not os.path.isdir(where):
+            raise ValueError(f"Teacher folder {where!r} does not exist (teacher={source!r}).")
+        if not os.path.isfile(os.path.join(where, "config.json")):
+            raise ValueError(f"No teacher found in {where!r}: it has no config.json.")
+    elif _looks_like_local_path(source):
+        raise ValueError(f"Teacher folder {source!r} does not exist.")
+
+
+def _load_vae_source(source: str, subfolder: str | None, where: str):
+    _require_diffusers()
+    try:
+        vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder)
+    except (OSError, ValueError, EnvironmentError) as error:
+        raise ValueError(f"Could not load an AutoencoderKL from {where!r}: {error}") from error
+    config = {key: list(value) if isinstance(value, tuple) else value for key, value in vae.config.items()}
+    config = {key: value for key, value in config.items() if not key.startswith("_")}
+    state_dict = {f"vae.{key}": value.detach() for key, value in vae.state_dict().items()}
+    return config, state_dict, {}
+
+
+def _load_feature_source(source: str, subfolder: str | None, where: str):
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        vision_config = getattr(config, "vision_config", None) or config
+        model_class = MODEL_MAPPING[type(vision_config)]
+        model = model_class.from_pretrained(source, config=vision_config, **kwargs)
+    except (OSError, ValueError, KeyError, EnvironmentError) as error:
+        raise ValueError(f"Could not load a transformers vision model from {where!r}: {error}") from error
+    extra = {"teacher_image_size": _as_int(vision_config.image_size)}
+    try:
+        processor = AutoImageProcessor.from_pretrained(source, **kwargs)
+    except (OSError, ValueError):
+        processor = None
+    if processor is not None:
+        extra["teacher_image_size"] = _processor_size(processor) or extra["teacher_image_size"]
+        extra["teacher_image_mean"] = [float(value) for value in processor.image_mean]
+        extra["teacher_image_std"] = [float(value) for value in processor.image_std]
+    state_dict = {f"model.{key}": value.detach() for key, value in model.state_dict().items()}
+    return vision_config.to_dict(), state_dict, extra
+
+
+def _processor_size(processor) -> int | None:
+    """Side of the square image the processor feeds the model (the crop when it center-crops)."""
+    sizes = [getattr(processor, "crop_size", None)] if getattr(processor, "do_center_crop", False) else []
+    sizes.append(getattr(processor, "size", None))
+    for size in sizes:
+        if size is None:
+            continue
+        if isinstance(size, int):
+            return size
+        value = _size_entry(size, "height") or _size_entry(size, "shortest_edge")
+        if value:
+            return int(value)
+    return None
+
+
+def _size_entry(size, key: str):
+    """Read `key` from a size given as a dict or as transformers' `SizeDict`."""
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+__all__ = [
+    "RossFeatureTeacher",
+    "RossPixelTeacher",
+    "RossVaeTeacher",
+    "build_teacher",
+    "freeze",
+    "load_teacher_source",
+    "protect_from_init",
+]
