@@ -1,0 +1,449 @@
+"""The benchmark registry: data loading, prompts, generation length and scoring.
+
+    from eval.benchmarks import BENCHMARKS
+    bench = BENCHMARKS["pope"]
+    rows = bench.load("/data/POPE")              # list[dict], each with "images": [PIL.Image]
+    text = bench.prompt(rows[0], "lmms-eval")     # the text that follows the image(s)
+    # ... generate at most bench.max_new_tokens tokens, greedy, into row["prediction"] ...
+    metrics = bench.score(rows, "lmms-eval")      # dict, see eval.scoring
+
+``load(path)`` reads a local copy in any of three layouts:
+
+* an HF ``Dataset``/``DatasetDict`` saved with ``save_to_disk`` (a DatasetDict is narrowed
+  to ``bench.split``);
+* parquet as published on the Hub by lmms-lab: one ``.parquet`` file or a folder of them
+  (a snapshot of the dataset repo); files are picked by ``bench.config`` (a folder name)
+  and ``bench.split`` (the file-name prefix, e.g. ``test-00000-of-00001.parquet``);
+* a VLMEvalKit ``.tsv`` with base64 images, whose columns are renamed to lmms-lab's.
+
+Rows keep the lmms-lab field names (see ``bench.fields``); the image column(s) are
+replaced by ``images: list[PIL.Image]``. Errors name the file and the missing column.
+To add a benchmark (e.g. a synthetic one), build a :class:`Benchmark` with your own
+``prompt_fn``/``score_fn`` and put it in ``BENCHMARKS``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from eval import scoring
+from eval.scoring._text import as_text, check_rules
+from eval.scoring.choice import LETTERS, mmvp_options
+from eval.scoring.mmmu import mmmu_options
+from eval.scoring.vqa import answer_list
+
+SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
+LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
+VLMEVALKIT_MCQ_TAIL = "Please select the correct answer from the options above. \n"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: where its data comes from, how to prompt, how long to generate, how to score.
+
+    ``fields`` are the row fields that ``prompt_fn`` and ``score_fn`` read (besides
+    ``images`` and ``prediction``); ``load`` checks them and the CLI requires them.
+    ``image_columns`` are the columns that hold images (``None`` entries are skipped).
+    """
+
+    name: str
+    dataset: str  # Hub id of the lmms-lab copy
+    config: str | None
+    split: str
+    num_rows: int | None  # rows in that split, None if not verified
+    fields: tuple[str, ...]
+    max_new_tokens: int
+    prompt_fn: Callable[[dict, str], str]
+    score_fn: Callable[[list[dict], str], dict]
+    image_columns: tuple[str, ...] = ("image",)
+    from_tsv: Callable[[dict, int], dict] | None = None
+
+    def prompt(self, row: dict, rules: str = "lmms-eval") -> str:
+        """The text that follows the image(s) for this row, per ``rules``."""
+        return self.prompt_fn(row, check_rules(rules))
+
+    def score(self, rows: list[dict], rules: str = "lmms-eval") -> dict:
+        """Metrics over ``rows`` (each with a ``prediction``), per ``rules``."""
+        return self.score_fn(rows, check_rules(rules))
+
+    def load(self, path: str | Path) -> list[dict]:
+        """Rows of a local copy (see the module docstring), each with ``images``."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or directory")
+        if path.suffix == ".tsv":
+            rows = [self._tsv_row(r, i, path) for i, r in enumerate(_read_tsv(path))]
+        else:
+            rows, path = _read_hf_or_parquet(path, self)
+            rows = [self._attach_images(r, path) for r in rows]
+            if self.name == "gqa":
+                _join_gqa_images(rows, path)
+        if rows:
+            missing = [f for f in self.fields if f not in rows[0]]
+            if missing:
+                raise ValueError(
+                    f"{path}: missing column {missing[0]!r} for benchmark {self.name!r} "
+                    f"(columns: {', '.join(sorted(k for k in rows[0] if k != 'images'))})"
+                )
+        if self.name == "seedbench":
+            rows = [r for r in rows if r.get("data_type", "image") == "image"]
+        return rows
+
+    def _attach_images(self, row: dict, source: Path) -> dict:
+        images = []
+        present = [c for c in self.image_columns if c in row]
+        if not present and self.name != "gqa":  # GQA joins its images by imageId
+            raise ValueError(f"{source}: missing image column {self.image_columns[0]!r} for benchmark {self.name!r}")
+        for column in present:
+            value = row.pop(column)
+            for item in value if isinstance(value, list) else [value]:
+                if item is not None:
+                    images.append(_to_image(item, source, column))
+        row["images"] = images
+        return row
+
+    def _tsv_row(self, raw: dict, position: int, source: Path) -> dict:
+        if "image" not in raw:
+            raise ValueError(f"{source}: missing column 'image' (base64) for benchmark {self.name!r}")
+        encoded = raw.pop("image")
+        if isinstance(encoded, str) and encoded.startswith("["):
+            encoded = json.loads(encoded.replace("'", '"'))
+        images = [_to_image(e, source, "image") for e in (encoded if isinstance(encoded, list) else [encoded])]
+        try:
+            row = self.from_tsv(raw, position) if self.from_tsv else dict(raw)
+        except KeyError as err:
+            raise ValueError(f"{source}: missing column {err.args[0]!r} for benchmark {self.name!r}") from None
+        row["images"] = images
+        return row
+
+
+# ---------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------
+
+
+def _to_image(value, source: Path, column: str):
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return Image.open(io.BytesIO(value["bytes"]))
+    if isinstance(value, dict) and value.get("path"):
+        return Image.open(Path(source).parent / value["path"] if not Path(value["path"]).is_absolute() else value["path"])
+    if isinstance(value, str):
+        return Image.open(io.BytesIO(base64.b64decode(value)))
+    if isinstance(value, (bytes, bytearray)):
+        return Image.open(io.BytesIO(value))
+    raise ValueError(f"{source}: column {column!r} holds {type(value).__name__}, not an image")
+
+
+def _clean(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _read_tsv(path: Path) -> list[dict]:
+    import pandas as pd
+
+    frame = pd.read_csv(path, sep="\t", dtype=object, keep_default_na=False, na_values=[""])
+    return [{k: _clean(v) for k, v in rec.items()} for rec in frame.to_dict("records")]
+
+
+def _read_hf_or_parquet(path: Path, bench: Benchmark) -> tuple[list[dict], Path]:
+    if path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json", "dataset_info.json")):
+        import datasets
+
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if bench.split in data:
+                data = data[bench.split]
+            elif len(data) == 1:
+                data = next(iter(data.values()))
+            else:
+                raise ValueError(f"{path}: no split {bench.split!r} (splits: {', '.join(data)})")
+        return [dict(r) for r in data], path
+    if path.suffix == ".parquet":
+        files = [path]
+    elif path.is_dir():
+        files = _pick_parquet(path, bench)
+    else:
+        raise ValueError(f"{path}: expected a save_to_disk folder, .parquet file/folder or .tsv file")
+    import pyarrow.parquet as pq
+
+    rows = []
+    for file in files:
+        rows.extend(pq.read_table(file).to_pylist())
+    return rows, files[0]
+
+
+def _pick_parquet(root: Path, bench: Benchmark) -> list[Path]:
+    files = sorted(root.rglob("*.parquet"))
+    if not files:
+        raise ValueError(f"{root}: no .parquet files and no save_to_disk metadata")
+    if bench.config:
+        in_config = [f for f in files if bench.config in f.relative_to(root).parts[:-1]]
+        files = in_config or files
+    of_split = [f for f in files if f.name.split("-")[0].split(".")[0] == bench.split or bench.split in f.parts[:-1]]
+    if of_split:
+        return of_split
+    if len(files) == 1:
+        return files
+    raise ValueError(f"{root}: no parquet file for split {bench.split!r} among {', '.join(f.name for f in files[:5])}")
+
+
+def _join_gqa_images(rows: list[dict], source: Path) -> None:
+    """GQA questions carry ``imageId``; images live in the ``testdev_balanced_images`` config."""
+    if not rows or rows[0].get("images"):
+        return
+    for base in (source, *source.parents[:4]):
+        candidates = sorted(base.glob("testdev_balanced_images*/**/*.parquet")) if base.is_dir() else []
+        if candidates:
+            break
+    else:
+        raise ValueError(f"{source}: GQA rows have no 'image'; no testdev_balanced_images parquet found beside it")
+    import pyarrow.parquet as pq
+
+    by_id = {}
+    for file in candidates:
+        for rec in pq.read_table(file).to_pylist():
+            by_id[str(rec["id"])] = rec["image"]
+    for row in rows:
+        if str(row.get("imageId")) not in by_id:
+            raise ValueError(f"{candidates[0]}: no image with id {row.get('imageId')!r}")
+        row["images"] = [_to_image(by_id[str(row["imageId"])], candidates[0], "image")]
+
+
+# ---------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------
+
+
+def _lettered(options: list[str]) -> str:
+    return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+def vlmevalkit_mcq_prompt(question: str, options: list[str], hint=None) -> str:
+    """VLMEvalKit's generic multiple-choice prompt (``ImageMCQDataset.build_prompt``)."""
+    text = f"Hint: {hint}\n" if hint not in (None, "") else ""
+    text += f"Question: {question}\n"
+    if options:
+        text += "Options:\n" + "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(options)) + VLMEVALKIT_MCQ_TAIL
+    return text
+
+
+def _pope_prompt(row, rules):
+    return as_text(row["question"]).strip() + SHORT_ANSWER if rules == "lmms-eval" else as_text(row["question"])
+
+
+def _bare_prompt(row, rules):
+    return as_text(row["question"])
+
+
+def _mmvp_prompt(row, rules):
+    options = mmvp_options(as_text(row["Options"]))
+    if rules == "vlmevalkit":
+        return vlmevalkit_mcq_prompt(row["Question"], options)
+    return f"{row['Question']}\n{_lettered(options)}\n{LETTER_ANSWER}"
+
+
+def mmvp_cambrian_prompt(row: dict) -> str:
+    """Cambrian's MMVP multiple-choice prompt; score with ``score_mmvp(..., cambrian=True)``."""
+    return f"{row['Question']} Options:\n{_lettered(mmvp_options(as_text(row['Options'])))}\n{LETTER_ANSWER}"
+
+
+def _chartqa_prompt(row, rules):
+    suffix = "\nAnswer the question with a single word." if rules == "lmms-eval" else SHORT_ANSWER
+    return as_text(row["question"]) + suffix
+
+
+def _short_answer_prompt(row, rules):
+    return as_text(row["question"]) + SHORT_ANSWER
+
+
+def _textvqa_prompt(row, rules):
+    question = as_text(row["question"])
+    return (question.capitalize() if rules == "lmms-eval" else question) + SHORT_ANSWER
+
+
+def _mmbench_prompt(row, rules):
+    options = [as_text(row[c]) for c in "ABCDE" if c in row and not scoring.choice.is_missing(row[c])]
+    hint = row.get("hint")
+    hint = None if hint is None or (isinstance(hint, float) and math.isnan(hint)) or hint == "nan" else hint
+    if rules == "vlmevalkit":
+        return vlmevalkit_mcq_prompt(row["question"], options, hint)
+    options_text = "There are several options:\n" + _lettered(options)
+    query = f"{hint} {row['question']} {options_text}" if hint is not None else f"{row['question']} {options_text}"
+    return f"{query}\n\n{LETTER_ANSWER}"  # lmms-eval joins "\n" + a post_prompt that starts with "\n"
+
+
+def _seedbench_prompt(row, rules):
+    options = [as_text(row[f"choice_{c}"]) for c in "abcd"]
+    if rules == "vlmevalkit":
+        return vlmevalkit_mcq_prompt(row["question"], options)
+    return f"{row['question']}\n{_lettered(options)}\n{LETTER_ANSWER}"
+
+
+def _mmmu_prompt(row, rules):
+    multiple_choice = row["question_type"] == "multiple-choice"
+    options = mmmu_options(row["options"]) if multiple_choice else []
+    if rules == "vlmevalkit":
+        return vlmevalkit_mcq_prompt(row["question"], options)
+    if multiple_choice:
+        return f"{row['question']}\n{_lettered(options)}\n\n{LETTER_ANSWER}"
+    return f"{row['question']}\n\n{SHORT_ANSWER.strip()}"
+
+
+def _ai2d_prompt(row, rules):
+    options = [as_text(o) for o in row["options"]]
+    if rules == "vlmevalkit":
+        return vlmevalkit_mcq_prompt(row["question"], options)
+    return f"{row['question']}\n{_lettered(options)}\n{LETTER_ANSWER}"
+
+
+def _stripped_prompt(row, rules):
+    return as_text(row["question"]).strip()
+
+
+# ---------------------------------------------------------------------------------------
+# VLMEvalKit TSV rows -> lmms-lab rows
+# ---------------------------------------------------------------------------------------
+
+
+def _options_from(raw: dict, letters: str = LETTERS) -> list[str]:
+    return [as_text(raw[c]) for c in letters if raw.get(c) not in (None, "", "nan")]
+
+
+def _tsv_pope(raw, i):
+    return {**raw, "question_id": raw["index"], "answer": as_text(raw["answer"]).lower()}
+
+
+def _tsv_hallusion(raw, i):
+    parts = as_text(raw["index"]).split("_")
+    return {
+        **raw,
+        "subcategory": raw.get("l2-category", raw.get("subcategory")),
+        "set_id": parts[3] if len(parts) > 5 else raw.get("set_id"),
+        "figure_id": parts[4] if len(parts) > 5 else raw.get("figure_id"),
+        "question_id": parts[5] if len(parts) > 5 else raw.get("question_id"),
+        "gt_answer": "1" if as_text(raw["answer"]).strip().lower() == "yes" else "0",
+    }
+
+
+def _tsv_mmvp(raw, i):
+    a, b = as_text(raw["A"]), as_text(raw["B"])
+    return {
+        "Index": i + 1,
+        "Question": raw["question"],
+        "Options": f"(a) {a} (b) {b}",
+        "Correct Answer": f"({as_text(raw['answer']).strip().lower()})",
+    }
+
+
+def _tsv_seed(raw, i):
+    return {
+        **raw,
+        "question_id": raw["index"],
+        "data_type": "image",
+        **{f"choice_{c.lower()}": raw[c] for c in "ABCD"},
+    }
+
+
+def _tsv_mmmu(raw, i):
+    options = _options_from(raw)
+    return {
+        **raw,
+        "id": raw.get("id", raw["index"]),
+        "options": repr(options),
+        "question_type": "multiple-choice" if options else "open",
+    }
+
+
+def _tsv_ai2d(raw, i):
+    return {**raw, "options": _options_from(raw), "answer": str(LETTERS.index(as_text(raw["answer"]).strip()))}
+
+
+def _tsv_ocrbench(raw, i):
+    hme = raw.get("category") == "Handwritten Mathematical Expression Recognition"
+    return {
+        **raw,
+        "answer": answer_list(raw["answer"]),
+        "question_type": raw["category"],
+        "dataset": "HME100k" if hme else raw.get("split", ""),
+    }
+
+
+def _tsv_textvqa(raw, i):
+    return {**raw, "question_id": raw["index"], "answers": answer_list(raw["answer"])}
+
+
+def _tsv_docvqa(raw, i):
+    return {**raw, "questionId": raw["index"], "answers": answer_list(raw["answer"])}
+
+
+def _tsv_realworldqa(raw, i):
+    options = _options_from(raw, "ABCD")
+    if not options:
+        return dict(raw)
+    question = f"{raw['question']}\n{_lettered(options)}\n"
+    question += "Please answer directly with only the letter of the correct option and nothing else."
+    return {**raw, "question": question}
+
+
+def _tsv_mmbench(raw, i):
+    return {**raw, "L2-category": raw.get("l2-category")}
+
+
+# ---------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark("pope", "lmms-lab/POPE", None, "test", 9000,
+                  ("question_id", "question", "answer"), 128, _pope_prompt, scoring.score_pope,
+                  from_tsv=_tsv_pope),
+        Benchmark("hallusionbench", "lmms-lab/HallusionBench", None, "image", 951,
+                  ("category", "subcategory", "set_id", "figure_id", "question_id", "question", "gt_answer"),
+                  128, _bare_prompt, scoring.score_hallusionbench, from_tsv=_tsv_hallusion),
+        Benchmark("mmvp", "lmms-lab-eval/MMVP", None, "train", 300,
+                  ("Index", "Question", "Options", "Correct Answer"), 16, _mmvp_prompt, scoring.score_mmvp,
+                  from_tsv=_tsv_mmvp),
+        Benchmark("chartqa", "lmms-lab/ChartQA", None, "test", 2500,
+                  ("question", "answer"), 16, _chartqa_prompt, scoring.score_chartqa),
+        Benchmark("mmbench", "lmms-lab/MMBench", "en", "dev", 4329,
+                  ("index", "question", "answer", "A", "B"), 1024, _mmbench_prompt, scoring.score_mmbench,
+                  from_tsv=_tsv_mmbench),
+        Benchmark("seedbench", "lmms-lab/SEED-Bench", None, "test", None,
+                  ("question_id", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer"),
+                  32, _seedbench_prompt, scoring.score_seedbench, from_tsv=_tsv_seed),
+        Benchmark("mmmu", "lmms-lab/MMMU", None, "validation", 900,
+                  ("id", "question", "options", "answer", "question_type"), 128, _mmmu_prompt, scoring.score_mmmu,
+                  image_columns=tuple(f"image_{i}" for i in range(1, 8)), from_tsv=_tsv_mmmu),
+        Benchmark("gqa", "lmms-lab/GQA", "testdev_balanced_instructions", "testdev", None,
+                  ("question", "answer"), 16, _short_answer_prompt, scoring.score_gqa),
+        Benchmark("ai2d", "lmms-lab/ai2d", None, "test", 3088,
+                  ("question", "options", "answer"), 16, _ai2d_prompt, scoring.score_ai2d, from_tsv=_tsv_ai2d),
+        Benchmark("ocrbench", "echo840/OCRBench", None, "test", 1000,
+                  ("question", "answer", "dataset", "question_type"), 128, _stripped_prompt, scoring.score_ocrbench,
+                  from_tsv=_tsv_ocrbench),
+        Benchmark("textvqa", "lmms-lab/textvqa", None, "validation", 5000,
+                  ("question_id", "question", "answers"), 32, _textvqa_prompt, scoring.score_textvqa,
+                  from_tsv=_tsv_textvqa),
+        Benchmark("docvqa", "lmms-lab/DocVQA", "DocVQA", "validation", 5349,
+                  ("questionId", "question", "answers"), 32, _short_answer_prompt, scoring.score_anls,
+                  from_tsv=_tsv_docvqa),
+        Benchmark("infovqa", "lmms-lab/DocVQA", "InfographicVQA", "validation", None,
+                  ("questionId", "question", "answers"), 32, _short_answer_prompt, scoring.score_anls,
+                  from_tsv=_tsv_docvqa),
+        Benchmark("realworldqa", "lmms-lab/RealWorldQA", None, "test", 765,
+                  ("question", "answer"), 16, _stripped_prompt, scoring.score_realworldqa,
+                  from_tsv=_tsv_realworldqa),
+    )
+}  # fmt: skip
