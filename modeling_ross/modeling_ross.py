@@ -196,6 +196,12 @@ class RossModel(RossPreTrainedModel):
                 f"input_ids contain {int((input_ids == self.config.image_token_id).sum())} image tokens "
                 "but no pixel_values were given."
             )
+        elif self.training:
+            # A batch without images still runs the tower and projector (at zero weight): under DeepSpeed ZeRO-3
+            # every rank must call the same modules or the parameter all-gathers hang.
+            size = self.config.vision_config.image_size
+            dummy = inputs_embeds.new_zeros(1, 3, size, size)
+            inputs_embeds = inputs_embeds + 0.0 * self.get_image_features(dummy).sum()
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -251,7 +257,9 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
                 grid_size=grid,
                 self_attention=objective.denoiser_self_attention,
             )
-            self.noise_scheduler = build_noise_scheduler(objective)
+            # Not an nn.Module: keep its tables off the meta device `from_pretrained` builds the model on.
+            with torch.device("cpu"):
+                self.noise_scheduler = build_noise_scheduler(objective)
         else:  # "regress" / "latent2pixel": an MLP head predicts the target directly
             self.denoiser = RossMLPHead(
                 condition_size, self.teacher.num_channels, objective.head_hidden_size or condition_size

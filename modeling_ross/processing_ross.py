@@ -145,7 +145,7 @@ class RossProcessor(ProcessorMixin):
             if isinstance(image, Image.Image):
                 image = to_rgb(image)
                 if self.image_aspect_ratio == "pad":
-                    mean = tuple(int(round(255 * m)) for m in self.image_processor.image_mean)
+                    mean = tuple(int(255 * m) for m in self.image_processor.image_mean)  # as LLaVA and the authors
                     image = expand_to_square(image, mean)
             converted.append(image)
         return super()._process_images(converted, **kwargs)

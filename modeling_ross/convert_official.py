@@ -1,0 +1,760 @@
+"""Convert the ROSS authors' released checkpoints (`HaochenWang/ross-qwen2-7b`, `model_type: ross_qwen2`) to ROSS.
+
+    python -m modeling_ross.convert_official --src PATH_OR_HUB_ID --dst DIR \
+        [--tokenizer PATH] [--vision-tower PATH] [--vae PATH [--vae-subfolder vae]] [--dtype bf16|fp32] [--save-teacher]
+
+The output folder loads with `RossForConditionalGeneration.from_pretrained(DST)` and with
+`AutoModelForImageTextToText.from_pretrained(DST, trust_remote_code=True)`. It holds the trained denoiser
+(`from_pretrained(DST, load_objective=True)` restores it), the processor with the authors' Vicuna-style Qwen2 chat
+template, and the flat code files + `auto_map` that `save_pretrained` writes.
+
+How it works, in three steps (`docs/interop.md` has the full mapping table; `docs/authors-format.md` the input format):
+
+1. *Plan*: read `config.json` and the safetensors **headers** only; map every source key to one of our keys or drop it
+   with a reason; compare the result with the keys and shapes of a `RossForConditionalGeneration` built on the meta
+   device. Any unmapped source key, missing target key or shape mismatch fails here, with the full list, before a
+   single byte is written.
+2. *Stream*: go through the source shards one by one (`safe_open`), convert each tensor, and write output shards of at
+   most `max_shard_size` bytes as they fill up (`save_file` + `model.safetensors.index.json`). Peak memory is about one
+   output shard plus one tensor, so a 7B checkpoint converts in far less than twice its size.
+3. *Write* the config, generation config, code files, and the processor (when a tokenizer is available).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
+          "fp16": torch.float16, "float16": torch.float16}
+
+# Keys the authors' `RossConfig(Qwen2Config)` adds on top of the LLM's config (docs/authors-format.md, section 2).
+AUTHORS_CONFIG_KEYS = frozenset(
+    {
+        "mm_vision_tower", "mm_hidden_size", "mm_vision_select_layer", "mm_vision_select_feature", "mm_projector_type",
+        "use_mm_proj", "mm_patch_merge_type", "image_aspect_ratio", "image_embed_len", "image_mean", "image_std",
+        "decode_image_size", "mm_pixel_decoder", "ross_enable", "mm_inv_hidden_size", "use_mm_inv_proj",
+        "mm_inv_projector_type", "tokenizer_padding_side", "tokenizer_model_max_length", "mm_use_im_start_end",
+        "mm_use_im_patch_token", "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower",
+        "mm_projector_lr", "mm_inv_projector_lr", "mm_vision_tower_lr", "mm_vision_tower_pretrained",
+        "tune_mm_vision_resampler", "mm_vision_resampler_lr",
+    }
+)
+SUPPORTED_LLMS = {"ross_qwen2": "qwen2"}
+
+VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
+PROJECTOR_PREFIX = "model.mm_projector."
+DENOISER_PREFIX = "model.mm_inv_projector.net."
+PIXEL_DECODER_PREFIX = "model.pixel_decoder.pixel_decoder."
+# The DiT's head count is not stored anywhere: the authors' builder never passes it, so timm/DiT's default 16 is used.
+AUTHORS_DENOISER_NUM_HEADS = 16
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+DROP_HEAD = "SigLIP attention-pool head: unused (features are hidden_states[-2]); our tower has vision_use_head=False"
+DROP_POS_EMBED = "fixed 2-D sin-cos table: RossDenoiser recomputes it (checked equal before dropping)"
+DROP_VAE = "frozen teacher VAE: not saved (objective_config.save_teacher=False); loaded from objective_config.teacher"
+
+
+class ConversionError(ValueError):
+    """The source checkpoint cannot be converted; the message lists every problem found."""
+
+
+@dataclass
+class TensorSource:
+    """One output tensor: where it is read from and how it is transformed."""
+
+    file: str
+    key: str
+    target: str
+    transform: str | None = None  # None | "conv1x1" (W, C, 1, 1) -> (W, C) | "pad_rows"
+
+
+@dataclass
+class ConversionReport:
+    """What `convert_official` did. `mapped`: source key -> our key; `dropped`: source key -> reason;
+    `from_components`: our key -> component file the tensor came from (weights absent from the checkpoint)."""
+
+    dst: Path
+    config: object
+    mapped: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)
+    from_components: dict = field(default_factory=dict)
+    image_token_id: int | None = None
+    vocab_size: int | None = None
+    resized_vocab: bool = False
+    vision_tower: str | None = None
+    teacher: str | None = None
+    processor_saved: bool = False
+    shard_files: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Locating files
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", value)) and not value.startswith(".")
+
+
+def resolve_component(value, checkpoint_dir: Path, override: str | None = None, *, what: str, flag: str) -> str | None:
+    """Resolve a component path of the authors' config (`mm_vision_tower`, `mm_pixel_decoder`).
+
+    The authors' code passes these strings straight to `from_pretrained`, i.e. relative to the process CWD at training
+    time. Order: the CLI override (as given, then as a Hub id); an absolute path; a folder relative to the checkpoint
+    folder; a folder relative to the current directory; a Hub id. Returns an absolute folder path or a Hub id.
+    """
+    if override:
+        path = Path(override).expanduser()
+        if path.is_dir():
+            return str(path.resolve())
+        if _looks_like_hub_id(override):
+            return override
+        raise ConversionError(f"{flag} {override!r} is neither a folder nor a Hub id.")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        if path.is_dir():
+            return str(path)
+        raise ConversionError(f"{what} {value!r} (from config.json) does not exist; pass {flag}.")
+    tried = [Path(checkpoint_dir) / path, Path.cwd() / path]
+    for candidate in tried:
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    if _looks_like_hub_id(value):
+        return value
+    raise ConversionError(
+        f"{what} {value!r} (from config.json) was not found; looked in {[str(c) for c in tried]}. Pass {flag} "
+        "with its folder or Hub id."
+    )
+
+
+def _local_folder(path_or_id: str, subfolder: str | None = None, patterns=("*.json", "*.safetensors", "*.txt")) -> Path:
+    """A local folder for `path_or_id` (downloading the matching files of a Hub repo if needed)."""
+    if os.path.isdir(path_or_id):
+        folder = Path(path_or_id)
+    else:
+        from huggingface_hub import snapshot_download
+
+        prefix = f"{subfolder}/" if subfolder else ""
+        folder = Path(snapshot_download(path_or_id, allow_patterns=[prefix + p for p in patterns]))
+    return folder / subfolder if subfolder else folder
+
+
+def _safetensors_files(folder: Path, weights_name: str = "model.safetensors") -> list[Path]:
+    """The safetensors files of a checkpoint folder, in index order (sharded) or the single file."""
+    stem = weights_name.removesuffix(".safetensors")
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [folder / name for name in dict.fromkeys(sorted(set(weight_map.values())))]
+    single = folder / weights_name
+    if single.is_file():
+        return [single]
+    found = sorted(folder.glob("*.safetensors"))
+    if found:
+        return found
+    raise ConversionError(f"No safetensors weights in {folder} (expected {index.name} or {weights_name}).")
+
+
+def _read_headers(files: list[Path]) -> "OrderedDict[str, tuple[str, tuple, torch.dtype]]":
+    """key -> (file, shape, dtype), reading only the safetensors headers."""
+    headers: OrderedDict = OrderedDict()
+    duplicates = []
+    for file in files:
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():
+                if key in headers:
+                    duplicates.append(key)
+                tensor_slice = handle.get_slice(key)
+                headers[key] = (str(file), tuple(tensor_slice.get_shape()), _st_dtype(tensor_slice.get_dtype()))
+    if duplicates:
+        raise ConversionError(f"Keys present in several shards: {duplicates}")
+    return headers
+
+
+def _st_dtype(name: str) -> torch.dtype:
+    return {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+            "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool}.get(name, torch.float32)
+
+
+def _read_tensor(file: str, key: str) -> torch.Tensor:
+    with safe_open(file, "pt") as handle:
+        return handle.get_tensor(key)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Key mapping (docs/interop.md, "Import")
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+_DENOISER_RENAMES = (
+    ("x_embedder.proj.", "x_embedder."),
+    ("t_embedder.mlp.0.", "t_embedder.linear_1."),
+    ("t_embedder.mlp.2.", "t_embedder.linear_2."),
+    ("z_embedder.1.", "z_embedder."),
+    ("adaLN_modulation.1.", "adaLN_modulation."),
+)
+
+
+def map_official_key(key: str, projector_type: str, save_teacher: bool) -> tuple[str | None, str | None]:
+    """Map one key of the authors' state dict. Returns `(our_key, None)`, `(None, drop_reason)` or `(None, None)`
+    for a key no rule knows (reported as unexpected)."""
+    if key.startswith("model.embed_tokens.") or key.startswith("model.layers.") or key.startswith("model.norm."):
+        return "model.language_model." + key[len("model."):], None
+    if key == "lm_head.weight":
+        return key, None
+    if key.startswith(VISION_PREFIX):
+        rest = key[len(VISION_PREFIX):]
+        if rest.startswith("head."):
+            return None, DROP_HEAD
+        return "model.vision_tower." + rest, None
+    if key.startswith(PROJECTOR_PREFIX):
+        rest = key[len(PROJECTOR_PREFIX):]
+        if projector_type == "mlp2x_gelu":
+            renames = {"0.weight": "linear_1.weight", "0.bias": "linear_1.bias",
+                       "2.weight": "linear_2.weight", "2.bias": "linear_2.bias"}
+        else:  # "linear": a bare nn.Linear
+            renames = {"weight": "linear_1.weight", "bias": "linear_1.bias"}
+        return ("model.projector." + renames[rest], None) if rest in renames else (None, None)
+    if key.startswith(DENOISER_PREFIX):
+        rest = key[len(DENOISER_PREFIX):]
+        if rest == "pos_embed":
+            return None, DROP_POS_EMBED
+        for old, new in _DENOISER_RENAMES:
+            rest = rest.replace(old, new)
+        return "denoiser." + rest, None
+    if key.startswith(PIXEL_DECODER_PREFIX):
+        if save_teacher:
+            return "teacher.vae." + key[len(PIXEL_DECODER_PREFIX):], None
+        return None, DROP_VAE
+    return None, None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _text_config(official: dict):
+    from transformers import AutoConfig
+
+    model_type = official.get("model_type")
+    if model_type not in SUPPORTED_LLMS:
+        raise ConversionError(
+            f"Unsupported authors' model_type {model_type!r}; supported: {sorted(SUPPORTED_LLMS)} (the chat template "
+            "and the LLM mapping are only known for these)."
+        )
+    text = {k: v for k, v in official.items() if k not in AUTHORS_CONFIG_KEYS}
+    text.update(model_type=SUPPORTED_LLMS[model_type])
+    text.pop("auto_map", None)
+    config = AutoConfig.for_model(**text)
+    config.architectures = [type(config).__name__.replace("Config", "ForCausalLM")]
+    return config
+
+
+def _vision_config(tower: str, official: dict):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tower)
+    config = getattr(config, "vision_config", None) or config
+    if config.model_type not in ("siglip_vision_model", "clip_vision_model"):
+        raise ConversionError(f"Vision tower {tower!r} has model_type {config.model_type!r}; expected SigLIP or CLIP.")
+    if config.model_type == "siglip_vision_model":
+        config.vision_use_head = False
+    problems = []
+    if official.get("mm_hidden_size") not in (None, config.hidden_size):
+        problems.append(f"mm_hidden_size={official['mm_hidden_size']} but the tower's hidden_size={config.hidden_size}")
+    grid = config.image_size // config.patch_size
+    if official.get("image_embed_len") not in (None, grid * grid):
+        problems.append(f"image_embed_len={official['image_embed_len']} but the tower's grid is {grid}x{grid}")
+    if problems:
+        raise ConversionError(f"The vision tower {tower!r} does not match config.json: " + "; ".join(problems))
+    return config, grid
+
+
+def _vae_config(vae: str, subfolder: str | None) -> dict:
+    from diffusers import AutoencoderKL
+
+    try:
+        raw = AutoencoderKL.load_config(vae, subfolder=subfolder)
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"Could not read the AutoencoderKL config of {vae!r}: {error}") from error
+    with torch.device("meta"):
+        model = AutoencoderKL.from_config(raw)
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items()}
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def _feature_strategy(official: dict, vision_config) -> tuple[int, str]:
+    """(vision_feature_layer, vision_feature_select_strategy) of the authors' towers."""
+    if vision_config.model_type == "siglip_vision_model":
+        return -2, "full"  # SiglipVisionTower hard-codes select_layer=-2 and has no CLS token
+    feature = official.get("mm_vision_select_feature", "patch")
+    if feature not in ("patch", "cls_patch"):
+        raise ConversionError(f"mm_vision_select_feature={feature!r} is not supported (expected 'patch' or 'cls_patch').")
+    return int(official.get("mm_vision_select_layer", -2)), "default" if feature == "patch" else "full"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Streaming writer
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Collects tensors and writes a safetensors shard each time `max_shard_size` bytes are reached."""
+
+    def __init__(self, folder: Path, max_shard_size: int):
+        self.folder = folder
+        self.max_shard_size = max_shard_size
+        self.buffer: dict[str, torch.Tensor] = {}
+        self.buffer_bytes = 0
+        self.temp_files: list[tuple[Path, list[str]]] = []
+        self.total_size = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.buffer and self.buffer_bytes + size > self.max_shard_size:
+            self.flush()
+        self.buffer[name] = tensor.contiguous()
+        self.buffer_bytes += size
+        self.total_size += size
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        path = self.folder / f".partial-{len(self.temp_files):05d}.safetensors"
+        save_file(self.buffer, str(path), metadata={"format": "pt"})
+        self.temp_files.append((path, list(self.buffer)))
+        self.buffer, self.buffer_bytes = {}, 0
+
+    def finish(self) -> list[str]:
+        """Rename the shards as transformers names them and write the index; returns the file names."""
+        self.flush()
+        count = len(self.temp_files)
+        if count == 1:
+            path, _ = self.temp_files[0]
+            path.rename(self.folder / "model.safetensors")
+            return ["model.safetensors"]
+        weight_map, names = {}, []
+        for i, (path, keys) in enumerate(self.temp_files, start=1):
+            name = f"model-{i:05d}-of-{count:05d}.safetensors"
+            path.rename(self.folder / name)
+            names.append(name)
+            weight_map.update({key: name for key in keys})
+        index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return names
+
+
+def _parse_size(size) -> int:
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", str(size).upper())
+    if not match:
+        raise ValueError(f"Cannot parse size {size!r} (e.g. '5GB', '500MB').")
+    scale = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[match.group(2)]
+    return int(float(match.group(1)) * scale)
+
+
+def _mean_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """`weight` with extra rows equal to the mean of the existing rows (as transformers' mean resizing)."""
+    if rows <= weight.shape[0]:
+        return weight
+    mean = weight.float().mean(dim=0, keepdim=True).to(weight.dtype)
+    return torch.cat([weight, mean.expand(rows - weight.shape[0], -1)], dim=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The conversion
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _expected_shapes(config) -> dict[str, tuple]:
+    """Keys and shapes of `RossForConditionalGeneration(config)`, built on the meta device."""
+    from .modeling_ross import RossForConditionalGeneration
+
+    with torch.device("meta"):
+        model = RossForConditionalGeneration(config, load_objective=config.objective_config.enabled)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _tokenizer_source(src_dir: Path, tokenizer: str | None) -> str | None:
+    if tokenizer:
+        return tokenizer
+    if any((src_dir / name).is_file() for name in TOKENIZER_FILES):
+        return str(src_dir)
+    return None
+
+
+def _check_pos_embed(file: str, key: str, width: int, grid: int) -> None:
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    stored = _read_tensor(file, key).float().reshape(-1, width)
+    table = get_2d_sincos_pos_embed(width, grid, base_size=grid, output_type="pt").float()
+    tolerance = 1e-2 if _read_tensor(file, key).dtype in (torch.bfloat16, torch.float16) else 1e-5
+    if stored.shape != table.shape or not torch.allclose(stored, table, atol=tolerance, rtol=0):
+        raise ConversionError(
+            f"{key} is not the fixed 2-D sin-cos table of width {width} on a {grid}x{grid} grid; this denoiser variant "
+            "(learned position embedding) is not supported."
+        )
+
+
+def convert_official(
+    src: str,
+    dst,
+    *,
+    tokenizer: str | None = None,
+    vision_tower: str | None = None,
+    vae: str | None = None,
+    vae_subfolder: str | None = None,
+    dtype: torch.dtype | str = torch.bfloat16,
+    save_teacher: bool = False,
+    image_token_id: int | None = None,
+    denoiser_num_heads: int = AUTHORS_DENOISER_NUM_HEADS,
+    max_shard_size: int | str = "5GB",
+) -> ConversionReport:
+    """Convert an authors' checkpoint folder (or Hub id) `src` into a ROSS folder `dst`.
+
+    Args:
+        tokenizer: tokenizer folder / Hub id; defaults to `src` when it holds tokenizer files. Without one, the model
+            is converted, the processor is not (warning), and the `<image>` id is the config's largest special token
+            id + 1 (or `image_token_id`).
+        vision_tower / vae (+ `vae_subfolder`): override `mm_vision_tower` / `mm_pixel_decoder` of the config.
+        dtype: output dtype (the authors' weights are bf16).
+        save_teacher: keep the frozen VAE in the output (`teacher.vae.*`, from the checkpoint's copy when present),
+            making the folder self-contained for further training.
+        denoiser_num_heads: the DiT head count, which the weights cannot tell (the authors always use 16).
+        max_shard_size: output shard size (bytes or e.g. "5GB").
+    """
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from .configuration_ross import RossConfig
+    from .processing_ross import VICUNA_QWEN2_CHAT_TEMPLATE, RossProcessor, add_image_token, load_image_processor
+
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    dst = Path(dst)
+    if dst.exists() and any(dst.iterdir()):
+        raise ConversionError(f"Destination {dst} exists and is not empty.")
+    src_dir = _local_folder(str(src))
+    official = json.loads((src_dir / "config.json").read_text())
+    headers = _read_headers(_safetensors_files(src_dir))
+
+    # ---- sanity checks of the authors' config ----
+    if official.get("mm_patch_merge_type", "flat") != "flat":
+        raise ConversionError(f"mm_patch_merge_type={official['mm_patch_merge_type']!r} is not supported (only 'flat').")
+    if official.get("mm_use_im_start_end") or official.get("mm_use_im_patch_token"):
+        raise ConversionError("mm_use_im_start_end / mm_use_im_patch_token checkpoints are not supported.")
+    aspect = official.get("image_aspect_ratio") or "square"
+    if aspect not in ("pad", "square", "resize"):
+        raise ConversionError(f"image_aspect_ratio={aspect!r} is not supported (expected 'pad' or 'square').")
+    projector_type = official.get("mm_projector_type", "linear")
+    if projector_type not in ("mlp2x_gelu", "linear"):
+        raise ConversionError(f"mm_projector_type={projector_type!r} is not supported ('mlp2x_gelu' or 'linear').")
+
+    text_config = _text_config(official)
+    tower = resolve_component(official.get("mm_vision_tower"), src_dir, vision_tower,
+                              what="Vision tower", flag="--vision-tower")
+    if tower is None:
+        raise ConversionError("config.json has no mm_vision_tower; pass --vision-tower.")
+    vision_config, grid = _vision_config(tower, official)
+    feature_layer, strategy = _feature_strategy(official, vision_config)
+
+    # ---- vocabulary and the <image> token ----
+    tokenizer_path = _tokenizer_source(src_dir, tokenizer)
+    loaded_tokenizer = None
+    rows = text_config.vocab_size
+    if tokenizer_path is not None:
+        loaded_tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        image_token_id = add_image_token(loaded_tokenizer, "<image>")
+        needed = len(loaded_tokenizer)
+    else:
+        warnings.warn(
+            f"No tokenizer in {src_dir} and no --tokenizer: the model is converted but no processor is written. "
+            "Convert again with --tokenizer (or save a RossProcessor into the folder) to use it.",
+            UserWarning,
+            stacklevel=2,
+        )
+        if image_token_id is None:
+            specials = [i for i in (official.get("bos_token_id"), official.get("eos_token_id"),
+                                    official.get("pad_token_id")) for i in (i if isinstance(i, list) else [i])
+                        if isinstance(i, int)]
+            if not specials:
+                raise ConversionError("Without a tokenizer, pass image_token_id (the config names no special token).")
+            image_token_id = max(specials) + 1
+        needed = image_token_id + 1
+    resized = needed > rows
+    if resized:
+        rows = -(-needed // 64) * 64
+        text_config.vocab_size = rows
+
+    # ---- the objective: denoiser geometry from the weights, teacher from mm_pixel_decoder ----
+    denoiser_keys = [k for k in headers if k.startswith("model.mm_inv_projector.")]
+    ross_enabled = bool(official.get("ross_enable")) or bool(denoiser_keys)
+    teacher = None
+    if ross_enabled:
+        inv_type = str(official.get("mm_inv_projector_type", ""))
+        if "model.mm_inv_projector.ln_pre.weight" in headers:
+            raise ConversionError("This checkpoint uses the authors' unused `denoiser_vit.py` variant (ln_pre weights, "
+                                  "learned pos_embed, no adaLN); only the DiT denoiser of `denoiser_dit.py` is supported.")
+        if not inv_type.startswith("denoiser"):
+            raise ConversionError(f"mm_inv_projector_type={inv_type!r} (a ROSS^R regression head) is not supported; "
+                                  "only the ROSS^D denoiser ('denoiser_vit{L}x') is.")
+        if DENOISER_PREFIX + "x_embedder.proj.weight" not in headers:
+            raise ConversionError(f"ross_enable is set but the checkpoint has no denoiser weights "
+                                  f"({DENOISER_PREFIX}x_embedder.proj.weight is missing).")
+        width, channels = headers[DENOISER_PREFIX + "x_embedder.proj.weight"][1][:2]
+        depth = len({k.split(".")[4] for k in denoiser_keys if k.startswith(DENOISER_PREFIX + "blocks.")})
+        mlp_ratio = headers[DENOISER_PREFIX + "blocks.0.mlp.fc1.weight"][1][0] / width
+        teacher = resolve_component(official.get("mm_pixel_decoder") or None, src_dir, vae, what="Pixel decoder (VAE)",
+                                    flag="--vae")
+        if teacher is None:
+            raise ConversionError("config.json has no mm_pixel_decoder; pass --vae with the teacher VAE.")
+        teacher_config = _vae_config(teacher, vae_subfolder)
+        downsample = 2 ** (len(teacher_config["block_out_channels"]) - 1)
+        decode_size = int(official.get("decode_image_size", grid * 16))
+        fold = decode_size // downsample // grid
+        problems = []
+        if fold < 1 or fold * downsample * grid != decode_size:
+            problems.append(f"decode_image_size={decode_size} is not grid {grid} x VAE downsample {downsample} x fold")
+        if teacher_config["latent_channels"] * max(fold, 1) ** 2 != channels:
+            problems.append(f"the denoiser has {channels} channels but the VAE gives {teacher_config['latent_channels']}"
+                            f" x {fold}^2")
+        if official.get("mm_inv_hidden_size") not in (None, channels):
+            problems.append(f"mm_inv_hidden_size={official['mm_inv_hidden_size']} but the weights have {channels}")
+        if problems:
+            raise ConversionError("The denoiser, VAE and config disagree: " + "; ".join(problems))
+        objective = dict(
+            objective="denoise", target="vae", teacher=teacher, teacher_subfolder=vae_subfolder,
+            teacher_config=teacher_config, vae_fold=fold, latent_sample="sample",
+            denoiser_hidden_size=width, denoiser_depth=depth, denoiser_num_heads=denoiser_num_heads,
+            denoiser_mlp_ratio=mlp_ratio, num_noise_draws=4, weight=1.0, num_train_timesteps=1000,
+            beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", save_teacher=save_teacher,
+        )
+    else:
+        objective = dict(objective="none")
+    objective.update(image_mean=list(official.get("image_mean", [0.5] * 3)),
+                     image_std=list(official.get("image_std", [0.5] * 3)))
+
+    config = RossConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config.to_dict(),
+        objective_config=objective,
+        image_token_id=image_token_id,
+        image_seq_length=grid * grid,
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=strategy,
+        projector_type=projector_type,
+        projector_hidden_act="gelu",  # nn.GELU() in the authors' mlp2x_gelu
+        tie_word_embeddings=bool(official.get("tie_word_embeddings", False)),
+    )
+    config.dtype = dtype
+
+    # ---- plan: every source key mapped or dropped, every target key filled, shapes checked ----
+    report = ConversionReport(dst=dst, config=config, image_token_id=image_token_id, vocab_size=rows,
+                              resized_vocab=resized, vision_tower=tower, teacher=teacher)
+    sources: list[TensorSource] = []
+    unexpected = []
+    save_vae = ross_enabled and save_teacher
+    for key in headers:
+        target, reason = map_official_key(key, projector_type, save_vae)
+        if target is None and reason is None:
+            unexpected.append(key)
+        elif target is None:
+            report.dropped[key] = reason
+        else:
+            report.mapped[key] = target
+            transform = "conv1x1" if key.endswith("x_embedder.proj.weight") else None
+            if target in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+                transform = "pad_rows"
+            sources.append(TensorSource(headers[key][0], key, target, transform))
+    expected = _expected_shapes(config)
+    if not save_vae:
+        expected = {k: v for k, v in expected.items() if not k.startswith("teacher.")}
+    produced = {s.target for s in sources}
+    # Weights a checkpoint may legitimately lack: the tower (from mm_vision_tower) and the VAE (from the teacher).
+    sources += _component_sources(expected, produced, tower, save_vae, teacher, vae_subfolder, report)
+    produced = {s.target for s in sources}
+    missing = sorted(set(expected) - produced)
+    extra = sorted(produced - set(expected))
+    shape_errors = []
+    for source in sources:
+        if source.target not in expected:
+            continue
+        shape = _read_shape(source, headers)
+        if source.transform == "conv1x1":
+            shape = shape[:2]
+        if source.transform == "pad_rows":
+            shape = (rows, *shape[1:])
+        if shape != expected[source.target]:
+            shape_errors.append(f"{source.key} {shape} -> {source.target} {expected[source.target]}")
+    if unexpected or missing or extra or shape_errors:
+        lines = []
+        if unexpected:
+            lines.append(f"{len(unexpected)} unexpected source keys (no mapping rule): {unexpected}")
+        if missing:
+            lines.append(f"{len(missing)} missing keys (not in the checkpoint nor its components): {missing}")
+        if extra:
+            lines.append(f"{len(extra)} mapped keys that the ROSS model does not have: {extra}")
+        if shape_errors:
+            lines.append(f"{len(shape_errors)} shape mismatches: {shape_errors}")
+        raise ConversionError("Cannot convert " + str(src) + ":\n" + "\n".join(lines))
+    if ross_enabled and DENOISER_PREFIX + "pos_embed" in headers:
+        _check_pos_embed(headers[DENOISER_PREFIX + "pos_embed"][0], DENOISER_PREFIX + "pos_embed", width, grid)
+
+    # ---- processor (built before writing anything, so its errors also come first) ----
+    processor = None
+    if loaded_tokenizer is not None:
+        image_processor = load_image_processor(tower)
+        side = image_processor.size.get("height") if isinstance(image_processor.size, dict) else None
+        side = side or getattr(image_processor.size, "height", None)
+        if side is not None and side != vision_config.image_size:
+            raise ConversionError(f"The tower's image processor resizes to {side}, its config says "
+                                  f"image_size={vision_config.image_size}.")
+        if loaded_tokenizer.pad_token is None:
+            loaded_tokenizer.pad_token = "<|endoftext|>"
+        processor = RossProcessor(
+            image_processor, loaded_tokenizer, chat_template=VICUNA_QWEN2_CHAT_TEMPLATE, image_token="<image>",
+            image_seq_length=grid * grid, image_aspect_ratio="pad" if aspect == "pad" else "resize",
+        )
+
+    # ---- stream the tensors ----
+    dst.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(dst, _parse_size(max_shard_size))
+    by_file: "OrderedDict[str, list[TensorSource]]" = OrderedDict()
+    for source in sources:
+        by_file.setdefault(source.file, []).append(source)
+    for file, group in by_file.items():
+        with safe_open(file, "pt") as handle:
+            for source in group:
+                tensor = handle.get_tensor(source.key)
+                if source.transform == "conv1x1":
+                    tensor = tensor.reshape(tensor.shape[0], tensor.shape[1])
+                elif source.transform == "pad_rows":
+                    tensor = _mean_rows(tensor, rows)
+                writer.add(source.target, tensor.to(dtype) if tensor.is_floating_point() else tensor)
+                del tensor
+    report.shard_files = writer.finish()
+
+    # ---- config, generation config, code, processor ----
+    _save_config_and_code(config, dst)
+    if (src_dir / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(src_dir).save_pretrained(dst)
+    if processor is not None:
+        processor.save_pretrained(dst)
+        report.processor_saved = True
+    return report
+
+
+def _read_shape(source: TensorSource, headers) -> tuple:
+    if source.key in headers and headers[source.key][0] == source.file:
+        return headers[source.key][1]
+    with safe_open(source.file, "pt") as handle:
+        return tuple(handle.get_slice(source.key).get_shape())
+
+
+def _component_sources(expected, produced, tower, save_vae, teacher, vae_subfolder, report) -> list[TensorSource]:
+    """Tensors the checkpoint lacks but its components hold: the vision tower (a full CLIP/SigLIP repo has
+    `vision_model.*`, a bare vision model flat keys) and, with `save_teacher`, the VAE."""
+    sources = []
+    need_tower = [k for k in expected if k.startswith("model.vision_tower.") and k not in produced]
+    if need_tower:
+        files = _safetensors_files(_local_folder(tower))
+        available = _read_headers(files)
+        for target in need_tower:
+            rest = target[len("model.vision_tower."):]
+            for candidate in ("vision_model." + rest, rest):
+                if candidate in available:
+                    sources.append(TensorSource(available[candidate][0], candidate, target))
+                    report.from_components[target] = f"{tower}:{candidate}"
+                    break
+    need_vae = [k for k in expected if k.startswith("teacher.vae.") and k not in produced] if save_vae else []
+    if need_vae:
+        folder = _local_folder(teacher, vae_subfolder)
+        available = _read_headers(_safetensors_files(folder, "diffusion_pytorch_model.safetensors"))
+        for target in need_vae:
+            rest = target[len("teacher.vae."):]
+            if rest in available:
+                sources.append(TensorSource(available[rest][0], rest, target))
+                report.from_components[target] = f"{teacher}:{rest}"
+    return sources
+
+
+def _save_config_and_code(config, dst: Path) -> None:
+    """Write config.json + the flat code files + auto_map, as `RossForConditionalGeneration.save_pretrained` does."""
+    from transformers.dynamic_module_utils import custom_object_save
+
+    from .modeling_ross import RossForConditionalGeneration
+    from .processing_ross import RossProcessor
+
+    config.architectures = ["RossForConditionalGeneration"]
+    config.save_pretrained(dst)  # copies configuration_ross.py (the config is registered for AutoConfig)
+    for cls in (RossForConditionalGeneration, RossProcessor):  # modeling_ross.py + its relative imports; processing
+        custom_object_save(cls, dst)
+    config_file = dst / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved.setdefault("auto_map", {}).update(
+        {
+            "AutoConfig": "configuration_ross.RossConfig",
+            "AutoModel": "modeling_ross.RossModel",
+            "AutoModelForImageTextToText": "modeling_ross.RossForConditionalGeneration",
+            "AutoProcessor": "processing_ross.RossProcessor",
+        }
+    )
+    config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv=None) -> ConversionReport:
+    parser = argparse.ArgumentParser(
+        prog="python -m modeling_ross.convert_official",
+        description="Convert the ROSS authors' checkpoint (e.g. HaochenWang/ross-qwen2-7b) to a ROSS folder.",
+    )
+    parser.add_argument("--src", required=True, help="authors' checkpoint folder or Hub id")
+    parser.add_argument("--dst", required=True, help="output folder (must be empty or absent)")
+    parser.add_argument("--tokenizer", help="tokenizer folder/Hub id (default: --src when it has tokenizer files)")
+    parser.add_argument("--vision-tower", help="overrides mm_vision_tower (folder or Hub id)")
+    parser.add_argument("--vae", "--pixel-decoder", dest="vae", help="overrides mm_pixel_decoder (folder or Hub id)")
+    parser.add_argument("--vae-subfolder", help="subfolder of --vae holding the VAE (e.g. 'vae' for FLUX.1-dev)")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="output dtype (default bf16)")
+    parser.add_argument("--save-teacher", action="store_true", help="keep the frozen VAE weights in the output")
+    parser.add_argument("--image-token-id", type=int, help="id of <image> when no tokenizer is available")
+    parser.add_argument("--denoiser-num-heads", type=int, default=AUTHORS_DENOISER_NUM_HEADS)
+    parser.add_argument("--max-shard-size", default="5GB")
+    args = parser.parse_args(argv)
+    report = convert_official(
+        args.src, args.dst, tokenizer=args.tokenizer, vision_tower=args.vision_tower, vae=args.vae,
+        vae_subfolder=args.vae_subfolder, dtype=args.dtype, save_teacher=args.save_teacher,
+        image_token_id=args.image_token_id, denoiser_num_heads=args.denoiser_num_heads,
+        max_shard_size=args.max_shard_size,
+    )
+    objective = report.config.objective_config
+    print(f"Wrote {report.dst}: {len(report.mapped)} tensors mapped, {len(report.dropped)} dropped, "
+          f"{len(report.from_components)} taken from components; {len(report.shard_files)} shard(s).")
+    reasons = {}
+    for reason in report.dropped.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        print(f"  dropped {count}: {reason}")
+    print(f"  <image> id {report.image_token_id}; vocab rows {report.vocab_size}"
+          f"{' (resized)' if report.resized_vocab else ''}; vision tower {report.vision_tower}")
+    if objective.enabled:
+        print(f"  denoiser {objective.denoiser_hidden_size} wide x {objective.denoiser_depth} blocks; teacher "
+              f"{objective.teacher}; save_teacher={objective.save_teacher}")
+    print(f"  processor {'saved' if report.processor_saved else 'NOT saved (no tokenizer)'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
