@@ -1,0 +1,68 @@
+"""Evaluate a checkpoint on one benchmark: ``python -m eval.run --model PATH --benchmark NAME --data PATH``.
+
+Loads the model with ``AutoModelForImageTextToText.from_pretrained(PATH, trust_remote_code=True)``
+and ``AutoProcessor`` (bf16 on GPU, fp16 where bf16 is unsupported, fp32 on CPU unless
+``--dtype`` says otherwise), generates greedily in batches (left padding, KV cache), scores
+with the benchmark's rules, and writes ``predictions.jsonl``, ``scores.json`` and ``scores.md``
+under ``--out`` (default ``runs/eval/<benchmark>``; formats in :mod:`eval.generation`).
+Prints the ``scores.json`` object. Bad input exits with status 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from eval.scoring import RULES
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from eval.generation import benchmark_names
+
+    parser = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (loaded with remote code)")
+    parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(benchmark_names())}")
+    parser.add_argument("--data", required=True, type=Path, help="local copy: save_to_disk folder, parquet or .tsv")
+    parser.add_argument("--rules", default="lmms-eval", choices=RULES, help="prompt and scoring rules")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark's")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/eval/<benchmark>)")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=int, default=0, help="seeds torch (generation is greedy anyway)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from eval.generation import evaluate_model, get_benchmark, load_model, resolve_dtype
+
+    try:
+        bench = get_benchmark(args.benchmark)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if not args.data.exists():
+            raise ValueError(f"--data {args.data}: no such file or directory")
+        resolve_dtype(args.dtype, "cpu")  # validates the name before the (slow) model load
+    except (KeyError, ValueError) as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    torch.manual_seed(args.seed)
+    model, processor = load_model(args.model, args.dtype, args.device)
+    scores = evaluate_model(
+        model, processor, bench, args.data, rules=args.rules, batch_size=args.batch_size, limit=args.limit,
+        out_dir=args.out or Path("runs") / "eval" / bench.name, max_new_tokens=args.max_new_tokens,
+        progress=not args.no_progress, model_name=str(args.model),
+    )
+    print(json.dumps(scores, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
