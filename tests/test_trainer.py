@@ -1,0 +1,400 @@
+"""RossTrainer: exact gradient accumulation, stage presets, component logging, LoRA, resume, sft.py end to end."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling_ross import RossForConditionalGeneration
+from train.trainer import (
+    RossTrainer,
+    RossTrainingArguments,
+    apply_lora,
+    apply_stage,
+    count_trainable_parameters,
+)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- a small in-memory dataset + collator (independent of train/data.py) ----
+def _image(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (24, 36, 3), dtype=np.uint8))
+
+
+def _sample(index: int, num_images: int) -> dict:
+    content = [{"type": "image"}] * num_images + [{"type": "text", "text": f"How many squares? {index % 5}"}]
+    answer = ["one", "two red circles", "three", "yes", "no blue square"][index % 5]
+    return {
+        "messages": [
+            {"role": "user", "content": content},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ],
+        "images": [_image(100 * index + j) for j in range(num_images)],
+    }
+
+
+# Image counts vary (0, 1, 2) so that micro-batches have different shares of the step's images.
+IMAGE_COUNTS = [1, 0, 2, 1, 1, 0, 2, 1]
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, counts=IMAGE_COUNTS):
+        self.items = [_sample(i, n) for i, n in enumerate(counts)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+class SimpleCollator:
+    """Chat template -> processor; labels = input ids on the answer (assistant mask), -100 elsewhere."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, samples):
+        out = self.processor.apply_chat_template(
+            [s["messages"] for s in samples],
+            images=None,
+            tokenize=False,
+        )
+        images = [image for s in samples for image in s["images"]]
+        batch = self.processor(text=out, images=images or None, padding=True, return_tensors="pt")
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = -100
+        labels[batch["input_ids"] == self.processor.image_token_id] = -100
+        # Supervise only the second half of each row's real tokens: a cheap stand-in for answer masks.
+        lengths = batch["attention_mask"].sum(-1)
+        for row, length in enumerate(lengths.tolist()):
+            labels[row, : length // 2] = -100
+        batch["labels"] = labels
+        return dict(batch)
+
+
+def _args(tmp_path, **overrides) -> RossTrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_steps=1,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+    )
+    defaults.update(overrides)
+    return RossTrainingArguments(**defaults)
+
+
+@pytest.fixture(scope="module")
+def regress_model_state(tiny_components):
+    """A deterministic objective (ROSS^R on VAE latents, posterior mode): no noise, so runs can be compared."""
+    torch.manual_seed(0)
+    model = RossForConditionalGeneration.from_components(
+        **tiny_components, objective="regress", latent_sample="mode", weight=0.7
+    )
+    return model
+
+
+class GradCapture:
+    """Trainer callback that copies every gradient right before the optimizer step."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        capture = self
+
+        class _Callback(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+                capture.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+        self.callback = _Callback()
+        self.grads = None
+
+
+def _train_once(model, processor, dataset, args):
+    import copy
+
+    model = copy.deepcopy(model)
+    capture = GradCapture()
+    trainer = RossTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=SimpleCollator(processor),
+        callbacks=[capture.callback],
+    )
+    trainer.train()
+    return trainer, capture.grads
+
+
+def test_gradient_accumulation_equals_large_batch(regress_model_state, tiny_processor, tmp_path):
+    dataset = ListDataset()
+    big, big_grads = _train_once(
+        regress_model_state, tiny_processor, dataset, _args(tmp_path / "a", per_device_train_batch_size=8)
+    )
+    acc, acc_grads = _train_once(
+        regress_model_state,
+        tiny_processor,
+        dataset,
+        _args(tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=4),
+    )
+    # Direct reference: one forward over the whole dataset as a single batch.
+    model = regress_model_state
+    model.train()
+    batch = SimpleCollator(tiny_processor)([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        ref = model(**batch)
+    expected = {
+        "text_loss": ref.text_loss.item(),
+        "visual_loss": ref.visual_loss.item(),
+        "loss": ref.loss.item(),
+    }
+    assert abs(expected["loss"] - (expected["text_loss"] + 0.7 * expected["visual_loss"])) < 1e-6
+    for trainer in (big, acc):
+        logged = trainer.state.log_history[0]
+        for key, value in expected.items():
+            assert logged[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (key, logged, expected)
+
+    assert big_grads.keys() == acc_grads.keys()
+    assert any(k.startswith("denoiser.") for k in big_grads) and any(k.startswith("model.projector.") for k in big_grads)
+    for name in big_grads:
+        torch.testing.assert_close(acc_grads[name], big_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    # The visual term matters for these gradients (a double-weighted visual term would fail the check above).
+    assert big_grads["denoiser.fc2.weight"].abs().max() > 1e-4
+
+
+# ---- stage presets ----
+def _numel(module) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_stage_presets_count_parameters(tiny_model, stage):
+    model = tiny_model
+    counts = apply_stage(model, stage)
+    llm = _numel(model.model.language_model) + (
+        0 if model.lm_head.weight is model.model.language_model.embed_tokens.weight else _numel(model.lm_head)
+    )
+    expected = {
+        "vision_tower": 0,
+        "projector": _numel(model.model.projector),
+        "language_model": llm if stage == 2 else 0,
+        "denoiser": _numel(model.denoiser),
+        "teacher": 0,
+        "other": 0,
+    }
+    assert counts == expected
+    assert expected["projector"] > 0 and expected["denoiser"] > 0 and llm > 0
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == sum(expected.values())
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert all(p.requires_grad == (stage == 2) for p in model.model.language_model.parameters())
+    with pytest.raises(ValueError, match="stage must be one of"):
+        apply_stage(model, 3)
+
+
+# ---- logging, bf16 autocast on CPU, per-module learning rates ----
+def test_component_logging_and_module_learning_rates(tiny_model, tiny_processor, tmp_path):
+    apply_stage(tiny_model, 2)
+    args = _args(
+        tmp_path, max_steps=4, logging_steps=2, bf16=True, projector_lr=3e-3, denoiser_lr=2e-3, llm_lr=1e-4,
+        weight_decay=0.1,
+    )
+    trainer = RossTrainer(
+        model=tiny_model, args=args, train_dataset=ListDataset(), data_collator=SimpleCollator(tiny_processor)
+    )
+    assert trainer.args.remove_unused_columns is False
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in logs] == [2, 4]
+    for h in logs:
+        assert np.isfinite(h["text_loss"]) and np.isfinite(h["visual_loss"]) and h["visual_loss"] > 0
+        # Every batch has an image, so the window means add up exactly like the loss.
+        assert h["loss"] == pytest.approx(h["text_loss"] + h["visual_loss"], rel=1e-4)
+    summary = trainer.state.log_history[-1]
+    assert "train_runtime" in summary and "text_loss" not in summary  # empty buffer skipped
+    lrs = {g["name"]: (g["lr"], g["weight_decay"]) for g in trainer.optimizer.param_groups}
+    assert lrs["projector/decay"] == (3e-3, 0.1) and lrs["projector/no_decay"] == (3e-3, 0.0)
+    assert lrs["denoiser/decay"][0] == 2e-3 and lrs["language_model/decay"][0] == 1e-4
+    assert not any(name.startswith(("vision_tower", "teacher")) for name in lrs)
+
+
+def test_remove_unused_columns_is_forced_off(tmp_path):
+    assert _args(tmp_path, remove_unused_columns=True).remove_unused_columns is False
+
+
+# ---- LoRA ----
+def test_lora_trains_a_step(tiny_model, tiny_processor, tmp_path):
+    apply_stage(tiny_model, 2)
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    peft_model = apply_lora(tiny_model, r=4, alpha=8)
+    counts = count_trainable_parameters(peft_model)
+    assert counts["vision_tower"] == counts["teacher"] == 0
+    assert counts["projector"] == _numel(tiny_model.model.projector.modules_to_save["default"])
+    assert 0 < counts["language_model"] < _numel(tiny_model.model.language_model) // 4  # adapters only
+    trainer = RossTrainer(
+        model=peft_model, args=_args(tmp_path, learning_rate=1e-2), train_dataset=ListDataset(),
+        data_collator=SimpleCollator(tiny_processor),
+    )
+    trainer.train()
+    assert np.isfinite(trainer.state.log_history[0]["visual_loss"])
+    merged = peft_model.merge_and_unload()
+    after = dict(merged.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert any(n.startswith("model.projector.") for n in changed)
+    assert any(n.startswith("denoiser.") for n in changed)
+    assert any(n.startswith("model.language_model.layers.") and "proj" in n for n in changed)  # merged LoRA delta
+    assert not any(n.startswith(("model.vision_tower.", "teacher.")) for n in changed)
+    assert not any("embed_tokens" in n or n.startswith("lm_head") for n in changed)  # not adapted: frozen
+
+
+# ---- config ----
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+    from train.config import load_config, parse_overrides
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("output_dir: x\nvision_model: a\nlanguage_model: b\ndata_path: d\nlearnig_rate: 1e-3\n")
+    with pytest.raises(ValueError) as error:
+        load_config(str(config))
+    message = str(error.value)
+    assert "'learnig_rate'" in message and "did you mean 'learning_rate'" in message
+    assert "Valid run keys:" in message and "stage" in message and "per_device_train_batch_size" in message
+    assert parse_overrides(["--stage", "1", "--bf16=true", "--lr_list", "[1, 2]"]) == {
+        "stage": 1, "bf16": True, "lr_list": [1, 2],
+    }
+    with pytest.raises(ValueError, match="command-line overrides"):
+        config.write_text("output_dir: x\nvision_model: a\nlanguage_model: b\ndata_path: d\n")
+        load_config(str(config), {"sage": 1})
+
+
+def test_paper_configs_parse():
+    from train.config import load_config
+
+    for path in sorted((REPO_ROOT / "train" / "configs").glob("*.yaml")):
+        # use_cpu: bf16 TrainingArguments refuse to build without a GPU unless told to run on CPU.
+        run, args, _ = load_config(str(path), {"use_cpu": True})
+        if path.name.startswith("tiny"):
+            continue
+        stage1 = "stage1" in path.name
+        world = 8
+        assert world * args.per_device_train_batch_size * args.gradient_accumulation_steps == (256 if stage1 else 128)
+        assert args.learning_rate == (1e-3 if stage1 else 2e-5) and args.weight_decay == 0.0
+        assert args.warmup_steps == 0.03 and args.lr_scheduler_type.value == "cosine" and args.bf16
+        assert args.deepspeed.endswith("zero2.json" if stage1 else "zero3.json")
+        assert run.stage == (1 if stage1 else 2)
+        assert (run.objective == "none") == ("baseline" in path.name)
+
+
+# ---- sft.py: end to end, and exact resume after a kill ----
+SFT = str(REPO_ROOT / "train" / "sft.py")
+
+
+def _sft_argv(root, output_dir, steps=4):
+    return [
+        "--config", str(REPO_ROOT / "train" / "configs" / "tiny_stage2.yaml"),
+        "--prepare_tiny", f"{{root: {root}, num_images: 12, stage: sft}}",
+        "--output_dir", str(output_dir),
+        "--max_steps", str(steps), "--save_strategy", "steps", "--save_steps", "2",
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--logging_steps", "1",
+    ]
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """One uninterrupted 4-step sft.py run (in-process) on tiny components and synthetic data."""
+    from train.sft import main
+
+    root = tmp_path_factory.mktemp("sft")
+    summary = main(_sft_argv(root / "tiny", root / "full"))
+    return root, summary
+
+
+@pytest.mark.slow
+def test_sft_end_to_end_writes_a_loadable_folder(sft_run):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    root, summary = sft_run
+    folder = root / "full" / "model"
+    for name in ("model.safetensors", "config.json", "modeling_ross.py", "chat_template.jinja",
+                 "processor_config.json", "training_args.json", "train_config.yaml"):
+        assert (folder / name).is_file(), name
+    assert summary["global_step"] == 4 and summary["final_visual_loss"] > 0 and summary["final_text_loss"] > 0
+    assert summary["tokens_per_second"] > 0 and summary["peak_memory_bytes"] > 0
+    assert json.loads((root / "full" / "summary.json").read_text())["global_step"] == 4
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__name__ == "RossForConditionalGeneration" and model.denoiser is None
+    saved = _weights(folder)
+    for name, param in model.named_parameters():
+        assert torch.equal(param.detach(), saved[name]), name
+    assert processor.image_seq_length == model.config.image_seq_length
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    from transformers import TrainerCallback
+    from train.sft import main
+
+    class KillAfterSave(TrainerCallback):
+        # on_save runs after the checkpoint folder is complete: die there like a preempted job.
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    main(sys.argv[1:], callbacks=[KillAfterSave()])
+    """
+)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(sft_run, tmp_path):
+    root, _ = sft_run
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT.format(repo=str(REPO_ROOT)))
+    out = tmp_path / "interrupted"
+    killed = subprocess.run(
+        [sys.executable, str(script), *_sft_argv(root / "tiny", out)], capture_output=True, text=True, timeout=300,
+        env=env,
+    )
+    assert killed.returncode == -9, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file() and not (out / "model").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, SFT, *_sft_argv(root / "tiny", out), "--resume_from_checkpoint", str(out / "checkpoint-2")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    reference, final = _weights(root / "full" / "model"), _weights(out / "model")
+    assert reference.keys() == final.keys()
+    for name in reference:
+        torch.testing.assert_close(final[name], reference[name], rtol=0, atol=1e-6, msg=name)
+    # Not trivially equal: training moved the weights away from the step-2 checkpoint.
+    step2 = _weights(out / "checkpoint-2")
+    assert any(not torch.equal(step2[name], reference[name]) for name in reference if name.startswith("denoiser."))

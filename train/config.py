@@ -1,0 +1,177 @@
+"""The run configuration of `train/sft.py`: one flat YAML file, `--key value` overrides, strict key checking.
+
+A YAML file mixes two kinds of keys:
+- the fields of `RossRunConfig` below (model, data, stage, LoRA), and
+- any field of `RossTrainingArguments` (`transformers.TrainingArguments` + per-module learning rates).
+An unknown key is an error that lists the valid keys (and the closest ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class RossRunConfig:
+    """Model, data and stage settings of a run (everything that is not a `TrainingArguments` field)."""
+
+    # ---- model: either components (new model) or a ROSS checkpoint (continue training) ----
+    model_name_or_path: str | None = None  # a ROSS checkpoint: loaded with `load_objective=True`
+    vision_model: str | None = None  # e.g. google/siglip-so400m-patch14-384
+    language_model: str | None = None  # e.g. Qwen/Qwen2-7B-Instruct
+    teacher: str | None = None  # e.g. black-forest-labs/FLUX.1-dev
+    teacher_subfolder: str | None = None  # e.g. vae
+    objective: str = "denoise"  # denoise | regress | latent2pixel | none (baseline)
+    target: str = "vae"  # vae | pixel | features
+    model_overrides: dict = field(default_factory=dict)  # extra RossConfig / RossObjectiveConfig fields
+    chat_template: str = "vicuna"  # vicuna | llm | a Jinja string
+    image_aspect_ratio: str = "pad"  # pad (stage 2) | resize (stage 1)
+    # ---- training recipe ----
+    stage: int = 2  # 1: projector + denoiser; 2: projector + LLM + denoiser
+    lora: bool = False  # LoRA on the LLM (stage 2); projector and denoiser stay fully trainable
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None
+    # ---- data ----
+    data_path: str | None = None  # LLaVA JSON / JSONL
+    image_folder: str | None = None
+    data_format: str = "chat"  # chat (instruction tuning) | plain (stage-1 captions)
+    model_max_length: int = 2048
+    on_bad_sample: str = "error"  # unreadable / too long samples: error | skip (logged and counted)
+    group_by: str | None = None  # None (random) | length | modality_length (LLaVA's group_by_modality_length)
+    max_train_samples: int | None = None
+    # ---- tiny default run: write tiny components + synthetic data when missing ----
+    prepare_tiny: dict | None = None  # {"root": "runs/tiny", "num_images": 64, "stage": "plain"|"sft"}
+    # ---- outputs ----
+    summary_file: str = "summary.json"  # written under output_dir
+
+
+def run_config_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(RossRunConfig)]
+
+
+def training_argument_keys() -> list[str]:
+    from train.trainer import RossTrainingArguments
+
+    return [f.name for f in dataclasses.fields(RossTrainingArguments) if f.init]
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """`["--lr", "1e-3", "--bf16=true", "--flag"]` -> `{"lr": 0.001, "bf16": True, "flag": True}` (values as YAML)."""
+    overrides, i = {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"Expected --key value, got {arg!r}")
+        key = arg[2:].replace("-", "_") if "=" not in arg else arg[2 : arg.index("=")].replace("-", "_")
+        if "=" in arg:
+            value, i = arg[arg.index("=") + 1 :], i + 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value, i = argv[i + 1], i + 2
+        else:
+            value, i = "true", i + 1
+        overrides[key] = yaml.safe_load(value) if value != "" else ""
+    return overrides
+
+
+def check_keys(values: dict[str, Any], source: str = "config") -> None:
+    """Raise a `ValueError` naming every unknown key, its closest valid keys, and the full list of valid keys."""
+    valid = run_config_keys() + training_argument_keys()
+    unknown = [key for key in values if key not in valid]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+            hints.append(f"{key!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+        raise ValueError(
+            f"Unknown key(s) in {source}: {', '.join(hints)}.\n"
+            f"Valid run keys: {', '.join(sorted(run_config_keys()))}.\n"
+            f"Valid TrainingArguments keys: {', '.join(sorted(training_argument_keys()))}."
+        )
+
+
+def resolve_path(path: str | None, base: Path | None = None) -> str | None:
+    """A relative path as given if it exists from the working directory, else relative to `base`, else the repo."""
+    if path is None or Path(path).is_absolute() or Path(path).exists():
+        return path
+    for root in (base, REPO_ROOT):
+        if root is not None and (root / path).exists():
+            return str(root / path)
+    return path
+
+
+def setup_cpu_deepspeed(values: dict[str, Any]) -> None:
+    """
+    DeepSpeed on CPU (tests, no GPU): launch with `torchrun --nproc_per_node N` (or `accelerate launch
+    --num_processes N --multi_gpu`) and `DS_ACCELERATOR=cpu`. accelerate only starts DeepSpeed on an accelerator
+    device (with `use_cpu` it silently falls back to plain CPU DDP), so here the process group is created first with
+    gloo and DeepSpeed flagged, and `TrainingArguments` is told to reuse that state (`use_configured_state`).
+    No-op unless `deepspeed` is set, `DS_ACCELERATOR=cpu`, and the process was started by a distributed launcher.
+    """
+    import os
+
+    if not values.get("deepspeed") or os.environ.get("DS_ACCELERATOR") != "cpu" or "LOCAL_RANK" not in os.environ:
+        return
+    if values.get("use_cpu"):
+        raise ValueError("With DS_ACCELERATOR=cpu leave `use_cpu` unset: accelerate disables DeepSpeed with use_cpu.")
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    accelerator_config = dict(values.get("accelerator_config") or {})
+    accelerator_config["use_configured_state"] = True
+    values["accelerator_config"] = accelerator_config
+
+
+def load_config(config_path: str | None, overrides: dict[str, Any] | None = None):
+    """
+    Read the YAML file, apply the overrides, check the keys and split them.
+
+    Returns `(run_config, training_args, resolved)` where `resolved` is the merged flat dict (saved with the model).
+    """
+    from train.trainer import RossTrainingArguments
+
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        with open(config_path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{config_path} must hold a mapping of keys to values, got {type(values).__name__}.")
+        check_keys(values, source=str(config_path))
+    overrides = overrides or {}
+    check_keys(overrides, source="command-line overrides")
+    values = {**values, **overrides}
+    if "deepspeed" in values and isinstance(values["deepspeed"], str):
+        values["deepspeed"] = resolve_path(values["deepspeed"], Path(config_path).parent if config_path else None)
+
+    setup_cpu_deepspeed(values)
+    run_fields = set(run_config_keys())
+    run_config = RossRunConfig(**{k: v for k, v in values.items() if k in run_fields})
+    train_values = {k: v for k, v in values.items() if k not in run_fields}
+    if "output_dir" not in train_values:
+        raise ValueError("The config needs an `output_dir`.")
+    training_args = RossTrainingArguments(**train_values)
+    if run_config.stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {run_config.stage!r}")
+    if (
+        run_config.model_name_or_path is None
+        and run_config.prepare_tiny is None
+        and not (run_config.vision_model and run_config.language_model)
+    ):
+        raise ValueError("Set either `model_name_or_path` (a ROSS checkpoint) or `vision_model` + `language_model`.")
+    if run_config.data_path is None and run_config.prepare_tiny is None:
+        raise ValueError("Set `data_path` (LLaVA-format JSON) or `prepare_tiny`.")
+    return run_config, training_args, values
+
+
+__all__ = ["RossRunConfig", "check_keys", "load_config", "parse_overrides", "resolve_path", "setup_cpu_deepspeed"]

@@ -1,0 +1,247 @@
+"""Train ROSS (stage 1 or 2 of the recipe) with `RossTrainer`.
+
+    accelerate launch train/sft.py --config train/configs/tiny_stage2.yaml [--key value ...]
+    python train/sft.py --config train/configs/tiny_stage1.yaml --max_steps 10
+
+The model is built from components (`vision_model`, `language_model`, `teacher`) or continued from a ROSS checkpoint
+(`model_name_or_path`, loaded with its trained denoiser). The trained model is saved, Hub-ready, to
+`<output_dir>/model` (safetensors, processor + chat template, remote-code files, config, the resolved YAML and
+`training_args.json`), and a summary (throughput, peak memory, final losses) is printed and written as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+if __package__ in (None, ""):  # `python train/sft.py` / `accelerate launch train/sft.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import yaml
+
+from train.config import load_config, parse_overrides, resolve_path
+
+
+def prepare_tiny_run(run_config, training_args) -> None:
+    """Write tiny components and synthetic LLaVA data under `prepare_tiny["root"]` if missing; point the config there."""
+    spec = dict(run_config.prepare_tiny)
+    root = Path(resolve_path(spec.get("root", "runs/tiny")))
+    components, data = root / "components", root / "data"
+    stage = spec.get("stage", "sft")
+    name = f"synthetic_{stage}"
+    with training_args.main_process_first(desc="writing tiny components and synthetic data"):
+        if not (components / "qwen2-tiny" / "config.json").exists():
+            from modeling_ross.testing import write_tiny_components
+
+            write_tiny_components(components)
+        if not (data / f"{name}.json").exists():
+            from train.synthetic import write_llava_dataset
+
+            write_llava_dataset(
+                str(data), num_images=int(spec.get("num_images", 64)), seed=int(spec.get("seed", 0)),
+                size=int(spec.get("size", 48)), stage=stage,
+            )
+    run_config.vision_model = run_config.vision_model or str(components / "siglip-tiny")
+    run_config.language_model = run_config.language_model or str(components / "qwen2-tiny")
+    if run_config.objective != "none" and run_config.target == "vae" and run_config.teacher is None:
+        run_config.teacher, run_config.teacher_subfolder = str(components / "vae-tiny"), "vae"
+    run_config.data_path = run_config.data_path or str(data / f"{name}.json")
+    run_config.image_folder = run_config.image_folder or str(data)
+
+
+def build_model_and_processor(run_config, training_args):
+    """
+    The model is built in full on every rank, also under ZeRO-3 (the engine partitions it in `deepspeed.initialize`):
+    `from_components` assembles modules on the meta device and `load_teacher` copies into the teacher, neither of
+    which works inside `zero.Init`. Memory per rank is then the whole model until the engine starts.
+    """
+    from transformers.integrations.deepspeed import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    zero3 = is_deepspeed_zero3_enabled()
+    if zero3:
+        unset_hf_deepspeed_config()
+    try:
+        return _build_model_and_processor(run_config)
+    finally:
+        if zero3:
+            set_hf_deepspeed_config(training_args.hf_deepspeed_config)
+
+
+def _build_model_and_processor(run_config):
+    from transformers import AutoProcessor
+
+    from modeling_ross import RossForConditionalGeneration, RossProcessor
+
+    dtype = None  # fp32 master weights; bf16 runs under autocast (or DeepSpeed's bf16 engine)
+    if run_config.model_name_or_path:
+        path = resolve_path(run_config.model_name_or_path)
+        model = RossForConditionalGeneration.from_pretrained(path, load_objective=True, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    else:
+        model = RossForConditionalGeneration.from_components(
+            resolve_path(run_config.vision_model),
+            resolve_path(run_config.language_model),
+            objective=run_config.objective,
+            target=run_config.target,
+            teacher=resolve_path(run_config.teacher),
+            teacher_subfolder=run_config.teacher_subfolder,
+            dtype=dtype,
+            **run_config.model_overrides,
+        )
+        chat_template = run_config.chat_template
+        processor = RossProcessor.from_components(
+            resolve_path(run_config.vision_model),
+            resolve_path(run_config.language_model),
+            chat_template=chat_template,
+            image_aspect_ratio=run_config.image_aspect_ratio,
+        )
+    if getattr(processor, "image_aspect_ratio", None) is not None:
+        processor.image_aspect_ratio = run_config.image_aspect_ratio
+    return model, processor
+
+
+def load_data(run_config, processor):
+    from train.data import RossDataCollator, load_training_dataset
+
+    dataset = load_training_dataset(
+        resolve_path(run_config.data_path),
+        image_folder=resolve_path(run_config.image_folder),
+        on_bad_sample=run_config.on_bad_sample,
+        image_seq_length=processor.image_seq_length,
+    )
+    if run_config.max_train_samples is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(run_config.max_train_samples, len(dataset))))
+    collator = RossDataCollator(
+        processor,
+        max_length=run_config.model_max_length,
+        format=run_config.data_format,
+        on_bad_sample=run_config.on_bad_sample,
+    )
+    return dataset, collator
+
+
+def peak_memory_bytes() -> int:
+    """Peak GPU memory allocated by torch (CUDA), else the process's peak resident set size."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def save_model(trainer, model, processor, run_config, resolved: dict, directory: Path) -> None:
+    """Save a Hub-ready folder: weights (safetensors), config, code files, processor + chat template, run config."""
+    if run_config.lora:
+        # Merge the adapters so the folder is a plain ROSS checkpoint (loads without PEFT).
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        merged = unwrapped.merge_and_unload()
+        if trainer.args.should_save:
+            merged.save_pretrained(directory)
+    else:
+        trainer.save_model(str(directory))  # gathers ZeRO-3 shards; RossForConditionalGeneration drops the teacher
+    if trainer.args.should_save:
+        processor.save_pretrained(directory)
+        (directory / "training_args.json").write_text(trainer.args.to_json_string() + "\n")
+        with open(directory / "train_config.yaml", "w") as f:
+            yaml.safe_dump(resolved, f, sort_keys=True)
+
+
+def main(argv: list[str] | None = None, callbacks=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        config_path, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
+    overrides = parse_overrides(argv)
+    resume = overrides.pop("resume_from_checkpoint", None)
+    run_config, training_args, resolved = load_config(config_path, overrides)
+    if resume is not None:
+        resolved["resume_from_checkpoint"] = resume
+
+    # `TrainingArguments` exists before the model: under ZeRO-3 the loaders then partition weights while loading.
+    if run_config.prepare_tiny is not None:
+        prepare_tiny_run(run_config, training_args)
+    from transformers import set_seed
+
+    set_seed(training_args.seed)
+    model, processor = build_model_and_processor(run_config, training_args)
+
+    from train.trainer import RossTrainer, apply_lora, apply_stage
+
+    counts = apply_stage(model, run_config.stage)
+    if run_config.lora:
+        model = apply_lora(
+            model, r=run_config.lora_r, alpha=run_config.lora_alpha, dropout=run_config.lora_dropout,
+            target_modules=run_config.lora_target_modules,
+        )
+        from train.trainer import count_trainable_parameters
+
+        counts = count_trainable_parameters(model)
+    if training_args.gradient_checkpointing:
+        model.config.use_cache = False
+        if run_config.stage == 1 or run_config.lora:
+            # Frozen LLM: checkpointed blocks need an input that requires grad for the backward to reach the projector.
+            model.enable_input_require_grads()
+
+    dataset, collator = load_data(run_config, processor)
+    trainer = RossTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=callbacks,
+        group_by=run_config.group_by,
+    )
+    if trainer.is_world_process_zero():
+        print(f"[ross] stage {run_config.stage}: trainable parameters per module {counts}", flush=True)
+
+    if isinstance(resume, str) and resume.lower() in ("true", "latest"):
+        resume = True
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    elapsed = time.perf_counter() - start
+
+    output_dir = Path(training_args.output_dir)
+    save_model(trainer, model, processor, run_config, resolved, output_dir / "model")
+    summary = build_summary(trainer, result, elapsed, counts)
+    if trainer.is_world_process_zero():
+        (output_dir / run_config.summary_file).write_text(json.dumps(summary, indent=2) + "\n")
+        print("[ross] summary: " + json.dumps(summary), flush=True)
+    trainer.accelerator.wait_for_everyone()
+    return summary
+
+
+def build_summary(trainer, result, elapsed: float, counts: dict) -> dict:
+    metrics = result.metrics
+    runtime = metrics.get("train_runtime") or elapsed
+    history = trainer.state.log_history
+    last = {key: next((h[key] for h in reversed(history) if key in h), None) for key in ("text_loss", "visual_loss")}
+    tokens = trainer.state.num_input_tokens_seen
+    return {
+        "global_step": trainer.state.global_step,
+        "train_runtime_s": round(runtime, 3),
+        "steps_per_second": metrics.get("train_steps_per_second"),
+        "samples_per_second": metrics.get("train_samples_per_second"),
+        "tokens_per_second": round(tokens / runtime, 2) if tokens and runtime else None,
+        "num_input_tokens_seen": tokens,
+        "peak_memory_bytes": peak_memory_bytes(),
+        "peak_memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "cpu_max_rss",
+        "final_train_loss": metrics.get("train_loss"),
+        "final_text_loss": last["text_loss"],
+        "final_visual_loss": last["visual_loss"],
+        "trainable_parameters": counts,
+        "world_size": trainer.args.world_size,
+    }
+
+
+if __name__ == "__main__":
+    main()

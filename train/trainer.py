@@ -1,0 +1,289 @@
+"""`RossTrainer`: a `transformers.Trainer` for ROSS (text loss + visual loss).
+
+What it adds to the stock Trainer:
+- **Exact gradient accumulation for the visual term.** The text cross-entropy is normalised by the Trainer's
+  `num_items_in_batch` (supervised tokens over the whole accumulation step, summed over ranks). The model's
+  `visual_loss` is a mean over the *micro-batch's* images, so the Trainer counts images too (over the step's
+  micro-batches, summed over ranks) and weights each micro-batch's visual mean by its share of the images. With
+  GA=k the sum over micro-batches then equals the loss of one k-times larger batch, for both terms.
+- `text_loss` / `visual_loss` logged next to `loss`, averaged over the logging window and over ranks.
+- Per-module learning rates (`projector_lr`, `denoiser_lr`, `llm_lr`) with the usual weight-decay split.
+- Stage presets (`apply_stage`): what is trainable in stage 1 / stage 2 of the recipe.
+- Optional LoRA on the LLM (`apply_lora`), projector and denoiser stay fully trainable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+# Module groups of `RossForConditionalGeneration`, by parameter-name prefix (after unwrapping PEFT).
+MODULE_PREFIXES = {
+    "vision_tower": ("model.vision_tower.",),
+    "projector": ("model.projector.",),
+    "language_model": ("model.language_model.", "lm_head."),
+    "denoiser": ("denoiser.",),
+    "teacher": ("teacher.",),
+}
+STAGE_TRAINABLE = {
+    1: ("projector", "denoiser"),  # alignment: vision tower, LLM and teacher frozen
+    2: ("projector", "language_model", "denoiser"),  # instruction tuning: vision tower and teacher frozen
+}
+
+
+def _strip_peft_prefix(name: str) -> str:
+    """`base_model.model.model.projector.linear_1.weight` -> `model.projector.linear_1.weight`; LoRA/wrapper parts
+    (`.base_layer`, `.modules_to_save.default`, `.original_module`) are removed so names map onto module groups."""
+    if name.startswith("base_model.model."):
+        name = name[len("base_model.model.") :]
+    return re.sub(r"\.(base_layer|modules_to_save\.default|original_module)(?=\.)", "", name)
+
+
+def module_of(name: str) -> str:
+    """Which module group a parameter belongs to (`"other"` if none)."""
+    name = _strip_peft_prefix(name)
+    for module, prefixes in MODULE_PREFIXES.items():
+        if name.startswith(prefixes):
+            return module
+    return "other"
+
+
+def count_trainable_parameters(model: nn.Module) -> dict[str, int]:
+    """Trainable parameter counts per module group (shared/tied parameters counted once)."""
+    counts = dict.fromkeys([*MODULE_PREFIXES, "other"], 0)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            counts[module_of(name)] += _numel(param)
+    return counts
+
+
+def _numel(param: torch.Tensor) -> int:
+    # Under DeepSpeed ZeRO-3 a partitioned parameter is empty locally; its full size is in `ds_numel`.
+    return getattr(param, "ds_numel", param.numel())
+
+
+def apply_stage(model: nn.Module, stage: int) -> dict[str, int]:
+    """
+    Set `requires_grad` for a training stage of the recipe (paper Table 6) and return the trainable parameter counts
+    per module group.
+
+    stage 1: projector + denoiser.  stage 2: projector + LLM (with `lm_head`) + denoiser.
+    The vision tower and the teacher are always frozen. Any other parameter is frozen too.
+    """
+    if stage not in STAGE_TRAINABLE:
+        raise ValueError(f"stage must be one of {sorted(STAGE_TRAINABLE)}, got {stage!r}")
+    trainable = STAGE_TRAINABLE[stage]
+    for name, param in model.named_parameters():
+        param.requires_grad_(module_of(name) in trainable)
+    return count_trainable_parameters(model)
+
+
+def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules=None):
+    """
+    Wrap the LLM's linear layers with LoRA adapters (PEFT). The LLM's base weights are frozen; the projector and the
+    denoiser stay fully trainable and are saved with the adapter (`modules_to_save`); vision tower and teacher stay
+    frozen. Returns the `PeftModel`. Merge with `merge_and_unload()` before `save_pretrained` for a plain checkpoint.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    names = target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # Only the LLM's layers: a regex keeps LoRA off the vision tower and the denoiser, which share layer names.
+    pattern = r"model\.language_model\..*\.(" + "|".join(map(re.escape, names)) + r")"
+    modules_to_save = ["projector"] + (["denoiser"] if getattr(model, "denoiser", None) is not None else [])
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, modules_to_save=modules_to_save
+    )
+    peft_model = get_peft_model(model, config)
+    for name, param in peft_model.named_parameters():
+        # The teacher must stay frozen even though PEFT leaves unrelated modules untouched.
+        if module_of(name) in ("teacher", "vision_tower"):
+            param.requires_grad_(False)
+    return peft_model
+
+
+@dataclass
+class RossTrainingArguments(TrainingArguments):
+    """`TrainingArguments` + per-module learning rates (None = `learning_rate`)."""
+
+    projector_lr: float | None = field(default=None, metadata={"help": "Learning rate of the projector."})
+    denoiser_lr: float | None = field(default=None, metadata={"help": "Learning rate of the denoiser."})
+    llm_lr: float | None = field(default=None, metadata={"help": "Learning rate of the LLM (and lm_head)."})
+    # Counted so the run summary can report tokens/s (the stock default is "no").
+    include_num_input_tokens_seen: str | bool = field(
+        default="non_padding", metadata={"help": "'all', 'non_padding' or 'no' (see TrainingArguments)."}
+    )
+
+    def __post_init__(self):
+        # Multimodal batches carry `pixel_values` and the collator needs the raw columns (hf-v5-notes section 3).
+        if self.remove_unused_columns:
+            self.remove_unused_columns = False
+        super().__post_init__()
+
+
+class RossTrainer(Trainer):
+    """
+    `Trainer` for `RossForConditionalGeneration` (or a PEFT wrapper of it).
+
+    The loss returned by `compute_loss` is already normalised over the whole accumulation step (text by supervised
+    tokens, visual by images), hence `loss_is_scaled_for_ga = True`.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, group_by: str | None = None, **kwargs):
+        if group_by not in (None, "length", "modality_length"):
+            raise ValueError(f"group_by must be None, 'length' or 'modality_length', got {group_by!r}")
+        self.group_by = group_by
+        super().__init__(*args, **kwargs)
+        if self.args.remove_unused_columns:
+            raise ValueError("RossTrainer needs remove_unused_columns=False (the collator reads raw columns).")
+        # The model takes **kwargs, so the Trainer passes `num_items_in_batch`; the exact GA weighting relies on it.
+        self.model_accepts_loss_kwargs = True
+        self._num_images_in_batch = None
+        # Sums of the per-micro-batch (already GA-normalised) loss components since the last log, and the number of
+        # optimizer steps (with images, for the visual term) they cover. Reduced over ranks in `log`.
+        self._metric_sums = {"text_loss": 0.0, "visual_loss": 0.0}
+        self._metric_steps = {"text_loss": 0, "visual_loss": 0}
+
+    def _get_train_sampler(self, train_dataset=None):
+        """`group_by="length"` / `"modality_length"` use `train.data`'s seeded samplers on `dataset.lengths` /
+        `dataset.modality_lengths` (the stock `group_by_length` only reads a column of a `datasets.Dataset`)."""
+        if self.group_by is None:
+            return super()._get_train_sampler(train_dataset)
+        from train.data import LengthGroupedSampler, ModalityLengthGroupedSampler
+
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.group_by == "length":
+            return LengthGroupedSampler(dataset.lengths, self.args.per_device_train_batch_size, seed=self.args.seed)
+        return ModalityLengthGroupedSampler(
+            dataset.modality_lengths, self.args.per_device_train_batch_size, seed=self.args.seed
+        )
+
+    # ---- gradient accumulation ----
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        num_images = sum(_num_images(batch) for batch in batch_samples)
+        num_images = torch.tensor(num_images, device=device, dtype=torch.long)
+        if self.args.world_size > 1 and self.args.average_tokens_across_devices:
+            # Every rank calls this every step (like num_items_in_batch), so the collective cannot hang.
+            num_images = self.accelerator.reduce(num_images, reduction="sum")
+        self._num_images_in_batch = num_images
+        if len(batch_samples) > 0:
+            self._metric_steps["text_loss"] += 1
+            self._metric_steps["visual_loss"] += int(num_images.item() > 0)
+        return batch_samples, num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """
+        `text_loss + weight * visual_loss * images_here / images_in_step`, where `text_loss` is the token sum divided
+        by `num_items_in_batch` (the model does it) and both counts cover the whole accumulation step (summed over
+        ranks with `average_tokens_across_devices`, then the loss is multiplied by the number of processes because
+        DDP/DeepSpeed average gradients over ranks, as the stock Trainer does for the text loss).
+        Without a token count (no accumulation bookkeeping) the per-batch means are divided by the GA steps instead.
+        """
+        if num_items_in_batch is not None:
+            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
+        outputs = model(**inputs)
+        text_loss, visual_loss = outputs.text_loss, outputs.visual_loss
+        if text_loss is None:
+            raise ValueError("The model returned no text_loss: the batch needs `labels`.")
+        if visual_loss is not None and self._num_images_in_batch is not None and num_items_in_batch is not None:
+            images_in_step = self._num_images_in_batch.clamp(min=1).to(visual_loss.device, torch.float32)
+            visual_loss = visual_loss * (_num_images(inputs) / images_in_step)
+        loss = text_loss if visual_loss is None else text_loss + _objective_weight(model) * visual_loss
+
+        if num_items_in_batch is None:
+            if model.training:
+                loss = loss / self.current_gradient_accumulation_steps
+        elif self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+
+        if model.training:
+            self._metric_sums["text_loss"] += float(text_loss.detach())
+            if visual_loss is not None:
+                self._metric_sums["visual_loss"] += float(visual_loss.detach())
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- logging ----
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the window's mean `text_loss` / `visual_loss` (over optimizer steps and ranks) to training logs."""
+        if "loss" in logs and self._metric_steps["text_loss"] > 0:
+            sums = torch.tensor(
+                [self._metric_sums["text_loss"], self._metric_sums["visual_loss"]],
+                device=self.args.device,
+                dtype=torch.float64,
+            )
+            if self.args.world_size > 1:
+                sums = self.accelerator.reduce(sums, reduction="sum")
+            if not self.args.average_tokens_across_devices:
+                sums = sums / self.args.world_size  # per-rank means: average them
+            logs["text_loss"] = round(sums[0].item() / self._metric_steps["text_loss"], 6)
+            if self._metric_steps["visual_loss"] > 0 and self._has_visual_objective():
+                logs["visual_loss"] = round(sums[1].item() / self._metric_steps["visual_loss"], 6)
+            self._metric_sums = dict.fromkeys(self._metric_sums, 0.0)
+            self._metric_steps = dict.fromkeys(self._metric_steps, 0)
+        super().log(logs, start_time)
+
+    def _has_visual_objective(self) -> bool:
+        return getattr(_unwrap(self.model), "denoiser", None) is not None
+
+    # ---- optimizer ----
+    def create_optimizer(self, model=None):
+        """AdamW (or `args.optim`) with one (decay, no-decay) pair of groups per module and per-module learning rates."""
+        opt_model = self.model if model is None else model
+        if self.optimizer is None:
+            decay = set(self.get_decay_parameter_names(opt_model))
+            learning_rates = {
+                "projector": self.args.projector_lr if getattr(self.args, "projector_lr", None) else None,
+                "denoiser": self.args.denoiser_lr if getattr(self.args, "denoiser_lr", None) else None,
+                "language_model": self.args.llm_lr if getattr(self.args, "llm_lr", None) else None,
+            }
+            groups: dict[tuple[str, bool], list] = {}
+            for name, param in opt_model.named_parameters():
+                if param.requires_grad:
+                    groups.setdefault((module_of(name), name in decay), []).append(param)
+            param_groups = []
+            for (module, decays), params in sorted(groups.items()):
+                group = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
+                if learning_rates.get(module) is not None:
+                    group["lr"] = learning_rates[module]
+                group["name"] = f"{module}/{'decay' if decays else 'no_decay'}"
+                param_groups.append(group)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+def _num_images(batch) -> int:
+    pixel_values = batch.get("pixel_values") if hasattr(batch, "get") else None
+    return 0 if pixel_values is None else int(pixel_values.shape[0])
+
+
+def _unwrap(model):
+    while hasattr(model, "module"):  # DDP / DeepSpeed engine
+        model = model.module
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    return model
+
+
+def _objective_weight(model) -> float:
+    return float(_unwrap(model).config.objective_config.weight)
+
+
+__all__ = [
+    "RossTrainer",
+    "RossTrainingArguments",
+    "apply_lora",
+    "apply_stage",
+    "count_trainable_parameters",
+    "module_of",
+]
