@@ -7,7 +7,8 @@ from transformers.processing_utils import ProcessorMixin
 
 
 # The reference code's Vicuna-style template for Qwen2 ("qwen_2" in the authors' conversation.py):
-# "{system} USER: <image>\n{q} ASSISTANT: {a}<|im_end|>USER: ...". The {% generation %} markers make
+# "{system} USER: <image>\n{q} ASSISTANT: {a}<|im_end|>USER: ...". Each answer ends with the tokenizer's EOS token
+# (`<|im_end|>` for Qwen2-Instruct, `</s>` for Vicuna, as LLaVA's vicuna_v1). The {% generation %} markers make
 # `return_assistant_tokens_mask` mark each answer and its end-of-turn token.
 VICUNA_QWEN2_CHAT_TEMPLATE = (
     "{%- set default_system = \"A chat between a curious human and an artificial intelligence assistant. "
@@ -27,7 +28,8 @@ VICUNA_QWEN2_CHAT_TEMPLATE = (
     "{%- if message['role'] == 'user' -%}"
     "{{- 'USER: ' -}}{{- render(message['content']) -}}{{- ' ' -}}"
     "{%- elif message['role'] == 'assistant' -%}"
-    "{{- 'ASSISTANT: ' -}}{%- generation -%}{{- render(message['content']) -}}{{- '<|im_end|>' -}}{%- endgeneration -%}"
+    "{{- 'ASSISTANT: ' -}}{%- generation -%}{{- render(message['content']) -}}"
+    "{{- eos_token if eos_token is defined and eos_token else '<|im_end|>' -}}{%- endgeneration -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
