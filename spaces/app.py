@@ -1,0 +1,294 @@
+"""ROSS demo (Gradio, Hugging Face Spaces): chat about an image, and see what the model's visual outputs reconstruct.
+
+    python spaces/app.py --model runs/demo/model           # the tiny model of `make demo`, on CPU
+    ROSS_MODEL=user/ross-qwen2-7b python spaces/app.py     # a Hub repo (bf16 on CUDA when there is a GPU)
+
+The model is loaded with `trust_remote_code=True`: a ROSS model folder or Hub repo carries its own code
+(`configuration_ross.py`, `modeling_ross.py`, ... and `auto_map` in `config.json`), so this app imports nothing from the
+`ross` repository and runs on a Space with only `requirements.txt`.
+
+Answers are streamed (`TextIteratorStreamer`, `generate` in a thread). The reconstruction panel runs
+`model.reconstruct` (reverse diffusion with the trained denoiser conditioned on the LLM's visual outputs, then the
+teacher's decoder); it needs the model loaded with `load_objective=True`. When that fails (a baseline model without a
+denoiser, a teacher that cannot be fetched, a target that has no decoder), the model is loaded for chat only and the
+panel says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import torch
+from PIL import Image
+
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODEL = HERE.parent / "runs" / "demo" / "model"  # written by `make demo`
+EXAMPLES = sorted((HERE / "examples").glob("*.png"))
+RECONSTRUCTION_PROMPT = "Describe the image briefly."  # text after the image does not change its visual outputs
+DISPLAY_SIZE = 256  # the tiny model works at 32 px: show its images enlarged (nearest neighbour)
+
+
+@dataclass
+class LoadedModel:
+    """The model, its processor, and why reconstruction is unavailable (None when it works)."""
+
+    model: torch.nn.Module
+    processor: object
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    reconstruction_error: str | None = None
+
+    def describe(self) -> str:
+        config = self.model.config
+        objective = config.objective_config
+        return (
+            f"**Model** `{self.name}` · {self.device.type} · {str(self.dtype).replace('torch.', '')} · "
+            f"objective `{objective.objective}` / target `{objective.target}` · "
+            f"{config.vision_config.image_size} px images, {config.image_seq_length} visual tokens"
+        )
+
+
+def resolve_model(cli_value: str | None = None) -> str:
+    """`--model`, else `$ROSS_MODEL`, else `runs/demo/model` if `make demo` wrote it."""
+    value = cli_value or os.environ.get("ROSS_MODEL")
+    if value:
+        return value
+    if (DEFAULT_MODEL / "config.json").is_file():
+        return str(DEFAULT_MODEL)
+    raise SystemExit(
+        f"No model: pass --model PATH_OR_HUB_ID or set ROSS_MODEL (the default {DEFAULT_MODEL} is written by "
+        "`make demo`)."
+    )
+
+
+def _objective_problem(model, missing_keys) -> str | None:
+    """Why `model.reconstruct` cannot work on this model (None if it can)."""
+    objective = model.config.objective_config
+    if getattr(model, "denoiser", None) is None:
+        return f"the model has no denoiser (objective `{objective.objective}`: a baseline without the visual loss)."
+    if any(key.startswith("denoiser.") for key in missing_keys):
+        return "the checkpoint holds no trained denoiser weights."
+    if not hasattr(model.teacher, "decode"):
+        return f"target `{objective.target}` has no decoder back to pixels."
+    return None
+
+
+def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load `name` (folder or Hub id) with its remote code; bf16 on CUDA, fp32 on CPU unless `dtype` says otherwise."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    kwargs = dict(trust_remote_code=True, dtype=dtype)
+    try:
+        # `load_objective=True` also builds the frozen teacher: from the checkpoint if it was saved there
+        # (save_teacher), else from its own source (e.g. the FLUX VAE repo).
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            name, load_objective=True, output_loading_info=True, **kwargs
+        )
+        problem = _objective_problem(model, info["missing_keys"])
+    except Exception as error:  # noqa: BLE001 - the chat still works without the objective
+        model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
+        problem = f"the reconstructive objective could not be loaded ({type(error).__name__}: {error})."
+    processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
+    model.to(device).eval()
+    return LoadedModel(model, processor, str(name), device, dtype, problem)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chat
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _text(content) -> str:
+    """The text of a Gradio message content (a string, a `{"type": "text", "text": ...}` part, or a list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return content.get("text") or ""
+    return "".join(_text(part) for part in content or [])
+
+
+def to_model_messages(history: list[dict], with_image: bool) -> list[dict]:
+    """Gradio chat history -> chat-template messages; the image goes at the start of the first user turn."""
+    messages = []
+    for turn in history:
+        content = [{"type": "text", "text": _text(turn["content"])}]
+        if with_image and turn["role"] == "user" and not any(m["role"] == "user" for m in messages):
+            content.insert(0, {"type": "image"})
+        messages.append({"role": turn["role"], "content": content})
+    return messages
+
+
+def stream_answer(loaded: LoadedModel, image: Image.Image | None, history: list[dict], max_new_tokens: int = 64):
+    """Yield the history with the assistant's answer growing as tokens arrive (greedy decoding)."""
+    from transformers import TextIteratorStreamer
+
+    processor, model = loaded.processor, loaded.model
+    messages = to_model_messages(history, with_image=image is not None)
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[image] if image is not None else None, return_tensors="pt")
+    inputs = inputs.to(loaded.device)
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    failure = []
+
+    def generate():
+        try:
+            with torch.inference_mode():
+                model.generate(**inputs, streamer=streamer, max_new_tokens=int(max_new_tokens), do_sample=False)
+        except Exception as error:  # surfaced below, after the streamer is released
+            failure.append(error)
+            streamer.end()
+
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    history = history + [{"role": "assistant", "content": ""}]
+    answer = ""
+    for piece in streamer:
+        answer += piece
+        history[-1] = {"role": "assistant", "content": answer}
+        yield history
+    thread.join()
+    if failure:
+        raise gr.Error(f"Generation failed: {failure[0]}")
+    if not answer.strip():
+        history[-1] = {"role": "assistant", "content": "(empty answer)"}
+    yield history
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reconstruction
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def reconstruct(loaded: LoadedModel, image: Image.Image | None, steps: int = 25, seed: int = 0):
+    """(reconstruction image or None, a sentence for the panel)."""
+    if image is None:
+        return None, "Upload an image to see what the model's visual outputs reconstruct."
+    if loaded.reconstruction_error:
+        return None, f"**Reconstruction unavailable:** {loaded.reconstruction_error}"
+    processor, model = loaded.processor, loaded.model
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": RECONSTRUCTION_PROMPT}]}]
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    batch = processor(text=[prompt], images=[image], return_tensors="pt").to(loaded.device)
+    generator = torch.Generator(device=loaded.device).manual_seed(int(seed))
+    result = model.reconstruct(
+        batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        num_inference_steps=int(steps), scheduler="ddim", generator=generator, output_type="pil",
+    )[0]  # fmt: skip
+    size = result.size[0]
+    info = (
+        f"Reconstructed from the LLM's visual outputs: {int(steps)} DDIM steps (seed {int(seed)}) with the trained "
+        f"denoiser, decoded by the `{model.config.objective_config.target}` teacher at {size}x{size} px."
+    )
+    return result.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST), info
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# UI
+# ---------------------------------------------------------------------------------------------------------------------
+
+CSS = """
+#input-image img, #reconstruction img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+"""
+DESCRIPTION = """# ROSS: Reconstructive Visual Instruction Tuning
+Upload an image and ask about it. On the right of the image: what the model's **visual outputs** (the LLM's hidden
+states at the image tokens) reconstruct through the denoiser it was trained with (ICLR 2025,
+[paper](https://arxiv.org/abs/2410.09575))."""
+
+
+def build_demo(loaded: LoadedModel) -> gr.Blocks:
+    def on_image(image, steps, seed):
+        reconstruction, info = reconstruct(loaded, image, steps, seed)
+        return reconstruction, info, []  # a new image starts a new conversation
+
+    def on_reconstruct(image, steps, seed):
+        return reconstruct(loaded, image, steps, seed)
+
+    def add_question(question, history):
+        if not question or not question.strip():
+            return question, history
+        return "", (history or []) + [{"role": "user", "content": question.strip()}]
+
+    def respond(image, history, max_new_tokens):
+        if not history or history[-1]["role"] != "user":
+            yield history
+            return
+        yield from stream_answer(loaded, image, history, max_new_tokens)
+
+    with gr.Blocks(title="ROSS demo", analytics_enabled=False) as demo:
+        gr.Markdown(DESCRIPTION)
+        gr.Markdown(loaded.describe(), elem_id="model-info")
+        with gr.Row():
+            with gr.Column(scale=5):
+                with gr.Row():
+                    image = gr.Image(
+                        label="Image", type="pil", sources=["upload", "clipboard"], height=280, elem_id="input-image"
+                    )
+                    reconstruction = gr.Image(
+                        label="Reconstruction", type="pil", interactive=False, height=280,
+                        elem_id="reconstruction",
+                    )  # fmt: skip
+                reconstruction_info = gr.Markdown(reconstruct(loaded, None)[1], elem_id="reconstruction-info")
+                if EXAMPLES:
+                    gr.Examples(
+                        examples=[[str(path)] for path in EXAMPLES], inputs=[image],
+                        label="Example images (synthetic scenes)",
+                        example_labels=[path.stem.replace("_", " ") for path in EXAMPLES],
+                    )  # fmt: skip
+                with gr.Accordion("Settings", open=False):
+                    max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
+                    steps = gr.Slider(1, 100, value=25, step=1, label="Denoising steps (DDIM)")
+                    seed = gr.Number(value=0, precision=0, label="Noise seed")
+                    redo = gr.Button("Reconstruct again", size="sm")
+            with gr.Column(scale=6):
+                chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chatbot")
+                with gr.Row():
+                    question = gr.Textbox(
+                        placeholder="Ask about the image, e.g. What colour is the circle?", show_label=False,
+                        scale=8, elem_id="question", submit_btn=False,
+                    )  # fmt: skip
+                    send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                gr.ClearButton([chatbot, question], value="Clear chat", size="sm")
+
+        image.change(on_image, [image, steps, seed], [reconstruction, reconstruction_info, chatbot])
+        redo.click(on_reconstruct, [image, steps, seed], [reconstruction, reconstruction_info])
+        for trigger in (question.submit, send.click):
+            trigger(add_question, [question, chatbot], [question, chatbot], queue=False).then(
+                respond, [image, chatbot, max_new_tokens], chatbot
+            )
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """Options for `demo.launch` (Gradio 6 takes theme and CSS here); the examples folder is served."""
+    theme = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"])  # no web fonts: works offline
+    return dict(theme=theme, css=CSS, allowed_paths=[str(HERE / "examples")])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="ROSS model folder or Hub id (default: $ROSS_MODEL, else runs/demo/model)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--host", default=None, help="server address (default: Gradio's, 127.0.0.1 locally)")
+    parser.add_argument("--port", type=int, default=None, help="server port (default: Gradio's, 7860)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    loaded = load_model(resolve_model(args.model), device=args.device)
+    if loaded.reconstruction_error:
+        print(f"[ross demo] reconstruction unavailable: {loaded.reconstruction_error}", flush=True)
+    build_demo(loaded).queue().launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+
+
+if __name__ == "__main__":
+    main()

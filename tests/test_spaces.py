@@ -1,0 +1,283 @@
+"""The Spaces demo (spaces/app.py): loading, streamed answers, the reconstruction panel, and the page in Chromium.
+
+The browser test drives Debian's chromium (`/usr/bin/chromium`, installed by `make test` / `make browser`) with the
+`playwright` Python package (dev extra); Playwright's own browser downloads are never used. It skips, saying why,
+when either is missing. Set ROSS_SPACES_SCREENSHOT=PATH to keep its screenshot (the docs one is made that way).
+"""
+
+import importlib.util
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_OBJECTIVE
+from PIL import Image
+
+from modeling_ross import RossForConditionalGeneration, RossProcessor
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APP_PATH = REPO_ROOT / "spaces" / "app.py"
+# Debian chromium on this closed network: without the background-networking flags it keeps dialling out.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+QUESTION = "What colour is the circle?"
+
+gradio = pytest.importorskip("gradio", reason="gradio is not installed (demo extra: pip install -e '.[demo]')")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def _load_app():
+    if "ross_spaces_app" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("ross_spaces_app", APP_PATH)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["ross_spaces_app"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["ross_spaces_app"]
+
+
+app = _load_app()
+
+
+def _save_model(components, folder: Path, **settings) -> Path:
+    """A tiny ROSS model + processor as a Hub-ready folder (code files and auto_map included)."""
+    torch.manual_seed(0)
+    model = RossForConditionalGeneration.from_components(**{**components, **TINY_OBJECTIVE, **settings})
+    if model.denoiser is not None:  # "train" it: the zero-init denoiser ignores its condition, i.e. the image
+        with torch.no_grad():
+            for parameter in model.denoiser.parameters():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    model.save_pretrained(folder)
+    RossProcessor.from_components(components["vision_model"], components["language_model"]).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_components, tmp_path_factory):
+    # save_teacher: the VAE travels in the checkpoint, so `load_objective=True` needs nothing else.
+    return _save_model(tiny_components, tmp_path_factory.mktemp("ross-demo-model"), save_teacher=True)
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    return app.load_model(str(model_dir))
+
+
+def _example(name: str = "triangle_and_circle") -> Path:
+    path = REPO_ROOT / "spaces" / "examples" / f"{name}.png"
+    assert path.is_file(), f"missing example image {path}"
+    return path
+
+
+def _greedy_answer(loaded, image, question: str, max_new_tokens: int = 64) -> str:
+    """The answer computed without the app's streaming code: one `generate` call, decoded at once."""
+    processor = loaded.processor
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        output = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Without a browser
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_model_is_chosen_by_flag_then_env_then_make_demo(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROSS_MODEL", "user/from-env")
+    assert app.resolve_model("from/flag") == "from/flag"
+    assert app.resolve_model(None) == "user/from-env"
+    monkeypatch.delenv("ROSS_MODEL")
+    monkeypatch.setattr(app, "DEFAULT_MODEL", tmp_path / "runs" / "demo" / "model")
+    with pytest.raises(SystemExit, match="make demo"):
+        app.resolve_model(None)
+    (tmp_path / "runs" / "demo" / "model").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "model" / "config.json").write_text("{}")
+    assert app.resolve_model(None) == str(tmp_path / "runs" / "demo" / "model")
+    assert app.parse_args(["--model", "m", "--port", "7000"]).port == 7000
+
+
+def test_examples_are_synthetic_scenes():
+    assert len(app.EXAMPLES) >= 3
+    for path in app.EXAMPLES:
+        with Image.open(path) as image:
+            assert image.mode == "RGB" and image.size == (48, 48)
+
+
+def test_reconstruction_panel(loaded):
+    assert loaded.reconstruction_error is None
+    assert loaded.model.denoiser is not None and loaded.device.type == "cpu" and loaded.dtype == torch.float32
+    image = Image.open(_example())
+    result, info = app.reconstruct(loaded, image, steps=3, seed=1)
+    assert isinstance(result, Image.Image) and result.size == (app.DISPLAY_SIZE, app.DISPLAY_SIZE)
+    assert "3 DDIM steps" in info and "seed 1" in info
+    again, _ = app.reconstruct(loaded, image, steps=3, seed=1)
+    assert again.tobytes() == result.tobytes()  # seeded
+    other, _ = app.reconstruct(loaded, Image.open(_example("red_triangle")), steps=3, seed=1)
+    assert other.tobytes() != result.tobytes()  # conditioned on the image
+    assert app.reconstruct(loaded, None)[0] is None
+
+
+def test_answers_stream_and_match_greedy_generation(loaded):
+    image = Image.open(_example())
+    history = [{"role": "user", "content": QUESTION}]
+    updates = [list(h) for h in app.stream_answer(loaded, image, history, max_new_tokens=16)]
+    answers = [h[-1]["content"] for h in updates]
+    assert all(h[:-1] == history and h[-1]["role"] == "assistant" for h in updates)
+    assert len(set(answers)) >= 3, "the answer should arrive in several pieces"
+    assert all(b.startswith(a) for a, b in zip(answers, answers[1:]))  # it only grows
+    assert answers[-1] == _greedy_answer(loaded, image, QUESTION, max_new_tokens=16)
+
+
+def test_bfloat16_as_on_cuda(model_dir):
+    """The GPU setting (bf16 weights, fp32 pixel inputs), here on the CPU: both panels still work."""
+    loaded = app.load_model(str(model_dir), device="cpu", dtype=torch.bfloat16)
+    assert loaded.model.dtype == torch.bfloat16 and next(loaded.model.denoiser.parameters()).dtype == torch.bfloat16
+    image = Image.open(_example())
+    result, _ = app.reconstruct(loaded, image, steps=2)
+    assert result.size == (app.DISPLAY_SIZE, app.DISPLAY_SIZE)
+    history = list(app.stream_answer(loaded, image, [{"role": "user", "content": QUESTION}], max_new_tokens=4))[-1]
+    assert history[-1]["role"] == "assistant" and history[-1]["content"]
+
+
+def test_image_goes_in_the_first_user_turn_only():
+    history = [
+        {"role": "user", "content": "What colour?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        {"role": "user", "content": [{"type": "text", "text": "Where?"}]},
+    ]
+    messages = app.to_model_messages(history, with_image=True)
+    assert messages[0]["content"] == [{"type": "image"}, {"type": "text", "text": "What colour?"}]
+    assert messages[1]["content"] == [{"type": "text", "text": "red"}]
+    assert messages[2]["content"] == [{"type": "text", "text": "Where?"}]
+    assert all(part["type"] == "text" for m in app.to_model_messages(history, False) for part in m["content"])
+
+
+def test_baseline_model_chats_and_the_panel_says_why(tiny_components, tmp_path):
+    loaded = app.load_model(str(_save_model(tiny_components, tmp_path / "baseline", objective="none")))
+    assert "no denoiser" in loaded.reconstruction_error
+    result, info = app.reconstruct(loaded, Image.open(_example()))
+    assert result is None and info.startswith("**Reconstruction unavailable:**") and "baseline" in info
+
+
+def test_unloadable_teacher_falls_back_to_chat_only(tiny_components, tmp_path):
+    """The teacher was not saved and its source is gone: chat works, the panel reports the loading error."""
+    teacher = shutil.copytree(tiny_components["teacher"], tmp_path / "vae-elsewhere")
+    folder = _save_model({**tiny_components, "teacher": str(teacher)}, tmp_path / "model")
+    shutil.rmtree(teacher)
+    loaded = app.load_model(str(folder))
+    assert loaded.model.denoiser is None
+    assert loaded.reconstruction_error.startswith("the reconstructive objective could not be loaded")
+    assert app.reconstruct(loaded, Image.open(_example()))[0] is None
+    history = list(app.stream_answer(loaded, None, [{"role": "user", "content": "Hello"}], max_new_tokens=4))[-1]
+    assert history[-1]["role"] == "assistant" and history[-1]["content"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# In the browser
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _chromium_or_skip() -> str:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("the playwright package is not installed (dev extra: pip install -e '.[dev]')")
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make browser` installs it; Playwright's own are never used)")
+    return chromium
+
+
+@pytest.fixture()
+def chromium():
+    """Skip before any model is built when the browser or its driver is missing."""
+    return _chromium_or_skip()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.browser
+def test_demo_in_chromium(chromium, loaded, model_dir, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    image_path = _example()
+    expected = _greedy_answer(loaded, Image.open(image_path), QUESTION)
+    assert expected.strip(), "the tiny model should say something"
+
+    demo = app.build_demo(loaded).queue()
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_kwargs())
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)  # a shared 2-core machine can be slow; a real failure still fails
+            page.goto(f"http://127.0.0.1:{port}/")
+
+            # The page: title, the model line, an empty reconstruction panel.
+            expect(page).to_have_title("ROSS demo")
+            expect(page.locator("#model-info")).to_contain_text(Path(model_dir).name)
+            expect(page.locator("#model-info")).to_contain_text("objective denoise")
+            expect(page.locator("#reconstruction-info")).to_contain_text("Upload an image")
+            expect(page.locator("#reconstruction img")).to_have_count(0)
+
+            # Upload: the image shows, and the reconstruction appears next to it.
+            page.locator("#input-image input[type=file]").set_input_files(str(image_path))
+            expect(page.locator("#input-image img")).to_have_count(1)
+            reconstruction = page.locator("#reconstruction img")
+            expect(reconstruction).to_have_count(1)
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#reconstruction img'); return i && i.naturalWidth > 0; }"
+            )
+            assert reconstruction.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [app.DISPLAY_SIZE] * 2
+            expect(page.locator("#reconstruction-info")).to_contain_text("Reconstructed from the LLM's visual outputs")
+
+            # Ask: the question shows as the user's message and the streamed answer fills the bot's message.
+            page.locator("#question textarea").fill(QUESTION)
+            page.locator("#question textarea").press("Enter")
+            expect(page.locator("#chatbot [data-testid=user]")).to_have_text(QUESTION)
+            bot = page.locator("#chatbot [data-testid=bot]")
+            squash = "".join(expected.split())
+            page.wait_for_function(
+                "([squash]) => { const b = document.querySelector('#chatbot [data-testid=bot]');"
+                " return b && b.innerText.replace(/\\s+/g, '') === squash; }",
+                arg=[squash],
+            )
+            assert "".join(bot.inner_text().split()) == squash
+            expect(page.locator("#question textarea")).to_have_value("")
+
+            screenshot = tmp_path / "spaces-demo.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+
+            # An example image: served from spaces/examples, it replaces the image and starts a new conversation.
+            first_src = reconstruction.get_attribute("src")
+            page.get_by_text("red triangle", exact=True).click()
+            expect(page.locator("#chatbot [data-testid=bot]")).to_have_count(0)
+            expect(reconstruction).not_to_have_attribute("src", first_src)
+            expect(page.locator("#reconstruction-info")).to_contain_text("Reconstructed from the LLM's visual outputs")
+            browser.close()
+        with Image.open(screenshot) as shot:
+            assert shot.size[0] == 1280
+        if os.environ.get("ROSS_SPACES_SCREENSHOT"):
+            shutil.copyfile(screenshot, os.environ["ROSS_SPACES_SCREENSHOT"])
+    finally:
+        demo.close()

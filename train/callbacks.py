@@ -1,0 +1,277 @@
+"""Trainer callbacks for ROSS runs.
+
+`ReconstructionPreviewCallback`: every K optimizer steps, reconstruct a few fixed images from the model's visual
+outputs (`model.reconstruct`: reverse diffusion with the denoiser being trained, then the teacher's decoder) and write
+a grid of inputs (top row) vs reconstructions (bottom row) to `<output_dir>/previews/step_XXXXXX.png`, and to
+TensorBoard / trackio when they are in `args.report_to`. The noise is drawn from the same seed at every preview, so
+successive grids differ only by what the model learned.
+
+Distributed runs:
+- DDP / ZeRO-1/2 (every rank holds all weights): only the world main process runs the reconstruction; the other
+  ranks go on and wait for it at the next collective.
+- DeepSpeed ZeRO-3 and FSDP (weights sharded): a forward all-gathers each module's parameters, which is a collective,
+  so *every* rank runs the same reconstruction (same images, same seed) and only the main process writes it.
+  Running it on rank 0 alone would hang the job. (ZeRO-3 is what the stage-2 recipe uses; FSDP is untested.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from transformers import TrainerCallback
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+PREVIEW_PROMPT = "Describe the image briefly."
+
+
+def unwrap_ross_model(model):
+    """The `RossForConditionalGeneration` inside PEFT / DDP / DeepSpeed wrappers (anything with `reconstruct`)."""
+    seen = model
+    while not hasattr(type(model), "reconstruct"):
+        if hasattr(model, "get_base_model"):  # peft.PeftModel
+            model = model.get_base_model()
+        elif hasattr(model, "module"):  # DDP, DeepSpeedEngine
+            model = model.module
+        else:
+            raise TypeError(f"{type(seen).__name__} has no `reconstruct`: expected a RossForConditionalGeneration.")
+    return model
+
+
+def weights_are_sharded(args) -> bool:
+    """True under DeepSpeed ZeRO-3 or FSDP: then a forward is a collective that every rank must join."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled() or bool(getattr(args, "fsdp", None))
+
+
+def check_model(model):
+    """The unwrapped ROSS model, if it can reconstruct (a denoiser and a teacher with a decoder), else a ValueError."""
+    model = unwrap_ross_model(model)
+    if model.denoiser is None or not hasattr(model.teacher, "decode"):
+        objective = model.config.objective_config
+        raise ValueError(
+            "ReconstructionPreviewCallback needs a model with its reconstructive objective and a decodable teacher "
+            f"(target 'vae' or 'pixel'); this one has objective {objective.objective!r}, target {objective.target!r}."
+        )
+    return model
+
+
+def preview_images_from_dataset(dataset, num_images: int = 4) -> list:
+    """The first image of each of the first `num_images` samples that have one (a `RossDataset` or a Subset of it)."""
+    images = []
+    for index in range(len(dataset)):
+        sample_images = dataset[index].get("images") or []
+        if sample_images:
+            images.append(sample_images[0])
+        if len(images) == num_images:
+            break
+    if not images:
+        raise ValueError("No sample of the training data has an image to preview.")
+    return images
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """`(3, H, W)` in [0, 1] -> `(H, W, 3)` uint8."""
+    return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def make_preview_grid(
+    inputs: torch.Tensor, reconstructions: torch.Tensor, cell_size: int = 96, label_width: int = 100
+) -> Image.Image:
+    """
+    Inputs `(N, 3, H, W)` and reconstructions `(N, 3, S, S)`, both in [0, 1] -> an RGB grid of size
+    `(label_width + N * cell_size, 2 * cell_size)`: inputs on the top row, reconstructions below, each tile resized
+    (nearest neighbour) to `cell_size`.
+    """
+    if inputs.shape[0] != reconstructions.shape[0]:
+        raise ValueError(f"{inputs.shape[0]} inputs but {reconstructions.shape[0]} reconstructions.")
+    rows = [("input", inputs), ("reconstruction", reconstructions)]
+    grid = Image.new("RGB", (label_width + cell_size * inputs.shape[0], cell_size * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (label, images) in enumerate(rows):
+        draw.text((6, r * cell_size + cell_size // 2 - 6), label, fill="black")
+        for c, image in enumerate(images):
+            tile = Image.fromarray(_to_uint8(image)).resize((cell_size, cell_size), Image.NEAREST)
+            grid.paste(tile, (label_width + c * cell_size, r * cell_size))
+    return grid
+
+
+class ReconstructionPreviewCallback(TrainerCallback):
+    r"""
+    Writes inputs-vs-reconstructions grids during training (see the module docstring).
+
+    Args:
+        images (`list` of `PIL.Image` or paths, *optional*): preview images, turned into model inputs with the
+            processor (`processor`, else the Trainer's `processing_class`) and the chat template, as in training.
+        pixel_values (`torch.Tensor` of shape `(N, 3, H, W)`, *optional*): already processed images (exactly one of
+            `images` / `pixel_values`). With a processor, the image tokens are placed in the same chat prompt as for
+            `images`; without one each image is fed alone as `image_seq_length` image tokens.
+        every_n_steps (`int`): preview at global steps K, 2K, ...
+        num_inference_steps (`int`, defaults to 25): reverse-diffusion steps of the sampler.
+        output_dir (`str`, *optional*): defaults to `args.output_dir`; the PNGs go to `<output_dir>/previews/`.
+        scheduler (`str`, defaults to `"ddim"`): the sampler (`"ddim"` or `"ddpm"`).
+        seed (`int`, defaults to 0): the noise seed, the same at every preview.
+        cell_size (`int`, defaults to 96): side of one tile in the grid.
+        processor (*optional*): a `RossProcessor`.
+    """
+
+    def __init__(
+        self,
+        images=None,
+        pixel_values: torch.Tensor | None = None,
+        every_n_steps: int = 500,
+        num_inference_steps: int = 25,
+        output_dir: str | None = None,
+        scheduler: str = "ddim",
+        seed: int = 0,
+        cell_size: int = 96,
+        processor=None,
+    ):
+        if (images is None) == (pixel_values is None):
+            raise ValueError("Give exactly one of `images` (PIL images or paths) or `pixel_values`.")
+        if images is not None and len(images) == 0:
+            raise ValueError("`images` is empty.")
+        if int(every_n_steps) < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}.")
+        if pixel_values is not None and pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be (N, 3, H, W), got shape {tuple(pixel_values.shape)}.")
+        self.images = list(images) if images is not None else None
+        self.pixel_values = pixel_values
+        self.every_n_steps = int(every_n_steps)
+        self.num_inference_steps = int(num_inference_steps)
+        self.output_dir = output_dir
+        self.scheduler = scheduler
+        self.seed = int(seed)
+        self.cell_size = int(cell_size)
+        self.processor = processor
+        self._inputs = None  # model inputs, built once
+        self._tb_writer = None
+        self._tb_dir = None
+
+    # ---- inputs ----
+    def _prompt(self, processor) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PREVIEW_PROMPT}]}]
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def build_inputs(self, processor=None) -> dict:
+        """`pixel_values` and, with a processor, the chat-prompt `input_ids` / `attention_mask` (built once)."""
+        if self._inputs is not None:
+            return self._inputs
+        processor = self.processor or processor
+        if self.images is not None:
+            if processor is None or not hasattr(processor, "image_processor"):
+                raise ValueError("Preview `images` need a RossProcessor: pass `processor=` or `processing_class=`.")
+            images = [Image.open(i).convert("RGB") if isinstance(i, (str, os.PathLike)) else i for i in self.images]
+            batch = processor(text=[self._prompt(processor)] * len(images), images=images, return_tensors="pt")
+            inputs = {key: batch[key] for key in ("pixel_values", "input_ids", "attention_mask")}
+        else:
+            inputs = {"pixel_values": self.pixel_values}
+            if processor is not None and hasattr(processor, "image_seq_length"):
+                # The processor expands `<image>` only when it gets images: expand it here, as it would.
+                text = self._prompt(processor).replace(
+                    processor.image_token, processor.image_token * processor.image_seq_length
+                )
+                ids = processor.tokenizer([text] * len(self.pixel_values), return_tensors="pt")
+                inputs.update(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
+        self._inputs = inputs
+        return inputs
+
+    # ---- the preview ----
+    @torch.no_grad()
+    def render(self, model, processor=None) -> Image.Image:
+        """Reconstruct the preview images and return the grid; the modules' train/eval modes are restored after."""
+        model = check_model(model)
+        inputs = {k: v.to(model.device) for k, v in self.build_inputs(processor).items()}
+        modes = {module: module.training for module in model.modules()}
+        model.eval()
+        try:
+            generator = torch.Generator(device=model.device).manual_seed(self.seed)
+            reconstructions = model.reconstruct(
+                **inputs, num_inference_steps=self.num_inference_steps, scheduler=self.scheduler,
+                generator=generator, output_type="pt",
+            )  # fmt: skip
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        objective = model.config.objective_config
+        mean = torch.tensor(objective.image_mean, device=model.device).view(1, 3, 1, 1)
+        std = torch.tensor(objective.image_std, device=model.device).view(1, 3, 1, 1)
+        originals = inputs["pixel_values"].float() * std + mean  # the images as the vision tower saw them, in [0, 1]
+        return make_preview_grid(originals, reconstructions, cell_size=self.cell_size)
+
+    def preview_path(self, args, step: int) -> Path:
+        return Path(self.output_dir or args.output_dir) / "previews" / f"step_{step:06d}.png"
+
+    # ---- Trainer events ----
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            check_model(model)  # fail at the start of a run, not at step K
+        # The directory TensorBoardCallback picks in its own on_train_begin (same rule), so both write to one run.
+        from transformers.integrations.integration_utils import default_logdir
+
+        self._tb_dir = os.getenv("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, default_logdir())
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        step = state.global_step
+        if step == 0 or step % self.every_n_steps != 0:
+            return
+        # Sharded weights: every rank joins the forward (its all-gathers are collectives); otherwise rank 0 alone.
+        if not (state.is_world_process_zero or weights_are_sharded(args)):
+            return
+        grid = self.render(model, processing_class)
+        if state.is_world_process_zero:
+            self.write(grid, args, step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._tb_writer is not None:
+            self._tb_writer.close()
+            self._tb_writer = None
+
+    # ---- outputs ----
+    def write(self, grid: Image.Image, args, step: int) -> Path:
+        path = self.preview_path(args, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        report_to = args.report_to or []
+        caption = f"step {step}: inputs (top) vs reconstructions (bottom), {self.num_inference_steps} steps"
+        if "tensorboard" in report_to:
+            try:
+                self._tensorboard(args).add_image("reconstructions", np.asarray(grid), step, dataformats="HWC")
+                self._tb_writer.flush()
+            except Exception as error:  # the PNG is written; a logger failure must not stop a long run
+                logger.warning(f"Could not log the reconstruction preview to TensorBoard: {error!r}")
+        if "trackio" in report_to:
+            try:
+                import trackio
+
+                trackio.log({"reconstructions": trackio.Image(grid, caption=caption)}, step=step)
+            except Exception as error:
+                logger.warning(f"Could not log the reconstruction preview to trackio: {error!r}")
+        logger.info(f"Reconstruction preview written to {path}")
+        return path
+
+    def _tensorboard(self, args):
+        if self._tb_writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            if self._tb_dir is None:
+                self.on_train_begin(args, None, None)
+            self._tb_writer = SummaryWriter(log_dir=self._tb_dir)
+        return self._tb_writer
+
+
+__all__ = [
+    "ReconstructionPreviewCallback",
+    "check_model",
+    "make_preview_grid",
+    "preview_images_from_dataset",
+    "unwrap_ross_model",
+    "weights_are_sharded",
+]
