@@ -301,6 +301,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        teacher_targets: dict[str, torch.Tensor] | tuple | None = None,
         **kwargs,
     ) -> RossCausalLMOutputWithPast:
         r"""
@@ -308,6 +309,8 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             input_ids: `(batch_size, sequence_length)` with every image expanded to `image_seq_length` image tokens.
             pixel_values: `(num_images, 3, H, W)`, images in their order of appearance in the batch (row-major).
             labels: `(batch_size, sequence_length)`, -100 where not supervised.
+            teacher_targets: optional cached teacher outputs `{"mean", "std"}` (or a pair), each `(num_images, N, C)`
+                in `pixel_values` order (`train/latent_cache.py`); the visual loss then skips the teacher.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -335,7 +338,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             )
             loss = text_loss
             if self.training and self.denoiser is not None:
-                visual_loss = compute_visual_loss(self, visual_outputs, pixel_values, hidden_states)
+                visual_loss = compute_visual_loss(self, visual_outputs, pixel_values, hidden_states, teacher_targets)
                 loss = text_loss + self.config.objective_config.weight * visual_loss
 
         return RossCausalLMOutputWithPast(

@@ -7,6 +7,11 @@ recovers, one token per cell of the vision tower's token grid:
 
 Tokens are in raster order (row-major over the grid), the order of the vision tower's patch tokens.
 
+Every teacher is a `RossTeacher`: `encode_distribution(pixel_values) -> (mean, std)` gives the target distribution
+per token (`std` is `None` for a deterministic target: pixels, features, a VAE with `latent_sample="mode"`), and
+`forward` draws from it with `sample_targets` (`mean + std * eps`, `eps ~ N(0, 1)` of the tokens' shape). The latent
+cache (`train/latent_cache.py`) stores `(mean, std)` once and the visual loss draws the same way every step.
+
 - `RossVaeTeacher`: diffusers `AutoencoderKL` latents, `fold x fold` latent windows folded into channels
   (the reference code's FLUX VAE: 16 channels x 2 x 2 = 64 channels on a 27 x 27 grid).
 - `RossPixelTeacher`: patchified RGB (ROSS^R-Pixel, or pixel denoising).
@@ -135,7 +140,42 @@ def _require_diffusers() -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class RossVaeTeacher(nn.Module):
+def sample_targets(
+    mean: torch.Tensor, std: torch.Tensor | None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draw target tokens `mean + std * eps` (`eps ~ N(0, 1)`, shape of `mean`); `mean` itself when `std` is None.
+
+    This is the only place a target is drawn, shared by the teachers' `forward` and the cached-target path of the
+    visual loss, so both consume the random stream identically. `eps` is drawn on the generator's device (the global
+    RNG of `mean`'s device without one) in `mean`'s dtype.
+    """
+    if std is None:
+        return mean
+    device = generator.device if generator is not None else mean.device
+    eps = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype).to(mean.device)
+    return mean + std * eps
+
+
+class RossTeacher(nn.Module):
+    """Base of the frozen teachers: `forward` = `sample_targets(*encode_distribution(pixel_values))`.
+
+    Subclasses implement `encode_distribution(pixel_values) -> (mean (B, N, C), std (B, N, C) or None)` in fp32,
+    without autograd graph, and `num_channels`.
+    """
+
+    def encode_distribution(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def forward(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) tower-normalised images -> (B, grid_size**2, num_channels) fp32 target tokens.
+
+        `generator` seeds the draw of a stochastic target (`latent_sample="sample"`); it is unused otherwise.
+        """
+        mean, std = self.encode_distribution(pixel_values)
+        return sample_targets(mean, std, generator)
+
+
+class RossVaeTeacher(RossTeacher):
     """KL-VAE latents (ROSS^D's default target), folded so the latent grid equals the vision token grid.
 
     The image is de-normalised to [-1, 1] and resized (bilinear, antialiased) to
@@ -190,29 +230,39 @@ class RossVaeTeacher(nn.Module):
         images = _to_unit_range(pixel_values, self.image_mean, self.image_std) * 2.0 - 1.0
         return _resize(images, self.image_size).clamp(-1.0, 1.0)
 
-    def encode_latents(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scaled, shifted latents before folding: (B, latent_channels, grid*fold, grid*fold), fp32, no graph."""
+    def _scaled_posterior(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Posterior mean and std of the scaled, shifted latents before folding, each
+        (B, latent_channels, grid*fold, grid*fold), fp32, no graph; std is None with `latent_sample="mode"`."""
         with _frozen_fp32(pixel_values.device):
             images = self.preprocess(pixel_values)
             # If a training engine cast the VAE to bf16, compute in that dtype and return fp32.
             posterior = self.vae.encode(images.to(_parameter_dtype(self.vae))).latent_dist
-            latents = posterior.sample(generator=generator) if self.latent_sample == "sample" else posterior.mode()
-            latents = (latents.float() - self.shift_factor) * self.scaling_factor
-        return latents
+            mean = (posterior.mean.float() - self.shift_factor) * self.scaling_factor
+            std = posterior.std.float() * self.scaling_factor if self.latent_sample == "sample" else None
+        return mean, std
 
-    def forward(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, 3, H, W) tower-normalised images -> (B, grid_size**2, num_channels) fp32 target tokens.
+    def encode_latents(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled, shifted latents before folding: (B, latent_channels, grid*fold, grid*fold), fp32, no graph.
 
-        `generator` seeds the posterior draw when `latent_sample="sample"`.
+        `(sample-or-mode - shift_factor) * scaling_factor`, the sample drawn as `mean + std * eps` in this layout.
         """
-        latents = self.encode_latents(pixel_values, generator=generator)
-        tokens = _fold(latents, self.fold)
+        return sample_targets(*self._scaled_posterior(pixel_values), generator)
+
+    def encode_distribution(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The target distribution per token: folded posterior `mean` and `std` of the scaled, shifted latents, each
+        (B, grid_size**2, num_channels) fp32; `std` is None with `latent_sample="mode"` (the target is the mean).
+
+        Scaling and folding are affine / a permutation, so `mean + std * eps` here is distributed exactly as the
+        folded `(posterior.sample() - shift_factor) * scaling_factor`.
+        """
+        mean, std = self._scaled_posterior(pixel_values)
+        tokens = _fold(mean, self.fold)
         if tokens.shape[1] != self.grid_size**2:
             raise ValueError(
-                f"VAE latent grid {latents.shape[-1] // self.fold} does not match the token grid {self.grid_size} "
+                f"VAE latent grid {mean.shape[-1] // self.fold} does not match the token grid {self.grid_size} "
                 f"(image_size={self.image_size}, downsample={self.downsample}, fold={self.fold})."
             )
-        return tokens
+        return tokens, None if std is None else _fold(std, self.fold)
 
     def decode(self, tokens: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """(B, N, num_channels) tokens -> (B, 3, image_size, image_size) fp32 images in [0, 1].
@@ -233,7 +283,7 @@ class RossVaeTeacher(nn.Module):
         return images.clamp(0.0, 1.0) if clamp else images
 
 
-class RossPixelTeacher(nn.Module):
+class RossPixelTeacher(RossTeacher):
     """Patchified RGB targets (ROSS^R-Pixel; pixel denoising with ROSS^D). No parameters.
 
     The image is de-normalised to [-1, 1], resized (bilinear, antialiased) to `grid_size * patch_size` and cut
@@ -271,14 +321,14 @@ class RossPixelTeacher(nn.Module):
         images = tokens.reshape(batch_size, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4)
         return images.reshape(batch_size, 3, g * p, g * p)
 
-    def forward(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, 3, H, W) tower-normalised images -> (B, grid_size**2, 3 * patch_size**2) fp32 targets in [-1, 1]
-        (or per-patch normalised with `pixel_norm`). `generator` is accepted for a uniform teacher interface."""
+    def encode_distribution(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """(B, 3, H, W) tower-normalised images -> ((B, grid_size**2, 3 * patch_size**2) fp32 targets in [-1, 1]
+        (or per-patch normalised with `pixel_norm`), None): a deterministic target."""
         tokens = self.raw_patches(pixel_values)
         if self.pixel_norm:
             mean, std = self.patch_statistics(tokens)
             tokens = (tokens - mean) / std
-        return tokens
+        return tokens, None
 
     def raw_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Un-normalised patches in [-1, 1]: (B, grid_size**2, 3 * patch_size**2), fp32, no graph."""
@@ -309,7 +359,7 @@ class RossPixelTeacher(nn.Module):
         return ((self.unpatchify(tokens) + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-class RossFeatureTeacher(nn.Module):
+class RossFeatureTeacher(RossTeacher):
     """Features of a frozen transformers vision model (ROSS^R-Latent / ROSS^D with a DINOv2, DeiT, CLIP ... teacher).
 
     The image is re-normalised from the tower's normalisation to the teacher's (`teacher_image_mean/std`), resized
@@ -353,8 +403,9 @@ class RossFeatureTeacher(nn.Module):
         images = _resize(_to_unit_range(pixel_values, self.image_mean, self.image_std), self.image_size)
         return (images - _channel_stats(self.teacher_mean, images)) / _channel_stats(self.teacher_std, images)
 
-    def forward(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, 3, H, W) tower-normalised images -> (B, grid_size**2, hidden_size) fp32 features."""
+    def encode_distribution(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """(B, 3, H, W) tower-normalised images -> ((B, grid_size**2, hidden_size) fp32 features, None): a
+        deterministic target."""
         with _frozen_fp32(pixel_values.device):
             images = self.preprocess(pixel_values)
             outputs = self.model(pixel_values=images.to(_parameter_dtype(self.model)), output_hidden_states=True)
@@ -371,7 +422,7 @@ class RossFeatureTeacher(nn.Module):
             if patch_grid != self.grid_size:
                 features = features.transpose(1, 2).reshape(batch_size, channels, patch_grid, patch_grid)
                 features = _resize(features, self.grid_size, antialias=False).flatten(2).transpose(1, 2)
-        return features
+        return features, None
 
 
 def _as_int(value) -> int:
@@ -498,9 +549,11 @@ def _size_entry(size, key: str):
 __all__ = [
     "RossFeatureTeacher",
     "RossPixelTeacher",
+    "RossTeacher",
     "RossVaeTeacher",
     "build_teacher",
     "freeze",
     "load_teacher_source",
     "protect_from_init",
+    "sample_targets",
 ]

@@ -50,6 +50,10 @@ class RossRunConfig:
     on_bad_sample: str = "error"  # unreadable / too long samples: error | skip (logged and counted)
     group_by: str | None = None  # None (random) | length | modality_length (LLaVA's group_by_modality_length)
     max_train_samples: int | None = None
+    # ---- latent cache of the teacher's outputs (train/latent_cache.py) ----
+    latent_cache_dir: str | None = None  # use cached teacher (mean, std) targets from here; None: teacher every step
+    build_latent_cache: bool = False  # encode the images missing from latent_cache_dir before training (main process)
+    latent_cache_dtype: str = "float32"  # storage dtype: float32 (exact) | float16
     # ---- tiny default run: write tiny components + synthetic data when missing ----
     prepare_tiny: dict | None = None  # {"root": "runs/tiny", "num_images": 64, "stage": "plain"|"sft"}
     # ---- outputs ----

@@ -580,6 +580,10 @@ class RossDataCollator:
         rendering (a `ValueError` says so when a template rewrites earlier turns). Tokens overlapping a span are
         supervised. `masking="prefix"` forces the fallback.
 
+    With `latent_cache` (a `train.latent_cache.LatentCache`), every batch also gets `teacher_targets`:
+    `{"mean", "std"}` of each kept sample's images in `pixel_values` order, looked up by image content; an image
+    missing from the cache raises `LatentCacheMiss` (never skipped, never a silent fallback to the teacher).
+
     `format="plain"` (stage 1, LLaVA's `plain` template): the text is the image tokens followed directly by the
     caption (the single assistant turn) and `plain_end` (default: the tokenizer's EOS token); no system prompt, no
     roles; the user's words are dropped; only the caption and `plain_end` are supervised.
@@ -598,6 +602,7 @@ class RossDataCollator:
         masking: str = "auto",
         plain_end: str | None = None,
         pad_to_multiple_of: int | None = None,
+        latent_cache=None,
     ):
         if format not in ("chat", "plain"):
             raise ValueError(f"format must be 'chat' or 'plain', got {format!r}")
@@ -618,6 +623,8 @@ class RossDataCollator:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token")
         self.image_token_id = processor.image_token_id
         self._skips = _EventCounter()
+        # Optional `train.latent_cache.LatentCache`: adds `teacher_targets` to every batch (see `__call__`).
+        self.latent_cache = latent_cache
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -713,10 +720,11 @@ class RossDataCollator:
         return {"input_ids": input_ids, "labels": labels, "pixel_values": out.get("pixel_values") if images else None}
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
-        encoded = []
+        encoded, kept = [], []
         for feature in features:
             try:
                 encoded.append(self._encode(feature))
+                kept.append(feature)
             except BadSampleError as error:
                 error = error.located(feature.get("id"), feature.get("source"))
                 if self.on_bad_sample == "error":
@@ -744,6 +752,10 @@ class RossDataCollator:
         pixel_values = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values, dim=0)
+        # ---- latent cache (train/latent_cache.py): cached teacher (mean, std) per image, in pixel_values order;
+        # also (empty) for a batch without images, so every rank skips the teacher. A miss raises LatentCacheMiss.
+        if self.latent_cache is not None:
+            batch["teacher_targets"] = self.latent_cache.targets_for(kept)
         return batch
 
 

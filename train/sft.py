@@ -130,6 +130,33 @@ def load_data(run_config, processor):
     return dataset, collator
 
 
+# ---- latent cache (train/latent_cache.py) -------------------------------------------------------------------------
+def prepare_latent_cache(run_config, training_args, teacher, processor, dataset):
+    """The `LatentCache` of `latent_cache_dir` for this teacher and preprocessing, or None without `latent_cache_dir`.
+
+    With `build_latent_cache`, the global main process encodes the images missing from the cache (on the training
+    device) while the other processes wait, then they open it (the folder must be shared by all processes, like
+    `output_dir`). Every process uses the cache, so no rank calls the teacher during training (ZeRO-3 safe).
+    """
+    if run_config.latent_cache_dir is None:
+        return None
+    if teacher is None:
+        raise ValueError("latent_cache_dir needs a teacher: the objective is disabled (objective='none').")
+    if run_config.objective == "latent2pixel":
+        raise ValueError("objective='latent2pixel' compares pixels: the latent cache does not apply, unset it.")
+    from train.latent_cache import LatentCache, build_latent_cache
+
+    cache_dir = resolve_path(run_config.latent_cache_dir)
+    dtype = run_config.latent_cache_dtype
+    with training_args.main_process_first(local=False, desc="building the latent cache"):
+        if run_config.build_latent_cache and training_args.process_index == 0:
+            cache = build_latent_cache(teacher, processor, dataset, cache_dir, dtype=dtype, device=training_args.device)
+            print(f"[ross] latent cache {cache.directory}: {cache.build_stats}", flush=True)
+        else:
+            cache = LatentCache.open(cache_dir, teacher, processor, dtype=dtype)
+    return cache
+
+
 def peak_memory_bytes() -> int:
     """Peak GPU memory allocated by torch (CUDA), else the process's peak resident set size."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -176,6 +203,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
 
     from train.trainer import RossTrainer, apply_lora, apply_stage
 
+    teacher = model.teacher  # before any PEFT wrapping; used by the latent cache
     counts = apply_stage(model, run_config.stage)
     if run_config.lora:
         model = apply_lora(
@@ -192,6 +220,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
             model.enable_input_require_grads()
 
     dataset, collator = load_data(run_config, processor)
+    collator.latent_cache = prepare_latent_cache(run_config, training_args, teacher, processor, dataset)
     trainer = RossTrainer(
         model=model,
         args=training_args,

@@ -1,0 +1,438 @@
+"""An opt-in cache of the frozen teacher's outputs: encode every training image once, reuse it every epoch and run.
+
+The reference recipe re-encodes every image with the teacher (e.g. the FLUX VAE) at every step. The teacher is
+frozen and its input is a deterministic function of the image and the preprocessing, so its output *distribution* per
+image can be computed once:
+
+* `teacher.encode_distribution(pixel_values) -> (mean, std)`, each `(num_images, N, C)` fp32 (`std` is None for a
+  deterministic target: `latent_sample="mode"`, pixel and feature teachers). Only `mean` (and `std` if any) are stored.
+* Every step the visual loss draws `mean + std * eps` (`modeling_ross.teacher.sample_targets`), exactly as the teacher's
+  `forward` does, so the objective is unchanged: a fresh posterior sample per step, not one frozen sample.
+
+Layout (`datasets` Arrow files, memory-mapped when read)::
+
+    <cache_dir>/<settings_key>/settings.json           what the key was computed from (readable)
+    <cache_dir>/<settings_key>/shard-00000/ ...         `Dataset.save_to_disk` folders: key, mean[, std]
+
+Keys:
+* **image key**: a content hash (blake2b-128) of the decoded RGB image (mode, size, pixel bytes): the dataset items
+  carry decoded images, whatever the source (JSON + files, `datasets` with embedded images). Robust to moved or
+  renamed files; costs one hash per image per step in the collator (~3 ms for a 640x480 image) and, for a rebuild,
+  decoding every image again (no teacher call for images already cached).
+* **settings key**: a hash of everything that changes the target: the image processor (class, size, mean / std,
+  resample, ...) and `image_aspect_ratio`; the teacher (class, its plain attributes: grid, fold, image size,
+  `latent_sample`, tower mean / std, patch size ...; the inner model's config; a fingerprint of its weights and
+  dtype); the storage dtype and the cache format. Change any of them and a new folder is used.
+
+Use:
+* training: `latent_cache_dir: PATH` (+ `build_latent_cache: true` to fill it first, on the main process) in the run
+  config of `train/sft.py`; the collator attaches `teacher_targets` and the model skips the teacher.
+* by hand: `python -m train.latent_cache --model CONFIG.yaml|CHECKPOINT --data DATA.json --out DIR`.
+
+Distributed training: with the cache the teacher is never called, on any rank (a batch without images uses a zero
+dummy target instead of the teacher on a grey image). That is consistent across ranks because every rank reads the same
+run config; mixing cached and uncached ranks would hang under DeepSpeed ZeRO-3 (the teacher's partitioned parameters
+are gathered by a collective on forward) and is not possible through `sft.py`.
+
+A batch image missing from the cache raises `LatentCacheMiss` naming the sample, the image and the cache folder: there
+is no silent fallback to the teacher mid-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+
+if __package__ in (None, ""):  # `python train/latent_cache.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SHARD_PREFIX = "shard-"
+STORAGE_DTYPES = ("float32", "float16")
+
+__all__ = [
+    "LatentCache",
+    "LatentCacheMiss",
+    "build_latent_cache",
+    "cache_settings",
+    "image_key",
+    "settings_key",
+    "teacher_fingerprint",
+]
+
+
+class LatentCacheMiss(LookupError):
+    """An image of a batch is not in the latent cache."""
+
+
+# ----------------------------------------------------------------------------- keys
+def image_key(image) -> str:
+    """Content identity of a decoded image: blake2b-128 over its mode, size and pixel bytes (hex)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def teacher_fingerprint(teacher: torch.nn.Module) -> str:
+    """blake2b of every tensor of the teacher's state dict (name, dtype, shape, bytes): other weights, other key."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(teacher.state_dict().items()):
+        if tensor.device.type == "meta":
+            raise ValueError(f"The teacher's {name} is on the meta device: load its weights before using the cache.")
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _plain(value):
+    """JSON-able scalars / lists / dicts, else None (the value is then left out of the settings)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return items if all(i is not None or v is None for i, v in zip(items, value)) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return None
+
+
+def _config_dict(module) -> dict | None:
+    config = getattr(module, "config", None)
+    if config is None:
+        return None
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    volatile = ("transformers_version", "diffusers_version")
+    return {k: _plain(v) for k, v in values.items() if not k.startswith("_") and k not in volatile}
+
+
+def cache_settings(teacher: torch.nn.Module, processor, dtype: str = "float32") -> dict:
+    """Everything the cached targets depend on (see the module docstring), as a JSON-able dict."""
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+    attributes = {
+        name: _plain(value)
+        for name, value in sorted(vars(teacher).items())
+        if not name.startswith("_") and name != "training" and _plain(value) is not None
+    }
+    inner = next((getattr(teacher, name) for name in ("vae", "model") if hasattr(teacher, name)), None)
+    image_processor = processor.image_processor
+    processor_values = {k: _plain(v) for k, v in image_processor.to_dict().items() if not k.startswith("_")}
+    processor_values.pop("processor_class", None)
+    return {
+        "format_version": FORMAT_VERSION,
+        "storage_dtype": dtype,
+        "teacher_class": type(teacher).__name__,
+        "teacher_attributes": attributes,
+        "teacher_config": _config_dict(inner) if inner is not None else None,
+        "teacher_weights": teacher_fingerprint(teacher),
+        "num_channels": int(teacher.num_channels),
+        "image_processor_class": type(image_processor).__name__,
+        "image_processor": processor_values,
+        "image_aspect_ratio": getattr(processor, "image_aspect_ratio", None),
+    }
+
+
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- reading
+class LatentCache:
+    """Read-only view of one settings folder `<cache_dir>/<settings_key>`: image key -> `(mean, std)` tokens.
+
+    The shards are memory-mapped Arrow files; the object pickles cheaply into dataloader workers.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        import datasets
+
+        self.directory = Path(directory)
+        settings_file = self.directory / "settings.json"
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"{self.directory} is not a latent cache folder (no settings.json).")
+        self.settings = json.loads(settings_file.read_text())
+        self.shards = sorted(p for p in self.directory.iterdir() if p.is_dir() and p.name.startswith(SHARD_PREFIX))
+        parts = [datasets.load_from_disk(str(p)) for p in self.shards]
+        self._dataset = datasets.concatenate_datasets(parts) if parts else None
+        keys = self._dataset.data.column("key").to_pylist() if parts else []
+        self._rows = {}
+        for row, key in enumerate(keys):
+            self._rows.setdefault(key, row)
+        self.stochastic = bool(parts) and "std" in self._dataset.column_names
+        self.build_stats: dict | None = None
+        self._arrays = None
+
+    @classmethod
+    def open(cls, cache_dir, teacher, processor, dtype: str = "float32") -> "LatentCache":
+        """The cache of `cache_dir` for these teacher / preprocessing settings; a clear error if it was not built."""
+        settings = cache_settings(teacher, processor, dtype)
+        directory = Path(cache_dir) / settings_key(settings)
+        if not (directory / "settings.json").is_file():
+            others = sorted(p.name for p in Path(cache_dir).glob("*/settings.json")) if Path(cache_dir).is_dir() else []
+            raise FileNotFoundError(
+                f"No latent cache for these teacher / preprocessing settings in {cache_dir} (expected {directory}; "
+                f"found {len(others)} cache(s) built with other settings). Build it with `build_latent_cache: true` "
+                "or `python -m train.latent_cache`."
+            )
+        return cls(directory)
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._rows
+
+    @property
+    def num_tokens_channels(self) -> tuple[int, int] | None:
+        if self._dataset is None:
+            return None
+        return tuple(self._dataset.features["mean"].shape)
+
+    def lookup(self, keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(mean, std)` fp32 tensors `(len(keys), N, C)` (std None for a deterministic target). Keys must exist."""
+        if self._arrays is None:
+            columns = ["mean", "std"] if self.stochastic else ["mean"]
+            self._arrays = self._dataset.with_format("numpy", columns=columns)
+        rows = self._arrays[[self._rows[key] for key in keys]]
+        mean = torch.from_numpy(np.ascontiguousarray(rows["mean"], dtype=np.float32))
+        std = torch.from_numpy(np.ascontiguousarray(rows["std"], dtype=np.float32)) if self.stochastic else None
+        return mean, std
+
+    def targets_for(self, features: Iterable[dict]) -> dict[str, torch.Tensor]:
+        """`teacher_targets` for a batch: the cached `mean` (and `std`) of every image of `features` in row-major order
+        (sample 0's images, then sample 1's, ...: the order of the collator's `pixel_values`). A batch without images
+        gets empty `(0, N, C)` tensors, so the model still knows to skip the teacher (see the module docstring)."""
+        keys = []
+        for feature in features:
+            for index, image in enumerate(feature.get("images") or []):
+                key = image_key(image)
+                if key not in self._rows:
+                    filename = getattr(image, "filename", "") or "decoded image"
+                    raise LatentCacheMiss(
+                        f"image {index} ({filename}) of sample id={feature.get('id')!r} ({feature.get('source')}) is "
+                        f"not in the latent cache {self.directory} (key {key}, {len(self)} images cached). Rebuild "
+                        "the cache for this data (`build_latent_cache: true` or `python -m train.latent_cache`)."
+                    )
+                keys.append(key)
+        if not keys:
+            shape = self.num_tokens_channels or (0, 0)
+            empty = torch.zeros(0, *shape)
+            return {"mean": empty, "std": empty.clone()} if self.stochastic else {"mean": empty}
+        mean, std = self.lookup(keys)
+        return {"mean": mean} if std is None else {"mean": mean, "std": std}
+
+
+# ----------------------------------------------------------------------------- building
+class _Prepare:
+    """Dataloader collate: (key, pixel_values (1, 3, H, W) or None if already cached) for every image of the items."""
+
+    def __init__(self, processor, known: frozenset):
+        self.processor, self.known = processor, known
+
+    def __call__(self, items):
+        out = []
+        for item in items:
+            for image in item.get("images") or []:
+                key = image_key(image)
+                if key in self.known:
+                    out.append((key, None))
+                else:
+                    out.append((key, self.processor(images=[image], return_tensors="pt")["pixel_values"]))
+        return out
+
+
+def _write_shard(directory: Path, keys, means, stds, dtype: str) -> None:
+    import datasets
+
+    mean = np.concatenate(means).astype(dtype)
+    num_tokens, channels = mean.shape[1:]
+    features = {"key": datasets.Value("string"), "mean": datasets.Array2D((num_tokens, channels), dtype)}
+    columns = {"key": keys, "mean": mean}
+    if stds:
+        features["std"] = datasets.Array2D((num_tokens, channels), dtype)
+        columns["std"] = np.concatenate(stds).astype(dtype)
+    shard = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    index = len([p for p in directory.iterdir() if p.name.startswith(SHARD_PREFIX)])
+    temporary = directory / f".tmp-{uuid.uuid4().hex}"
+    shard.save_to_disk(str(temporary))
+    temporary.rename(directory / f"{SHARD_PREFIX}{index:05d}-{uuid.uuid4().hex[:8]}")  # atomic: no half shard
+
+
+def build_latent_cache(
+    teacher: torch.nn.Module,
+    processor,
+    dataset,
+    cache_dir: str | os.PathLike,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    dtype: str = "float32",
+    shard_size: int = 1024,
+    device: str | torch.device | None = None,
+) -> LatentCache:
+    """
+    Encode every image of `dataset` (items with `"images"`: PIL images, as `train.data.RossDataset` yields) that is
+    not cached yet, and return the cache. Images already cached (same content, same settings) are not re-encoded;
+    a fully cached dataset calls the teacher zero times. Preprocessing is the collator's (`processor(images=...)`).
+
+    Args:
+        teacher: the model's frozen teacher (`model.teacher`), weights loaded.
+        processor: the run's `RossProcessor` (its `image_aspect_ratio` matters).
+        cache_dir: parent folder; the cache lives in `<cache_dir>/<settings_key>`.
+        batch_size: images per teacher call (also items per dataloader batch).
+        num_workers: dataloader workers decoding / hashing / preprocessing images.
+        dtype: storage dtype, `"float32"` (exact) or `"float16"` (half the disk, rounded targets).
+        shard_size: images per Arrow shard (bounds the memory held before writing).
+        device: where the teacher runs (default: where its parameters are); moved back afterwards.
+    Returns:
+        The `LatentCache`, with `build_stats` = `{"images", "unique", "encoded", "reused", "seconds"}`.
+    """
+    start = time.perf_counter()
+    settings = cache_settings(teacher, processor, dtype)
+    directory = Path(cache_dir) / settings_key(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    settings_file = directory / "settings.json"
+    if not settings_file.is_file():
+        temporary = directory / f".settings-{uuid.uuid4().hex}.json"
+        temporary.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        temporary.rename(settings_file)
+    existing = LatentCache(directory)
+    known = frozenset(existing.keys)
+
+    parameter = next(teacher.parameters(), None)
+    home = parameter.device if parameter is not None else torch.device("cpu")
+    device = torch.device(device) if device is not None else home
+    teacher.to(device)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_Prepare(processor, known)
+    )
+    stats = {"images": 0, "unique": 0, "encoded": 0, "reused": 0}
+    seen, pending_keys, pending_pixels = set(), [], []
+    shard_keys, means, stds = [], [], []
+
+    def encode_pending():
+        if not pending_keys:
+            return
+        mean, std = teacher.encode_distribution(torch.cat(pending_pixels).to(device))
+        shard_keys.extend(pending_keys)
+        means.append(mean.float().cpu().numpy())
+        if std is not None:
+            stds.append(std.float().cpu().numpy())
+        stats["encoded"] += len(pending_keys)
+        pending_keys.clear()
+        pending_pixels.clear()
+
+    def write_if(full: bool):
+        if shard_keys and (not full or len(shard_keys) >= shard_size):
+            _write_shard(directory, list(shard_keys), means, stds, dtype)
+            shard_keys.clear(), means.clear(), stds.clear()
+
+    try:
+        for prepared in loader:
+            for key, pixel_values in prepared:
+                stats["images"] += 1
+                if key in seen:
+                    continue
+                seen.add(key)
+                if key in known:
+                    stats["reused"] += 1
+                    continue
+                pending_keys.append(key)
+                pending_pixels.append(pixel_values)
+                if len(pending_keys) >= batch_size:
+                    encode_pending()
+                    write_if(full=True)
+        encode_pending()
+        write_if(full=False)
+    finally:
+        teacher.to(home)
+    stats["unique"] = len(seen)
+    stats["seconds"] = round(time.perf_counter() - start, 3)
+    cache = LatentCache(directory)
+    cache.build_stats = stats
+    logger.info("Latent cache %s: %s", directory, stats)
+    return cache
+
+
+# ----------------------------------------------------------------------------- CLI
+def _load_model_and_processor(model: str, output_dir: str | None):
+    """A run config (YAML, as `train/sft.py` takes) or a ROSS checkpoint folder -> (model, processor, run_config)."""
+    if model.endswith((".yaml", ".yml")):
+        from train.config import load_config
+        from train.sft import _build_model_and_processor, prepare_tiny_run
+
+        overrides = {"output_dir": output_dir} if output_dir else {}
+        run_config, training_args, _ = load_config(model, overrides)
+        if run_config.prepare_tiny is not None:
+            prepare_tiny_run(run_config, training_args)
+        built, processor = _build_model_and_processor(run_config)
+        return built, processor, run_config
+    from transformers import AutoProcessor
+
+    from modeling_ross import RossForConditionalGeneration
+
+    built = RossForConditionalGeneration.from_pretrained(model, load_objective=True)
+    return built, AutoProcessor.from_pretrained(model, trust_remote_code=True), None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a run config YAML (as train/sft.py) or a ROSS checkpoint")
+    parser.add_argument("--data", nargs="*", help="data files (default: the run config's data_path)")
+    parser.add_argument("--image_folder", default=None, help="default: the run config's image_folder")
+    parser.add_argument("--out", default=None, help="cache folder (default: the run config's latent_cache_dir)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=STORAGE_DTYPES)
+    parser.add_argument("--shard_size", type=int, default=1024)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--output_dir", default=None, help="only to satisfy a run config without output_dir")
+    args = parser.parse_args(argv)
+
+    from train.config import resolve_path
+    from train.data import load_training_dataset
+
+    model, processor, run_config = _load_model_and_processor(args.model, args.output_dir)
+    if model.teacher is None:
+        raise ValueError("This model has no teacher (objective 'none'): nothing to cache.")
+    data = args.data or (run_config.data_path if run_config is not None else None)
+    out = args.out or (getattr(run_config, "latent_cache_dir", None) if run_config is not None else None)
+    if not data or not out:
+        parser.error("--data and --out are needed (or a run config with data_path and latent_cache_dir)")
+    folder = args.image_folder or (run_config.image_folder if run_config is not None else None)
+    dataset = load_training_dataset(
+        [resolve_path(path) for path in (data if isinstance(data, list) else [data])],
+        image_folder=resolve_path(folder),
+        on_bad_sample=run_config.on_bad_sample if run_config is not None else "error",
+    )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cache = build_latent_cache(
+        model.teacher, processor, dataset, out, batch_size=args.batch_size, num_workers=args.num_workers,
+        dtype=args.dtype, shard_size=args.shard_size, device=device,
+    )
+    report = {"cache": str(cache.directory), "cached_images": len(cache), **cache.build_stats}
+    print("[ross] latent cache: " + json.dumps(report), flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
