@@ -54,6 +54,10 @@ class RossRunConfig:
     latent_cache_dir: str | None = None  # use cached teacher (mean, std) targets from here; None: teacher every step
     build_latent_cache: bool = False  # encode the images missing from latent_cache_dir before training (main process)
     latent_cache_dtype: str = "float32"  # storage dtype: float32 (exact) | float16
+    # ---- reconstruction previews (train/callbacks.py) ----
+    preview_every_n_steps: int | None = None  # write <output_dir>/previews/step_XXXXXX.png every K steps
+    preview_images: list[str] | None = None  # image paths; None: the first 4 training images
+    preview_num_inference_steps: int = 25
     # ---- tiny default run: write tiny components + synthetic data when missing ----
     prepare_tiny: dict | None = None  # {"root": "runs/tiny", "num_images": 64, "stage": "plain"|"sft"}
     # ---- outputs ----

@@ -173,12 +173,15 @@ def save_model(trainer, model, processor, run_config, resolved: dict, directory:
         if trainer.args.should_save:
             merged.save_pretrained(directory)
     else:
-        trainer.save_model(str(directory))  # gathers ZeRO-3 shards; RossForConditionalGeneration drops the teacher
+        # Gathers ZeRO-3 shards; RossForConditionalGeneration drops the teacher. `_internal_call`: the complete folder is
+        # pushed by `model_cards.publish` at the end, not the Trainer's raw output_dir.
+        trainer.save_model(str(directory), _internal_call=True)
     if trainer.args.should_save:
         processor.save_pretrained(directory)
         (directory / "training_args.json").write_text(trainer.args.to_json_string() + "\n")
+        public = {key: value for key, value in resolved.items() if not key.endswith("_token")}  # never save secrets
         with open(directory / "train_config.yaml", "w") as f:
-            yaml.safe_dump(resolved, f, sort_keys=True)
+            yaml.safe_dump(public, f, sort_keys=True)
 
 
 def main(argv: list[str] | None = None, callbacks=None) -> dict:
@@ -221,6 +224,19 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
 
     dataset, collator = load_data(run_config, processor)
     collator.latent_cache = prepare_latent_cache(run_config, training_args, teacher, processor, dataset)
+    callbacks = list(callbacks or [])
+    if run_config.preview_every_n_steps:
+        from train.callbacks import ReconstructionPreviewCallback, preview_images_from_dataset
+
+        images = [resolve_path(p) for p in run_config.preview_images or []] or preview_images_from_dataset(dataset, 4)
+        callbacks.append(
+            ReconstructionPreviewCallback(
+                images=images,
+                every_n_steps=run_config.preview_every_n_steps,
+                num_inference_steps=run_config.preview_num_inference_steps,
+                processor=processor,
+            )
+        )
     trainer = RossTrainer(
         model=model,
         args=training_args,
@@ -245,6 +261,10 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     if trainer.is_world_process_zero():
         (output_dir / run_config.summary_file).write_text(json.dumps(summary, indent=2) + "\n")
         print("[ross] summary: " + json.dumps(summary), flush=True)
+    if training_args.push_to_hub:
+        from model_cards.publish import push_from_trainer  # verifies the folder in a fresh process, then uploads
+
+        push_from_trainer(trainer, output_dir / "model")
     trainer.accelerator.wait_for_everyone()
     return summary
 

@@ -213,6 +213,9 @@ class RossTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # ---- logging ----
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Checkpoints are not pushed: `train/sft.py` publishes the complete, verified folder at the end."""
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the window's mean `text_loss` / `visual_loss` (over optimizer steps and ranks) to training logs."""
         if "loss" in logs and self._metric_steps["text_loss"] > 0:
