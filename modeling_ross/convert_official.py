@@ -696,24 +696,14 @@ def _save_config_and_code(config, dst: Path) -> None:
     """Write config.json + the flat code files + auto_map, as `RossForConditionalGeneration.save_pretrained` does."""
     from transformers.dynamic_module_utils import custom_object_save
 
-    from .modeling_ross import RossForConditionalGeneration
+    from .modeling_ross import RossForConditionalGeneration, add_auto_map
     from .processing_ross import RossProcessor
 
     config.architectures = ["RossForConditionalGeneration"]
     config.save_pretrained(dst)  # copies configuration_ross.py (the config is registered for AutoConfig)
     for cls in (RossForConditionalGeneration, RossProcessor):  # modeling_ross.py + its relative imports; processing
         custom_object_save(cls, dst)
-    config_file = dst / "config.json"
-    saved = json.loads(config_file.read_text())
-    saved.setdefault("auto_map", {}).update(
-        {
-            "AutoConfig": "configuration_ross.RossConfig",
-            "AutoModel": "modeling_ross.RossModel",
-            "AutoModelForImageTextToText": "modeling_ross.RossForConditionalGeneration",
-            "AutoProcessor": "processing_ross.RossProcessor",
-        }
-    )
-    config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    add_auto_map(dst / "config.json")
 
 
 def main(argv=None) -> ConversionReport:

@@ -432,19 +432,8 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             state_dict = state_dict if state_dict is not None else self.state_dict()
             state_dict = {key: value for key, value in state_dict.items() if not key.startswith("teacher.")}
         super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
-        # transformers writes auto_map entries only for the saved class; users also expect AutoModel/AutoProcessor.
-        config_file = Path(save_directory) / "config.json"
-        if config_file.is_file() and kwargs.get("is_main_process", True):
-            config = json.loads(config_file.read_text())
-            config.setdefault("auto_map", {}).update(
-                {
-                    "AutoConfig": "configuration_ross.RossConfig",
-                    "AutoModel": "modeling_ross.RossModel",
-                    "AutoModelForImageTextToText": "modeling_ross.RossForConditionalGeneration",
-                    "AutoProcessor": "processing_ross.RossProcessor",
-                }
-            )
-            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if kwargs.get("is_main_process", True):
+            add_auto_map(Path(save_directory) / "config.json")
 
     @classmethod
     def from_components(
@@ -536,6 +525,24 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         with torch.no_grad():
             for sub in reversed(list(module.modules())):
                 self._init_weights(sub)
+
+
+# transformers writes auto_map entries only for the class it saves; users also expect AutoModel and AutoProcessor.
+AUTO_MAP = {
+    "AutoConfig": "configuration_ross.RossConfig",
+    "AutoModel": "modeling_ross.RossModel",
+    "AutoModelForImageTextToText": "modeling_ross.RossForConditionalGeneration",
+    "AutoProcessor": "processing_ross.RossProcessor",
+}
+
+
+def add_auto_map(config_file: Path) -> None:
+    """Complete `auto_map` in a saved `config.json` so every Auto class finds the remote code."""
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text())
+    config.setdefault("auto_map", {}).update(AUTO_MAP)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 __all__ = ["RossForConditionalGeneration", "RossModel", "RossPreTrainedModel"]

@@ -1,7 +1,9 @@
 """Shared fixtures: tiny component repos written once per session (offline, seconds)."""
 
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The test models are tiny: one intra-op thread is many times faster than two on this 2-core machine (OpenMP
+# synchronisation dominates matmuls this small, badly so when the other core is busy). Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -39,3 +45,26 @@ def tiny_model(tiny_components):
 
     torch.manual_seed(0)
     return RossForConditionalGeneration.from_components(**tiny_components, **TINY_OBJECTIVE)
+
+
+# Prepended to scripts run by `run_isolated`: a machine where this project is not installed (no repo on sys.path,
+# no editable-install finder), so remote-code loading is really what makes the model load.
+ISOLATION_PRELUDE = """
+import sys
+sys.path = [p for p in sys.path if p not in ("", ".")]
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f)]
+try:
+    import modeling_ross
+    raise SystemExit("modeling_ross is importable")
+except ImportError:
+    pass
+"""
+
+
+def run_isolated(script: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter that cannot import this project, with a private remote-code cache."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(Path(cwd) / "modules"), "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(
+        [sys.executable, "-c", ISOLATION_PRELUDE + textwrap.dedent(script)],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env},
+    )  # fmt: skip

@@ -5,12 +5,11 @@ ROSS folder -> `export_llava`. The fresh-process test also loads the converted R
 """
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
+from conftest import run_isolated
 import torch
 from PIL import Image
 from safetensors import safe_open
@@ -107,15 +106,6 @@ def test_fresh_process_loads_llava_without_and_ross_with_remote_code(exported, t
     torch.save({"batch": dict(batch), "logits": reference}, tmp_path / "reference.pt")
     script = textwrap.dedent(
         f"""
-        import sys
-        # A machine without this package: drop the repo and the editable-install finder.
-        sys.path = [p for p in sys.path if p not in ("", ".")]
-        sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f)]
-        try:
-            import modeling_ross
-            raise SystemExit("modeling_ross is importable")
-        except ImportError:
-            pass
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
         ref = torch.load({str(tmp_path / "reference.pt")!r})
@@ -131,7 +121,7 @@ def test_fresh_process_loads_llava_without_and_ross_with_remote_code(exported, t
         print("OK", type(llava).__name__, type(processor).__name__, type(ross).__name__, type(ross_processor).__name__)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = run_isolated(script, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK LlavaForConditionalGeneration LlavaProcessor RossForConditionalGeneration RossProcessor" in result.stdout
 

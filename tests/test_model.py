@@ -1,16 +1,15 @@
 """Core model: shapes, padding, visual outputs, generation, remote code, LLaVA equivalence, input errors."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
+from conftest import run_isolated
 import torch
 from PIL import Image
 
-from modeling_ross import RossForConditionalGeneration, RossProcessor
+from modeling_ross import RossProcessor
 
 
 def _image(seed: int, size=(40, 28)) -> Image.Image:
@@ -172,15 +171,6 @@ def test_save_and_fresh_process_load_with_remote_code(tiny_model, tiny_processor
     torch.save({"batch": dict(batch), "logits": reference}, tmp_path / "reference.pt")
     script = textwrap.dedent(
         f"""
-        import sys
-        # A machine where our package is not installed: drop the repo and the editable-install finder.
-        sys.path = [p for p in sys.path if p not in ("", ".")]
-        sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f)]
-        try:
-            import modeling_ross
-            raise SystemExit("modeling_ross is importable")
-        except ImportError:
-            pass
         import torch
         from PIL import Image
         from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
@@ -199,9 +189,7 @@ def test_save_and_fresh_process_load_with_remote_code(tiny_model, tiny_processor
         print("OK", type(processor).__name__)
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    result = run_isolated(script, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK RossProcessor" in result.stdout
 

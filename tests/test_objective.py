@@ -166,7 +166,7 @@ def test_overfitting_a_few_images_improves_reconstructions(tiny_components, tiny
     model.train()
     losses = []
     torch.manual_seed(0)
-    for _ in range(150):
+    for _ in range(300):
         out = model(**batch)
         optimizer.zero_grad()
         out.visual_loss.backward()
@@ -180,8 +180,8 @@ def test_overfitting_a_few_images_improves_reconstructions(tiny_components, tiny
     trained = model.eval().reconstruct(batch["pixel_values"], generator=torch.Generator().manual_seed(0), **kwargs)
     untrained = fresh.eval().reconstruct(batch["pixel_values"], generator=torch.Generator().manual_seed(0), **kwargs)
     assert trained.shape == targets.shape == (4, 3, 32, 32)
-    # 150 steps: about +1.5 dB here (+3.6 dB after 300 steps); assert a clear, noise-robust margin.
-    assert _psnr(trained, targets) > _psnr(untrained, targets) + 1.0
+    # About +3.6 dB after 300 steps here (8.4 vs 4.8 dB); assert a clear margin.
+    assert _psnr(trained, targets) > _psnr(untrained, targets) + 2.5
     pil = model.reconstruct(batch["pixel_values"][:1], num_inference_steps=2)
     assert isinstance(pil[0], Image.Image) and pil[0].size == (32, 32)
 

@@ -5,16 +5,13 @@ are replaced by mocks; the mocked upload copies the folder it is given, which is
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+from conftest import run_isolated
 import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard, RepoUrl
@@ -104,27 +101,6 @@ def hub():
 
 def assert_no_hub_call(hub):
     assert not hub.create_repo.called and not hub.create_branch.called and not hub.upload_folder.called
-
-
-def run_isolated(script: str, cwd: Path) -> subprocess.CompletedProcess:
-    """A fresh interpreter that cannot import this project (as tests/test_model.py does)."""
-    prelude = textwrap.dedent(
-        """
-        import sys
-        sys.path = [p for p in sys.path if p not in ("", ".")]
-        sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f)]
-        try:
-            import modeling_ross
-            raise SystemExit("modeling_ross is importable")
-        except ImportError:
-            pass
-        """
-    )
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(cwd / "modules"), "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(script)], cwd=cwd, capture_output=True, text=True,
-        timeout=300, env={**os.environ, **env},
-    )  # fmt: skip
 
 
 def test_publish_uploads_exactly_a_verified_loadable_repo(trained, hub, tmp_path, capsys):

@@ -1,0 +1,118 @@
+"""The default run end to end: `python -m train.demo --fast` (components, data, two training stages, evaluation,
+reconstructions), the Hub-ready model folder in a fresh process, and the component cache on a second run."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ("synthetic_pope", "synthetic_mmvp", "synthetic_count", "synthetic_colour", "synthetic_position")
+
+
+def _run_demo(out: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, "-m", "train.demo", "--fast", "--out", str(out), *args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def fast_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "runs"
+    result = _run_demo(out)
+    summary = json.loads((out / "demo" / "summary.json").read_text())
+    return out, summary, result.stdout
+
+
+@pytest.mark.slow
+def test_summary_has_every_phase_and_metric(fast_demo):
+    out, summary, stdout = fast_demo
+    assert summary["fast"] is True and summary["objective"] == "denoise"
+    assert set(summary["timings_s"]) == {"components", "data", "stage1", "stage2", "eval", "reconstruct", "total"}
+    assert all(value >= 0 for value in summary["timings_s"].values())
+    components = summary["components"]
+    assert components["cached"] is False
+    assert 0.0 <= components["vision_tower"]["probe_accuracy"] <= 1.0
+    assert components["vae"]["psnr_db"] > 0
+    for stage in ("stage1", "stage2"):
+        training = summary["training"][stage]
+        assert training["global_step"] > 0
+        assert training["final_text_loss"] is not None and training["final_visual_loss"] is not None
+    assert set(summary["evaluation"]) == set(BENCHMARKS)
+    for name, report in summary["evaluation"].items():
+        assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 < report["chance"] < 1.0, name
+        assert report["question_types"], name
+        for qtype in report["question_types"].values():
+            assert {"accuracy", "chance", "n", "above_chance"} <= set(qtype)
+        assert (Path(summary["paths"]["eval"]) / name / "predictions.jsonl").is_file()
+    assert "pair_accuracy" in summary["evaluation"]["synthetic_mmvp"]
+    assert Path(summary["reconstruction"]["path"]).is_file()
+    assert Path(summary["paths"]["model"]) == out.resolve() / "demo" / "model"
+    assert "accuracy vs chance" in stdout and str(out.resolve() / "demo" / "model") in stdout
+
+
+@pytest.mark.slow
+def test_model_folder_answers_in_a_fresh_process(fast_demo, tmp_path):
+    out, summary, _ = fast_demo
+    from train.synthetic import make_scene, render
+
+    image_path = tmp_path / "scene.png"
+    render(make_scene(123)).save(image_path)
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        # As on a machine without this repository: remote code only.
+        sys.path = [p for p in sys.path if p not in ("", ".")]
+        sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f)]
+        try:
+            import modeling_ross
+            raise SystemExit("modeling_ross is importable")
+        except ImportError:
+            pass
+        import torch
+        from PIL import Image
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        path = {summary["paths"]["model"]!r}
+        model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+        messages = [{{"role": "user", "content": [{{"type": "image"}},
+                     {{"type": "text", "text": "Is there a red circle in the image?"}}]}}]
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = processor(text=[text], images=[Image.open({str(image_path)!r})], return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        new = output[0, inputs["input_ids"].shape[1]:]
+        print(json.dumps({{"num_new_tokens": int(new.numel()),
+                           "answer": processor.decode(new, skip_special_tokens=True),
+                           "denoiser": model.denoiser is not None}}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["num_new_tokens"] >= 1 and isinstance(answer["answer"], str)
+    assert answer["denoiser"] is False  # inference loads no training-only modules
+
+
+@pytest.mark.slow
+def test_second_run_reuses_the_component_and_data_caches(fast_demo):
+    out, first, _ = fast_demo
+    _run_demo(out, "--stop-after", "data")
+    second = json.loads((out / "demo" / "summary.json").read_text())
+    assert second["components"]["cached"] is True and second["data"]["cached"] is True
+    assert second["components"]["key"] == first["components"]["key"]
+    assert second["components"]["vision_tower"] == first["components"]["vision_tower"]
+    assert second["timings_s"]["components"] < first["timings_s"]["components"]
+    assert len(list((out / "components").iterdir())) == 1  # one keyed folder, no leftovers
