@@ -28,7 +28,6 @@ Only what tests need is here; it is a plain module (not collected by pytest).
 from __future__ import annotations
 
 import json
-import math
 from collections import OrderedDict
 from pathlib import Path
 

@@ -22,7 +22,6 @@ from transformers import (  # noqa: E402
 from modeling_ross.configuration_ross import RossObjectiveConfig  # noqa: E402
 from modeling_ross.teacher import (  # noqa: E402
     RossFeatureTeacher,
-    RossPixelTeacher,
     RossVaeTeacher,
     build_teacher,
     freeze,

@@ -12,7 +12,6 @@ The model is built from components (`vision_model`, `language_model`, `teacher`)
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
