@@ -1,0 +1,569 @@
+"""The default run (`make demo`): ROSS end to end on one CPU, offline, in minutes.
+
+    python -m train.demo [--out runs] [--baseline] [--fast] [--stop-after PHASE]
+
+Phases (each timed; the summary says how long each took):
+1. components  tiny SigLIP tower, Qwen2 LLM and AutoencoderKL teacher as Hub-style folders, the tower and the VAE
+               briefly pretrained on synthetic scenes (`train.pretrain_components`), cached under
+               `<out>/components/<settings hash>/`;
+2. data        synthetic LLaVA-format training data (stage-1 captions, stage-2 instructions with text-only samples)
+               and the five synthetic benchmarks (held-out scenes), cached under `<out>/data/<settings hash>/`;
+3. stage1      `accelerate launch train/sft.py --config train/configs/tiny_stage1.yaml` (projector + denoiser);
+4. stage2      the same with `tiny_stage2.yaml`, continuing from the stage-1 model (projector + LLM + denoiser);
+5. eval        the Hub-ready model folder, loaded as a user would (remote code), on every synthetic benchmark with the
+               eval runner's batched greedy generation; accuracy per benchmark and per question type next to chance;
+6. reconstruct inputs vs reconstructions from the model's visual outputs (`model.reconstruct`), as a PNG grid.
+
+Outputs: `<out>/demo/model/` (the stage-2 model), `<out>/demo/summary.json`, `<out>/demo/reconstructions.png`,
+`<out>/demo/eval/<benchmark>/` (predictions, scores). `--baseline` trains the LLaVA baseline (no visual loss) on the
+same components and data into `<out>/demo_baseline/`, to compare with ROSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from train.pretrain_components import ComponentSettings, component_paths, prepare_components
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PHASES = ("components", "data", "stage1", "stage2", "eval", "reconstruct")
+DATA_CACHE_VERSION = 1
+# Where each synthetic benchmark keeps its question type (the column the per-type breakdown groups by).
+TYPE_COLUMN = {
+    "synthetic_pope": "category",
+    "synthetic_mmvp": "pair_type",
+    "synthetic_count": "question_type",
+    "synthetic_colour": "question_type",
+    "synthetic_position": "question_type",
+}
+
+
+@dataclass
+class StageSettings:
+    """`train/sft.py` overrides of one stage (on top of its YAML config)."""
+
+    max_steps: int
+    batch_size: int
+    learning_rate: float
+    gradient_accumulation_steps: int = 1
+
+    def overrides(self) -> dict:
+        return {
+            "max_steps": self.max_steps,
+            "per_device_train_batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "learning_rate": self.learning_rate,
+        }
+
+
+@dataclass
+class DemoSettings:
+    """Everything the default run does, sized for 2 CPU cores and about 10 minutes (components fitted once)."""
+
+    smoke_run: bool = False  # set by `fast()`: the numbers of such a run mean nothing
+    components: ComponentSettings = field(default_factory=ComponentSettings)
+    # data (training scenes: seed 0; benchmarks: seed 1 and their own streams, so held out)
+    plain_images: int = 2000
+    sft_images: int = 3000
+    benchmark_items: int = 120
+    image_size: int = 48
+    # the denoiser of ROSS^D (the reference is 1024 wide, 3 deep, 16 heads, 4 noise draws)
+    denoiser: dict = field(
+        default_factory=lambda: {
+            "denoiser_hidden_size": 128,
+            "denoiser_depth": 2,
+            "denoiser_num_heads": 4,
+            "num_noise_draws": 4,
+        }
+    )
+    stage1: StageSettings = field(default_factory=lambda: StageSettings(max_steps=120, batch_size=16, learning_rate=1e-3))
+    stage2: StageSettings = field(default_factory=lambda: StageSettings(max_steps=400, batch_size=16, learning_rate=1e-3))
+    # evaluation: every answer of the synthetic benchmarks is at most 3 tokens + end of turn
+    eval_batch_size: int = 32
+    eval_max_new_tokens: int = 6
+    # reconstruction preview
+    num_reconstructions: int = 8
+    reconstruction_steps: int = 50
+
+    @classmethod
+    def fast(cls) -> "DemoSettings":
+        """A smoke run for tests: same pipeline and shapes, a handful of samples and steps."""
+        return cls(
+            smoke_run=True,
+            components=ComponentSettings.fast(),
+            plain_images=32,
+            sft_images=32,
+            benchmark_items=12,
+            stage1=StageSettings(max_steps=2, batch_size=4, learning_rate=1e-3),
+            stage2=StageSettings(max_steps=3, batch_size=4, learning_rate=1e-3),
+            eval_batch_size=16,
+            eval_max_new_tokens=3,
+            num_reconstructions=4,
+            reconstruction_steps=5,
+        )
+
+    def data_key(self) -> str:
+        blob = json.dumps(
+            {
+                "version": DATA_CACHE_VERSION,
+                "plain": self.plain_images,
+                "sft": self.sft_images,
+                "bench": self.benchmark_items,
+                "size": self.image_size,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Phases
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def prepare_data(root: Path, settings: DemoSettings) -> dict:
+    """Training data and benchmarks under `root/<data key>/`, written once (a `data.json` marks a complete folder)."""
+    folder = root / settings.data_key()
+    manifest_file = folder / "data.json"
+    if manifest_file.is_file():
+        manifest = json.loads(manifest_file.read_text())
+        log(f"data: reusing {folder}")
+        return {**manifest, "cached": True}
+    from eval.synthetic import write_benchmarks
+    from train.synthetic import write_llava_dataset
+
+    tmp = root / f".{settings.data_key()}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"data: writing {settings.plain_images} caption + {settings.sft_images} instruction images and benchmarks")
+    train_dir = tmp / "train"
+    plain = write_llava_dataset(str(train_dir), settings.plain_images, seed=0, size=settings.image_size, stage="plain")
+    sft = write_llava_dataset(str(train_dir), settings.sft_images, seed=0, size=settings.image_size, stage="sft")
+    benchmarks = write_benchmarks(str(tmp / "benchmarks"), settings.benchmark_items, seed=1, size=settings.image_size)
+    with open(sft) as f:
+        sft_records = len(json.load(f))
+
+    def rel(path):
+        return str(Path(path).relative_to(tmp))
+
+    manifest = {
+        "key": settings.data_key(),
+        "image_folder": "train",
+        "stage1_data": rel(plain),
+        "stage2_data": rel(sft),
+        "stage1_records": settings.plain_images,
+        "stage2_records": sft_records,
+        "stage2_text_only_records": sft_records - settings.sft_images,
+        "benchmarks": {name: rel(path) for name, path in benchmarks.items()},
+        "benchmark_items": settings.benchmark_items,
+    }
+    (tmp / "data.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return {**manifest, "cached": False}
+
+
+def _yaml_flow(mapping: dict) -> str:
+    """A dict as a one-line YAML flow mapping (how `train/sft.py` reads a dict-valued override)."""
+    return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in mapping.items()) + "}"
+
+
+def run_stage(stage: int, out_dir: Path, overrides: dict, log_file: Path) -> dict:
+    """`accelerate launch train/sft.py --config train/configs/tiny_stage{stage}.yaml --key value ...` on one CPU
+    process; the output goes to `log_file`. Returns `<out_dir>/summary.json` plus the first and last logged losses."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
+        "--num_cpu_threads_per_process", str(os.cpu_count() or 1),
+        str(REPO_ROOT / "train" / "sft.py"), "--config", str(REPO_ROOT / "train" / "configs" / f"tiny_stage{stage}.yaml"),
+    ]  # fmt: skip
+    for key, value in overrides.items():
+        command += [f"--{key}", _yaml_flow(value) if isinstance(value, dict) else str(value)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as f:
+        f.write("$ " + " ".join(command) + "\n\n")
+        f.flush()
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = "".join(log_file.read_text().splitlines(keepends=True)[-40:])
+        raise RuntimeError(f"stage {stage} failed (exit {result.returncode}); log: {log_file}\n{tail}")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    losses = logged_losses(log_file)
+    if losses:
+        summary["first_logged"] = losses[0]
+        summary["last_logged"] = losses[-1]
+    return summary
+
+
+def logged_losses(log_file: Path) -> list[dict]:
+    """The Trainer's logged loss dicts (`{'loss': ..., 'text_loss': ..., ...}` lines) in order."""
+    entries = []
+    for line in log_file.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("{'loss'"):
+            try:
+                entry = ast.literal_eval(line)
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(entry, dict):
+                entries.append({k: float(v) for k, v in entry.items() if k in ("loss", "text_loss", "visual_loss")})
+    return [e for e in entries if e]
+
+
+def evaluate(model_dir: Path, data_root: Path, data: dict, out_dir: Path, settings: DemoSettings) -> dict:
+    """Every synthetic benchmark through the eval runner's generation and scoring (one model load, remote code)."""
+    from eval.generation import evaluate_model, get_benchmark, load_model
+    from eval.synthetic import chance_rate
+
+    model, processor = load_model(model_dir, dtype="float32", device="cpu")
+    results = {}
+    for name, rel_path in data["benchmarks"].items():
+        bench = get_benchmark(name)
+        scores = evaluate_model(
+            model, processor, bench, data_root / rel_path, batch_size=settings.eval_batch_size,
+            out_dir=out_dir / name, max_new_tokens=settings.eval_max_new_tokens, progress=False,
+            model_name=str(model_dir),
+        )  # fmt: skip
+        records = [json.loads(line) for line in (out_dir / name / "predictions.jsonl").read_text().splitlines()]
+        results[name] = benchmark_report(bench, records, scores, chance_rate)
+        log(
+            f"eval: {name}: accuracy {results[name]['accuracy']:.3f} (chance {results[name]['chance']:.3f}), "
+            f"{scores['seconds']:.0f}s"
+        )
+    return results
+
+
+def _above_chance(accuracy: float, chance: float, n: int) -> bool:
+    """Above chance by more than two binomial standard errors (of a chance-level guesser)."""
+    return n > 0 and accuracy - chance > 2 * math.sqrt(chance * (1 - chance) / n)
+
+
+def benchmark_report(bench, records: list[dict], scores: dict, chance_rate) -> dict:
+    """Accuracy of a benchmark and of each of its question types, next to the uniform-guess chance rates."""
+    name = bench.name
+    metrics = scores["metrics"]
+    accuracy = metrics.get("accuracy", metrics.get("exact_match"))
+    report = {
+        "accuracy": accuracy,
+        "chance": chance_rate(name),
+        "num_items": len(records),
+        "above_chance": _above_chance(accuracy, chance_rate(name), len(records)),
+        "primary_metric": scores["primary_metric"],
+        "primary_value": scores["primary_value"],
+        "seconds": scores["seconds"],
+    }
+    if name == "synthetic_mmvp":
+        report["pair_accuracy"] = metrics["pair_accuracy"]
+        report["pair_chance"] = chance_rate("synthetic_mmvp_pair")
+    if name == "synthetic_pope":
+        report["f1"] = metrics.get("f1")
+        report["yes_ratio"] = metrics.get("yes_ratio")
+    groups = defaultdict(list)
+    for record in records:
+        groups[str(record.get(TYPE_COLUMN[name]))].append(record)
+    types = {}
+    for qtype, rows in sorted(groups.items()):
+        sub = bench.score(rows, "lmms-eval")
+        sub_accuracy = sub.get("accuracy", sub.get("exact_match"))
+        chance = chance_rate(name, qtype) if ":" in qtype else chance_rate(name)
+        types[qtype] = {
+            "accuracy": sub_accuracy,
+            "chance": chance,
+            "n": len(rows),
+            "above_chance": _above_chance(sub_accuracy, chance, len(rows)),
+        }
+        if name == "synthetic_mmvp":
+            types[qtype]["pair_accuracy"] = sub["pair_accuracy"]
+    report["question_types"] = types
+    return report
+
+
+def save_reconstructions(model_dir: Path, data_root: Path, data: dict, path: Path, settings: DemoSettings) -> dict:
+    """A PNG grid: the images as the tower saw them, the teacher VAE's own reconstructions (the ceiling), and ROSS's
+    reconstructions from the LLM's visual outputs (reverse diffusion with the trained denoiser, then the VAE decoder).
+    Returns the PSNRs of both against the inputs."""
+    import torch
+    from PIL import Image, ImageDraw
+    from transformers import AutoProcessor
+
+    from eval.generation import get_benchmark
+    from modeling_ross import RossForConditionalGeneration
+    from train.pretrain_components import psnr
+
+    from transformers.utils import logging as hf_logging
+
+    # The checkpoint holds no teacher weights by design (the frozen teacher is reloaded from its own folder), so the
+    # loader's MISSING table for `teacher.*` is expected; keep it off the report.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = RossForConditionalGeneration.from_pretrained(model_dir, load_objective=True).eval()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    rows = get_benchmark("synthetic_colour").load(data_root / data["benchmarks"]["synthetic_colour"])
+    images = [row["images"][0] for row in rows[: settings.num_reconstructions]]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image briefly."}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    batch = processor(text=[text] * len(images), images=images, padding=True, return_tensors="pt")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        inputs = model.teacher.preprocess(batch["pixel_values"])  # [-1, 1] at the teacher's size
+        ceiling = model.teacher.decode(model.teacher(batch["pixel_values"])).float().clamp(0, 1)
+        ross = model.reconstruct(
+            batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            num_inference_steps=settings.reconstruction_steps, generator=generator, output_type="pt",
+        )  # fmt: skip
+    inputs = (inputs.float() + 1) / 2
+    cell, label_width = 96, 110
+    rows_out = [("input", inputs), ("VAE teacher", ceiling), ("ROSS", ross)]
+    grid = Image.new("RGB", (label_width + cell * len(images), cell * len(rows_out)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (label, batch_images) in enumerate(rows_out):
+        draw.text((6, r * cell + cell // 2 - 6), label, fill="black")
+        for c, image in enumerate(batch_images):
+            array = (image.permute(1, 2, 0).cpu().numpy() * 255).round().clip(0, 255).astype("uint8")
+            tile = Image.fromarray(array).resize((cell, cell), Image.NEAREST)
+            grid.paste(tile, (label_width + c * cell, r * cell))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return {
+        "path": str(path),
+        "num_images": len(images),
+        "denoising_steps": settings.reconstruction_steps,
+        "teacher_psnr_db": round(psnr(ceiling * 2 - 1, inputs * 2 - 1), 2),
+        "ross_psnr_db": round(psnr(ross.float() * 2 - 1, inputs * 2 - 1), 2),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": [round(x, 2) for x in load] if load else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def run_demo(out: Path, settings: DemoSettings, baseline: bool = False, stop_after: str | None = None) -> dict:
+    out = Path(out).resolve()
+    run_dir = out / ("demo_baseline" if baseline else "demo")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    summary: dict = {
+        "mode": "baseline (LLaVA: text loss only)" if baseline else "ross (text loss + denoising visual loss)",
+        "objective": "none" if baseline else "denoise",
+        "fast": settings.smoke_run,
+        "settings": dataclasses.asdict(settings),
+        "machine": machine_info(),
+        "timings_s": timings,
+        "paths": {"run": str(run_dir)},
+    }
+    summary_file = run_dir / "summary.json"
+
+    def write_summary():
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None
+        summary["machine"]["load_average_at_end"] = [round(x, 2) for x in load] if load else None
+        timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
+        summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+
+    def phase(name, function):
+        start = time.perf_counter()
+        result = function()
+        timings[name] = round(time.perf_counter() - start, 2)
+        return result
+
+    def done(name) -> bool:
+        if stop_after == name:
+            write_summary()
+            log(f"stopped after {name}; summary: {summary_file}")
+            return True
+        return False
+
+    # 1. components
+    components_root = out / "components"
+    manifest = phase("components", lambda: prepare_components(components_root, settings.components, log=log))
+    paths = component_paths(components_root, manifest)
+    summary["components"] = {
+        "cached": manifest["cached"],
+        "key": manifest["key"],
+        "folder": str(components_root / manifest["key"]),
+        **paths,
+        "vision_tower": manifest["vision_tower"],
+        "vae": manifest["vae"],
+        "fit_seconds": manifest["seconds"],
+    }
+    if done("components"):
+        return summary
+
+    # 2. data
+    data_root_parent = out / "data"
+    data = phase("data", lambda: prepare_data(data_root_parent, settings))
+    data_root = data_root_parent / data["key"]
+    summary["data"] = {**data, "folder": str(data_root)}
+    if done("data"):
+        return summary
+
+    # 3-4. training
+    objective = "none" if baseline else "denoise"
+    common = {
+        "prepare_tiny": "null",
+        "image_folder": str(data_root / data["image_folder"]),
+        "logging_steps": max(1, min(10, settings.stage2.max_steps // 20)),
+        "disable_tqdm": "true",
+        "dataloader_num_workers": 0,
+    }
+    stage1_dir, stage2_dir = run_dir / "stage1", run_dir / "stage2"
+    stage1_overrides = {
+        **common,
+        **paths,
+        "objective": objective,
+        "model_overrides": {**settings.denoiser, **manifest["objective_overrides"]},
+        "data_path": str(data_root / data["stage1_data"]),
+        "output_dir": str(stage1_dir),
+        **settings.stage1.overrides(),
+    }
+    log(f"stage1: {settings.stage1.max_steps} steps x {settings.stage1.batch_size} captions (log: {stage1_dir / 'train.log'})")
+    stage1 = phase("stage1", lambda: run_stage(1, stage1_dir, stage1_overrides, stage1_dir / "train.log"))
+    summary["training"] = {"stage1": stage1}
+    log(f"stage1: final text loss {stage1.get('final_text_loss')}, visual loss {stage1.get('final_visual_loss')}")
+    if done("stage1"):
+        return summary
+
+    stage2_overrides = {
+        **common,
+        "model_name_or_path": str(stage1_dir / "model"),
+        "objective": objective,
+        "data_path": str(data_root / data["stage2_data"]),
+        "output_dir": str(stage2_dir),
+        **settings.stage2.overrides(),
+    }
+    log(f"stage2: {settings.stage2.max_steps} steps x {settings.stage2.batch_size} QA samples (log: {stage2_dir / 'train.log'})")
+    stage2 = phase("stage2", lambda: run_stage(2, stage2_dir, stage2_overrides, stage2_dir / "train.log"))
+    summary["training"]["stage2"] = stage2
+    log(f"stage2: final text loss {stage2.get('final_text_loss')}, visual loss {stage2.get('final_visual_loss')}")
+    model_dir = run_dir / "model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.copytree(stage2_dir / "model", model_dir)
+    summary["paths"].update(model=str(model_dir), stage1=str(stage1_dir), stage2=str(stage2_dir))
+    if done("stage2"):
+        return summary
+
+    # 5. evaluation
+    eval_dir = run_dir / "eval"
+    summary["evaluation"] = phase("eval", lambda: evaluate(model_dir, data_root, data, eval_dir, settings))
+    summary["paths"]["eval"] = str(eval_dir)
+    if done("eval"):
+        return summary
+
+    # 6. reconstructions (ROSS only: the baseline has no denoiser)
+    if not baseline:
+        preview = run_dir / "reconstructions.png"
+        summary["reconstruction"] = phase(
+            "reconstruct", lambda: save_reconstructions(model_dir, data_root, data, preview, settings)
+        )
+        summary["paths"]["reconstructions"] = str(preview)
+    write_summary()
+    return summary
+
+
+def format_report(summary: dict) -> str:
+    """The short end-of-run report: where things went, what was measured, against chance."""
+    lines = ["", f"ROSS demo: {summary['mode']}" + ("  [--fast smoke run: numbers mean nothing]" if summary["fast"] else "")]
+    t, m = summary["timings_s"], summary["machine"]
+    lines.append(
+        "  time: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items() if k != "total") + f"; total {t.get('total', 0):.0f}s"
+        f" on {m['cpu_count']} CPUs (load average {m['load_average_at_start']} at start)"
+    )
+    c = summary["components"]
+    lines.append(
+        f"  components ({'reused from cache' if c['cached'] else 'fitted now'}, {c['folder']}):"
+        f" tower colour-presence probe accuracy {c['vision_tower']['probe_accuracy']:.3f}"
+        f" (majority {c['vision_tower']['probe_chance']:.3f}); VAE reconstruction PSNR {c['vae']['psnr_db']:.1f} dB"
+    )
+    for stage, s in summary.get("training", {}).items():
+        first = s.get("first_logged", {})
+        lines.append(
+            f"  {stage}: {s['global_step']} steps in {s['train_runtime_s']:.0f}s; text loss"
+            f" {first.get('text_loss', float('nan')):.3f} -> {s.get('final_text_loss') or float('nan'):.3f}"
+            + (
+                f", visual loss {first.get('visual_loss', float('nan')):.3f} -> {s['final_visual_loss']:.3f}"
+                if s.get("final_visual_loss") is not None
+                else ""
+            )
+        )
+    if "evaluation" in summary:
+        lines.append("  accuracy vs chance ('*' = above chance by > 2 standard errors):")
+        for name, r in summary["evaluation"].items():
+            star = "*" if r["above_chance"] else " "
+            extra = f", pairs {r['pair_accuracy']:.3f} (chance {r['pair_chance']:.3f})" if "pair_accuracy" in r else ""
+            lines.append(f"   {star} {name:<19} {r['accuracy']:.3f} (chance {r['chance']:.3f}, n={r['num_items']}){extra}")
+            types = "; ".join(
+                f"{q}{'*' if v['above_chance'] else ''} {v['accuracy']:.2f}/{v['chance']:.2f}"
+                for q, v in r["question_types"].items()
+            )
+            lines.append(f"        by type (accuracy/chance): {types}")
+    if "reconstruction" in summary:
+        r = summary["reconstruction"]
+        lines.append(
+            f"  reconstructions: {r['path']} (PSNR vs input: ROSS {r['ross_psnr_db']:.1f} dB,"
+            f" VAE teacher ceiling {r['teacher_psnr_db']:.1f} dB)"
+        )
+    p = summary["paths"]
+    if "model" in p:
+        lines.append(f"  model (Hub-ready, load with trust_remote_code=True): {p['model']}")
+    lines.append(f"  summary: {Path(p['run']) / 'summary.json'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs", help="root of all outputs (default: runs/)")
+    parser.add_argument("--baseline", action="store_true", help="train the LLaVA baseline (objective none) instead")
+    parser.add_argument("--fast", action="store_true", help="a smoke run with tiny step counts (tests)")
+    parser.add_argument("--stop-after", choices=PHASES, default=None, help="stop after this phase")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the report
+    settings = DemoSettings.fast() if args.fast else DemoSettings()
+    summary = run_demo(args.out, settings, baseline=args.baseline, stop_after=args.stop_after)
+    if args.stop_after is None or args.stop_after in ("eval", "reconstruct"):
+        print(format_report(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
