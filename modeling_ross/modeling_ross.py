@@ -240,6 +240,9 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         if load_objective and config.objective_config.enabled:
             self._build_objective()
         self.post_init()
+        if self.teacher is not None and not config.objective_config.save_teacher:
+            # Checkpoints leave the frozen teacher out: `from_pretrained` loads it from its own source instead.
+            self._keys_to_ignore_on_load_missing = {*self._keys_to_ignore_on_load_missing, r"^teacher\."}
 
     def _build_objective(self):
         objective = self.config.objective_config
@@ -410,7 +413,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         )
         if model.teacher is not None:
             missing = info["missing_keys"]
-            if any(key.startswith("teacher.") for key in missing):
+            if not model.config.objective_config.save_teacher or any(key.startswith("teacher.") for key in missing):
                 model.load_teacher()
             if any(key.startswith("denoiser.") for key in missing):
                 logger.warning(
