@@ -9,7 +9,8 @@ from transformers.processing_utils import ProcessorMixin
 # The reference code's Vicuna-style template for Qwen2 ("qwen_2" in the authors' conversation.py):
 # "{system} USER: <image>\n{q} ASSISTANT: {a}<|im_end|>USER: ...". Each answer ends with the tokenizer's EOS token
 # (`<|im_end|>` for Qwen2-Instruct, `</s>` for Vicuna, as LLaVA's vicuna_v1). The {% generation %} markers make
-# `return_assistant_tokens_mask` mark each answer and its end-of-turn token.
+# `return_assistant_tokens_mask` mark each answer and its end-of-turn token; the space after "ASSISTANT:" is inside
+# them because BPE may keep it as a token of its own, which the model must then learn to generate.
 VICUNA_QWEN2_CHAT_TEMPLATE = (
     "{%- set default_system = \"A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions.\" -%}"
@@ -28,7 +29,7 @@ VICUNA_QWEN2_CHAT_TEMPLATE = (
     "{%- if message['role'] == 'user' -%}"
     "{{- 'USER: ' -}}{{- render(message['content']) -}}{{- ' ' -}}"
     "{%- elif message['role'] == 'assistant' -%}"
-    "{{- 'ASSISTANT: ' -}}{%- generation -%}{{- render(message['content']) -}}"
+    "{{- 'ASSISTANT:' -}}{%- generation -%}{{- ' ' -}}{{- render(message['content']) -}}"
     "{{- eos_token if eos_token is defined and eos_token else '<|im_end|>' -}}{%- endgeneration -%}"
     "{%- endif -%}"
     "{%- endfor -%}"

@@ -257,3 +257,18 @@ def test_config_round_trip(tiny_model, tmp_path):
     assert loaded.objective_config.enabled and loaded.objective_config.objective == "denoise"
     assert loaded.image_seq_length == 64 and loaded.vision_feature_layer == -2
     assert RossConfig(objective_config={"objective": "none"}).objective_config.enabled is False
+
+
+def test_separator_space_is_supervised_with_the_answer(tiny_processor):
+    """BPE may keep the space after "ASSISTANT:" as a token of its own; it must be supervised, or the model never
+    learns to emit it and generation (whose prompt ends at "ASSISTANT:") drifts to other answers."""
+    messages = _messages(1, "What shape is it?", answer="Circle")
+    out = tiny_processor.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+        processor_kwargs={"images": [_image(0)]}, return_tensors="pt",
+    )  # fmt: skip
+    tokens = tiny_processor.tokenizer.convert_ids_to_tokens(out["input_ids"][0][out["assistant_masks"][0].bool()])
+    assert "".join(tokens).replace("Ġ", " ") == " Circle<|im_end|>", tokens
+    prompt = tiny_processor.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
+    full = tiny_processor.apply_chat_template(messages, tokenize=False)
+    assert prompt.endswith("ASSISTANT:") and full == prompt + " Circle<|im_end|>"
