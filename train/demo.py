@@ -92,7 +92,7 @@ class DemoSettings:
         }
     )
     stage1: StageSettings = field(default_factory=lambda: StageSettings(max_steps=120, batch_size=16, learning_rate=1e-3))
-    stage2: StageSettings = field(default_factory=lambda: StageSettings(max_steps=400, batch_size=16, learning_rate=1e-3))
+    stage2: StageSettings = field(default_factory=lambda: StageSettings(max_steps=1000, batch_size=16, learning_rate=1e-3))
     # evaluation: every answer of the synthetic benchmarks is at most 3 tokens + end of turn
     eval_batch_size: int = 32
     eval_max_new_tokens: int = 6

@@ -47,14 +47,14 @@ class ComponentSettings:
     # synthetic images (train.synthetic renders `scene_size` px) and the tower's input
     scene_size: int = 48
     tower_image_size: int = 32
-    patch_size: int = 4  # 32 / 4 -> an 8 x 8 grid = 64 visual tokens
+    patch_size: int = 8  # 32 / 8 -> a 4 x 4 grid = 16 visual tokens (each covers about a quadrant's object)
     vision_hidden_size: int = 64
     vision_layers: int = 3
     # the language model (random init: the SFT stages train it)
     llm_hidden_size: int = 128
     llm_layers: int = 4
     llm_heads: int = 4
-    # the teacher VAE: 3 levels -> downsample 4, so a 32-px image gives an 8 x 8 latent grid = the token grid
+    # the teacher VAE: 3 levels -> downsample 4: a 32-px image gives 8 x 8 latents, folded 2 x 2 into the 4 x 4 token grid
     vae_block_out_channels: tuple = (8, 16, 16)
     vae_latent_channels: int = 8
     # fitting
