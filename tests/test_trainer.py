@@ -398,3 +398,38 @@ def test_resume_after_kill_matches_uninterrupted_run(sft_run, tmp_path):
     # Not trivially equal: training moved the weights away from the step-2 checkpoint.
     step2 = _weights(out / "checkpoint-2")
     assert any(not torch.equal(step2[name], reference[name]) for name in reference if name.startswith("denoiser."))
+
+
+class LengthsDataset(ListDataset):
+    """ListDataset with the `lengths` / `modality_lengths` that `train.data.RossDataset` provides."""
+
+    @property
+    def lengths(self):
+        return [10 + 64 * len(item["images"]) for item in self.items]
+
+    @property
+    def modality_lengths(self):
+        return [length if item["images"] else -length for length, item in zip(self.lengths, self.items)]
+
+
+@pytest.mark.parametrize("group_by", ["length", "modality_length"])
+def test_group_by_uses_the_grouped_samplers(tiny_model, tiny_processor, tmp_path, group_by):
+    from train.data import LengthGroupedSampler, ModalityLengthGroupedSampler
+
+    dataset = LengthsDataset()
+    trainer = RossTrainer(
+        model=tiny_model, args=_args(tmp_path), train_dataset=dataset, data_collator=SimpleCollator(tiny_processor),
+        group_by=group_by,
+    )  # fmt: skip
+    sampler = trainer._get_train_sampler()
+    expected = LengthGroupedSampler if group_by == "length" else ModalityLengthGroupedSampler
+    assert isinstance(sampler, expected)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(dataset)))  # every sample exactly once per epoch
+    if group_by == "modality_length":  # batches of 2 never mix text-only and image samples but at the very end
+        batches = [order[i : i + 2] for i in range(0, len(order), 2)]
+        mixed = [b for b in batches if len({bool(dataset.items[i]["images"]) for i in b}) > 1]
+        assert len(mixed) <= 1 and (not mixed or mixed[0] == batches[-1])
+    trainer.train()
+    with pytest.raises(ValueError, match="group_by"):
+        RossTrainer(model=tiny_model, args=_args(tmp_path), train_dataset=dataset, group_by="size")
