@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import run_isolated
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,15 +70,7 @@ def test_model_folder_answers_in_a_fresh_process(fast_demo, tmp_path):
     render(make_scene(123)).save(image_path)
     script = textwrap.dedent(
         f"""
-        import json, sys
-        # As on a machine without this repository: remote code only.
-        sys.path = [p for p in sys.path if p not in ("", ".")]
-        sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f)]
-        try:
-            import modeling_ross
-            raise SystemExit("modeling_ross is importable")
-        except ImportError:
-            pass
+        import json
         import torch
         from PIL import Image
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -96,10 +89,7 @@ def test_model_folder_answers_in_a_fresh_process(fast_demo, tmp_path):
                            "denoiser": model.denoiser is not None}}))
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+    result = run_isolated(script, tmp_path)  # as on a machine without this repository: remote code only
     assert result.returncode == 0, result.stdout + result.stderr
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["num_new_tokens"] >= 1 and isinstance(answer["answer"], str)
