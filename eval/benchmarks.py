@@ -28,6 +28,7 @@ import base64
 import io
 import json
 import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -447,3 +448,37 @@ BENCHMARKS: dict[str, Benchmark] = {
                   from_tsv=_tsv_realworldqa),
     )
 }  # fmt: skip
+
+
+# The project's synthetic benchmarks (eval/synthetic.py) reuse the rules of the published ones.
+def _synthetic(name: str, like: str, fields: tuple[str, ...] | None = None) -> Benchmark:
+    base = BENCHMARKS[like]
+    return dataclasses.replace(
+        base, name=name, dataset=f"eval.synthetic:{name}", config=None, split="train", num_rows=None,
+        fields=fields or base.fields, from_tsv=None,
+    )
+
+
+SYNTHETIC_BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        _synthetic("synthetic_pope", "pope"),
+        _synthetic("synthetic_mmvp", "mmvp"),
+        *(_synthetic(n, "gqa", ("question_id", "question", "answer"))
+          for n in ("synthetic_count", "synthetic_colour", "synthetic_position")),
+    )
+}  # fmt: skip
+
+
+def benchmark_names() -> list[str]:
+    return [*BENCHMARKS, *SYNTHETIC_BENCHMARKS]
+
+
+def get_benchmark(benchmark: str | Benchmark) -> Benchmark:
+    """A :class:`Benchmark` by name (the registry's, then the synthetic ones), or ``benchmark`` itself."""
+    if isinstance(benchmark, Benchmark):
+        return benchmark
+    found = BENCHMARKS.get(benchmark) or SYNTHETIC_BENCHMARKS.get(benchmark)
+    if found is None:
+        raise KeyError(f"unknown benchmark {benchmark!r} (known: {', '.join(benchmark_names())})")
+    return found

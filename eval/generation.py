@@ -33,7 +33,6 @@ scorer for ``synthetic_pope``, MMVP's for ``synthetic_mmvp`` and GQA's (exact ma
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -42,31 +41,13 @@ from typing import Iterable, Sequence
 
 import torch
 
-from eval.benchmarks import BENCHMARKS, Benchmark
+from eval.benchmarks import SYNTHETIC_BENCHMARKS, Benchmark, benchmark_names, get_benchmark
 
 
 # ---------------------------------------------------------------------------------------
 # Benchmarks
 # ---------------------------------------------------------------------------------------
 
-
-def _synthetic(name: str, like: str, fields: tuple[str, ...] | None = None) -> Benchmark:
-    base = BENCHMARKS[like]
-    return dataclasses.replace(
-        base, name=name, dataset=f"eval.synthetic:{name}", config=None, split="train", num_rows=None,
-        fields=fields or base.fields, from_tsv=None,
-    )
-
-
-SYNTHETIC_BENCHMARKS: dict[str, Benchmark] = {
-    b.name: b
-    for b in (
-        _synthetic("synthetic_pope", "pope"),
-        _synthetic("synthetic_mmvp", "mmvp"),
-        *(_synthetic(n, "gqa", ("question_id", "question", "answer"))
-          for n in ("synthetic_count", "synthetic_colour", "synthetic_position")),
-    )
-}  # fmt: skip
 
 # The number a model card reports for each benchmark (the others stay in ``metrics``).
 PRIMARY_METRIC = {
@@ -77,20 +58,6 @@ PRIMARY_METRIC = {
     "synthetic_mmvp": "pair_accuracy", "synthetic_count": "exact_match", "synthetic_colour": "exact_match",
     "synthetic_position": "exact_match",
 }  # fmt: skip
-
-
-def benchmark_names() -> list[str]:
-    return [*BENCHMARKS, *SYNTHETIC_BENCHMARKS]
-
-
-def get_benchmark(benchmark: str | Benchmark) -> Benchmark:
-    """A :class:`Benchmark` by name (the registry's, then the synthetic ones), or ``benchmark`` itself."""
-    if isinstance(benchmark, Benchmark):
-        return benchmark
-    found = BENCHMARKS.get(benchmark) or SYNTHETIC_BENCHMARKS.get(benchmark)
-    if found is None:
-        raise KeyError(f"unknown benchmark {benchmark!r} (known: {', '.join(benchmark_names())})")
-    return found
 
 
 def primary_metric(name: str, metrics: dict) -> str | None:

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from eval.benchmarks import BENCHMARKS
+from eval.benchmarks import benchmark_names, get_benchmark
 from eval.scoring import RULES
 
 
@@ -50,16 +50,16 @@ def read_predictions(path: Path, fields: tuple[str, ...]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.score", description=__doc__.splitlines()[0])
-    parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(benchmark_names())}")
     parser.add_argument("--predictions", required=True, type=Path, help="JSONL file, one item per line")
     parser.add_argument("--rules", default="lmms-eval", help=f"scoring rules: {' or '.join(RULES)}")
     args = parser.parse_args(argv)
     try:
-        if args.benchmark not in BENCHMARKS:
-            raise InputError(f"unknown benchmark {args.benchmark!r} (known: {', '.join(BENCHMARKS)})")
+        if args.benchmark not in benchmark_names():
+            raise InputError(f"unknown benchmark {args.benchmark!r} (known: {', '.join(benchmark_names())})")
         if args.rules not in RULES:
             raise InputError(f"unknown rules {args.rules!r} (known: {', '.join(RULES)})")
-        bench = BENCHMARKS[args.benchmark]
+        bench = get_benchmark(args.benchmark)
         rows = read_predictions(args.predictions, bench.fields)
         try:
             metrics = bench.score(rows, args.rules)

@@ -115,3 +115,14 @@ def test_unknown_benchmark_rules_and_file(tmp_path):
         proc = run(*args)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_synthetic_benchmarks_are_scored_by_name(tmp_path):
+    rows = [
+        {"question_id": 0, "question": "Is there a red circle?", "answer": "yes", "category": "random", "prediction": "Yes"},
+        {"question_id": 1, "question": "Is there a blue square?", "answer": "no", "category": "random", "prediction": "yes"},
+    ]
+    result = run("--benchmark", "synthetic_pope", "--predictions", str(write_jsonl(tmp_path / "p.jsonl", rows)))
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["benchmark"] == "synthetic_pope" and scores["num_items"] == 2 and scores["accuracy"] == 0.5
