@@ -9,7 +9,7 @@ from conftest import run_isolated
 import torch
 from PIL import Image
 
-from modeling_ross import RossProcessor
+from modeling_ross import RossForConditionalGeneration, RossProcessor
 
 
 def _image(seed: int, size=(40, 28)) -> Image.Image:
@@ -272,3 +272,35 @@ def test_separator_space_is_supervised_with_the_answer(tiny_processor):
     prompt = tiny_processor.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
     full = tiny_processor.apply_chat_template(messages, tokenize=False)
     assert prompt.endswith("ASSISTANT:") and full == prompt + " Circle<|im_end|>"
+
+
+def test_from_components_with_a_full_clip_repo(tiny_components, tmp_path):
+    """CLIP-L/14-336 recipe path: a full CLIP repo (text + vision), CLS dropped ("default"), weights loaded exactly."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    config = CLIPConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37),
+        vision_config=dict(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=37),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    clip = CLIPModel(config)
+    clip.save_pretrained(tmp_path / "clip")
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path / "clip"
+    )
+    language_model = tiny_components["language_model"]
+    model = RossForConditionalGeneration.from_components(
+        str(tmp_path / "clip"), language_model, objective="denoise", target="pixel", pixel_patch_size=4,
+        denoiser_hidden_size=32, denoiser_num_heads=4,
+    )  # fmt: skip
+    processor = RossProcessor.from_components(str(tmp_path / "clip"), language_model)
+    assert model.config.vision_feature_select_strategy == "default"
+    assert model.config.image_seq_length == processor.image_seq_length == 64  # 8 x 8 patches, CLS dropped
+    reference, ours = clip.vision_model.state_dict(), model.model.vision_tower.state_dict()
+    assert reference.keys() == ours.keys()
+    assert all(torch.equal(reference[key], ours[key]) for key in reference)
+    text = processor.apply_chat_template(_messages(1, "Colour?"), tokenize=False)
+    batch = processor(text=[text], images=[_image(0)], return_tensors="pt")
+    out = model.train()(**batch, labels=batch["input_ids"])
+    assert torch.isfinite(out.loss) and out.visual_loss > 0
