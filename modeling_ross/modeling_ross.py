@@ -294,6 +294,18 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
     def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         return self.model.get_image_features(pixel_values)
 
+    @staticmethod
+    def get_visual_outputs(outputs: RossModelOutputWithPast) -> torch.FloatTensor | None:
+        """
+        The LLM's last hidden states (after the final norm) at the image-token positions, `(num_images, N, D)`, or
+        None when the batch has no image. Boolean indexing is row-major: the order masked_scatter filled images in.
+        """
+        if outputs.image_token_mask is None:
+            return None
+        hidden_states = outputs.last_hidden_state
+        num_images = outputs.image_hidden_states.shape[0]
+        return hidden_states[outputs.image_token_mask].view(num_images, -1, hidden_states.shape[-1])
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -328,11 +340,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
 
-        visual_outputs = None
-        if outputs.image_token_mask is not None:
-            num_images = outputs.image_hidden_states.shape[0]
-            # Boolean indexing is row-major, the same order masked_scatter filled the image features in.
-            visual_outputs = hidden_states[outputs.image_token_mask].view(num_images, -1, hidden_states.shape[-1])
+        visual_outputs = self.get_visual_outputs(outputs)
 
         loss = text_loss = visual_loss = None
         if labels is not None:
@@ -388,8 +396,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
                 (pixel_values.shape[0], self.config.image_seq_length), self.config.image_token_id, device=self.device
             )
         outputs = self.model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
-        hidden = outputs.last_hidden_state
-        condition = hidden[outputs.image_token_mask].view(pixel_values.shape[0], -1, hidden.shape[-1])
+        condition = self.get_visual_outputs(outputs)
         tokens = reconstruct_tokens(self, condition, num_inference_steps, scheduler, generator)
         images = self.teacher.decode(tokens).float().clamp(0, 1)
         if output_type == "pt":
