@@ -26,7 +26,7 @@ def count(module: torch.nn.Module) -> int:
 
 def main() -> int:
     with torch.device("meta"):
-        denoiser = RossDenoiser(**REFERENCE)
+        denoiser = RossDenoiser(**REFERENCE)  # position_embedding="sincos": the table is counted separately below
     parts = {
         "x_embedder (noisy tokens -> H)": denoiser.x_embedder,
         "t_embedder (timestep MLP)": denoiser.t_embedder,
@@ -40,10 +40,10 @@ def main() -> int:
         print(f"  {name:34s} {count(module):>12,}")
     assert sum(count(module) for module in parts.values()) == total
     pos_embed = denoiser.grid_size**2 * denoiser.hidden_size
-    print(f"total (trainable): {total:,}")
+    print(f"total without the position table: {total:,} (trained in both stages)")
     print(
-        f"pos_embed is NOT counted: it is recomputed, not a parameter. The reference stores it as a frozen "
-        f"nn.Parameter of {pos_embed:,} values, so its parameters() total is {total + pos_embed:,}."
+        f"with the stored position table (denoiser_position_embedding='learned', the authors'): {total + pos_embed:,} "
+        f"(+{pos_embed:,}; the table trains in stage 1 only, so stage 2 trains {total:,})."
     )
     if not 60e6 <= total <= 70e6:
         print(f"error: {total:,} parameters is outside the reference band 60M-70M", file=sys.stderr)

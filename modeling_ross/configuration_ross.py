@@ -53,6 +53,15 @@ class RossObjectiveConfig(PreTrainedConfig):
             Width, number of blocks, heads and MLP ratio of the DiT-style denoiser (reference: 1024, 3, 16, 4).
         denoiser_self_attention (`bool`, defaults to `True`):
             `False` gives the paper's ablation without self-attention (per-token MLP blocks only).
+        denoiser_position_embedding (`str`, defaults to `"learned"`):
+            `"learned"` (the authors' behaviour): a stored `denoiser.pos_embed` parameter initialised to the 2-D
+            sin-cos table; their stage 1 trains it (`tune_mm_mlp_adapter` unfreezes every denoiser parameter) and
+            stage 2 keeps it frozen, which `train.trainer.apply_stage` reproduces. `"sincos"`: the fixed table,
+            recomputed on each call and never stored (DiT's stated design). A checkpoint saved before this field
+            existed has no table and loads with the sin-cos one.
+        compute_dtype (`str`, defaults to `"float32"`):
+            Dtype of the denoiser / MLP head maths. `"float32"` as the authors (fp32 autocast around the visual
+            loss, whatever the weights' dtype); `"weights"` computes in the weights' dtype (e.g. bf16 under DeepSpeed).
         num_noise_draws (`int`, defaults to 4):
             Noise draws per image for the denoising loss (condition and target repeated along the batch).
         weight (`float`, defaults to 1.0):
@@ -90,6 +99,8 @@ class RossObjectiveConfig(PreTrainedConfig):
     denoiser_num_heads: int = 16
     denoiser_mlp_ratio: float = 4.0
     denoiser_self_attention: bool = True
+    denoiser_position_embedding: Literal["sincos", "learned"] = "learned"
+    compute_dtype: Literal["float32", "weights"] = "float32"
     num_noise_draws: int = 4
     weight: float = 1.0
     num_train_timesteps: int = 1000

@@ -1,7 +1,8 @@
 """Convert the ROSS authors' released checkpoints (`HaochenWang/ross-qwen2-7b`, `model_type: ross_qwen2`) to ROSS.
 
     python -m modeling_ross.convert_official --src PATH_OR_HUB_ID --dst DIR \
-        [--tokenizer PATH] [--vision-tower PATH] [--vae PATH [--vae-subfolder vae]] [--dtype bf16|fp32] [--save-teacher]
+        [--tokenizer PATH] [--vision-tower PATH] [--vae PATH [--vae-subfolder vae]] [--dtype auto|bf16|fp32]
+        [--save-teacher]
 
 The output folder loads with `RossForConditionalGeneration.from_pretrained(DST)` and with
 `AutoModelForImageTextToText.from_pretrained(DST, trust_remote_code=True)`. It holds the trained denoiser
@@ -62,7 +63,7 @@ AUTHORS_DENOISER_NUM_HEADS = 16
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 DROP_HEAD = "SigLIP attention-pool head: unused (features are hidden_states[-2]); our tower has vision_use_head=False"
-DROP_POS_EMBED = "fixed 2-D sin-cos table: RossDenoiser recomputes it (checked equal before dropping)"
+DROP_POS_EMBED = "fixed 2-D sin-cos table: RossDenoiser recomputes it (checked identical before dropping)"
 DROP_VAE = "frozen teacher VAE: not saved (objective_config.save_teacher=False); loaded from objective_config.teacher"
 
 
@@ -93,6 +94,12 @@ class ConversionReport:
     image_token_id: int | None = None
     vocab_size: int | None = None
     resized_vocab: bool = False
+    dtype: torch.dtype | None = None
+    # The denoiser's stored position table: "sincos" (identical to the fixed table, dropped and recomputed) or
+    # "learned" (kept exactly as `denoiser.pos_embed`), its max |stored - sincos| and a sentence for the report.
+    position_embedding: str | None = None
+    position_embedding_deviation: float | None = None
+    position_embedding_note: str | None = None
     vision_tower: str | None = None
     teacher: str | None = None
     processor_saved: bool = False
@@ -209,9 +216,12 @@ _DENOISER_RENAMES = (
 )
 
 
-def map_official_key(key: str, projector_type: str, save_teacher: bool) -> tuple[str | None, str | None]:
+def map_official_key(
+    key: str, projector_type: str, save_teacher: bool, keep_pos_embed: bool = False
+) -> tuple[str | None, str | None]:
     """Map one key of the authors' state dict. Returns `(our_key, None)`, `(None, drop_reason)` or `(None, None)`
-    for a key no rule knows (reported as unexpected)."""
+    for a key no rule knows (reported as unexpected). `keep_pos_embed`: the denoiser's table differs from the fixed
+    sin-cos one (trained in the authors' stage 1) and is kept as `denoiser.pos_embed`."""
     if key.startswith("model.embed_tokens.") or key.startswith("model.layers.") or key.startswith("model.norm."):
         return "model.language_model." + key[len("model."):], None
     if key == "lm_head.weight":
@@ -232,7 +242,7 @@ def map_official_key(key: str, projector_type: str, save_teacher: bool) -> tuple
     if key.startswith(DENOISER_PREFIX):
         rest = key[len(DENOISER_PREFIX):]
         if rest == "pos_embed":
-            return None, DROP_POS_EMBED
+            return ("denoiser.pos_embed", None) if keep_pos_embed else (None, DROP_POS_EMBED)
         for old, new in _DENOISER_RENAMES:
             rest = rest.replace(old, new)
         return "denoiser." + rest, None
@@ -399,17 +409,41 @@ def _tokenizer_source(src_dir: Path, tokenizer: str | None) -> str | None:
     return None
 
 
-def _check_pos_embed(file: str, key: str, width: int, grid: int) -> None:
+def inspect_pos_embed(file: str, key: str, width: int, grid: int) -> tuple[str, float, str]:
+    """Compare the stored denoiser table with the fixed 2-D sin-cos table of DiT.
+
+    Returns `(kind, max_deviation, note)`: `"sincos"` only when the stored values are the fp32 table exactly (then it
+    is recomputed); anything else is kept exactly (`"learned"`), so the converted denoiser adds the very table the
+    authors' forward adds. The authors' stage 1 trains the table, so a released checkpoint is expected to differ.
+    """
     from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
-    stored = _read_tensor(file, key).float().reshape(-1, width)
+    stored = _read_tensor(file, key)
     table = get_2d_sincos_pos_embed(width, grid, base_size=grid, output_type="pt").float()
-    tolerance = 1e-2 if _read_tensor(file, key).dtype in (torch.bfloat16, torch.float16) else 1e-5
-    if stored.shape != table.shape or not torch.allclose(stored, table, atol=tolerance, rtol=0):
-        raise ConversionError(
-            f"{key} is not the fixed 2-D sin-cos table of width {width} on a {grid}x{grid} grid; this denoiser variant "
-            "(learned position embedding) is not supported."
-        )
+    if stored.numel() != table.numel():
+        raise ConversionError(f"{key} has shape {tuple(stored.shape)}; the denoiser (width {width}, {grid}x{grid} grid) "
+                              f"needs (1, {grid * grid}, {width}).")
+    deviation = float((stored.float().reshape(table.shape) - table).abs().max())
+    if deviation == 0.0:
+        return "sincos", 0.0, "identical to the fixed 2-D sin-cos table: dropped, RossDenoiser recomputes it"
+    rounding = float((table.to(stored.dtype).float() - table).abs().max())
+    if deviation <= rounding:
+        why = f"the sin-cos table rounded to {str(stored.dtype).removeprefix('torch.')} (not trained)"
+    else:
+        why = "trained (the authors' stage 1 trains every denoiser parameter)"
+    return "learned", deviation, (f"differs from the fixed 2-D sin-cos table by up to {deviation:.3g}: {why}; kept "
+                                  "exactly as denoiser.pos_embed (denoiser_position_embedding='learned')")
+
+
+def _source_dtype(headers) -> torch.dtype:
+    """The dtype of the checkpoint's floating tensors (the most common one if they are mixed)."""
+    counts: dict = {}
+    for _, shape, dtype in headers.values():
+        if dtype.is_floating_point:
+            counts[dtype] = counts.get(dtype, 0) + 1
+    if not counts:
+        raise ConversionError("The checkpoint has no floating-point tensors.")
+    return max(counts, key=counts.get)
 
 
 def convert_official(
@@ -420,7 +454,7 @@ def convert_official(
     vision_tower: str | None = None,
     vae: str | None = None,
     vae_subfolder: str | None = None,
-    dtype: torch.dtype | str = torch.bfloat16,
+    dtype: torch.dtype | str | None = "auto",
     save_teacher: bool = False,
     image_token_id: int | None = None,
     denoiser_num_heads: int = AUTHORS_DENOISER_NUM_HEADS,
@@ -433,7 +467,8 @@ def convert_official(
             is converted, the processor is not (warning), and the `<image>` id is the config's largest special token
             id + 1 (or `image_token_id`).
         vision_tower / vae (+ `vae_subfolder`): override `mm_vision_tower` / `mm_pixel_decoder` of the config.
-        dtype: output dtype (the authors' weights are bf16).
+        dtype: output dtype; `"auto"` (default) keeps the source's dtype (the released weights are bf16), so an fp32
+            source is never rounded.
         save_teacher: keep the frozen VAE in the output (`teacher.vae.*`, from the checkpoint's copy when present),
             making the folder self-contained for further training.
         denoiser_num_heads: the DiT head count, which the weights cannot tell (the authors always use 16).
@@ -444,13 +479,18 @@ def convert_official(
     from .configuration_ross import RossConfig
     from .processing_ross import VICUNA_QWEN2_CHAT_TEMPLATE, RossProcessor, add_image_token, load_image_processor
 
-    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if isinstance(dtype, str) and dtype != "auto" and dtype not in DTYPES:
+        raise ConversionError(f"dtype={dtype!r} is not one of auto, {', '.join(sorted(DTYPES))}.")
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise ConversionError(f"Destination {dst} exists and is not empty.")
     src_dir = _local_folder(str(src))
     official = json.loads((src_dir / "config.json").read_text())
     headers = _read_headers(_safetensors_files(src_dir))
+    if dtype is None or dtype == "auto":
+        dtype = _source_dtype(headers)
+    elif isinstance(dtype, str):
+        dtype = DTYPES[dtype]
 
     # ---- sanity checks of the authors' config ----
     if official.get("mm_patch_merge_type", "flat") != "flat":
@@ -536,15 +576,21 @@ def convert_official(
             problems.append(f"mm_inv_hidden_size={official['mm_inv_hidden_size']} but the weights have {channels}")
         if problems:
             raise ConversionError("The denoiser, VAE and config disagree: " + "; ".join(problems))
+        if DENOISER_PREFIX + "pos_embed" in headers:
+            position = inspect_pos_embed(headers[DENOISER_PREFIX + "pos_embed"][0], DENOISER_PREFIX + "pos_embed",
+                                         width, grid)
+        else:  # not saved: the fixed table
+            position = ("sincos", None, "not in the checkpoint: the fixed 2-D sin-cos table is recomputed")
         objective = dict(
             objective="denoise", target="vae", teacher=teacher, teacher_subfolder=vae_subfolder,
             teacher_config=teacher_config, vae_fold=fold, latent_sample="sample",
             denoiser_hidden_size=width, denoiser_depth=depth, denoiser_num_heads=denoiser_num_heads,
-            denoiser_mlp_ratio=mlp_ratio, num_noise_draws=4, weight=1.0, num_train_timesteps=1000,
-            beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", save_teacher=save_teacher,
+            denoiser_mlp_ratio=mlp_ratio, denoiser_position_embedding=position[0], num_noise_draws=4, weight=1.0,
+            num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", save_teacher=save_teacher,
         )
     else:
         objective = dict(objective="none")
+        position = (None, None, None)
     objective.update(image_mean=list(official.get("image_mean", [0.5] * 3)),
                      image_std=list(official.get("image_std", [0.5] * 3)))
 
@@ -564,12 +610,14 @@ def convert_official(
 
     # ---- plan: every source key mapped or dropped, every target key filled, shapes checked ----
     report = ConversionReport(dst=dst, config=config, image_token_id=image_token_id, vocab_size=rows,
-                              resized_vocab=resized, vision_tower=tower, teacher=teacher)
+                              resized_vocab=resized, dtype=dtype, vision_tower=tower, teacher=teacher,
+                              position_embedding=position[0], position_embedding_deviation=position[1],
+                              position_embedding_note=position[2])
     sources: list[TensorSource] = []
     unexpected = []
     save_vae = ross_enabled and save_teacher
     for key in headers:
-        target, reason = map_official_key(key, projector_type, save_vae)
+        target, reason = map_official_key(key, projector_type, save_vae, keep_pos_embed=position[0] == "learned")
         if target is None and reason is None:
             unexpected.append(key)
         elif target is None:
@@ -611,8 +659,6 @@ def convert_official(
         if shape_errors:
             lines.append(f"{len(shape_errors)} shape mismatches: {shape_errors}")
         raise ConversionError("Cannot convert " + str(src) + ":\n" + "\n".join(lines))
-    if ross_enabled and DENOISER_PREFIX + "pos_embed" in headers:
-        _check_pos_embed(headers[DENOISER_PREFIX + "pos_embed"][0], DENOISER_PREFIX + "pos_embed", width, grid)
 
     # ---- processor (built before writing anything, so its errors also come first) ----
     processor = None
@@ -717,7 +763,8 @@ def main(argv=None) -> ConversionReport:
     parser.add_argument("--vision-tower", help="overrides mm_vision_tower (folder or Hub id)")
     parser.add_argument("--vae", "--pixel-decoder", dest="vae", help="overrides mm_pixel_decoder (folder or Hub id)")
     parser.add_argument("--vae-subfolder", help="subfolder of --vae holding the VAE (e.g. 'vae' for FLUX.1-dev)")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="output dtype (default bf16)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *sorted(DTYPES)],
+                        help="output dtype (default auto: the source's dtype, bf16 for the released weights)")
     parser.add_argument("--save-teacher", action="store_true", help="keep the frozen VAE weights in the output")
     parser.add_argument("--image-token-id", type=int, help="id of <image> when no tokenizer is available")
     parser.add_argument("--denoiser-num-heads", type=int, default=AUTHORS_DENOISER_NUM_HEADS)
@@ -737,11 +784,12 @@ def main(argv=None) -> ConversionReport:
         reasons[reason] = reasons.get(reason, 0) + 1
     for reason, count in reasons.items():
         print(f"  dropped {count}: {reason}")
-    print(f"  <image> id {report.image_token_id}; vocab rows {report.vocab_size}"
+    print(f"  dtype {str(report.dtype).removeprefix('torch.')}; <image> id {report.image_token_id}; vocab rows {report.vocab_size}"
           f"{' (resized)' if report.resized_vocab else ''}; vision tower {report.vision_tower}")
     if objective.enabled:
         print(f"  denoiser {objective.denoiser_hidden_size} wide x {objective.denoiser_depth} blocks; teacher "
               f"{objective.teacher}; save_teacher={objective.save_teacher}")
+        print(f"  denoiser position table: {report.position_embedding_note}")
     print(f"  processor {'saved' if report.processor_saved else 'NOT saved (no tokenizer)'}")
     return report
 

@@ -24,14 +24,25 @@ size D, latent channels C and depth L:
 | `net.blocks.{l}.adaLN_modulation.1`         | (6H, H)       | `blocks.{l}.adaLN_modulation`      |
 | `net.final_layer.adaLN_modulation.1`        | (2H, H)       | `final_layer.adaLN_modulation`     |
 | `net.final_layer.linear`                    | (C, H)        | `final_layer.linear`               |
-| `net.pos_embed` (frozen nn.Parameter)       | (1, N, H)     | none: recomputed in `forward`      |
+| `net.pos_embed` (nn.Parameter)              | (1, N, H)     | `pos_embed` with `position_embedding="learned"`; none with `"sincos"` (recomputed in `forward`) |
 | `ln_pre`, `norm1`, `norm2`, `norm_final`    | no parameters | none (parameter-free LayerNorms)   |
 
 Biases have the weight's first dimension. With `self_attention=False` a block has no `attn` and its
 `adaLN_modulation` is (3H, H) (the reference code has no such variant).
 
 The SiLU that precedes `z_embedder` and every `adaLN_modulation` linear is applied functionally, so the index-free
-names above replace the reference's `nn.Sequential` indices. The denoiser is agnostic to what the C channels hold (e.g.
+names above replace the reference's `nn.Sequential` indices.
+
+Position table. The reference creates `pos_embed` as a frozen sin-cos table, but its stage 1 (`tune_mm_mlp_adapter`)
+sets `requires_grad=True` on every denoiser parameter, so the table is trained in stage 1 and then kept frozen in
+stage 2 (built frozen, then loaded). `position_embedding="learned"` stores it as a parameter initialised to the
+sin-cos table (needed to load the released weights exactly); `"sincos"` recomputes the fixed table on each call.
+
+Precision. The reference runs the whole visual loss under `torch.autocast("cuda", dtype=torch.float32)`: with bf16
+weights (DeepSpeed bf16) every matmul still runs in fp32. `compute_dtype="float32"` does the same on every device
+(CPU autocast has no fp32 mode): autocast is switched off inside the denoiser, its inputs are cast to fp32, and its
+linears (`RossLinear`) cast their weights to the input's dtype. `compute_dtype="weights"` computes in the weights'
+dtype instead. The denoiser is agnostic to what the C channels hold (e.g.
 2x2 latent windows folded into channels by the teacher).
 
 `RossMLPHead` is the per-token MLP of the `regress` / `latent2pixel` objectives (ROSS^R). `build_noise_scheduler`
@@ -50,7 +61,7 @@ from .configuration_ross import RossObjectiveConfig
 
 try:
     from diffusers import DDPMScheduler
-    from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed
+    from diffusers.models.embeddings import Timesteps, get_2d_sincos_pos_embed
     from diffusers.utils.torch_utils import randn_tensor
 
     _DIFFUSERS_IMPORT_ERROR = None
@@ -77,6 +88,16 @@ def _require_diffusers(what: str) -> None:
         ) from _DIFFUSERS_IMPORT_ERROR
 
 
+class RossLinear(nn.Linear):
+    """`nn.Linear` computed in the dtype of its input: bf16 weights meet fp32 activations in fp32, as under the
+    reference's fp32 autocast. Parameters and state-dict keys are those of `nn.Linear`; gradients reach the weights
+    through the cast."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(input.dtype)
+        return F.linear(input, self.weight.to(input.dtype), bias)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation; `1 + scale` so that a zero-initialised modulation is the identity."""
     return x * (1 + scale) + shift
@@ -92,8 +113,8 @@ class RossAttention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.qkv = RossLinear(hidden_size, 3 * hidden_size)
+        self.proj = RossLinear(hidden_size, hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, N, H) -> (B, N, H)."""
@@ -109,9 +130,9 @@ class RossMLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
-        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc1 = RossLinear(hidden_size, intermediate_size)
         self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.fc2 = RossLinear(intermediate_size, hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(hidden_states)))
@@ -135,7 +156,7 @@ class RossDenoiserBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=DIT_NORM_EPS)
         self.mlp = RossMLP(hidden_size, int(hidden_size * mlp_ratio))
         num_modulations = 6 if self_attention else 3
-        self.adaLN_modulation = nn.Linear(hidden_size, num_modulations * hidden_size)
+        self.adaLN_modulation = RossLinear(hidden_size, num_modulations * hidden_size)
 
     def forward(self, hidden_states: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
         """hidden_states (B, N, H), conditioning (B, N, H) -> (B, N, H)."""
@@ -154,13 +175,28 @@ class RossDenoiserFinalLayer(nn.Module):
     def __init__(self, hidden_size: int, out_channels: int):
         super().__init__()
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=DIT_NORM_EPS)
-        self.adaLN_modulation = nn.Linear(hidden_size, 2 * hidden_size)
-        self.linear = nn.Linear(hidden_size, out_channels)
+        self.adaLN_modulation = RossLinear(hidden_size, 2 * hidden_size)
+        self.linear = RossLinear(hidden_size, out_channels)
 
     def forward(self, hidden_states: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
         """hidden_states (B, N, H), conditioning (B, N, H) -> (B, N, C)."""
         shift, scale = self.adaLN_modulation(F.silu(conditioning)).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(hidden_states), shift, scale))
+
+
+class RossTimestepEmbedding(nn.Module):
+    """DiT's timestep MLP, Linear -> SiLU -> Linear, on the 256 sinusoidal features (diffusers' `TimestepEmbedding`
+    with the same parameter names, built from `RossLinear` so that it also computes in fp32 with bf16 weights)."""
+
+    def __init__(self, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.linear_1 = RossLinear(in_channels, hidden_size)
+        self.act = nn.SiLU()
+        self.linear_2 = RossLinear(hidden_size, hidden_size)
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        """(B, 256) -> (B, H)."""
+        return self.linear_2(self.act(self.linear_1(sample)))
 
 
 class RossDenoiser(nn.Module):
@@ -175,6 +211,10 @@ class RossDenoiser(nn.Module):
         mlp_ratio (`float`, defaults to 4.0): MLP width / H.
         grid_size (`int`, defaults to 27): Side of the square token grid; N must equal `grid_size ** 2`.
         self_attention (`bool`, defaults to `True`): `False` gives the ablation with per-token MLP blocks only.
+        position_embedding (`str`, defaults to `"sincos"`): `"sincos"` (fixed table, recomputed) or `"learned"`
+            (a `pos_embed` parameter of shape `(1, N, H)` initialised to the sin-cos table, as stored by the reference).
+        compute_dtype (`str`, defaults to `"float32"`): `"float32"` (the reference: fp32 maths whatever the weights'
+            dtype) or `"weights"` (compute in the weights' dtype).
 
     Requires diffusers (timestep embedding and position table). A freshly initialised denoiser outputs exactly 0.
     """
@@ -189,9 +229,15 @@ class RossDenoiser(nn.Module):
         mlp_ratio: float = 4.0,
         grid_size: int = 27,
         self_attention: bool = True,
+        position_embedding: str = "sincos",
+        compute_dtype: str = "float32",
     ):
         super().__init__()
         _require_diffusers("RossDenoiser")
+        if position_embedding not in ("sincos", "learned"):
+            raise ValueError(f"position_embedding must be 'sincos' or 'learned', got {position_embedding!r}")
+        if compute_dtype not in ("float32", "weights"):
+            raise ValueError(f"compute_dtype must be 'float32' or 'weights', got {compute_dtype!r}")
         if self_attention and hidden_size % num_heads != 0:
             raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}.")
         if hidden_size % 4 != 0:
@@ -200,12 +246,16 @@ class RossDenoiser(nn.Module):
         self.condition_size = condition_size
         self.hidden_size = hidden_size
         self.grid_size = grid_size
+        self.position_embedding_type = position_embedding
+        self.compute_dtype = compute_dtype
 
-        self.x_embedder = nn.Linear(in_channels, hidden_size)
+        self.x_embedder = RossLinear(in_channels, hidden_size)
+        if position_embedding == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, grid_size**2, hidden_size))
         # DiT's TimestepEmbedder == diffusers' sinusoid with (cos, sin) order and frequencies exp(-ln(1e4) * k / 128).
         self.time_proj = Timesteps(TIMESTEP_FREQUENCY_SIZE, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.t_embedder = TimestepEmbedding(TIMESTEP_FREQUENCY_SIZE, hidden_size)
-        self.z_embedder = nn.Linear(condition_size, hidden_size)
+        self.t_embedder = RossTimestepEmbedding(TIMESTEP_FREQUENCY_SIZE, hidden_size)
+        self.z_embedder = RossLinear(condition_size, hidden_size)
         self.blocks = nn.ModuleList(
             [RossDenoiserBlock(hidden_size, num_heads, mlp_ratio, self_attention) for _ in range(depth)]
         )
@@ -230,17 +280,25 @@ class RossDenoiser(nn.Module):
             nn.init.zeros_(module.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        # The learned table starts as the sin-cos one; like transformers' init functions, leave a loaded one alone.
+        if self.position_embedding_type == "learned" and not getattr(self.pos_embed, "_is_hf_initialized", False):
+            with torch.no_grad():
+                self.pos_embed.copy_(self.sincos_table(self.pos_embed.device)[None])
+
+    def sincos_table(self, device: torch.device | None = None) -> torch.Tensor:
+        """The fixed 2-D sin-cos table of DiT/MAE, `(grid_size ** 2, H)` in fp32, row-major over the grid.
+
+        diffusers' table equals DiT's when `base_size` is the grid side (positions are then 0..grid-1, not rescaled).
+        """
+        return get_2d_sincos_pos_embed(
+            self.hidden_size, self.grid_size, base_size=self.grid_size, device=device, output_type="pt"
+        ).float()
 
     def position_embedding(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """The fixed 2-D sin-cos table of DiT/MAE, (grid_size ** 2, H), row-major over the grid.
-
-        Recomputed on each call rather than stored, so it never goes stale and needs no checkpoint entry; diffusers'
-        table equals DiT's when `base_size` is the grid side (positions are then 0..grid-1, not rescaled).
-        """
-        table = get_2d_sincos_pos_embed(
-            self.hidden_size, self.grid_size, base_size=self.grid_size, device=device, output_type="pt"
-        )
-        return table.to(dtype)
+        """`(N, H)`: the stored table (`"learned"`) or the sin-cos table recomputed on each call (`"sincos"`)."""
+        if self.position_embedding_type == "learned":
+            return self.pos_embed[0].to(dtype)
+        return self.sincos_table(device).to(dtype)
 
     def embed_condition(self, condition: torch.Tensor, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """c = TimestepEmbed(t) + Linear(SiLU(LN(x))), per token: (B, N, D), (B,) -> (B, N, H).
@@ -262,7 +320,7 @@ class RossDenoiser(nn.Module):
                 positions, token i aligned with latent token i (not yet normalised: the LayerNorm is applied here).
 
         Returns:
-            `torch.Tensor` of shape `(B, N, C)` in the denoiser's dtype.
+            `torch.Tensor` of shape `(B, N, C)` in the compute dtype (fp32 by default).
         """
         batch_size, num_tokens, channels = noisy_tokens.shape
         if channels != self.in_channels:
@@ -283,7 +341,13 @@ class RossDenoiser(nn.Module):
         if timesteps.shape != (batch_size,):
             raise ValueError(f"timesteps has shape {tuple(timesteps.shape)}, expected ({batch_size},).")
 
-        dtype = self.x_embedder.weight.dtype
+        if self.compute_dtype == "weights":
+            return self._denoise(noisy_tokens, timesteps, condition, self.x_embedder.weight.dtype)
+        # fp32 maths as the reference's fp32 autocast; an outer bf16 autocast would otherwise cast every matmul down.
+        with torch.autocast(device_type=noisy_tokens.device.type, enabled=False):
+            return self._denoise(noisy_tokens, timesteps, condition, torch.float32)
+
+    def _denoise(self, noisy_tokens, timesteps, condition, dtype: torch.dtype) -> torch.Tensor:
         hidden_states = self.x_embedder(noisy_tokens.to(dtype)) + self.position_embedding(noisy_tokens.device, dtype)
         conditioning = self.embed_condition(condition, timesteps, dtype)
         for block in self.blocks:
@@ -302,18 +366,25 @@ class RossMLPHead(nn.Module):
         out_channels (`int`): Channels C of a target token (3 * P^2 for pixels, the latent channels otherwise).
         hidden_size (`int`, *optional*): Hidden width; defaults to `condition_size` as in the reference
             `mlp2x_gelu` inverse projector.
+        compute_dtype (`str`, defaults to `"float32"`): as for `RossDenoiser`.
     """
 
-    def __init__(self, condition_size: int, out_channels: int, hidden_size: int | None = None):
+    def __init__(
+        self, condition_size: int, out_channels: int, hidden_size: int | None = None, compute_dtype: str = "float32"
+    ):
         super().__init__()
+        if compute_dtype not in ("float32", "weights"):
+            raise ValueError(f"compute_dtype must be 'float32' or 'weights', got {compute_dtype!r}")
         hidden_size = condition_size if hidden_size is None else hidden_size
         self.condition_size = condition_size
-        self.fc1 = nn.Linear(condition_size, hidden_size)
+        self.compute_dtype = compute_dtype
+        self.fc1 = RossLinear(condition_size, hidden_size)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_size, out_channels)
+        self.fc2 = RossLinear(hidden_size, out_channels)
 
     def initialize_weights(self) -> None:
-        """torch's default Linear initialisation (what the reference projector gets)."""
+        """torch's default Linear initialisation (what the reference's inverse projector gets: it is built outside
+        `post_init`). `RossPreTrainedModel._init_weights` calls it; transformers' load guard skips loaded weights."""
         self.fc1.reset_parameters()
         self.fc2.reset_parameters()
 
@@ -321,9 +392,12 @@ class RossMLPHead(nn.Module):
         """(B, N, D) -> (B, N, C)."""
         if condition.shape[-1] != self.condition_size:
             raise ValueError(f"condition has width {condition.shape[-1]}, the head expects {self.condition_size}.")
-        dtype = self.fc1.weight.dtype
-        normed = F.layer_norm(condition.float(), (self.condition_size,), eps=CONDITION_NORM_EPS).to(dtype)
-        return self.fc2(self.act(self.fc1(normed)))
+        if self.compute_dtype == "weights":
+            normed = F.layer_norm(condition.float(), (self.condition_size,), eps=CONDITION_NORM_EPS)
+            return self.fc2(self.act(self.fc1(normed.to(self.fc1.weight.dtype))))
+        with torch.autocast(device_type=condition.device.type, enabled=False):
+            normed = F.layer_norm(condition.float(), (self.condition_size,), eps=CONDITION_NORM_EPS)
+            return self.fc2(self.act(self.fc1(normed)))
 
 
 def build_noise_scheduler(objective_config: RossObjectiveConfig | None = None) -> "DDPMScheduler":
@@ -386,4 +460,4 @@ def sample_tokens(
     return sample
 
 
-__all__ = ["RossDenoiser", "RossMLPHead", "build_noise_scheduler", "sample_tokens"]
+__all__ = ["RossDenoiser", "RossLinear", "RossMLPHead", "build_noise_scheduler", "sample_tokens"]

@@ -129,24 +129,25 @@ def processor_from_llava(
     The `RossProcessor` of `from_llava(llava_path_or_id)`: the LLaVA's tokenizer and image processor.
 
     Args:
-        chat_template: `"llava"` (default: the LLaVA's own template, the one it was trained with), `"vicuna"` (the
-            ROSS reference template, with `{% generation %}` markers for assistant-only loss masks) or a Jinja string.
+        chat_template: `"llava"` (default: the LLaVA's own template, the one it was trained with), `"v1"` / `"qwen_2"`
+            (the ROSS authors' templates, with `{% generation %}` markers for assistant-only loss masks; LLaVA-1.5 is
+            Vicuna, hence `"v1"`) or a Jinja string.
             A template without `{% generation %}` markers cannot produce assistant masks.
         image_aspect_ratio: `"resize"` (default) leaves images to the LLaVA image processor, exactly as
             `LlavaProcessor` does; `"pad"` pads to a square with the mean colour first (the ROSS stage-II recipe).
     """
     from transformers import AutoConfig, AutoProcessor
 
-    from .processing_ross import VICUNA_QWEN2_CHAT_TEMPLATE, RossProcessor
+    from .processing_ross import VICUNA_V1_CHAT_TEMPLATE, RossProcessor, resolve_chat_template
 
     llava_processor = AutoProcessor.from_pretrained(llava_path_or_id, backend="pil")
     vision_config = AutoConfig.from_pretrained(llava_path_or_id).vision_config
     grid = vision_config.image_size // vision_config.patch_size
-    if chat_template == "llava":
-        chat_template = llava_processor.chat_template or VICUNA_QWEN2_CHAT_TEMPLATE
-    elif chat_template == "vicuna":
-        chat_template = VICUNA_QWEN2_CHAT_TEMPLATE
     tokenizer = llava_processor.tokenizer
+    if chat_template == "llava":
+        chat_template = llava_processor.chat_template or VICUNA_V1_CHAT_TEMPLATE
+    else:
+        chat_template = resolve_chat_template(chat_template, tokenizer, "llama")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return RossProcessor(

@@ -105,8 +105,9 @@ class RossPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        # Children are visited first, so this overrides the generic init with the DiT one (zero-init adaLN).
-        if isinstance(module, RossDenoiser):
+        # Children are visited first, so this overrides the generic init with the DiT one (zero-init adaLN) and, for
+        # the ROSS^R head, with torch's default Linear init (what the authors' inverse projector gets).
+        if isinstance(module, (RossDenoiser, RossMLPHead)):
             module.initialize_weights()
 
 
@@ -259,13 +260,18 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
                 mlp_ratio=objective.denoiser_mlp_ratio,
                 grid_size=grid,
                 self_attention=objective.denoiser_self_attention,
+                position_embedding=objective.denoiser_position_embedding,
+                compute_dtype=objective.compute_dtype,
             )
             # Not an nn.Module: keep its tables off the meta device `from_pretrained` builds the model on.
             with torch.device("cpu"):
                 self.noise_scheduler = build_noise_scheduler(objective)
         else:  # "regress" / "latent2pixel": an MLP head predicts the target directly
             self.denoiser = RossMLPHead(
-                condition_size, self.teacher.num_channels, objective.head_hidden_size or condition_size
+                condition_size,
+                self.teacher.num_channels,
+                objective.head_hidden_size or condition_size,
+                compute_dtype=objective.compute_dtype,
             )
         protect_from_init(self.teacher)
 
@@ -422,7 +428,11 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             missing = info["missing_keys"]
             if not model.config.objective_config.save_teacher or any(key.startswith("teacher.") for key in missing):
                 model.load_teacher()
-            if any(key.startswith("denoiser.") for key in missing):
+            missing_denoiser = [key for key in missing if key.startswith("denoiser.")]
+            if missing_denoiser == ["denoiser.pos_embed"]:
+                # Saved before the table was stored (or with the fixed one): it starts as the sin-cos table, as then.
+                logger.info("The checkpoint has no denoiser.pos_embed: the 2-D sin-cos table is used.")
+            elif missing_denoiser:
                 logger.warning(
                     "The checkpoint has no denoiser weights: the denoiser starts from a fresh (zero-init) state."
                 )

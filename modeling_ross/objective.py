@@ -104,7 +104,7 @@ def denoising_loss(denoiser, scheduler, condition, target, num_draws: int, gener
         0, scheduler.config.num_train_timesteps, (target.shape[0],), generator=generator, device=target.device
     )
     noisy = scheduler.add_noise(target, noise, timesteps)
-    prediction = denoiser(noisy.to(condition.dtype), timesteps, condition).float()
+    prediction = denoiser(noisy, timesteps, condition).float()  # the denoiser casts to its compute dtype
     goal = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(target, noise, timesteps)
     return F.mse_loss(prediction, goal)
 

@@ -1,40 +1,82 @@
 """Processor for ROSS: image processor (SigLIP/CLIP preprocessing) + tokenizer + `<image>` expansion + chat template."""
 
+import json
+
 import numpy as np
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer
 from transformers.processing_utils import ProcessorMixin
 
 
-# The reference code's Vicuna-style template for Qwen2 ("qwen_2" in the authors' conversation.py):
-# "{system} USER: <image>\n{q} ASSISTANT: {a}<|im_end|>USER: ...". Each answer ends with the tokenizer's EOS token
-# (`<|im_end|>` for Qwen2-Instruct, `</s>` for Vicuna, as LLaVA's vicuna_v1). The {% generation %} markers make
-# `return_assistant_tokens_mask` mark each answer and its end-of-turn token; the space after "ASSISTANT:" is inside
-# them because BPE may keep it as a token of its own, which the model must then learn to generate.
-VICUNA_QWEN2_CHAT_TEMPLATE = (
-    "{%- set default_system = \"A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions.\" -%}"
-    "{%- macro render(content) -%}"
-    "{%- if content is string -%}{{- content -}}"
-    "{%- else -%}{%- for item in content -%}"
-    "{%- if item['type'] == 'image' -%}{{- '<image>\\n' -}}"
-    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- endmacro -%}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{{- render(messages[0]['content']) -}}{%- set messages = messages[1:] -%}"
-    "{%- else -%}{{- default_system -}}{%- endif -%}"
-    "{{- ' ' -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{{- 'USER: ' -}}{{- render(message['content']) -}}{{- ' ' -}}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{- 'ASSISTANT:' -}}{%- generation -%}{{- ' ' -}}{{- render(message['content']) -}}"
-    "{{- eos_token if eos_token is defined and eos_token else '<|im_end|>' -}}{%- endgeneration -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-)
+# The authors' two Vicuna-style templates (ross/conversation.py): `qwen_2` (Qwen2 recipes) and `v1` (Vicuna recipes).
+# Both render "{system} USER: <image>\n{q} ASSISTANT: {a}{eos}USER: ..." and differ only in the system prompt: "human"
+# in `qwen_2`, "user" in `v1`. Each answer ends with the tokenizer's EOS token (`<|im_end|>` for Qwen2-Instruct,
+# `</s>` for Vicuna: the `sep2` of each template). The {% generation %} markers make `return_assistant_tokens_mask`
+# mark each answer and its end-of-turn token; the space after "ASSISTANT:" is inside them because BPE may keep it as
+# a token of its own, which the model must then learn to generate.
+SYSTEM_PROMPTS = {
+    "qwen_2": "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+    "v1": "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+}
+
+
+def _vicuna_style_template(system_prompt: str) -> str:
+    return (
+        "{%- set default_system = " + json.dumps(system_prompt) + " -%}"
+        "{%- macro render(content) -%}"
+        "{%- if content is string -%}{{- content -}}"
+        "{%- else -%}{%- for item in content -%}"
+        "{%- if item['type'] == 'image' -%}{{- '<image>\\n' -}}"
+        "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        "{%- endmacro -%}"
+        "{%- if messages[0]['role'] == 'system' -%}"
+        "{{- render(messages[0]['content']) -}}{%- set messages = messages[1:] -%}"
+        "{%- else -%}{{- default_system -}}{%- endif -%}"
+        "{{- ' ' -}}"
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'user' -%}"
+        "{{- 'USER: ' -}}{{- render(message['content']) -}}{{- ' ' -}}"
+        "{%- elif message['role'] == 'assistant' -%}"
+        "{{- 'ASSISTANT:' -}}{%- generation -%}{{- ' ' -}}{{- render(message['content']) -}}"
+        "{{- eos_token if eos_token is defined and eos_token else '<|im_end|>' -}}{%- endgeneration -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+    )
+
+
+CHAT_TEMPLATES = {name: _vicuna_style_template(system) for name, system in SYSTEM_PROMPTS.items()}
+VICUNA_QWEN2_CHAT_TEMPLATE = CHAT_TEMPLATES["qwen_2"]
+VICUNA_V1_CHAT_TEMPLATE = CHAT_TEMPLATES["v1"]
+# The authors pick the template per LLM in their scripts: `--version v1` for Vicuna (llama), `qwen_2` for Qwen2.
+AUTO_CHAT_TEMPLATE = {"llama": "v1"}
+
+
+def resolve_chat_template(chat_template: str | None, tokenizer=None, language_model_type: str | None = None) -> str:
+    """A template name -> Jinja. `"qwen_2"`, `"v1"`, `"auto"` (`v1` for a llama/Vicuna LLM, `qwen_2` otherwise, as
+    the authors' scripts), `"llm"` (the tokenizer's own template); any other string is taken as Jinja."""
+    if chat_template is None or chat_template == "auto":
+        return CHAT_TEMPLATES[AUTO_CHAT_TEMPLATE.get(language_model_type, "qwen_2")]
+    if chat_template in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[chat_template]
+    if chat_template == "llm":
+        if tokenizer is None or not tokenizer.chat_template:
+            raise ValueError("chat_template='llm' but the language model's tokenizer has no chat template.")
+        return tokenizer.chat_template
+    if chat_template == "vicuna":
+        raise ValueError(
+            "chat_template='vicuna' is ambiguous: use 'qwen_2' (the authors' Qwen2 template, system prompt about a "
+            "'human') or 'v1' (their Vicuna v1 template, about a 'user'), or 'auto' to pick by the language model."
+        )
+    if "{" not in chat_template:
+        raise ValueError(
+            f"Unknown chat_template {chat_template!r}: expected one of auto, {', '.join(CHAT_TEMPLATES)}, llm, or a "
+            "Jinja template string."
+        )
+    return chat_template
 
 
 def add_image_token(tokenizer, image_token: str = "<image>") -> int:
@@ -113,13 +155,14 @@ class RossProcessor(ProcessorMixin):
 
     @classmethod
     def from_components(
-        cls, vision_model: str, language_model: str, image_token: str = "<image>", chat_template="vicuna", **kwargs
+        cls, vision_model: str, language_model: str, image_token: str = "<image>", chat_template="auto", **kwargs
     ) -> "RossProcessor":
         """
         Build the processor of `RossForConditionalGeneration.from_components(vision_model, language_model)`.
 
-        `chat_template`: `"vicuna"` (reference template, default), `"llm"` (the language model's own template, which
-        needs `{% generation %}` markers for assistant-only masks), or a Jinja string.
+        `chat_template`: `"auto"` (default: the authors' template for this LLM, `v1` for Vicuna/llama, `qwen_2`
+        otherwise), `"qwen_2"`, `"v1"`, `"llm"` (the language model's own template, which needs `{% generation %}`
+        markers for assistant-only masks), or a Jinja string (see `resolve_chat_template`).
         """
         from transformers import AutoConfig
 
@@ -131,10 +174,8 @@ class RossProcessor(ProcessorMixin):
         vision_config = AutoConfig.from_pretrained(vision_model)
         vision_config = getattr(vision_config, "vision_config", vision_config)
         grid = vision_config.image_size // vision_config.patch_size
-        if chat_template == "vicuna":
-            chat_template = VICUNA_QWEN2_CHAT_TEMPLATE
-        elif chat_template == "llm":
-            chat_template = tokenizer.chat_template
+        text_type = getattr(AutoConfig.from_pretrained(language_model), "model_type", None)
+        chat_template = resolve_chat_template(chat_template, tokenizer, text_type)
         return cls(
             image_processor, tokenizer, chat_template, image_token=image_token, image_seq_length=grid * grid, **kwargs
         )

@@ -252,10 +252,12 @@ def _random_tensors(shapes, generator: torch.Generator, dtype: torch.dtype) -> "
     return tensors
 
 
-def _denoiser_tensors(width: int, generator: torch.Generator, dtype: torch.dtype):
+def _denoiser_tensors(width: int, generator: torch.Generator, dtype: torch.dtype, pos_embed_noise: float = 0.0):
     tensors = _random_tensors(denoiser_shapes(width), generator, dtype)
     key = "model.mm_inv_projector.net.pos_embed"
     table = torch.from_numpy(sincos_pos_embed_2d(width, grid_size())).float()[None]
+    if pos_embed_noise:  # a table trained in stage 1 (the authors' stage 1 unfreezes every denoiser parameter)
+        table = table + pos_embed_noise * torch.randn(table.shape, generator=generator)
     tensors[key] = table.to(dtype)
     return tensors
 
@@ -480,6 +482,7 @@ def write_tiny_official_checkpoint(
     num_shards: int = 2,
     dtype: torch.dtype = torch.bfloat16,
     seed: int = 0,
+    pos_embed_noise: float = 0.0,
 ) -> dict:
     """Write a tiny ROSS checkpoint in the authors' exact layout into `folder` (created if needed).
 
@@ -496,6 +499,8 @@ def write_tiny_official_checkpoint(
         num_shards: >= 2 safetensors shards.
         dtype: tensor dtype (the released model is bfloat16 throughout).
         seed: seeds the generator of every random tensor.
+        pos_embed_noise: std of Gaussian noise added to the denoiser's sin-cos `pos_embed` (0: the untrained table),
+            as in a released checkpoint whose table was trained in stage 1.
 
     Returns:
         dict with `folder`, `config` (the written config.json), `shapes` ({key: shape}, state-dict order),
@@ -529,7 +534,7 @@ def write_tiny_official_checkpoint(
     if with_denoiser and with_pixel_decoder_weights:
         tensors.update(("model.pixel_decoder.pixel_decoder." + k, v) for k, v in vae_tensors.items())
     if with_denoiser:
-        tensors.update(_denoiser_tensors(denoiser_width, generator, dtype))
+        tensors.update(_denoiser_tensors(denoiser_width, generator, dtype, pos_embed_noise))
     tensors["lm_head.weight"] = (
         torch.randn((LLM["vocab_size"], LLM["hidden_size"]), generator=generator) * 0.05
     ).to(dtype)

@@ -22,6 +22,7 @@ from fixtures_official import (
     SYSTEM_PROMPT,
     load_official_state_dict,
     official_qwen2_prompt,
+    sincos_pos_embed_2d,
     write_tiny_official_checkpoint,
 )
 from modeling_ross.convert_official import ConversionError, convert_official, main, resolve_component
@@ -157,9 +158,13 @@ def test_every_source_tensor_is_mapped_or_dropped_with_a_reason(bf16):
     assert not report.from_components
     dropped_head = {k for k in source if k.startswith(VISION + "head.")}
     dropped_vae = {k for k in source if k.startswith("model.pixel_decoder.pixel_decoder.")}
-    assert set(report.dropped) == dropped_head | dropped_vae | {NET + "pos_embed"}
+    assert set(report.dropped) == dropped_head | dropped_vae
     assert all(("head" in report.dropped[k]) for k in dropped_head)
-    assert "recomputes" in report.dropped[NET + "pos_embed"]
+    # The bf16 sin-cos table is not the fp32 one: kept exactly, so the denoiser adds what the authors' forward adds.
+    assert report.mapped[NET + "pos_embed"] == "denoiser.pos_embed"
+    assert report.position_embedding == "learned" and 0 < report.position_embedding_deviation < 4e-3
+    assert "rounded to bfloat16 (not trained)" in report.position_embedding_note
+    assert report.config.objective_config.denoiser_position_embedding == "learned"
     assert report.mapped[VISION + "post_layernorm.weight"] == "model.vision_tower.post_layernorm.weight"
     assert report.mapped["model.mm_projector.2.bias"] == "model.projector.linear_2.bias"
     assert report.mapped[NET + "blocks.1.adaLN_modulation.1.weight"] == "denoiser.blocks.1.adaLN_modulation.weight"
@@ -285,6 +290,58 @@ def test_denoiser_equals_the_authors_dit_and_drives_the_visual_loss(fp32):
     torch.manual_seed(0)
     changed = model(**batch, labels=batch["input_ids"]).visual_loss
     assert not torch.isclose(changed, out.visual_loss)
+
+
+@pytest.fixture(scope="module")
+def trained_table(tmp_path_factory):
+    """An fp32 checkpoint whose denoiser `pos_embed` was trained (sin-cos + noise), converted with the CLI defaults."""
+    root = tmp_path_factory.mktemp("official_trained_table")
+    official = write_tiny_official_checkpoint(root / "src", dtype=torch.float32, seed=3, pos_embed_noise=0.05)
+    report = main(["--src", str(root / "src"), "--dst", str(root / "dst")])
+    return official, report
+
+
+def test_a_trained_position_table_is_kept_exactly_and_gives_the_authors_prediction(trained_table, fp32):
+    from modeling_ross import RossForConditionalGeneration
+
+    official, report = trained_table
+    state = load_official_state_dict(official["folder"])
+    assert report.position_embedding == "learned" and 0.1 < report.position_embedding_deviation < 0.5
+    assert "trained" in report.position_embedding_note and NET + "pos_embed" not in report.dropped
+    assert report.config.objective_config.denoiser_position_embedding == "learned"
+    # --dtype auto: an fp32 source stays fp32, and the stored table is written bit for bit.
+    written = {}
+    for name in report.shard_files:
+        written.update(load_file(str(report.dst / name)))
+    assert all(t.dtype == torch.float32 for t in written.values() if t.is_floating_point())
+    assert torch.equal(written["denoiser.pos_embed"], state[NET + "pos_embed"])
+
+    model = RossForConditionalGeneration.from_pretrained(report.dst, load_objective=True)
+    assert torch.equal(model.denoiser.pos_embed.detach(), state[NET + "pos_embed"])  # not re-initialised on load
+    dims = official["dims"]
+    generator = torch.Generator().manual_seed(0)
+    noisy = torch.randn(3, dims["num_image_tokens"], dims["latent_token_channels"], generator=generator)
+    condition = torch.randn(3, dims["num_image_tokens"], dims["llm_hidden_size"], generator=generator) * 3
+    timesteps = torch.tensor([0, 417, 999])
+    with torch.no_grad():
+        ours = model.denoiser(noisy, timesteps, condition)
+        theirs = _authors_dit(state, noisy, timesteps, condition)
+        sincos_state = {**state, NET + "pos_embed": _sincos_like(state[NET + "pos_embed"])}
+        with_fixed_table = _authors_dit(sincos_state, noisy, timesteps, condition)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    # The table matters: replacing it by the fixed one (what the converter used to do) changes the prediction.
+    assert (with_fixed_table - theirs).abs().max() > 1e-3
+
+    # An exact fp32 sin-cos table is still recognised, dropped and recomputed.
+    _, exact = fp32
+    assert exact.position_embedding == "sincos" and exact.position_embedding_deviation == 0.0
+    assert "recomputes" in exact.dropped[NET + "pos_embed"]
+    assert exact.config.objective_config.denoiser_position_embedding == "sincos"
+
+
+def _sincos_like(table: torch.Tensor) -> torch.Tensor:
+    width, grid = table.shape[-1], math.isqrt(table.shape[1])
+    return torch.from_numpy(sincos_pos_embed_2d(width, grid)).float()[None]
 
 
 def _rewrite_shard(folder, drop: str, add: str):

@@ -115,13 +115,48 @@ def test_placeholder_position_and_llava_prepend(tmp_path):
             {"from": "system", "value": "Be brief."},
             {"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "a box"}]},
     ]
-    dataset = load_training_dataset(_write(tmp_path, records, "d.jsonl"))
-    assert dataset[0]["messages"][0]["content"] == [
+    path = _write(tmp_path, records, "d.jsonl")
+    inplace = load_training_dataset(path, image_placement="inplace")
+    assert inplace[0]["messages"][0]["content"] == [
         {"type": "text", "text": "Look: "}, {"type": "image"}, {"type": "text", "text": " what is it?"}]
+    # Default: the authors' preprocess_multimodal, "<image>\n" + value.replace("<image>", "").strip().
+    dataset = load_training_dataset(path)
+    authors = "Look: <image> what is it?".replace("<image>", "").strip()
+    assert dataset[0]["messages"][0]["content"] == [{"type": "image"}, {"type": "text", "text": authors}]
     messages = dataset[1]["messages"]
     assert messages[0] == {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}
     assert messages[1]["content"] == [{"type": "image"}, {"type": "text", "text": "What is it?"}]
     assert dataset[1]["source"] == f"{tmp_path / 'd.jsonl'}:2"  # JSONL: 1-based line number
+
+
+def test_image_placement_front_moves_single_images_and_keeps_interleaved_turns(tmp_path, tiny_processor):
+    for name, seed in (("x.png", 0), ("y.png", 1)):
+        _png(tmp_path, name, seed)
+    records = [
+        {"id": "after", "image": "x.png", "conversations": [
+            {"from": "human", "value": "What colour is the square?\n<image>"}, {"from": "gpt", "value": "red"}]},
+        {"id": "two", "image": ["x.png", "y.png"], "conversations": [
+            {"from": "human", "value": "Compare <image> with <image>."}, {"from": "gpt", "value": "same"}]},
+        {"id": "list", "images": ["x.png"], "messages": [
+            {"role": "user", "content": [{"type": "text", "text": " Which shape? "}, {"type": "image"}]},
+            {"role": "assistant", "content": "a disc"}]},
+    ]
+    llava = load_training_dataset(_write(tmp_path, records[:2], "l.json"))
+    assert llava[0]["messages"][0]["content"] == [{"type": "image"}, {"type": "text", "text": "What colour is the square?"}]
+    assert llava[1]["messages"][0]["content"] == [  # two images: interleaved, kept in place
+        {"type": "text", "text": "Compare "}, {"type": "image"}, {"type": "text", "text": " with "}, {"type": "image"},
+        {"type": "text", "text": "."}]
+    messages = load_training_dataset(_write(tmp_path, records[2:], "m.json"), format="messages")
+    assert messages[0]["messages"][0]["content"] == [{"type": "image"}, {"type": "text", "text": "Which shape?"}]
+    # Rendered, the question follows the image tokens, so the (causal) visual outputs do not see it.
+    collator = RossDataCollator(tiny_processor, max_length=512)
+    row = collator([llava[0]])["input_ids"][0].tolist()
+    first_image = row.index(tiny_processor.image_token_id)
+    question = tiny_processor.tokenizer("What colour", add_special_tokens=False)["input_ids"]
+    starts = [i for i in range(len(row)) if row[i : i + len(question)] == question]
+    assert starts and all(i > first_image + tiny_processor.image_seq_length - 1 for i in starts)
+    with pytest.raises(ValueError, match="image_placement"):
+        load_training_dataset(_write(tmp_path, records[:1], "e.json"), image_placement="end")
 
 
 def test_labels_only_answers_and_end_of_turn(llava_json, tiny_processor):

@@ -393,6 +393,62 @@ def test_sample_tokens_with_a_perfect_epsilon_predictor_recovers_the_target():
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_learned_position_table_starts_as_sincos_is_trainable_and_is_what_forward_adds():
+    denoiser = tiny_denoiser(position_embedding="learned")
+    assert denoiser.pos_embed.shape == (1, 16, 32) and denoiser.pos_embed.requires_grad
+    torch.testing.assert_close(denoiser.pos_embed[0].detach(), reference_sincos_table(32, 4), rtol=0, atol=1e-6)
+    assert "pos_embed" not in dict(tiny_denoiser().named_parameters())  # "sincos": nothing stored
+
+    perturb_(denoiser)
+    noisy, condition, t = torch.randn(2, 16, 8), torch.randn(2, 16, 24), torch.tensor([3, 800])
+    out = denoiser(noisy, t, condition)
+    out.pow(2).mean().backward()
+    assert denoiser.pos_embed.grad.abs().sum() > 0
+    # Forward adds the stored table: shifting it shifts the prediction; a fixed-table twin differs.
+    fixed = tiny_denoiser()
+    fixed.load_state_dict({k: v for k, v in denoiser.state_dict().items() if k != "pos_embed"})
+    assert (fixed(noisy, t, condition) - out).abs().max() > 1e-3
+    with torch.no_grad():
+        denoiser.pos_embed.copy_(fixed.sincos_table()[None])
+    torch.testing.assert_close(denoiser(noisy, t, condition), fixed(noisy, t, condition), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="position_embedding"):
+        tiny_denoiser(position_embedding="rope")
+
+
+@pytest.mark.parametrize("head", ["denoiser", "mlp"])
+def test_fp32_compute_with_bf16_weights_equals_fp32_maths_on_the_rounded_weights(head):
+    """compute_dtype="float32" (the authors' fp32 autocast): bf16 weights, fp32 maths, also under a bf16 autocast."""
+    torch.manual_seed(0)
+    if head == "denoiser":
+        make = lambda **kw: perturb_(tiny_denoiser(position_embedding="learned", **kw), std=0.2)
+        noisy, condition, t = torch.randn(3, 16, 8), torch.randn(3, 16, 24) * 2, torch.tensor([0, 500, 999])
+        call = lambda m: m(noisy, t, condition)
+    else:
+        make = lambda **kw: perturb_(RossMLPHead(24, 8, hidden_size=40, **kw), std=0.2)
+        condition = torch.randn(3, 16, 24) * 2
+        call = lambda m: m(condition)
+    model = make().to(torch.bfloat16)
+    reference = make().float()
+    reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})  # the rounded weights, in fp32
+    expected = call(reference)
+    out = call(model)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = call(model)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, expected, rtol=1e-5, atol=1e-6)
+    out.pow(2).mean().backward()  # gradients reach the bf16 weights through the casts
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in model.parameters())
+
+    # compute_dtype="weights": bf16 maths, visibly further from the fp32 result.
+    lowered = make(compute_dtype="weights").to(torch.bfloat16)
+    lowered.load_state_dict(model.state_dict())
+    low = call(lowered)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - expected).abs().max() > 10 * (out - expected).abs().max()
+
+
 def test_mlp_head():
     head = RossMLPHead(24, 12, hidden_size=40)
     condition = torch.randn(2, 9, 24) * 5 + 2
@@ -404,6 +460,11 @@ def test_mlp_head():
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     assert RossMLPHead(24, 12).fc1.out_features == 24  # hidden defaults to the LLM width
     assert not any("norm" in name for name, _ in head.named_parameters())  # parameter-free LayerNorm
+    # initialize_weights is torch's default Linear init (kaiming-uniform bound 1/sqrt(fan_in)), as the authors' head.
+    with torch.no_grad():
+        head.fc1.weight.zero_()
+    head.initialize_weights()
+    assert 0.9 / math.sqrt(24) < head.fc1.weight.abs().max() <= 1 / math.sqrt(24)
 
 
 def test_importable_without_diffusers(monkeypatch):
@@ -426,5 +487,18 @@ def test_reference_7b_parameter_budget_script(capsys):
     spec.loader.exec_module(script)
     assert script.main() == 0
     printed = capsys.readouterr().out
-    assert "total (trainable): 63,884,352" in printed  # 64.63M with the reference's frozen pos_embed Parameter
-    assert "pos_embed is NOT counted" in printed and "64,630,848" in printed
+    assert "total without the position table: 63,884,352" in printed
+    assert "'learned', the authors'): 64,630,848" in printed
+    with torch.device("meta"):  # the stored table is exactly the difference
+        learned = RossDenoiser(**script.REFERENCE, position_embedding="learned")
+    assert sum(p.numel() for p in learned.parameters()) == 64_630_848
+
+
+def test_precision_bench_shows_fp32_maths_closer_to_fp32(capsys):
+    spec = importlib.util.spec_from_file_location("denoiser_precision", REPO_ROOT / "bench" / "denoiser_precision.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = script.main(["--size", "tiny"])
+    fp32, authors, low = results.values()
+    assert fp32["prediction_rel_error"] == 0 and authors["maths_rel_error"] == 0
+    assert 0 < authors["prediction_rel_error"] < low["prediction_rel_error"] and low["maths_rel_error"] > 0

@@ -1,4 +1,5 @@
-"""Two-process DeepSpeed runs of train/sft.py on CPU (ZeRO-2 stage 1; ZeRO-3 stage 2 with a text-only rank).
+"""Two-process runs on CPU, each compared with one process on the same global batch: plain DDP (gloo) gradients and
+logged losses; DeepSpeed ZeRO-2 (stage 1) weights and losses; ZeRO-3 (stage 2) with a text-only rank.
 
 How DeepSpeed runs on CPU here (no GPU, gloo):
 - launcher: `torchrun --nproc_per_node 2` (it sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT).
@@ -33,7 +34,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(args, cwd) -> subprocess.CompletedProcess:
+def _torchrun(args, cwd, nproc: int = 2, script: str = SFT) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "DS_ACCELERATOR": "cpu",
@@ -43,13 +44,13 @@ def _torchrun(args, cwd) -> subprocess.CompletedProcess:
     }
     env.pop("ACCELERATE_USE_CPU", None)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), SFT, *args,
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), script, *args,
     ]
     try:
         return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired as error:  # a hang (e.g. a rank skipping a module under ZeRO-3) ends here
-        pytest.fail(f"2-process run did not finish within {TIMEOUT_S}s:\n{(error.stdout or b'')[-3000:]!r}")
+        pytest.fail(f"{nproc}-process run did not finish within {TIMEOUT_S}s:\n{(error.stdout or b'')[-3000:]!r}")
 
 
 def _check_folder(folder: Path):
@@ -76,22 +77,67 @@ def tiny_root(tmp_path_factory):
     return tmp_path_factory.mktemp("dist")
 
 
+def _trained_weights(folder: Path, prefixes) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if k.startswith(prefixes)}
+
+
 @pytest.mark.slow
-def test_zero2_two_processes_stage1(tiny_root):
-    output_dir = tiny_root / "zero2"
-    result = _torchrun(
-        [
-            "--config", str(REPO_ROOT / "train" / "configs" / "tiny_stage1.yaml"),
-            "--prepare_tiny", f"{{root: {tiny_root / 'tiny'}, num_images: 8, stage: plain}}",
-            "--use_cpu", "false", "--deepspeed", str(REPO_ROOT / "train" / "configs" / "zero2.json"),
-            "--output_dir", str(output_dir), "--max_steps", "2", "--per_device_train_batch_size", "2",
-        ],
-        cwd=tiny_root,
-    )
-    summary = _summary(result, output_dir)
-    assert summary["world_size"] == 2 and summary["global_step"] == 2
-    assert summary["final_visual_loss"] > 0 and summary["trainable_parameters"]["language_model"] == 0
-    _check_folder(output_dir / "model")
+def test_two_ranks_give_the_gradients_of_one_process_with_twice_the_batch(tiny_components, tmp_path):
+    """transformers 5 treats a model whose forward takes **kwargs as computing its own GA / rank normalisation; with
+    `average_tokens_across_devices` the Trainer multiplies the loss by the world size. RossTrainer's weighting (text by
+    supervised tokens, visual by images, both over the step and over ranks) must make 2 ranks x batch B (x GA 2)
+    equal 1 process x batch 2B, for the text part (lm_head), the visual part (the head) and the logged components."""
+    components = json.dumps({k: str(v) for k, v in tiny_components.items()})
+    script = str(REPO_ROOT / "tests" / "ddp_rank_equivalence.py")
+    results = {}
+    for nproc, batch in ((1, 4), (2, 2)):
+        out = tmp_path / f"ddp{nproc}"
+        result = _torchrun([components, str(batch), str(out)], cwd=tmp_path, nproc=nproc, script=script)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        results[nproc] = torch.load(out / "result.pt")
+    one, two = results[1], results[2]
+    # Same 8 samples; rank 0 gets 1 image per micro-batch, rank 1 gets 3: unequal shares of the step's images.
+    assert one["image_counts"] == [[4, 4]] and two["image_counts"] == [[1, 1], [3, 3]]
+    for key in ("loss", "text_loss", "visual_loss"):
+        assert two["log"][key] == pytest.approx(one["log"][key], rel=1e-5), (key, one["log"], two["log"])
+    assert one["grads"].keys() == two["grads"].keys()
+    for name, grad in one["grads"].items():
+        torch.testing.assert_close(two["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert one["grads"]["lm_head.weight"].abs().max() > 1e-4  # text part
+    assert one["grads"]["denoiser.fc2.weight"].abs().max() > 1e-4  # visual part
+
+
+@pytest.mark.slow
+def test_zero2_two_processes_stage1_match_one_process(tiny_root):
+    """ZeRO-2, stage 1, a deterministic objective (ROSS^R-Latent on the posterior mode, so the ranks' RNG streams do
+    not matter): 2 ranks x batch 2 end where 1 process x batch 4 ends, weights and logged losses."""
+    common = [
+        "--config", str(REPO_ROOT / "train" / "configs" / "tiny_stage1.yaml"),
+        "--prepare_tiny", f"{{root: {tiny_root / 'tiny'}, num_images: 8, stage: plain}}",
+        "--objective", "regress", "--model_overrides", "{latent_sample: mode}",
+        "--use_cpu", "false", "--deepspeed", str(REPO_ROOT / "train" / "configs" / "zero2.json"),
+        "--max_steps", "2", "--train_sampling_strategy", "sequential", "--max_grad_norm", "0",
+    ]  # fmt: skip
+    summaries, weights = {}, {}
+    for nproc, batch in ((1, 4), (2, 2)):
+        output_dir = tiny_root / f"zero2_{nproc}"
+        result = _torchrun(
+            [*common, "--output_dir", str(output_dir), "--per_device_train_batch_size", str(batch)],
+            cwd=tiny_root, nproc=nproc,
+        )  # fmt: skip
+        summaries[nproc] = _summary(result, output_dir)
+        weights[nproc] = _trained_weights(output_dir / "model", ("model.projector.", "denoiser."))
+        _check_folder(output_dir / "model")
+    one, two = summaries[1], summaries[2]
+    assert two["world_size"] == 2 and two["global_step"] == 2 and two["trainable_parameters"]["language_model"] == 0
+    assert sum(two["images_seen_per_rank"]) == sum(one["images_seen_per_rank"]) == 8
+    for key in ("final_text_loss", "final_visual_loss"):
+        assert two[key] == pytest.approx(one[key], rel=1e-4), key
+    assert weights[1].keys() == weights[2].keys() and weights[1]
+    for name, value in weights[1].items():
+        torch.testing.assert_close(weights[2][name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow
@@ -101,6 +147,8 @@ def test_zero3_two_processes_with_a_text_only_rank(tiny_root):
     deals batches out round-robin (rank r gets batches r, r+2, ...), so rank 0 always has an image and rank 1 never
     does. Under ZeRO-3 every rank must still call the vision tower, teacher and denoiser (the model runs them on a
     dummy image at zero weight) or the parameter all-gathers deadlock; finishing within the timeout shows it.
+    Compared with 1 process x batch 2 on the same samples: the text loss and the lm_head (text gradients only; the
+    denoiser's noise differs between the runs, so the rest of the model does not) after one step.
     """
     from train.synthetic import write_llava_dataset
 
@@ -113,20 +161,31 @@ def test_zero3_two_processes_with_a_text_only_rank(tiny_root):
     alternating = [r for pair in zip(images, texts) for r in pair]
     (data_dir / "alternating.json").write_text(json.dumps(alternating))
 
-    output_dir = tiny_root / "zero3"
-    result = _torchrun(
-        [
-            "--config", str(REPO_ROOT / "train" / "configs" / "tiny_stage2.yaml"),
-            "--prepare_tiny", f"{{root: {tiny_root / 'tiny'}, num_images: 8, stage: plain}}",
-            "--data_path", str(data_dir / "alternating.json"), "--image_folder", str(data_dir),
-            "--use_cpu", "false", "--deepspeed", str(REPO_ROOT / "train" / "configs" / "zero3.json"),
-            "--output_dir", str(output_dir), "--max_steps", "3", "--per_device_train_batch_size", "1",
-            "--gradient_accumulation_steps", "1", "--train_sampling_strategy", "sequential",
-        ],
-        cwd=tiny_root,
-    )
-    summary = _summary(result, output_dir)
-    assert summary["world_size"] == 2 and summary["global_step"] == 3
+    summaries, heads = {}, {}
+    for nproc, batch, steps in ((2, 1, 3), (1, 2, 1), (2, 1, 1)):
+        output_dir = tiny_root / f"zero3_{nproc}_{steps}"
+        result = _torchrun(
+            [
+                "--config", str(REPO_ROOT / "train" / "configs" / "tiny_stage2.yaml"),
+                "--prepare_tiny", f"{{root: {tiny_root / 'tiny'}, num_images: 8, stage: plain}}",
+                "--data_path", str(data_dir / "alternating.json"), "--image_folder", str(data_dir),
+                "--use_cpu", "false", "--deepspeed", str(REPO_ROOT / "train" / "configs" / "zero3.json"),
+                "--output_dir", str(output_dir), "--max_steps", str(steps),
+                "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", "1",
+                "--train_sampling_strategy", "sequential", "--max_grad_norm", "0",
+            ],
+            cwd=tiny_root, nproc=nproc,
+        )  # fmt: skip
+        summaries[nproc, steps] = _summary(result, output_dir)
+        heads[nproc, steps] = _trained_weights(output_dir / "model", ("lm_head.",))
+        if steps == 3:
+            _check_folder(output_dir / "model")
+    long_run = summaries[2, 3]
+    assert long_run["world_size"] == 2 and long_run["global_step"] == 3
+    assert long_run["images_seen_per_rank"] == [3, 0]  # rank 1 never saw an image
     # Only rank 0's images count: the visual loss is their mean (rank 1's zero-weight dummy adds nothing).
-    assert summary["final_visual_loss"] > 0 and summary["trainable_parameters"]["language_model"] > 0
-    _check_folder(output_dir / "model")
+    assert long_run["final_visual_loss"] > 0 and long_run["trainable_parameters"]["language_model"] > 0
+    one, two = summaries[1, 1], summaries[2, 1]
+    assert two["images_seen_per_rank"] == [1, 0] and one["images_seen_per_rank"] == [1]
+    assert two["final_text_loss"] == pytest.approx(one["final_text_loss"], rel=1e-5)
+    torch.testing.assert_close(heads[2, 1]["lm_head.weight"], heads[1, 1]["lm_head.weight"], rtol=1e-5, atol=1e-6)

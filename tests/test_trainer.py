@@ -131,16 +131,29 @@ class GradCapture:
         self.grads = None
 
 
+class CountingCollator(SimpleCollator):
+    """`SimpleCollator` that records how many images each micro-batch it built holds."""
+
+    def __init__(self, processor):
+        super().__init__(processor)
+        self.image_counts = []
+
+    def __call__(self, samples):
+        self.image_counts.append(sum(len(s["images"]) for s in samples))
+        return super().__call__(samples)
+
+
 def _train_once(model, processor, dataset, args):
     import copy
 
     model = copy.deepcopy(model)
     capture = GradCapture()
+    collator = CountingCollator(processor)
     trainer = RossTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=SimpleCollator(processor),
-        callbacks=[capture.callback],
+        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[capture.callback],
     )
     trainer.train()
+    trainer.image_counts = collator.image_counts
     return trainer, capture.grads
 
 
@@ -153,8 +166,14 @@ def test_gradient_accumulation_equals_large_batch(regress_model_state, tiny_proc
         regress_model_state,
         tiny_processor,
         dataset,
-        _args(tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=4),
-    )
+        _args(
+            tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=4,
+            train_sampling_strategy="sequential",  # a random order can deal out 2 images per micro-batch
+        ),
+    )  # fmt: skip
+    # The micro-batches really hold different numbers of images (else a per-micro-batch mean would also pass).
+    assert len(acc.image_counts) == 4 and sum(acc.image_counts) == sum(IMAGE_COUNTS)
+    assert len(set(acc.image_counts)) > 1, acc.image_counts
     # Direct reference: one forward over the whole dataset as a single batch.
     model = regress_model_state
     model.train()
@@ -196,7 +215,8 @@ def test_stage_presets_count_parameters(tiny_model, stage):
         "vision_tower": 0,
         "projector": _numel(model.model.projector),
         "language_model": llm if stage == 2 else 0,
-        "denoiser": _numel(model.denoiser),
+        # The stored position table trains in stage 1 only (the authors' behaviour).
+        "denoiser": _numel(model.denoiser) - (model.denoiser.pos_embed.numel() if stage == 2 else 0),
         "teacher": 0,
         "other": 0,
     }
@@ -209,6 +229,66 @@ def test_stage_presets_count_parameters(tiny_model, stage):
     assert all(p.requires_grad == (stage == 2) for p in model.model.language_model.parameters())
     with pytest.raises(ValueError, match="stage must be one of"):
         apply_stage(model, 3)
+
+
+def test_learned_position_table_trains_in_stage1_and_is_frozen_in_stage2(tiny_components):
+    """The authors' stage 1 unfreezes every denoiser parameter (the table included); stage 2 builds it frozen."""
+    torch.manual_seed(0)
+    model = RossForConditionalGeneration.from_components(
+        **tiny_components, denoiser_hidden_size=32, denoiser_depth=1, denoiser_num_heads=4,
+        denoiser_position_embedding="learned",
+    )  # fmt: skip
+    table = model.denoiser.pos_embed
+    apply_stage(model, 1)
+    assert table.requires_grad
+    counts = apply_stage(model, 2)
+    assert not table.requires_grad and counts["denoiser"] == _numel(model.denoiser) - table.numel()
+    assert all(p.requires_grad for n, p in model.denoiser.named_parameters() if n != "pos_embed")
+    apply_stage(model, 2, train_position_embedding=True)
+    assert table.requires_grad
+    apply_stage(model, 1, train_position_embedding=False)
+    assert not table.requires_grad
+    # LoRA's modules_to_save copies the denoiser as trainable: the table keeps the stage's setting.
+    apply_stage(model, 2)
+    peft_model = apply_lora(model, r=2, alpha=4)
+    tables = [p for n, p in peft_model.named_parameters() if n.endswith("denoiser.modules_to_save.default.pos_embed")]
+    assert tables and not any(p.requires_grad for p in tables)
+
+
+@pytest.mark.slow
+def test_continuing_from_a_bf16_checkpoint_trains_fp32_weights(tiny_components, tmp_path):
+    """A bf16 stage-1 (or converted) checkpoint continued without DeepSpeed: fp32 master weights, unless asked."""
+    from transformers import TrainerCallback
+
+    from modeling_ross import RossProcessor
+    from train.sft import main
+    from train.synthetic import write_llava_dataset
+
+    torch.manual_seed(0)
+    model = RossForConditionalGeneration.from_components(
+        **tiny_components, denoiser_hidden_size=32, denoiser_depth=1, denoiser_num_heads=4,
+        denoiser_position_embedding="learned",
+    ).to(torch.bfloat16)  # fmt: skip
+    model.save_pretrained(tmp_path / "bf16")
+    RossProcessor.from_components(tiny_components["vision_model"], tiny_components["language_model"]).save_pretrained(
+        tmp_path / "bf16"
+    )
+    data = write_llava_dataset(str(tmp_path / "data"), num_images=4, seed=0, size=48, stage="sft")
+
+    seen = {}
+
+    class Dtypes(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen[len(seen)] = {p.dtype for p in model.parameters() if p.requires_grad}
+
+    argv = [
+        "--config", str(REPO_ROOT / "train" / "configs" / "tiny_stage2.yaml"),
+        "--model_name_or_path", str(tmp_path / "bf16"), "--data_path", data, "--image_folder", str(tmp_path / "data"),
+        "--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+    ]  # fmt: skip
+    main([*argv, "--output_dir", str(tmp_path / "fp32")], callbacks=[Dtypes()])
+    main([*argv, "--output_dir", str(tmp_path / "auto"), "--weights_dtype", "auto"], callbacks=[Dtypes()])
+    assert seen == {0: {torch.float32}, 1: {torch.bfloat16}}
 
 
 # ---- logging, bf16 autocast on CPU, per-module learning rates ----
@@ -285,15 +365,23 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
         load_config(str(config), {"sage": 1})
 
 
-def test_paper_configs_parse():
+def test_paper_configs_parse(tmp_path):
     from train.config import load_config
 
+    stage1_model = tmp_path / "stage1" / "model"
+    stage1_model.mkdir(parents=True)
     for path in sorted((REPO_ROOT / "train" / "configs").glob("*.yaml")):
         # use_cpu: bf16 TrainingArguments refuse to build without a GPU unless told to run on CPU.
-        run, args, _ = load_config(str(path), {"use_cpu": True})
+        stage1 = "stage1" in path.name
+        overrides = {"use_cpu": True}
+        if not stage1 and not path.name.startswith("tiny"):
+            # Stage 2 continues from the stage-1 output and says so when it is missing.
+            with pytest.raises(ValueError, match="_stage1(_baseline)?/model does not exist. Run stage 1 first"):
+                load_config(str(path), overrides)
+            overrides["model_name_or_path"] = str(stage1_model)
+        run, args, _ = load_config(str(path), overrides)
         if path.name.startswith("tiny"):
             continue
-        stage1 = "stage1" in path.name
         world = 8
         assert world * args.per_device_train_batch_size * args.gradient_accumulation_steps == (256 if stage1 else 128)
         assert args.learning_rate == (1e-3 if stage1 else 2e-5) and args.weight_decay == 0.0
@@ -301,6 +389,32 @@ def test_paper_configs_parse():
         assert args.deepspeed.endswith("zero2.json" if stage1 else "zero3.json")
         assert run.stage == (1 if stage1 else 2)
         assert (run.objective == "none") == ("baseline" in path.name)
+        assert run.weights_dtype == "float32" and run.image_placement == "front"
+        if stage1:
+            # The authors' templates: `v1` for Vicuna, `qwen_2` for Qwen2 (saved with the stage-1 model).
+            assert run.chat_template == ("v1" if "vicuna" in path.name else "qwen_2")
+            # One LR for projector and denoiser except in the SigLIP scripts (mm_inv_projector_lr 1e-4).
+            siglip_ross = "siglip" in path.name and run.objective != "none"
+            assert args.denoiser_lr == (1e-4 if siglip_ross else None), path.name
+            if run.objective != "none":
+                assert run.model_overrides["denoiser_position_embedding"] == "learned"
+        else:
+            assert run.model_name_or_path == str(stage1_model) and args.denoiser_lr is None
+
+
+def test_stage2_needs_a_stage1_checkpoint_unless_told(tmp_path):
+    from train.config import load_config
+
+    config = tmp_path / "s2.yaml"
+    config.write_text("output_dir: x\nvision_model: a\nlanguage_model: b\ndata_path: d\nstage: 2\n")
+    with pytest.raises(ValueError, match="stage 2 continues from a stage-1 checkpoint.*allow_fresh_stage2"):
+        load_config(str(config))
+    run, _, _ = load_config(str(config), {"allow_fresh_stage2": True})
+    assert run.stage == 2 and run.model_name_or_path is None
+    with pytest.raises(ValueError, match="image_placement='end'"):
+        load_config(str(config), {"allow_fresh_stage2": True, "image_placement": "end"})
+    with pytest.raises(ValueError, match="weights_dtype"):
+        load_config(str(config), {"allow_fresh_stage2": True, "weights_dtype": "fp8"})
 
 
 # ---- sft.py: end to end, and exact resume after a kill ----

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,22 @@ class RossRunConfig:
     objective: str = "denoise"  # denoise | regress | latent2pixel | none (baseline)
     target: str = "vae"  # vae | pixel | features
     model_overrides: dict = field(default_factory=dict)  # extra RossConfig / RossObjectiveConfig fields
-    chat_template: str = "vicuna"  # vicuna | llm | a Jinja string
+    # Dtype of the weights the optimizer updates (master weights). float32 also when continuing from a bf16
+    # checkpoint: bf16 runs under autocast or DeepSpeed's bf16 engine. auto: the checkpoint's own dtype.
+    weights_dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
+    chat_template: str = "auto"  # auto (v1 for Vicuna/llama, qwen_2 otherwise) | qwen_2 | v1 | llm | a Jinja string
     image_aspect_ratio: str = "pad"  # pad (stage 2) | resize (stage 1)
+    # front: a turn's single <image> moves to its start, as "<image>\n" + text (the authors' preprocess_multimodal);
+    # inplace: where the data puts it. Turns with several images always keep them in place (interleaved).
+    image_placement: str = "front"
     # ---- training recipe ----
     stage: int = 2  # 1: projector + denoiser; 2: projector + LLM + denoiser
+    # Stage 2 continues from a stage-1 checkpoint (`model_name_or_path`); true lets it start from fresh components
+    # (an untrained projector and denoiser), e.g. for smoke tests.
+    allow_fresh_stage2: bool = False
+    # A learned denoiser position table (denoiser_position_embedding: learned) is trained in stage 1 and frozen in
+    # stage 2, as in the authors' code; true / false force it either way.
+    train_position_embedding: bool | None = None
     lora: bool = False  # LoRA on the LLM (stage 2); projector and denoiser stay fully trainable
     lora_r: int = 16
     lora_alpha: int = 32
@@ -179,7 +192,50 @@ def load_config(config_path: str | None, overrides: dict[str, Any] | None = None
         raise ValueError("Set either `model_name_or_path` (a ROSS checkpoint) or `vision_model` + `language_model`.")
     if run_config.data_path is None and run_config.prepare_tiny is None:
         raise ValueError("Set `data_path` (LLaVA-format JSON) or `prepare_tiny`.")
+    check_run_config(run_config, source=str(config_path) if config_path else "command-line overrides")
     return run_config, training_args, values
 
 
-__all__ = ["RossRunConfig", "check_keys", "load_config", "parse_overrides", "resolve_path", "setup_cpu_deepspeed"]
+WEIGHTS_DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def check_run_config(run_config: RossRunConfig, source: str) -> None:
+    """Value checks that need no model: the choices of each field, and the stage-2 starting point."""
+    choices = {
+        "weights_dtype": WEIGHTS_DTYPES,
+        "image_placement": ("front", "inplace"),
+        "image_aspect_ratio": ("pad", "resize"),
+        "data_format": ("chat", "plain"),
+        "on_bad_sample": ("error", "skip"),
+    }
+    for name, allowed in choices.items():
+        value = getattr(run_config, name)
+        if value not in allowed:
+            raise ValueError(f"{source}: {name}={value!r} is not one of {', '.join(map(repr, allowed))}.")
+    path = run_config.model_name_or_path
+    if path is None:
+        if run_config.stage == 2 and not run_config.allow_fresh_stage2:
+            raise ValueError(
+                f"{source}: stage 2 continues from a stage-1 checkpoint, but `model_name_or_path` is not set. Point it "
+                "at the stage-1 output (`<stage-1 output_dir>/model`), or set `allow_fresh_stage2: true` to start "
+                "stage 2 from fresh components (untrained projector and denoiser)."
+            )
+    elif not _looks_like_hub_id(path) and resolve_path(path) == path and not Path(path).exists():
+        hint = " Run stage 1 first (it writes `<output_dir>/model`)." if run_config.stage == 2 else ""
+        raise ValueError(f"{source}: model_name_or_path {path} does not exist.{hint}")
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    """`name` or `org/name` (what the Hub accepts), not a relative or absolute folder path."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", value)) and ".." not in value
+
+
+__all__ = [
+    "RossRunConfig",
+    "check_keys",
+    "check_run_config",
+    "load_config",
+    "parse_overrides",
+    "resolve_path",
+    "setup_cpu_deepspeed",
+]

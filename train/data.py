@@ -106,15 +106,20 @@ def _check_on_bad_sample(value: str) -> str:
 
 
 # ----------------------------------------------------------------------------- conversation conversion
-def _content_items(content) -> list[dict]:
+def _content_items(content, image_placement: str = "inplace") -> list[dict]:
     """A string (with `<image>` placeholders) or a list of items/strings -> a list of image/text items.
 
     A newline right after a placeholder belongs to the placeholder (the template renders an image item as
-    `<image>\\n`); all other text is kept verbatim, empty pieces are dropped.
+    `<image>\\n`); all other text is kept verbatim, empty pieces are dropped. With `image_placement="front"` a
+    message holding exactly one image gets it at its start, followed by its stripped text: for a string exactly the
+    authors' `preprocess_multimodal` (`"<image>\\n" + value.replace("<image>", "").strip()`). Several images stay
+    where they are (interleaved turns).
     """
     if content is None:
         return []
     if isinstance(content, str):
+        if image_placement == "front" and content.count(IMAGE_PLACEHOLDER) == 1:
+            content = IMAGE_PLACEHOLDER + "\n" + content.replace(IMAGE_PLACEHOLDER, "").strip()
         items = []
         for k, piece in enumerate(content.split(IMAGE_PLACEHOLDER)):
             if k > 0:
@@ -137,11 +142,16 @@ def _content_items(content) -> list[dict]:
             items += _content_items(item["text"])  # a placeholder inside a text item is an image too
         else:
             raise BadSampleError("invalid_record", f"unsupported content item {item!r}")
+    if image_placement == "front" and sum(item["type"] == "image" for item in items) == 1:
+        text = "".join(item["text"] for item in items if item["type"] == "text").strip()
+        items = [{"type": "image"}] + ([{"type": "text", "text": text}] if text else [])
     return items
 
 
-def llava_to_messages(conversations) -> list[dict]:
-    """LLaVA `conversations` ([{"from": "human"|"gpt"|"system", "value": str}]) -> HF chat messages."""
+def llava_to_messages(conversations, image_placement: str = "front") -> list[dict]:
+    """LLaVA `conversations` ([{"from": "human"|"gpt"|"system", "value": str}]) -> HF chat messages.
+
+    `image_placement`: `"front"` (the authors) or `"inplace"`, see `_content_items`."""
     if not isinstance(conversations, list) or not conversations:
         raise BadSampleError("invalid_record", "'conversations' must be a non-empty list")
     messages = []
@@ -151,18 +161,18 @@ def llava_to_messages(conversations) -> list[dict]:
         role = LLAVA_ROLES.get(turn.get("from"))
         if role is None:
             raise BadSampleError("invalid_record", f"turn {k} has unknown 'from' {turn.get('from')!r}")
-        messages.append({"role": role, "content": _content_items(turn["value"])})
+        messages.append({"role": role, "content": _content_items(turn["value"], image_placement)})
     return messages
 
 
-def _normalize_messages(messages) -> list[dict]:
+def _normalize_messages(messages, image_placement: str = "front") -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise BadSampleError("invalid_record", "'messages' must be a non-empty list")
     out = []
     for k, message in enumerate(messages):
         if not isinstance(message, Mapping) or message.get("role") not in MESSAGE_ROLES:
             raise BadSampleError("invalid_record", f"message {k} must have a role in {MESSAGE_ROLES}")
-        out.append({"role": message["role"], "content": _content_items(message.get("content"))})
+        out.append({"role": message["role"], "content": _content_items(message.get("content"), image_placement)})
     return out
 
 
@@ -222,8 +232,9 @@ def _decode_image(image, sample_path: str | None = None) -> Image.Image:
 class _JsonSource:
     """Records of one LLaVA-format or messages-format JSON / JSONL file, kept in memory."""
 
-    def __init__(self, path: str, image_folder: str | None, format: str):
+    def __init__(self, path: str, image_folder: str | None, format: str, image_placement: str = "front"):
         self.path = path
+        self.image_placement = image_placement
         self.image_folder = image_folder if image_folder is not None else os.path.dirname(os.path.abspath(path))
         self.records, self.locations = [], []
         with open(path, encoding="utf-8") as f:
@@ -271,10 +282,10 @@ class _JsonSource:
         if self.format == "llava":
             if "conversations" not in record:
                 raise BadSampleError("invalid_record", "missing 'conversations'")
-            return llava_to_messages(record["conversations"])
+            return llava_to_messages(record["conversations"], self.image_placement)
         if "messages" not in record:
             raise BadSampleError("invalid_record", "missing 'messages'")
-        return _normalize_messages(record["messages"])
+        return _normalize_messages(record["messages"], self.image_placement)
 
     def check(self, index: int, check_files: bool) -> tuple[int, int]:
         """Load-time checks; returns (number of images, text characters)."""
@@ -298,7 +309,8 @@ class _JsonSource:
 class _HFSource:
     """A `datasets.Dataset` with a `messages` column and an optional `images` column (PIL images or paths)."""
 
-    def __init__(self, dataset, name: str, image_folder: str | None):
+    def __init__(self, dataset, name: str, image_folder: str | None, image_placement: str = "front"):
+        self.image_placement = image_placement
         if "messages" not in dataset.column_names:
             raise ValueError(f"{name}: a datasets source needs a 'messages' column, has {dataset.column_names}")
         self.dataset, self.path, self.image_folder = dataset, name, image_folder
@@ -335,7 +347,8 @@ class _HFSource:
                 paths = column.to_pylist() if paths_to_check else None
             for offset, messages in enumerate(batch):
                 try:
-                    messages = _finalize_messages(_normalize_messages(messages), counts[offset])
+                    messages = _normalize_messages(messages, self.image_placement)
+                    messages = _finalize_messages(messages, counts[offset])
                     for ref in (paths[offset] or []) if paths is not None else []:
                         if not os.path.isfile(self._resolve(ref)):
                             raise BadSampleError("missing_image", f"image file {self._resolve(ref)} does not exist")
@@ -346,7 +359,7 @@ class _HFSource:
     def load(self, index: int) -> tuple[list[dict], list[Image.Image]]:
         row = self.dataset[index]
         images = (row.get("images") or []) if self.has_images else []
-        messages = _finalize_messages(_normalize_messages(row["messages"]), len(images))
+        messages = _finalize_messages(_normalize_messages(row["messages"], self.image_placement), len(images))
         return messages, [_decode_image(self._resolve(image)) for image in images]
 
 
@@ -358,18 +371,18 @@ class _LazyLocations:
         return f"{self.name}:#{index}"
 
 
-def _open_source(path, image_folder, format: str, split: str, position: int):
+def _open_source(path, image_folder, format: str, split: str, position: int, image_placement: str = "front"):
     """One entry of `data_path` -> a source object."""
     import datasets
 
     if isinstance(path, datasets.Dataset):
-        return _HFSource(path, f"datasets.Dataset[{position}]", image_folder)
+        return _HFSource(path, f"datasets.Dataset[{position}]", image_folder, image_placement)
     path = os.fspath(path)
     suffix = Path(path).suffix.lower()
     if suffix in (".json", ".jsonl", ".parquet", ".arrow", ".csv") and not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} does not exist")
     if os.path.isfile(path) and suffix in (".json", ".jsonl"):
-        return _JsonSource(path, image_folder, format)
+        return _JsonSource(path, image_folder, format, image_placement)
     if format == "llava":
         raise ValueError(f"{path}: format='llava' needs a .json or .jsonl file")
     if os.path.isdir(path) and any(
@@ -385,7 +398,7 @@ def _open_source(path, image_folder, format: str, split: str, position: int):
         dataset = datasets.load_dataset(path, split=split)  # a local dataset folder or a Hub dataset id
     else:
         raise FileNotFoundError(f"data path {path} does not exist")
-    return _HFSource(dataset, path, image_folder)
+    return _HFSource(dataset, path, image_folder, image_placement)
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -481,6 +494,7 @@ def load_training_dataset(
     image_seq_length: int | None = None,
     split: str = "train",
     check_image_files: bool = True,
+    image_placement: str = "front",
 ) -> RossDataset:
     """
     Load training samples lazily from one or several sources, checking at once what is cheap to check.
@@ -498,8 +512,13 @@ def load_training_dataset(
         image_seq_length: image tokens per image, for `lengths` (`processor.image_seq_length`).
         split: split to take from a `DatasetDict` / `load_dataset`.
         check_image_files: check at load time that every image file exists (one `stat` per image).
+        image_placement: `"front"` (default, the authors' `preprocess_multimodal`): a turn's single `<image>` is moved
+            to its start as `"<image>\\n" + text.strip()`, so the visual outputs (causal) never see the question;
+            `"inplace"` keeps it where the data puts it. Turns with several images always keep them in place.
     """
     _check_on_bad_sample(on_bad_sample)
+    if image_placement not in ("front", "inplace"):
+        raise ValueError(f"image_placement must be 'front' or 'inplace', got {image_placement!r}")
     if format not in ("auto", "llava", "messages"):
         raise ValueError(f"format must be 'auto', 'llava' or 'messages', got {format!r}")
     paths = list(data_path) if isinstance(data_path, (list, tuple)) else [data_path]
@@ -523,7 +542,9 @@ def load_training_dataset(
         text_chars.append(result[1])
 
     for source_index, (path, folder) in enumerate(zip(paths, folders)):
-        source = _open_source(path, None if folder is None else os.fspath(folder), format, split, source_index)
+        source = _open_source(
+            path, None if folder is None else os.fspath(folder), format, split, source_index, image_placement
+        )
         sources.append(source)
         if isinstance(source, _HFSource):
             for local, result in source.check_all(check_image_files):

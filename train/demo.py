@@ -82,13 +82,15 @@ class DemoSettings:
     sft_images: int = 3000
     benchmark_items: int = 120
     image_size: int = 48
-    # the denoiser of ROSS^D (the reference is 1024 wide, 3 deep, 16 heads, 4 noise draws)
+    # the denoiser of ROSS^D (the reference is 1024 wide, 3 deep, 16 heads, 4 noise draws; its position table is
+    # stored, trained in stage 1 and frozen in stage 2, as in the recipe configs)
     denoiser: dict = field(
         default_factory=lambda: {
             "denoiser_hidden_size": 128,
             "denoiser_depth": 2,
             "denoiser_num_heads": 4,
             "num_noise_draws": 4,
+            "denoiser_position_embedding": "learned",
         }
     )
     stage1: StageSettings = field(default_factory=lambda: StageSettings(max_steps=120, batch_size=16, learning_rate=1e-3))

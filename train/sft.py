@@ -81,10 +81,12 @@ def _build_model_and_processor(run_config):
 
     from modeling_ross import RossForConditionalGeneration, RossProcessor
 
-    dtype = None  # fp32 master weights; bf16 runs under autocast (or DeepSpeed's bf16 engine)
+    # fp32 master weights unless the run asks otherwise, also from a bf16 checkpoint: bf16 runs under autocast (or
+    # DeepSpeed's bf16 engine); updating bf16 weights directly would round lr-2e-5 steps away.
+    dtype = None if run_config.weights_dtype == "auto" else getattr(torch, run_config.weights_dtype)
     if run_config.model_name_or_path:
         path = resolve_path(run_config.model_name_or_path)
-        model = RossForConditionalGeneration.from_pretrained(path, load_objective=True, dtype=dtype)
+        model = RossForConditionalGeneration.from_pretrained(path, load_objective=True, dtype=dtype or "auto")
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
     else:
         model = RossForConditionalGeneration.from_components(
@@ -97,11 +99,10 @@ def _build_model_and_processor(run_config):
             dtype=dtype,
             **run_config.model_overrides,
         )
-        chat_template = run_config.chat_template
         processor = RossProcessor.from_components(
             resolve_path(run_config.vision_model),
             resolve_path(run_config.language_model),
-            chat_template=chat_template,
+            chat_template=run_config.chat_template,
             image_aspect_ratio=run_config.image_aspect_ratio,
         )
     if getattr(processor, "image_aspect_ratio", None) is not None:
@@ -117,6 +118,7 @@ def load_data(run_config, processor):
         image_folder=resolve_path(run_config.image_folder),
         on_bad_sample=run_config.on_bad_sample,
         image_seq_length=processor.image_seq_length,
+        image_placement=run_config.image_placement,
     )
     if run_config.max_train_samples is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(run_config.max_train_samples, len(dataset))))
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     from train.trainer import RossTrainer, apply_lora, apply_stage
 
     teacher = model.teacher  # before any PEFT wrapping; used by the latent cache
-    counts = apply_stage(model, run_config.stage)
+    counts = apply_stage(model, run_config.stage, train_position_embedding=run_config.train_position_embedding)
     if run_config.lora:
         model = apply_lora(
             model, r=run_config.lora_r, alpha=run_config.lora_alpha, dropout=run_config.lora_dropout,
@@ -269,6 +271,9 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
 
 
 def build_summary(trainer, result, elapsed: float, counts: dict) -> dict:
+    """The run's numbers (every rank calls it: the per-rank image counts are gathered)."""
+    from train.trainer import images_seen_per_rank
+
     metrics = result.metrics
     runtime = metrics.get("train_runtime") or elapsed
     history = trainer.state.log_history
@@ -288,6 +293,7 @@ def build_summary(trainer, result, elapsed: float, counts: dict) -> dict:
         "final_visual_loss": last["visual_loss"],
         "trainable_parameters": counts,
         "world_size": trainer.args.world_size,
+        "images_seen_per_rank": images_seen_per_rank(trainer),
     }
 
 

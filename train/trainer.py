@@ -70,19 +70,30 @@ def _numel(param: torch.Tensor) -> int:
     return getattr(param, "ds_numel", param.numel())
 
 
-def apply_stage(model: nn.Module, stage: int) -> dict[str, int]:
+# A learned denoiser position table (`denoiser_position_embedding="learned"`). The authors build it frozen, but their
+# stage 1 unfreezes every denoiser parameter, so it is trained in stage 1; stage 2 builds it frozen again and loads it.
+POSITION_TABLE = "denoiser.pos_embed"
+
+
+def apply_stage(model: nn.Module, stage: int, train_position_embedding: bool | None = None) -> dict[str, int]:
     """
     Set `requires_grad` for a training stage of the recipe (paper Table 6) and return the trainable parameter counts
     per module group.
 
     stage 1: projector + denoiser.  stage 2: projector + LLM (with `lm_head`) + denoiser.
     The vision tower and the teacher are always frozen. Any other parameter is frozen too.
+    A learned denoiser position table follows the authors (trained in stage 1, frozen in stage 2) unless
+    `train_position_embedding` says otherwise.
     """
     if stage not in STAGE_TRAINABLE:
         raise ValueError(f"stage must be one of {sorted(STAGE_TRAINABLE)}, got {stage!r}")
     trainable = STAGE_TRAINABLE[stage]
+    train_table = (stage == 1) if train_position_embedding is None else train_position_embedding
     for name, param in model.named_parameters():
-        param.requires_grad_(module_of(name) in trainable)
+        if _strip_peft_prefix(name) == POSITION_TABLE:
+            param.requires_grad_(train_table and "denoiser" in trainable)
+        else:
+            param.requires_grad_(module_of(name) in trainable)
     return count_trainable_parameters(model)
 
 
@@ -101,11 +112,16 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, modules_to_save=modules_to_save
     )
+    table = dict(model.named_parameters()).get(POSITION_TABLE)
+    train_table = table is not None and table.requires_grad  # as `apply_stage` left it
     peft_model = get_peft_model(model, config)
     for name, param in peft_model.named_parameters():
         # The teacher must stay frozen even though PEFT leaves unrelated modules untouched.
         if module_of(name) in ("teacher", "vision_tower"):
             param.requires_grad_(False)
+        # `modules_to_save` makes the whole denoiser copy trainable; keep the position table as it was.
+        if _strip_peft_prefix(name) == POSITION_TABLE:
+            param.requires_grad_(train_table)
     return peft_model
 
 
@@ -148,6 +164,7 @@ class RossTrainer(Trainer):
         # The model takes **kwargs, so the Trainer passes `num_items_in_batch`; the exact GA weighting relies on it.
         self.model_accepts_loss_kwargs = True
         self._num_images_in_batch = None
+        self.images_seen = 0  # images this rank trained on (summed per rank into the run summary)
         # Sums of the per-micro-batch (already GA-normalised) loss components since the last log, and the number of
         # optimizer steps (with images, for the visual term) they cover. Reduced over ranks in `log`.
         self._metric_sums = {"text_loss": 0.0, "visual_loss": 0.0}
@@ -171,6 +188,7 @@ class RossTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         num_images = sum(_num_images(batch) for batch in batch_samples)
+        self.images_seen += num_images
         num_images = torch.tensor(num_images, device=device, dtype=torch.long)
         if self.args.world_size > 1 and self.args.average_tokens_across_devices:
             # Every rank calls this every step (like num_items_in_batch), so the collective cannot hang.
@@ -265,6 +283,12 @@ class RossTrainer(Trainer):
         return self.optimizer
 
 
+def images_seen_per_rank(trainer: RossTrainer) -> list[int]:
+    """Images each rank trained on, in rank order (a collective: call it on every rank)."""
+    local = torch.tensor([trainer.images_seen], device=trainer.args.device, dtype=torch.long)
+    return trainer.accelerator.gather(local).tolist()
+
+
 def _num_images(batch) -> int:
     pixel_values = batch.get("pixel_values") if hasattr(batch, "get") else None
     return 0 if pixel_values is None else int(pixel_values.shape[0])
@@ -288,5 +312,6 @@ __all__ = [
     "apply_lora",
     "apply_stage",
     "count_trainable_parameters",
+    "images_seen_per_rank",
     "module_of",
 ]
