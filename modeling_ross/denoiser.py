@@ -31,7 +31,8 @@ Biases have the weight's first dimension. With `self_attention=False` a block ha
 `adaLN_modulation` is (3H, H) (the reference code has no such variant).
 
 The SiLU that precedes `z_embedder` and every `adaLN_modulation` linear is applied functionally, so the index-free
-names above replace the reference's `nn.Sequential` indices.
+names above replace the reference's `nn.Sequential` indices. The denoiser is agnostic to what the C channels hold (e.g.
+2x2 latent windows folded into channels by the teacher).
 
 Position table. The reference creates `pos_embed` as a frozen sin-cos table, but its stage 1 (`tune_mm_mlp_adapter`)
 sets `requires_grad=True` on every denoiser parameter, so the table is trained in stage 1 and then kept frozen in
@@ -42,8 +43,7 @@ Precision. The reference runs the whole visual loss under `torch.autocast("cuda"
 weights (DeepSpeed bf16) every matmul still runs in fp32. `compute_dtype="float32"` does the same on every device
 (CPU autocast has no fp32 mode): autocast is switched off inside the denoiser, its inputs are cast to fp32, and its
 linears (`RossLinear`) cast their weights to the input's dtype. `compute_dtype="weights"` computes in the weights'
-dtype instead. The denoiser is agnostic to what the C channels hold (e.g.
-2x2 latent windows folded into channels by the teacher).
+dtype instead.
 
 `RossMLPHead` is the per-token MLP of the `regress` / `latent2pixel` objectives (ROSS^R). `build_noise_scheduler`
 and `sample_tokens` wrap diffusers' schedulers, which own all the noise arithmetic.
