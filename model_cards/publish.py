@@ -35,6 +35,15 @@ from pathlib import Path
 
 import yaml
 
+from modeling_ross.safetensors_io import (
+    OutputTensor,
+    SafetensorsError,
+    parse_size,
+    read_headers,
+    weight_files,
+    write_shards,
+)
+
 
 # Top-level files of a trained folder that belong in the repo (besides the weights and `*.py` code files).
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -49,10 +58,6 @@ REQUIRED_AUTO_MAP = ("AutoConfig", "AutoModelForImageTextToText", "AutoProcessor
 # Remote files an upload replaces: a new upload with fewer shards must not leave old shards behind.
 DELETE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.py"]
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-_DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
-}  # fmt: skip
 
 
 class PublishError(RuntimeError):
@@ -76,34 +81,11 @@ class PublishResult:
 # ---------------------------------------------------------------------------------------
 
 
-def parse_size(size: int | str) -> int:
-    """``"5GB"`` -> 5_000_000_000 (as `huggingface_hub`/transformers: KB/MB/GB are powers of 10, KiB/... of 2)."""
-    if isinstance(size, int):
-        return size
-    from huggingface_hub.serialization._base import parse_size_to_int
-
-    return parse_size_to_int(size)
-
-
 def _weight_files(folder: Path) -> list[Path]:
-    index = folder / WEIGHTS_INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as error:
-            raise PublishError(f"{index}: unreadable index ({error})") from error
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise PublishError(f"{index} lists shard(s) that are not in the folder: {missing}")
-        return files
-    if (folder / WEIGHTS_NAME).is_file():
-        return [folder / WEIGHTS_NAME]
-    pickles = sorted(p.name for p in folder.glob("*.bin"))
-    raise PublishError(
-        f"{folder}: no safetensors weights ({WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME})"
-        + (f"; found pickle weights {pickles}: re-save them with save_pretrained (safetensors)" if pickles else "")
-    )
+    try:
+        return weight_files(folder, WEIGHTS_NAME)
+    except SafetensorsError as error:
+        raise PublishError(str(error)) from None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -119,49 +101,9 @@ def reshard_safetensors(files: list[Path], out_dir: Path, max_shard_size: int | 
     bytes each (a single larger tensor gets a shard of its own) plus ``model.safetensors.index.json``; a single shard
     is written as ``model.safetensors``. Tensor sizes come from the file headers and one shard is in memory at a time.
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    limit = parse_size(max_shard_size)
-    entries = []  # (key, file, bytes)
-    for file in files:
-        with safe_open(str(file), "pt") as f:
-            for key in f.keys():
-                tensor_slice = f.get_slice(key)
-                numel = 1
-                for dim in tensor_slice.get_shape():
-                    numel *= dim
-                entries.append((key, file, numel * _DTYPE_BYTES.get(tensor_slice.get_dtype(), 4)))
-    shards, current, size = [], [], 0
-    for entry in entries:
-        if current and size + entry[2] > limit:
-            shards.append(current)
-            current, size = [], 0
-        current.append(entry)
-        size += entry[2]
-    if current:
-        shards.append(current)
-
-    names = (
-        [WEIGHTS_NAME]
-        if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
-    weight_map = {}
-    for name, shard in zip(names, shards):
-        tensors = {}
-        for key, file, _ in shard:
-            with safe_open(str(file), "pt") as f:
-                tensors[key] = f.get_tensor(key)
-        save_file(tensors, str(out_dir / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, name))
-        del tensors
-    if len(shards) > 1:
-        total_size = sum(entry[2] for entry in entries)
-        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-        return [*names, WEIGHTS_INDEX_NAME]
-    return names
+    tensors = [OutputTensor(key, info, info.shape, info.dtype) for key, info in read_headers(files).items()]
+    names = write_shards(out_dir, tensors, max_shard_size)
+    return [*names, WEIGHTS_INDEX_NAME] if len(names) > 1 else names
 
 
 def _mask_tokens(value):

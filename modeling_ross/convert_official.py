@@ -15,8 +15,8 @@ How it works, in three steps (`docs/interop.md` has the full mapping table; `doc
    with a reason; compare the result with the keys and shapes of a `RossForConditionalGeneration` built on the meta
    device. Any unmapped source key, missing target key or shape mismatch fails here, with the full list, before a
    single byte is written.
-2. *Stream*: go through the source shards one by one (`safe_open`), convert each tensor, and write output shards of at
-   most `max_shard_size` bytes as they fill up (`save_file` + `model.safetensors.index.json`). Peak memory is about one
+2. *Stream*: `safetensors_io.write_shards` plans output shards of at most `max_shard_size` bytes from the sizes alone
+   (huggingface_hub's planner), then reads, converts and writes one shard at a time. Peak memory is about one
    output shard plus one tensor, so a 7B checkpoint converts in far less than twice its size.
 3. *Write* the config, generation config, code files, and the processor (when a tokenizer is available).
 """
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+
+from .safetensors_io import OutputTensor, SafetensorsError, TensorInfo, read_headers, weight_files, write_shards
 
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
@@ -75,8 +75,7 @@ class ConversionError(ValueError):
 class TensorSource:
     """One output tensor: where it is read from and how it is transformed."""
 
-    file: str
-    key: str
+    info: TensorInfo
     target: str
     transform: str | None = None  # None | "conv1x1" (W, C, 1, 1) -> (W, C) | "pad_rows"
 
@@ -148,6 +147,20 @@ def resolve_component(value, checkpoint_dir: Path, override: str | None = None, 
     )
 
 
+def _weight_files(folder: Path, weights_name: str = "model.safetensors") -> list[Path]:
+    try:
+        return weight_files(folder, weights_name, any_name=True)
+    except SafetensorsError as error:
+        raise ConversionError(str(error)) from None
+
+
+def _read_headers(files: list[Path]) -> "OrderedDict[str, TensorInfo]":
+    try:
+        return read_headers(files)
+    except SafetensorsError as error:
+        raise ConversionError(str(error)) from None
+
+
 def _local_folder(path_or_id: str, subfolder: str | None = None, patterns=("*.json", "*.safetensors", "*.txt")) -> Path:
     """A local folder for `path_or_id` (downloading the matching files of a Hub repo if needed)."""
     if os.path.isdir(path_or_id):
@@ -158,48 +171,6 @@ def _local_folder(path_or_id: str, subfolder: str | None = None, patterns=("*.js
         prefix = f"{subfolder}/" if subfolder else ""
         folder = Path(snapshot_download(path_or_id, allow_patterns=[prefix + p for p in patterns]))
     return folder / subfolder if subfolder else folder
-
-
-def _safetensors_files(folder: Path, weights_name: str = "model.safetensors") -> list[Path]:
-    """The safetensors files of a checkpoint folder, in index order (sharded) or the single file."""
-    stem = weights_name.removesuffix(".safetensors")
-    index = folder / f"{stem}.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [folder / name for name in dict.fromkeys(sorted(set(weight_map.values())))]
-    single = folder / weights_name
-    if single.is_file():
-        return [single]
-    found = sorted(folder.glob("*.safetensors"))
-    if found:
-        return found
-    raise ConversionError(f"No safetensors weights in {folder} (expected {index.name} or {weights_name}).")
-
-
-def _read_headers(files: list[Path]) -> "OrderedDict[str, tuple[str, tuple, torch.dtype]]":
-    """key -> (file, shape, dtype), reading only the safetensors headers."""
-    headers: OrderedDict = OrderedDict()
-    duplicates = []
-    for file in files:
-        with safe_open(str(file), "pt") as handle:
-            for key in handle.keys():
-                if key in headers:
-                    duplicates.append(key)
-                tensor_slice = handle.get_slice(key)
-                headers[key] = (str(file), tuple(tensor_slice.get_shape()), _st_dtype(tensor_slice.get_dtype()))
-    if duplicates:
-        raise ConversionError(f"Keys present in several shards: {duplicates}")
-    return headers
-
-
-def _st_dtype(name: str) -> torch.dtype:
-    return {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-            "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool}.get(name, torch.float32)
-
-
-def _read_tensor(file: str, key: str) -> torch.Tensor:
-    with safe_open(file, "pt") as handle:
-        return handle.get_tensor(key)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -318,67 +289,6 @@ def _feature_strategy(official: dict, vision_config) -> tuple[int, str]:
     return int(official.get("mm_vision_select_layer", -2)), "default" if feature == "patch" else "full"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Streaming writer
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class ShardWriter:
-    """Collects tensors and writes a safetensors shard each time `max_shard_size` bytes are reached."""
-
-    def __init__(self, folder: Path, max_shard_size: int):
-        self.folder = folder
-        self.max_shard_size = max_shard_size
-        self.buffer: dict[str, torch.Tensor] = {}
-        self.buffer_bytes = 0
-        self.temp_files: list[tuple[Path, list[str]]] = []
-        self.total_size = 0
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self.buffer and self.buffer_bytes + size > self.max_shard_size:
-            self.flush()
-        self.buffer[name] = tensor.contiguous()
-        self.buffer_bytes += size
-        self.total_size += size
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        path = self.folder / f".partial-{len(self.temp_files):05d}.safetensors"
-        save_file(self.buffer, str(path), metadata={"format": "pt"})
-        self.temp_files.append((path, list(self.buffer)))
-        self.buffer, self.buffer_bytes = {}, 0
-
-    def finish(self) -> list[str]:
-        """Rename the shards as transformers names them and write the index; returns the file names."""
-        self.flush()
-        count = len(self.temp_files)
-        if count == 1:
-            path, _ = self.temp_files[0]
-            path.rename(self.folder / "model.safetensors")
-            return ["model.safetensors"]
-        weight_map, names = {}, []
-        for i, (path, keys) in enumerate(self.temp_files, start=1):
-            name = f"model-{i:05d}-of-{count:05d}.safetensors"
-            path.rename(self.folder / name)
-            names.append(name)
-            weight_map.update({key: name for key in keys})
-        index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        return names
-
-
-def _parse_size(size) -> int:
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", str(size).upper())
-    if not match:
-        raise ValueError(f"Cannot parse size {size!r} (e.g. '5GB', '500MB').")
-    scale = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[match.group(2)]
-    return int(float(match.group(1)) * scale)
-
-
 def _mean_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """`weight` with extra rows equal to the mean of the existing rows (as transformers' mean resizing)."""
     if rows <= weight.shape[0]:
@@ -409,7 +319,7 @@ def _tokenizer_source(src_dir: Path, tokenizer: str | None) -> str | None:
     return None
 
 
-def inspect_pos_embed(file: str, key: str, width: int, grid: int) -> tuple[str, float, str]:
+def inspect_pos_embed(info: TensorInfo, width: int, grid: int) -> tuple[str, float, str]:
     """Compare the stored denoiser table with the fixed 2-D sin-cos table of DiT.
 
     Returns `(kind, max_deviation, note)`: `"sincos"` only when the stored values are the fp32 table exactly (then it
@@ -418,10 +328,10 @@ def inspect_pos_embed(file: str, key: str, width: int, grid: int) -> tuple[str, 
     """
     from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
-    stored = _read_tensor(file, key)
+    stored = info.load()
     table = get_2d_sincos_pos_embed(width, grid, base_size=grid, output_type="pt").float()
     if stored.numel() != table.numel():
-        raise ConversionError(f"{key} has shape {tuple(stored.shape)}; the denoiser (width {width}, {grid}x{grid} grid) "
+        raise ConversionError(f"{info.key} has shape {tuple(stored.shape)}; the denoiser (width {width}, {grid}x{grid} grid) "
                               f"needs (1, {grid * grid}, {width}).")
     deviation = float((stored.float().reshape(table.shape) - table).abs().max())
     if deviation == 0.0:
@@ -438,9 +348,9 @@ def inspect_pos_embed(file: str, key: str, width: int, grid: int) -> tuple[str, 
 def _source_dtype(headers) -> torch.dtype:
     """The dtype of the checkpoint's floating tensors (the most common one if they are mixed)."""
     counts: dict = {}
-    for _, shape, dtype in headers.values():
-        if dtype.is_floating_point:
-            counts[dtype] = counts.get(dtype, 0) + 1
+    for info in headers.values():
+        if info.dtype.is_floating_point:
+            counts[info.dtype] = counts.get(info.dtype, 0) + 1
     if not counts:
         raise ConversionError("The checkpoint has no floating-point tensors.")
     return max(counts, key=counts.get)
@@ -486,7 +396,7 @@ def convert_official(
         raise ConversionError(f"Destination {dst} exists and is not empty.")
     src_dir = _local_folder(str(src))
     official = json.loads((src_dir / "config.json").read_text())
-    headers = _read_headers(_safetensors_files(src_dir))
+    headers = _read_headers(_weight_files(src_dir))
     if dtype is None or dtype == "auto":
         dtype = _source_dtype(headers)
     elif isinstance(dtype, str):
@@ -555,9 +465,9 @@ def convert_official(
         if DENOISER_PREFIX + "x_embedder.proj.weight" not in headers:
             raise ConversionError(f"ross_enable is set but the checkpoint has no denoiser weights "
                                   f"({DENOISER_PREFIX}x_embedder.proj.weight is missing).")
-        width, channels = headers[DENOISER_PREFIX + "x_embedder.proj.weight"][1][:2]
+        width, channels = headers[DENOISER_PREFIX + "x_embedder.proj.weight"].shape[:2]
         depth = len({k.split(".")[4] for k in denoiser_keys if k.startswith(DENOISER_PREFIX + "blocks.")})
-        mlp_ratio = headers[DENOISER_PREFIX + "blocks.0.mlp.fc1.weight"][1][0] / width
+        mlp_ratio = headers[DENOISER_PREFIX + "blocks.0.mlp.fc1.weight"].shape[0] / width
         teacher = resolve_component(official.get("mm_pixel_decoder") or None, src_dir, vae, what="Pixel decoder (VAE)",
                                     flag="--vae")
         if teacher is None:
@@ -577,8 +487,7 @@ def convert_official(
         if problems:
             raise ConversionError("The denoiser, VAE and config disagree: " + "; ".join(problems))
         if DENOISER_PREFIX + "pos_embed" in headers:
-            position = inspect_pos_embed(headers[DENOISER_PREFIX + "pos_embed"][0], DENOISER_PREFIX + "pos_embed",
-                                         width, grid)
+            position = inspect_pos_embed(headers[DENOISER_PREFIX + "pos_embed"], width, grid)
         else:  # not saved: the fixed table
             position = ("sincos", None, "not in the checkpoint: the fixed 2-D sin-cos table is recomputed")
         objective = dict(
@@ -627,7 +536,7 @@ def convert_official(
             transform = "conv1x1" if key.endswith("x_embedder.proj.weight") else None
             if target in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
                 transform = "pad_rows"
-            sources.append(TensorSource(headers[key][0], key, target, transform))
+            sources.append(TensorSource(headers[key], target, transform))
     expected = _expected_shapes(config)
     if not save_vae:
         expected = {k: v for k, v in expected.items() if not k.startswith("teacher.")}
@@ -641,13 +550,9 @@ def convert_official(
     for source in sources:
         if source.target not in expected:
             continue
-        shape = _read_shape(source, headers)
-        if source.transform == "conv1x1":
-            shape = shape[:2]
-        if source.transform == "pad_rows":
-            shape = (rows, *shape[1:])
+        shape = _output_shape(source, rows)
         if shape != expected[source.target]:
-            shape_errors.append(f"{source.key} {shape} -> {source.target} {expected[source.target]}")
+            shape_errors.append(f"{source.info.key} {shape} -> {source.target} {expected[source.target]}")
     if unexpected or missing or extra or shape_errors:
         lines = []
         if unexpected:
@@ -678,21 +583,7 @@ def convert_official(
 
     # ---- stream the tensors ----
     dst.mkdir(parents=True, exist_ok=True)
-    writer = ShardWriter(dst, _parse_size(max_shard_size))
-    by_file: "OrderedDict[str, list[TensorSource]]" = OrderedDict()
-    for source in sources:
-        by_file.setdefault(source.file, []).append(source)
-    for file, group in by_file.items():
-        with safe_open(file, "pt") as handle:
-            for source in group:
-                tensor = handle.get_tensor(source.key)
-                if source.transform == "conv1x1":
-                    tensor = tensor.reshape(tensor.shape[0], tensor.shape[1])
-                elif source.transform == "pad_rows":
-                    tensor = _mean_rows(tensor, rows)
-                writer.add(source.target, tensor.to(dtype) if tensor.is_floating_point() else tensor)
-                del tensor
-    report.shard_files = writer.finish()
+    report.shard_files = write_shards(dst, [_output_tensor(source, rows, dtype) for source in sources], max_shard_size)
 
     # ---- config, generation config, code, processor ----
     _save_config_and_code(config, dst)
@@ -704,11 +595,28 @@ def convert_official(
     return report
 
 
-def _read_shape(source: TensorSource, headers) -> tuple:
-    if source.key in headers and headers[source.key][0] == source.file:
-        return headers[source.key][1]
-    with safe_open(source.file, "pt") as handle:
-        return tuple(handle.get_slice(source.key).get_shape())
+def _output_shape(source: TensorSource, rows: int) -> tuple:
+    shape = source.info.shape
+    if source.transform == "conv1x1":  # (W, C, 1, 1) -> (W, C)
+        return shape[:2]
+    if source.transform == "pad_rows":  # the vocabulary grown to `rows`
+        return (rows, *shape[1:])
+    return shape
+
+
+def _output_tensor(source: TensorSource, rows: int, dtype: torch.dtype) -> OutputTensor:
+    """What `write_shards` writes for `source`: reshaped / padded, floating tensors cast to `dtype`."""
+    info = source.info
+    out_dtype = dtype if info.dtype.is_floating_point else info.dtype
+
+    def convert(tensor: torch.Tensor) -> torch.Tensor:
+        if source.transform == "conv1x1":
+            tensor = tensor.reshape(tensor.shape[0], tensor.shape[1])
+        elif source.transform == "pad_rows":
+            tensor = _mean_rows(tensor, rows)
+        return tensor.to(out_dtype)
+
+    return OutputTensor(source.target, info, _output_shape(source, rows), out_dtype, convert)
 
 
 def _component_sources(expected, produced, tower, save_vae, teacher, vae_subfolder, report) -> list[TensorSource]:
@@ -717,23 +625,22 @@ def _component_sources(expected, produced, tower, save_vae, teacher, vae_subfold
     sources = []
     need_tower = [k for k in expected if k.startswith("model.vision_tower.") and k not in produced]
     if need_tower:
-        files = _safetensors_files(_local_folder(tower))
-        available = _read_headers(files)
+        available = _read_headers(_weight_files(_local_folder(tower)))
         for target in need_tower:
             rest = target[len("model.vision_tower."):]
             for candidate in ("vision_model." + rest, rest):
                 if candidate in available:
-                    sources.append(TensorSource(available[candidate][0], candidate, target))
+                    sources.append(TensorSource(available[candidate], target))
                     report.from_components[target] = f"{tower}:{candidate}"
                     break
     need_vae = [k for k in expected if k.startswith("teacher.vae.") and k not in produced] if save_vae else []
     if need_vae:
         folder = _local_folder(teacher, vae_subfolder)
-        available = _read_headers(_safetensors_files(folder, "diffusion_pytorch_model.safetensors"))
+        available = _read_headers(_weight_files(folder, "diffusion_pytorch_model.safetensors"))
         for target in need_vae:
             rest = target[len("teacher.vae."):]
             if rest in available:
-                sources.append(TensorSource(available[rest][0], rest, target))
+                sources.append(TensorSource(available[rest], target))
                 report.from_components[target] = f"{teacher}:{rest}"
     return sources
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from .convert_official import DTYPES, ShardWriter, _local_folder, _parse_size, _read_headers, _safetensors_files
+from .convert_official import DTYPES, _local_folder, _read_headers, _weight_files
+from .safetensors_io import OutputTensor, write_shards
 
 
 class LlavaExportError(ValueError):
@@ -152,7 +152,7 @@ def export_llava(src, dst, *, dtype: str | torch.dtype = "auto", max_shard_size=
     llava_config = llava_config_from_ross(config)
     dtype = None if dtype == "auto" else DTYPES[dtype] if isinstance(dtype, str) else dtype
 
-    headers = _read_headers(_safetensors_files(src_dir))
+    headers = _read_headers(_weight_files(src_dir))
     report = ExportReport(dst=dst, config=llava_config)
     for key in headers:
         target = ross_key_to_llava(key)
@@ -169,7 +169,7 @@ def export_llava(src, dst, *, dtype: str | torch.dtype = "auto", max_shard_size=
         if key == "lm_head.weight" and llava_config.tie_word_embeddings:
             continue
         expected[ross_key_to_llava(_llava_module_key_to_ross(key))] = tuple(value.shape)
-    produced = {target: headers[key][1] for key, target in report.mapped.items()}
+    produced = {target: headers[key].shape for key, target in report.mapped.items()}
     missing = sorted(set(expected) - set(produced))
     unexpected = sorted(set(produced) - set(expected))
     shapes = sorted(f"{k}: {produced[k]} vs {expected[k]}" for k in set(produced) & set(expected)
@@ -187,18 +187,12 @@ def export_llava(src, dst, *, dtype: str | torch.dtype = "auto", max_shard_size=
         processor = llava_processor_from_ross(RossProcessor.from_pretrained(src_dir), config)
 
     dst.mkdir(parents=True, exist_ok=True)
-    writer = ShardWriter(dst, _parse_size(max_shard_size))
-    by_file = {}
+    outputs = []
     for key, target in report.mapped.items():
-        by_file.setdefault(headers[key][0], []).append((key, target))
-    for file, group in by_file.items():
-        with safe_open(file, "pt") as handle:
-            for key, target in group:
-                tensor = handle.get_tensor(key)
-                if dtype is not None and tensor.is_floating_point():
-                    tensor = tensor.to(dtype)
-                writer.add(target, tensor)
-    report.shard_files = writer.finish()
+        info = headers[key]
+        out_dtype = dtype if dtype is not None and info.dtype.is_floating_point else info.dtype
+        outputs.append(OutputTensor(target, info, info.shape, out_dtype, lambda tensor, d=out_dtype: tensor.to(d)))
+    report.shard_files = write_shards(dst, outputs, max_shard_size)
 
     if dtype is not None:
         llava_config.dtype = dtype
