@@ -33,7 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
+from diffusers.models.embeddings import get_2d_sincos_pos_embed
+from huggingface_hub import snapshot_download
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+from transformers.dynamic_module_utils import custom_object_save
 
+from .configuration_ross import RossConfig
+from .modeling_ross import RossForConditionalGeneration, add_auto_map
+from .processing_ross import VICUNA_QWEN2_CHAT_TEMPLATE, RossProcessor, add_image_token, load_image_processor
 from .safetensors_io import OutputTensor, SafetensorsError, TensorInfo, read_headers, weight_files, write_shards
 
 
@@ -166,8 +174,6 @@ def _local_folder(path_or_id: str, subfolder: str | None = None, patterns=("*.js
     if os.path.isdir(path_or_id):
         folder = Path(path_or_id)
     else:
-        from huggingface_hub import snapshot_download
-
         prefix = f"{subfolder}/" if subfolder else ""
         folder = Path(snapshot_download(path_or_id, allow_patterns=[prefix + p for p in patterns]))
     return folder / subfolder if subfolder else folder
@@ -230,8 +236,6 @@ def map_official_key(
 
 
 def _text_config(official: dict):
-    from transformers import AutoConfig
-
     model_type = official.get("model_type")
     if model_type not in SUPPORTED_LLMS:
         raise ConversionError(
@@ -247,8 +251,6 @@ def _text_config(official: dict):
 
 
 def _vision_config(tower: str, official: dict):
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(tower)
     config = getattr(config, "vision_config", None) or config
     if config.model_type not in ("siglip_vision_model", "clip_vision_model"):
@@ -267,8 +269,6 @@ def _vision_config(tower: str, official: dict):
 
 
 def _vae_config(vae: str, subfolder: str | None) -> dict:
-    from diffusers import AutoencoderKL
-
     try:
         raw = AutoencoderKL.load_config(vae, subfolder=subfolder)
     except (OSError, ValueError) as error:
@@ -304,8 +304,6 @@ def _mean_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
 
 def _expected_shapes(config) -> dict[str, tuple]:
     """Keys and shapes of `RossForConditionalGeneration(config)`, built on the meta device."""
-    from .modeling_ross import RossForConditionalGeneration
-
     with torch.device("meta"):
         model = RossForConditionalGeneration(config, load_objective=config.objective_config.enabled)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
@@ -326,8 +324,6 @@ def inspect_pos_embed(info: TensorInfo, width: int, grid: int) -> tuple[str, flo
     is recomputed); anything else is kept exactly (`"learned"`), so the converted denoiser adds the very table the
     authors' forward adds. The authors' stage 1 trains the table, so a released checkpoint is expected to differ.
     """
-    from diffusers.models.embeddings import get_2d_sincos_pos_embed
-
     stored = info.load()
     table = get_2d_sincos_pos_embed(width, grid, base_size=grid, output_type="pt").float()
     if stored.numel() != table.numel():
@@ -384,11 +380,6 @@ def convert_official(
         denoiser_num_heads: the DiT head count, which the weights cannot tell (the authors always use 16).
         max_shard_size: output shard size (bytes or e.g. "5GB").
     """
-    from transformers import AutoTokenizer, GenerationConfig
-
-    from .configuration_ross import RossConfig
-    from .processing_ross import VICUNA_QWEN2_CHAT_TEMPLATE, RossProcessor, add_image_token, load_image_processor
-
     if isinstance(dtype, str) and dtype != "auto" and dtype not in DTYPES:
         raise ConversionError(f"dtype={dtype!r} is not one of auto, {', '.join(sorted(DTYPES))}.")
     dst = Path(dst)
@@ -397,12 +388,63 @@ def convert_official(
     src_dir = _local_folder(str(src))
     official = json.loads((src_dir / "config.json").read_text())
     headers = _read_headers(_weight_files(src_dir))
-    if dtype is None or dtype == "auto":
-        dtype = _source_dtype(headers)
-    elif isinstance(dtype, str):
-        dtype = DTYPES[dtype]
+    dtype = _source_dtype(headers) if dtype is None or dtype == "auto" else DTYPES.get(dtype, dtype)
 
-    # ---- sanity checks of the authors' config ----
+    # 1. the authors' config, then the text and vision configs
+    aspect, projector_type = check_authors_config(official)
+    text_config = _text_config(official)
+    tower = resolve_component(official.get("mm_vision_tower"), src_dir, vision_tower,
+                              what="Vision tower", flag="--vision-tower")
+    if tower is None:
+        raise ConversionError("config.json has no mm_vision_tower; pass --vision-tower.")
+    vision_config, grid = _vision_config(tower, official)
+    feature_layer, strategy = _feature_strategy(official, vision_config)
+    # 2. the vocabulary and the <image> token
+    vocabulary = resolve_vocabulary(official, src_dir, tokenizer, image_token_id, text_config.vocab_size)
+    text_config.vocab_size = vocabulary.rows
+    # 3. the objective, from the weights (denoiser geometry, position table) and mm_pixel_decoder (teacher)
+    objective = infer_objective(official, headers, src_dir, grid, vae=vae, vae_subfolder=vae_subfolder,
+                                save_teacher=save_teacher, denoiser_num_heads=denoiser_num_heads)
+    config = RossConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config.to_dict(),
+        objective_config=objective.fields,
+        image_token_id=vocabulary.image_token_id,
+        image_seq_length=grid * grid,
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=strategy,
+        projector_type=projector_type,
+        projector_hidden_act="gelu",  # nn.GELU() in the authors' mlp2x_gelu
+        tie_word_embeddings=bool(official.get("tie_word_embeddings", False)),
+    )
+    config.dtype = dtype
+    report = ConversionReport(
+        dst=dst, config=config, image_token_id=vocabulary.image_token_id, vocab_size=vocabulary.rows,
+        resized_vocab=vocabulary.resized, dtype=dtype, vision_tower=tower, teacher=objective.teacher,
+        position_embedding=objective.position[0], position_embedding_deviation=objective.position[1],
+        position_embedding_note=objective.position[2],
+    )  # fmt: skip
+    # 4. the key mapping: every source key mapped or dropped, every target key filled, shapes checked
+    sources = plan_tensors(src, headers, config, report, projector_type, tower, vae_subfolder)
+    # 5. the processor (before anything is written, so its errors also come first)
+    processor = None
+    if vocabulary.tokenizer is not None:
+        processor = _build_processor(vocabulary.tokenizer, tower, vision_config, grid, aspect)
+    # 6. write: tensors streamed shard by shard, then config, generation config, code and processor
+    dst.mkdir(parents=True, exist_ok=True)
+    outputs = [_output_tensor(source, vocabulary.rows, dtype) for source in sources]
+    report.shard_files = write_shards(dst, outputs, max_shard_size)
+    _save_config_and_code(config, dst)
+    if (src_dir / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(src_dir).save_pretrained(dst)
+    if processor is not None:
+        processor.save_pretrained(dst)
+        report.processor_saved = True
+    return report
+
+
+def check_authors_config(official: dict) -> tuple[str, str]:
+    """Refuse the LLaVA-fork options we do not support; return `(image_aspect_ratio, mm_projector_type)`."""
     if official.get("mm_patch_merge_type", "flat") != "flat":
         raise ConversionError(f"mm_patch_merge_type={official['mm_patch_merge_type']!r} is not supported (only 'flat').")
     if official.get("mm_use_im_start_end") or official.get("mm_use_im_patch_token"):
@@ -413,120 +455,124 @@ def convert_official(
     projector_type = official.get("mm_projector_type", "linear")
     if projector_type not in ("mlp2x_gelu", "linear"):
         raise ConversionError(f"mm_projector_type={projector_type!r} is not supported ('mlp2x_gelu' or 'linear').")
+    return aspect, projector_type
 
-    text_config = _text_config(official)
-    tower = resolve_component(official.get("mm_vision_tower"), src_dir, vision_tower,
-                              what="Vision tower", flag="--vision-tower")
-    if tower is None:
-        raise ConversionError("config.json has no mm_vision_tower; pass --vision-tower.")
-    vision_config, grid = _vision_config(tower, official)
-    feature_layer, strategy = _feature_strategy(official, vision_config)
 
-    # ---- vocabulary and the <image> token ----
+@dataclass
+class Vocabulary:
+    """The tokenizer (None without one), the `<image>` id and the embedding rows the output needs."""
+
+    tokenizer: object | None
+    image_token_id: int
+    rows: int
+    resized: bool
+
+
+def resolve_vocabulary(official: dict, src_dir: Path, tokenizer: str | None, image_token_id: int | None,
+                       rows: int) -> Vocabulary:
+    """Add `<image>` to the tokenizer (the authors' vocabulary has none: they splice -200) and grow the embedding
+    rows to a multiple of 64 only when the tokenizer no longer fits them (Qwen2-7B's 152064 rows fit 151647)."""
     tokenizer_path = _tokenizer_source(src_dir, tokenizer)
-    loaded_tokenizer = None
-    rows = text_config.vocab_size
+    loaded = None
     if tokenizer_path is not None:
-        loaded_tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-        image_token_id = add_image_token(loaded_tokenizer, "<image>")
-        needed = len(loaded_tokenizer)
+        loaded = AutoTokenizer.from_pretrained(tokenizer_path)
+        image_token_id = add_image_token(loaded, "<image>")
+        needed = len(loaded)
     else:
         warnings.warn(
             f"No tokenizer in {src_dir} and no --tokenizer: the model is converted but no processor is written. "
             "Convert again with --tokenizer (or save a RossProcessor into the folder) to use it.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         if image_token_id is None:
             specials = [i for i in (official.get("bos_token_id"), official.get("eos_token_id"),
                                     official.get("pad_token_id")) for i in (i if isinstance(i, list) else [i])
-                        if isinstance(i, int)]
+                        if isinstance(i, int)]  # fmt: skip
             if not specials:
                 raise ConversionError("Without a tokenizer, pass image_token_id (the config names no special token).")
             image_token_id = max(specials) + 1
         needed = image_token_id + 1
     resized = needed > rows
-    if resized:
-        rows = -(-needed // 64) * 64
-        text_config.vocab_size = rows
+    return Vocabulary(loaded, image_token_id, -(-needed // 64) * 64 if resized else rows, resized)
 
-    # ---- the objective: denoiser geometry from the weights, teacher from mm_pixel_decoder ----
+
+@dataclass
+class InferredObjective:
+    """`RossObjectiveConfig` fields, the resolved teacher, and `(kind, max deviation, note)` of the position table."""
+
+    fields: dict
+    teacher: str | None = None
+    position: tuple = (None, None, None)
+
+
+def infer_objective(official: dict, headers, src_dir: Path, grid: int, *, vae, vae_subfolder, save_teacher: bool,
+                    denoiser_num_heads: int) -> InferredObjective:
+    """ROSS^D from the weights (width, depth, MLP ratio, channels, position table) and the teacher from
+    `mm_pixel_decoder`, checked against each other; `objective="none"` for a checkpoint without a denoiser."""
+    image_stats = dict(image_mean=list(official.get("image_mean", [0.5] * 3)),
+                       image_std=list(official.get("image_std", [0.5] * 3)))  # fmt: skip
     denoiser_keys = [k for k in headers if k.startswith("model.mm_inv_projector.")]
-    ross_enabled = bool(official.get("ross_enable")) or bool(denoiser_keys)
-    teacher = None
-    if ross_enabled:
-        inv_type = str(official.get("mm_inv_projector_type", ""))
-        if "model.mm_inv_projector.ln_pre.weight" in headers:
-            raise ConversionError("This checkpoint uses the authors' unused `denoiser_vit.py` variant (ln_pre weights, "
-                                  "learned pos_embed, no adaLN); only the DiT denoiser of `denoiser_dit.py` is supported.")
-        if not inv_type.startswith("denoiser"):
-            raise ConversionError(f"mm_inv_projector_type={inv_type!r} (a ROSS^R regression head) is not supported; "
-                                  "only the ROSS^D denoiser ('denoiser_vit{L}x') is.")
-        if DENOISER_PREFIX + "x_embedder.proj.weight" not in headers:
-            raise ConversionError(f"ross_enable is set but the checkpoint has no denoiser weights "
-                                  f"({DENOISER_PREFIX}x_embedder.proj.weight is missing).")
-        width, channels = headers[DENOISER_PREFIX + "x_embedder.proj.weight"].shape[:2]
-        depth = len({k.split(".")[4] for k in denoiser_keys if k.startswith(DENOISER_PREFIX + "blocks.")})
-        mlp_ratio = headers[DENOISER_PREFIX + "blocks.0.mlp.fc1.weight"].shape[0] / width
-        teacher = resolve_component(official.get("mm_pixel_decoder") or None, src_dir, vae, what="Pixel decoder (VAE)",
-                                    flag="--vae")
-        if teacher is None:
-            raise ConversionError("config.json has no mm_pixel_decoder; pass --vae with the teacher VAE.")
-        teacher_config = _vae_config(teacher, vae_subfolder)
-        downsample = 2 ** (len(teacher_config["block_out_channels"]) - 1)
-        decode_size = int(official.get("decode_image_size", grid * 16))
-        fold = decode_size // downsample // grid
-        problems = []
-        if fold < 1 or fold * downsample * grid != decode_size:
-            problems.append(f"decode_image_size={decode_size} is not grid {grid} x VAE downsample {downsample} x fold")
-        if teacher_config["latent_channels"] * max(fold, 1) ** 2 != channels:
-            problems.append(f"the denoiser has {channels} channels but the VAE gives {teacher_config['latent_channels']}"
-                            f" x {fold}^2")
-        if official.get("mm_inv_hidden_size") not in (None, channels):
-            problems.append(f"mm_inv_hidden_size={official['mm_inv_hidden_size']} but the weights have {channels}")
-        if problems:
-            raise ConversionError("The denoiser, VAE and config disagree: " + "; ".join(problems))
-        if DENOISER_PREFIX + "pos_embed" in headers:
-            position = inspect_pos_embed(headers[DENOISER_PREFIX + "pos_embed"], width, grid)
-        else:  # not saved: the fixed table
-            position = ("sincos", None, "not in the checkpoint: the fixed 2-D sin-cos table is recomputed")
-        objective = dict(
-            objective="denoise", target="vae", teacher=teacher, teacher_subfolder=vae_subfolder,
-            teacher_config=teacher_config, vae_fold=fold, latent_sample="sample",
-            denoiser_hidden_size=width, denoiser_depth=depth, denoiser_num_heads=denoiser_num_heads,
-            denoiser_mlp_ratio=mlp_ratio, denoiser_position_embedding=position[0], num_noise_draws=4, weight=1.0,
-            num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", save_teacher=save_teacher,
-        )
-    else:
-        objective = dict(objective="none")
-        position = (None, None, None)
-    objective.update(image_mean=list(official.get("image_mean", [0.5] * 3)),
-                     image_std=list(official.get("image_std", [0.5] * 3)))
+    if not (official.get("ross_enable") or denoiser_keys):
+        return InferredObjective(dict(objective="none", **image_stats))
+    inv_type = str(official.get("mm_inv_projector_type", ""))
+    if "model.mm_inv_projector.ln_pre.weight" in headers:
+        raise ConversionError("This checkpoint uses the authors' unused `denoiser_vit.py` variant (ln_pre weights, "
+                              "learned pos_embed, no adaLN); only the DiT denoiser of `denoiser_dit.py` is supported.")
+    if not inv_type.startswith("denoiser"):
+        raise ConversionError(f"mm_inv_projector_type={inv_type!r} (a ROSS^R regression head) is not supported; "
+                              "only the ROSS^D denoiser ('denoiser_vit{L}x') is.")
+    if DENOISER_PREFIX + "x_embedder.proj.weight" not in headers:
+        raise ConversionError(f"ross_enable is set but the checkpoint has no denoiser weights "
+                              f"({DENOISER_PREFIX}x_embedder.proj.weight is missing).")
+    width, channels = headers[DENOISER_PREFIX + "x_embedder.proj.weight"].shape[:2]
+    depth = len({k.split(".")[4] for k in denoiser_keys if k.startswith(DENOISER_PREFIX + "blocks.")})
+    mlp_ratio = headers[DENOISER_PREFIX + "blocks.0.mlp.fc1.weight"].shape[0] / width
+    teacher = resolve_component(official.get("mm_pixel_decoder") or None, src_dir, vae, what="Pixel decoder (VAE)",
+                                flag="--vae")
+    if teacher is None:
+        raise ConversionError("config.json has no mm_pixel_decoder; pass --vae with the teacher VAE.")
+    teacher_config = _vae_config(teacher, vae_subfolder)
+    downsample = 2 ** (len(teacher_config["block_out_channels"]) - 1)
+    decode_size = int(official.get("decode_image_size", grid * 16))
+    fold = decode_size // downsample // grid
+    problems = []
+    if fold < 1 or fold * downsample * grid != decode_size:
+        problems.append(f"decode_image_size={decode_size} is not grid {grid} x VAE downsample {downsample} x fold")
+    if teacher_config["latent_channels"] * max(fold, 1) ** 2 != channels:
+        problems.append(f"the denoiser has {channels} channels but the VAE gives {teacher_config['latent_channels']}"
+                        f" x {fold}^2")
+    if official.get("mm_inv_hidden_size") not in (None, channels):
+        problems.append(f"mm_inv_hidden_size={official['mm_inv_hidden_size']} but the weights have {channels}")
+    if problems:
+        raise ConversionError("The denoiser, VAE and config disagree: " + "; ".join(problems))
+    if DENOISER_PREFIX + "pos_embed" in headers:
+        position = inspect_pos_embed(headers[DENOISER_PREFIX + "pos_embed"], width, grid)
+    else:  # not saved: the fixed table
+        position = ("sincos", None, "not in the checkpoint: the fixed 2-D sin-cos table is recomputed")
+    fields = dict(
+        objective="denoise", target="vae", teacher=teacher, teacher_subfolder=vae_subfolder,
+        teacher_config=teacher_config, vae_fold=fold, latent_sample="sample",
+        denoiser_hidden_size=width, denoiser_depth=depth, denoiser_num_heads=denoiser_num_heads,
+        denoiser_mlp_ratio=mlp_ratio, denoiser_position_embedding=position[0], num_noise_draws=4, weight=1.0,
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+        save_teacher=save_teacher, **image_stats,
+    )  # fmt: skip
+    return InferredObjective(fields, teacher, position)
 
-    config = RossConfig(
-        vision_config=vision_config.to_dict(),
-        text_config=text_config.to_dict(),
-        objective_config=objective,
-        image_token_id=image_token_id,
-        image_seq_length=grid * grid,
-        vision_feature_layer=feature_layer,
-        vision_feature_select_strategy=strategy,
-        projector_type=projector_type,
-        projector_hidden_act="gelu",  # nn.GELU() in the authors' mlp2x_gelu
-        tie_word_embeddings=bool(official.get("tie_word_embeddings", False)),
-    )
-    config.dtype = dtype
 
-    # ---- plan: every source key mapped or dropped, every target key filled, shapes checked ----
-    report = ConversionReport(dst=dst, config=config, image_token_id=image_token_id, vocab_size=rows,
-                              resized_vocab=resized, dtype=dtype, vision_tower=tower, teacher=teacher,
-                              position_embedding=position[0], position_embedding_deviation=position[1],
-                              position_embedding_note=position[2])
-    sources: list[TensorSource] = []
-    unexpected = []
-    save_vae = ross_enabled and save_teacher
-    for key in headers:
-        target, reason = map_official_key(key, projector_type, save_vae, keep_pos_embed=position[0] == "learned")
+def plan_tensors(src, headers, config, report: ConversionReport, projector_type: str, tower: str,
+                 vae_subfolder: str | None) -> list[TensorSource]:
+    """Map every source key (`map_official_key`) or drop it with a reason (into `report`), take the weights the
+    checkpoint lacks from its components, and compare with the keys and shapes of a meta-device model. Every problem
+    is collected and raised in one `ConversionError` before anything is written."""
+    objective = config.objective_config
+    save_vae = objective.enabled and objective.save_teacher
+    keep_table = objective.enabled and objective.denoiser_position_embedding == "learned"
+    rows = config.text_config.vocab_size
+    sources, unexpected = [], []
+    for key, info in headers.items():
+        target, reason = map_official_key(key, projector_type, save_vae, keep_pos_embed=keep_table)
         if target is None and reason is None:
             unexpected.append(key)
         elif target is None:
@@ -536,63 +582,48 @@ def convert_official(
             transform = "conv1x1" if key.endswith("x_embedder.proj.weight") else None
             if target in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
                 transform = "pad_rows"
-            sources.append(TensorSource(headers[key], target, transform))
+            sources.append(TensorSource(info, target, transform))
     expected = _expected_shapes(config)
     if not save_vae:
         expected = {k: v for k, v in expected.items() if not k.startswith("teacher.")}
-    produced = {s.target for s in sources}
     # Weights a checkpoint may legitimately lack: the tower (from mm_vision_tower) and the VAE (from the teacher).
-    sources += _component_sources(expected, produced, tower, save_vae, teacher, vae_subfolder, report)
+    produced = {s.target for s in sources}
+    sources += _component_sources(expected, produced, tower, save_vae, report.teacher, vae_subfolder, report)
     produced = {s.target for s in sources}
     missing = sorted(set(expected) - produced)
     extra = sorted(produced - set(expected))
-    shape_errors = []
-    for source in sources:
-        if source.target not in expected:
-            continue
-        shape = _output_shape(source, rows)
-        if shape != expected[source.target]:
-            shape_errors.append(f"{source.info.key} {shape} -> {source.target} {expected[source.target]}")
-    if unexpected or missing or extra or shape_errors:
-        lines = []
-        if unexpected:
-            lines.append(f"{len(unexpected)} unexpected source keys (no mapping rule): {unexpected}")
-        if missing:
-            lines.append(f"{len(missing)} missing keys (not in the checkpoint nor its components): {missing}")
-        if extra:
-            lines.append(f"{len(extra)} mapped keys that the ROSS model does not have: {extra}")
-        if shape_errors:
-            lines.append(f"{len(shape_errors)} shape mismatches: {shape_errors}")
+    shape_errors = [
+        f"{s.info.key} {_output_shape(s, rows)} -> {s.target} {expected[s.target]}"
+        for s in sources if s.target in expected and _output_shape(s, rows) != expected[s.target]
+    ]  # fmt: skip
+    lines = []
+    if unexpected:
+        lines.append(f"{len(unexpected)} unexpected source keys (no mapping rule): {unexpected}")
+    if missing:
+        lines.append(f"{len(missing)} missing keys (not in the checkpoint nor its components): {missing}")
+    if extra:
+        lines.append(f"{len(extra)} mapped keys that the ROSS model does not have: {extra}")
+    if shape_errors:
+        lines.append(f"{len(shape_errors)} shape mismatches: {shape_errors}")
+    if lines:
         raise ConversionError("Cannot convert " + str(src) + ":\n" + "\n".join(lines))
+    return sources
 
-    # ---- processor (built before writing anything, so its errors also come first) ----
-    processor = None
-    if loaded_tokenizer is not None:
-        image_processor = load_image_processor(tower)
-        side = image_processor.size.get("height") if isinstance(image_processor.size, dict) else None
-        side = side or getattr(image_processor.size, "height", None)
-        if side is not None and side != vision_config.image_size:
-            raise ConversionError(f"The tower's image processor resizes to {side}, its config says "
-                                  f"image_size={vision_config.image_size}.")
-        if loaded_tokenizer.pad_token is None:
-            loaded_tokenizer.pad_token = "<|endoftext|>"
-        processor = RossProcessor(
-            image_processor, loaded_tokenizer, chat_template=VICUNA_QWEN2_CHAT_TEMPLATE, image_token="<image>",
-            image_seq_length=grid * grid, image_aspect_ratio="pad" if aspect == "pad" else "resize",
-        )
 
-    # ---- stream the tensors ----
-    dst.mkdir(parents=True, exist_ok=True)
-    report.shard_files = write_shards(dst, [_output_tensor(source, rows, dtype) for source in sources], max_shard_size)
-
-    # ---- config, generation config, code, processor ----
-    _save_config_and_code(config, dst)
-    if (src_dir / "generation_config.json").is_file():
-        GenerationConfig.from_pretrained(src_dir).save_pretrained(dst)
-    if processor is not None:
-        processor.save_pretrained(dst)
-        report.processor_saved = True
-    return report
+def _build_processor(tokenizer, tower: str, vision_config, grid: int, aspect: str):
+    """The `RossProcessor` of the converted model: the tower's image processor, the authors' `qwen_2` template."""
+    image_processor = load_image_processor(tower)
+    side = image_processor.size.get("height") if isinstance(image_processor.size, dict) else None
+    side = side or getattr(image_processor.size, "height", None)
+    if side is not None and side != vision_config.image_size:
+        raise ConversionError(f"The tower's image processor resizes to {side}, its config says "
+                              f"image_size={vision_config.image_size}.")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = "<|endoftext|>"
+    return RossProcessor(
+        image_processor, tokenizer, chat_template=VICUNA_QWEN2_CHAT_TEMPLATE, image_token="<image>",
+        image_seq_length=grid * grid, image_aspect_ratio="pad" if aspect == "pad" else "resize",
+    )
 
 
 def _output_shape(source: TensorSource, rows: int) -> tuple:
@@ -647,11 +678,6 @@ def _component_sources(expected, produced, tower, save_vae, teacher, vae_subfold
 
 def _save_config_and_code(config, dst: Path) -> None:
     """Write config.json + the flat code files + auto_map, as `RossForConditionalGeneration.save_pretrained` does."""
-    from transformers.dynamic_module_utils import custom_object_save
-
-    from .modeling_ross import RossForConditionalGeneration, add_auto_map
-    from .processing_ross import RossProcessor
-
     config.architectures = ["RossForConditionalGeneration"]
     config.save_pretrained(dst)  # copies configuration_ross.py (the config is registered for AutoConfig)
     for cls in (RossForConditionalGeneration, RossProcessor):  # modeling_ross.py + its relative imports; processing

@@ -25,8 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import (
+    GenerationConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaImageProcessorPil,
+    LlavaProcessor,
+)
 
+from .configuration_ross import RossConfig
 from .convert_official import DTYPES, _local_folder, _read_headers, _weight_files
+from .processing_ross import RossProcessor
 from .safetensors_io import OutputTensor, write_shards
 
 
@@ -61,8 +70,6 @@ def ross_key_to_llava(key: str) -> str | None:
 
 def llava_config_from_ross(config):
     """The `LlavaConfig` with the same inference behaviour as a `RossConfig`, or `LlavaExportError`."""
-    from transformers import LlavaConfig
-
     if config.projector_type != "mlp2x_gelu":
         raise LlavaExportError(
             f"projector_type={config.projector_type!r} cannot be represented by LlavaForConditionalGeneration, whose "
@@ -93,8 +100,6 @@ def strip_generation_markers(template: str | None) -> str | None:
 
 def llava_processor_from_ross(processor, config):
     """A `LlavaProcessor` that produces the same `input_ids` (and, for square images, the same `pixel_values`)."""
-    from transformers import LlavaImageProcessorPil, LlavaProcessor
-
     source = processor.image_processor
     if processor.image_aspect_ratio == "pad":
         size = config.vision_config.image_size
@@ -140,10 +145,6 @@ def _remove_remote_code_traces(folder: Path) -> None:
 
 def export_llava(src, dst, *, dtype: str | torch.dtype = "auto", max_shard_size="5GB") -> ExportReport:
     """Export the ROSS folder (or Hub id) `src` to a plain LLaVA folder `dst` (see the module docstring)."""
-    from transformers import GenerationConfig, LlavaForConditionalGeneration
-
-    from .configuration_ross import RossConfig
-
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise LlavaExportError(f"Destination {dst} exists and is not empty.")
@@ -182,8 +183,6 @@ def export_llava(src, dst, *, dtype: str | torch.dtype = "auto", max_shard_size=
 
     processor = None
     if any((src_dir / name).is_file() for name in ("processor_config.json", "tokenizer_config.json")):
-        from .processing_ross import RossProcessor
-
         processor = llava_processor_from_ross(RossProcessor.from_pretrained(src_dir), config)
 
     dst.mkdir(parents=True, exist_ok=True)
