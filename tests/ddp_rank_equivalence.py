@@ -49,6 +49,11 @@ def main(components_json: str, batch_size: str, output_dir: str) -> None:
         grads = {name: grad.cpu() for name, grad in capture.grads.items()}
         result = {"grads": grads, "log": trainer.state.log_history[0], "image_counts": counts}
         torch.save(result, Path(output_dir) / "result.pt")
+    if torch.distributed.is_initialized():
+        # Tear gloo down explicitly: left to interpreter exit, its threads can abort the process ("terminate called
+        # without an active exception", exit code -6) after the work is done.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
 
         push_from_trainer(trainer, output_dir / "model")
     trainer.accelerator.wait_for_everyone()
+    # Destroys the process group (if any) before interpreter exit, where gloo's threads can otherwise abort it.
+    trainer.accelerator.end_training()
     return summary
 
 
