@@ -1,4 +1,4 @@
-"""Synthetic fine-grained benchmarks built from held-out scenes of ``train/synthetic.py``.
+"""Synthetic fine-grained benchmarks built from held-out scenes of the synthetic world (``synthetic/world.py``).
 
 Each benchmark is a ``datasets.Dataset`` with an ``Image()`` column ``image`` saved with
 ``save_to_disk`` to ``out_dir/<name>/`` (the on-disk form of lmms-lab's datasets, so the
@@ -33,7 +33,7 @@ import random
 from collections import Counter, defaultdict
 from typing import Callable, Sequence
 
-from train.synthetic import (
+from synthetic.world import (
     COLOURS,
     POSITIONS,
     SHAPES,

@@ -13,7 +13,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 import train.callbacks as callbacks
 from modeling_ross import RossForConditionalGeneration
 from train.callbacks import ReconstructionPreviewCallback, make_preview_grid
-from train.synthetic import make_scene, render
+from synthetic.world import make_scene, render
 
 
 CELL, LABEL = 40, 100  # tile side used below; label column width of make_preview_grid

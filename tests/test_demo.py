@@ -64,7 +64,7 @@ def test_summary_has_every_phase_and_metric(fast_demo):
 @pytest.mark.slow
 def test_model_folder_answers_in_a_fresh_process(fast_demo, tmp_path):
     out, summary, _ = fast_demo
-    from train.synthetic import make_scene, render
+    from synthetic.world import make_scene, render
 
     image_path = tmp_path / "scene.png"
     render(make_scene(123)).save(image_path)

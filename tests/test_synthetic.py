@@ -1,4 +1,5 @@
-"""Tests of the synthetic world (train/synthetic.py) and its benchmarks (eval/synthetic.py).
+"""Tests of the synthetic world (synthetic/world.py), its training data (train/synthetic.py) and its benchmarks
+(eval/synthetic.py).
 
 Answers are checked against the *rendered pixels*: a small independent parser below
 recovers (colour, shape, quadrant) of every object from an image, and an oracle answers
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synthetic import world
 from train import synthetic as ts
 from eval import synthetic as es
 
@@ -34,7 +36,7 @@ def parse_image(img: Image.Image) -> list[tuple[str, str, str]]:
     for pos, (qx, qy) in QUADS.items():
         q = a[qy * half:(qy + 1) * half, qx * half:(qx + 1) * half]
         found = []
-        for colour, rgb in ts.COLOUR_RGB.items():
+        for colour, rgb in world.COLOUR_RGB.items():
             m = (q == np.array(rgb)).all(-1)
             if m.sum() >= 4:
                 found.append((colour, m))
@@ -93,25 +95,25 @@ def oracle_turn(human: str, objs) -> str:
         cap = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
         return cap.capitalize() + "."
     lines = human.split("\n")
-    if lines[-1] == ts.MCQ_PROMPT:
+    if lines[-1] == world.MCQ_PROMPT:
         q, a_opt, b_opt = lines[0], lines[1].removeprefix("A. "), lines[2].removeprefix("B. ")
         ans = oracle(q, objs)
         assert ans in (a_opt, b_opt) and a_opt != b_opt
         return "A" if ans == a_opt else "B"
-    assert lines[-1] == ts.SHORT_ANSWER_PROMPT and len(lines) == 2
+    assert lines[-1] == world.SHORT_ANSWER_PROMPT and len(lines) == 2
     ans = oracle(lines[0], objs)
-    words = {"yes", "no", *ts.COLOURS, *ts.SHAPES}
+    words = {"yes", "no", *world.COLOURS, *world.SHAPES}
     return ans.capitalize() if ans in words else ans
 
 
 def pixel_match(img, xy, colour) -> bool:
-    return img.getpixel(tuple(xy)) == ts.COLOUR_RGB[colour]
+    return img.getpixel(tuple(xy)) == world.COLOUR_RGB[colour]
 
 
 # ----------------------------------------------------------------------------- world
 def test_colours_are_separable_and_not_grey():
-    rgbs = list(ts.COLOUR_RGB.values())
-    assert 4 <= len(ts.COLOURS) <= 6 and set(ts.COLOURS) == set(ts.COLOUR_RGB)
+    rgbs = list(world.COLOUR_RGB.values())
+    assert 4 <= len(world.COLOURS) <= 6 and set(world.COLOURS) == set(world.COLOUR_RGB)
     for i, a in enumerate(rgbs):
         assert max(a) - min(a) >= 60  # far from the grey background
         for b in rgbs[i + 1:]:
@@ -120,7 +122,7 @@ def test_colours_are_separable_and_not_grey():
 
 @pytest.mark.parametrize("size", [32, 48, 64])
 def test_render_matches_scene(size):
-    for scene, img in ts.iter_scenes(150, seed=3, size=size):
+    for scene, img in world.iter_scenes(150, seed=3, size=size):
         assert img.size == (size, size) and img.mode == "RGB"
         objs = scene["objects"]
         assert 1 <= len(objs) <= 4
@@ -137,39 +139,39 @@ def test_render_matches_scene(size):
             assert corner_is_colour == (o["shape"] == "square")
         parsed = parse_image(img)
         assert parsed == [(o["colour"], o["shape"], o["position"]) for o in objs]
-        assert ts.colour_presence_labels(scene) == [int(any(p[0] == c for p in parsed)) for c in ts.COLOURS]
+        assert world.colour_presence_labels(scene) == [int(any(p[0] == c for p in parsed)) for c in world.COLOURS]
 
 
 def test_make_scene_deterministic_and_seeded():
-    a = [ts.make_scene(7, 48) for _ in range(3)]
+    a = [world.make_scene(7, 48) for _ in range(3)]
     assert a[0] == a[1] == a[2]
-    assert ts.make_scene(7, 48) != ts.make_scene(8, 48)
-    rng1, rng2 = ts.make_rng(5, "x"), ts.make_rng(5, "x")
-    s1 = [ts.make_scene(rng1) for _ in range(20)]
-    s2 = [ts.make_scene(rng2) for _ in range(20)]
+    assert world.make_scene(7, 48) != world.make_scene(8, 48)
+    rng1, rng2 = world.make_rng(5, "x"), world.make_rng(5, "x")
+    s1 = [world.make_scene(rng1) for _ in range(20)]
+    s2 = [world.make_scene(rng2) for _ in range(20)]
     assert s1 == s2 and len({json.dumps(s) for s in s1}) == 20
-    assert ts.render(s1[0]).tobytes() == ts.render(json.loads(json.dumps(s1[0]))).tobytes()
+    assert world.render(s1[0]).tobytes() == world.render(json.loads(json.dumps(s1[0]))).tobytes()
     with pytest.raises(ValueError):
-        ts.make_scene(0, 8)
+        world.make_scene(0, 8)
 
 
 def test_question_families_agree_with_pixels():
-    rng = ts.make_rng(11, "q")
+    rng = world.make_rng(11, "q")
     seen = Counter()
-    for scene, img in ts.iter_scenes(200, seed=11):
+    for scene, img in world.iter_scenes(200, seed=11):
         objs = parse_image(img)
-        qas = (ts.colour_questions(scene) + ts.shape_questions(scene) + ts.count_questions(scene)
-               + ts.position_questions(scene) + [ts.existence_question(scene, rng) for _ in range(4)])
+        qas = (world.colour_questions(scene) + world.shape_questions(scene) + world.count_questions(scene)
+               + world.position_questions(scene) + [world.existence_question(scene, rng) for _ in range(4)])
         for qa in qas:
             assert oracle(qa["question"], objs) == qa["answer"], qa
             seen[qa["type"]] += 1
-        assert ts.caption(scene) == oracle_turn("Describe the image briefly.", objs)[:-1].lower()
+        assert world.caption(scene) == oracle_turn("Describe the image briefly.", objs)[:-1].lower()
     assert set(seen) == {"exist", "colour", "shape", "count", "position"}
 
 
 def test_generation_speed():
     t = time.perf_counter()
-    for _ in ts.iter_scenes(1000, seed=0, size=48):
+    for _ in world.iter_scenes(1000, seed=0, size=48):
         pass
     assert time.perf_counter() - t < 10.0
 
@@ -237,7 +239,7 @@ def test_sft_schema_answers_and_text_only(sft):
         n_turns[len(conv) // 2] += 1
         for h, g in zip(conv[::2], conv[1::2]):
             assert g["value"] == oracle_turn(h["value"], objs), (h, g)
-            kinds["mcq" if ts.MCQ_PROMPT in h["value"] else "short"] += 1
+            kinds["mcq" if world.MCQ_PROMPT in h["value"] else "short"] += 1
     assert set(n_turns) == {1, 2, 3}
     assert kinds["mcq"] > 0 and kinds["short"] > 0
     # text-only turns are self-consistent (arithmetic) and never mention an image
@@ -252,7 +254,7 @@ def test_sft_schema_answers_and_text_only(sft):
     for rec in scenes[:30]:
         img = Image.open(rec["image"])
         assert parse_image(img) == [(o["colour"], o["shape"], o["position"]) for o in rec["scene"]["objects"]]
-        assert rec["colour_labels"] == ts.colour_presence_labels(rec["scene"])
+        assert rec["colour_labels"] == world.colour_presence_labels(rec["scene"])
 
 
 def test_plain_stage_captions(tmp_path):
@@ -308,7 +310,7 @@ def test_benchmarks_reload_with_pil_images(bench):
         assert info["num_rows"] == N_ITEMS and info["seed"] == 1
     assert es.chance_rate("synthetic_pope") == 0.5
     assert es.chance_rate("synthetic_mmvp_pair") == 0.25
-    assert es.chance_rate("synthetic_colour") == pytest.approx(1 / len(ts.COLOURS))
+    assert es.chance_rate("synthetic_colour") == pytest.approx(1 / len(world.COLOURS))
     assert es.chance_rate("synthetic_position") == 0.25
     assert es.chance_rate("synthetic_count") == pytest.approx((1 / 5 + 1 / 4 + 1 / 4) / 3)
     assert es.chance_rate("x", question_type="count:total") == 0.25
@@ -353,7 +355,7 @@ def test_pope_balance_and_negatives(bench):
             # differs from a present object in exactly one attribute
             assert any((asked[0] == p[0]) != (asked[1] == p[1]) for p in present)
         if r["answer"] == "no" and r["category"] == "popular":
-            absent = [k for k in ts.all_objects() if k not in present]
+            absent = [k for k in world.all_objects() if k not in present]
             assert freq[asked] == max(freq[k] for k in absent)
 
 
@@ -396,8 +398,8 @@ def test_short_answer_benchmarks(bench, name):
         assert oracle(r["question"], parse_image(r["image"])) == r["answer"]
         assert r["answer"] == r["answer"].lower()
         answers[r["answer"]] += 1
-    vocab = {"synthetic_count": set(ts.COUNT_ANSWERS), "synthetic_colour": set(ts.COLOURS),
-             "synthetic_position": set(ts.POSITIONS)}[name]
+    vocab = {"synthetic_count": set(world.COUNT_ANSWERS), "synthetic_colour": set(world.COLOURS),
+             "synthetic_position": set(world.POSITIONS)}[name]
     assert set(answers) == vocab
     # balanced: no answer dominates (a blind "majority" guess stays near chance)
     info = es.read_benchmark_info(paths[name])

@@ -2,7 +2,7 @@
 
 `modeling_ross.testing` writes randomly initialised Hub-style component repos. A real ROSS run starts from a
 pretrained CLIP/SigLIP tower and a pretrained VAE teacher, so before training we fit both, briefly, on synthetic
-scenes from `train.synthetic` (held-out seeds and streams, never the benchmark scenes):
+scenes from `synthetic.world` (held-out seeds and streams, never the benchmark scenes):
 
 - the SigLIP vision tower with a *coarse*, global objective: a linear probe on its mean-pooled last hidden state
   predicts which colours are present (`colour_presence_labels`, multi-label BCE). Like CLIP/SigLIP's image-level
@@ -44,7 +44,7 @@ CACHE_VERSION = 1  # bump when the fitting code changes in a way that changes th
 class ComponentSettings:
     """Sizes of the tiny components and how long to fit them. Every field is part of the cache key."""
 
-    # synthetic images (train.synthetic renders `scene_size` px) and the tower's input
+    # synthetic images (synthetic.world renders `scene_size` px) and the tower's input
     scene_size: int = 48
     tower_image_size: int = 32
     patch_size: int = 8  # 32 / 8 -> a 4 x 4 grid = 16 visual tokens (each covers about a quadrant's object)
@@ -110,7 +110,7 @@ class ComponentSettings:
 
 def synthetic_pixels(num: int, settings: ComponentSettings, stream: str, image_processor):
     """`num` synthetic scenes -> (pixel_values `(num, 3, S, S)` in [-1, 1] as the tower sees them, colour labels)."""
-    from train.synthetic import colour_presence_labels, iter_scenes
+    from synthetic.world import colour_presence_labels, iter_scenes
 
     scenes, images = zip(*iter_scenes(num, seed=settings.seed, size=settings.scene_size, stream=stream))
     pixel_values = image_processor(list(images), return_tensors="pt")["pixel_values"].float()
