@@ -38,6 +38,7 @@ from eval.scoring._text import as_text, check_rules
 from eval.scoring.choice import LETTERS, mmvp_options
 from eval.scoring.mmmu import mmmu_options
 from eval.scoring.vqa import answer_list
+from eval.synthetic import CHANCE
 
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
@@ -64,6 +65,17 @@ class Benchmark:
     score_fn: Callable[[list[dict], str], dict]
     image_columns: tuple[str, ...] = ("image",)
     from_tsv: Callable[[dict, int], dict] | None = None
+    # The number a model card and scores.json headline (the other metrics stay in ``metrics``).
+    primary_metric: str | None = None
+    # Rows whose images sit elsewhere (GQA joins them by imageId): no image column is required.
+    images_joined: bool = False
+    # Applied to the loaded rows (e.g. SEED-Bench keeps its image items only).
+    filter_rows: Callable[[list[dict]], list[dict]] | None = None
+    # Synthetic benchmarks: the uniform-guess rate of each reported metric, the column holding each row's question
+    # type (for per-type breakdowns), and extra metrics a report shows next to accuracy.
+    chance: dict[str, float] | None = None
+    type_column: str | None = None
+    report_metrics: tuple[str, ...] = ()
 
     def prompt(self, row: dict, rules: str = "lmms-eval") -> str:
         """The text that follows the image(s) for this row, per ``rules``."""
@@ -83,7 +95,7 @@ class Benchmark:
         else:
             rows, path = _read_hf_or_parquet(path, self)
             rows = [self._attach_images(r, path) for r in rows]
-            if self.name == "gqa":
+            if self.images_joined:
                 _join_gqa_images(rows, path)
         if rows:
             missing = [f for f in self.fields if f not in rows[0]]
@@ -92,14 +104,12 @@ class Benchmark:
                     f"{path}: missing column {missing[0]!r} for benchmark {self.name!r} "
                     f"(columns: {', '.join(sorted(k for k in rows[0] if k != 'images'))})"
                 )
-        if self.name == "seedbench":
-            rows = [r for r in rows if r.get("data_type", "image") == "image"]
-        return rows
+        return self.filter_rows(rows) if self.filter_rows is not None else rows
 
     def _attach_images(self, row: dict, source: Path) -> dict:
         images = []
         present = [c for c in self.image_columns if c in row]
-        if not present and self.name != "gqa":  # GQA joins its images by imageId
+        if not present and not self.images_joined:
             raise ValueError(f"{source}: missing image column {self.image_columns[0]!r} for benchmark {self.name!r}")
         for column in present:
             value = row.pop(column)
@@ -404,67 +414,87 @@ def _tsv_mmbench(raw, i):
 # The registry
 # ---------------------------------------------------------------------------------------
 
+def _image_items(rows: list[dict]) -> list[dict]:
+    """SEED-Bench mixes image and video items; only the image ones are evaluated."""
+    return [r for r in rows if r.get("data_type", "image") == "image"]
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark("pope", "lmms-lab/POPE", None, "test", 9000,
-                  ("question_id", "question", "answer"), 128, _pope_prompt, scoring.score_pope,
-                  from_tsv=_tsv_pope),
-        Benchmark("hallusionbench", "lmms-lab/HallusionBench", None, "image", 951,
-                  ("category", "subcategory", "set_id", "figure_id", "question_id", "question", "gt_answer"),
-                  128, _bare_prompt, scoring.score_hallusionbench, from_tsv=_tsv_hallusion),
-        Benchmark("mmvp", "lmms-lab-eval/MMVP", None, "train", 300,
-                  ("Index", "Question", "Options", "Correct Answer"), 16, _mmvp_prompt, scoring.score_mmvp,
-                  from_tsv=_tsv_mmvp),
-        Benchmark("chartqa", "lmms-lab/ChartQA", None, "test", 2500,
-                  ("question", "answer"), 16, _chartqa_prompt, scoring.score_chartqa),
-        Benchmark("mmbench", "lmms-lab/MMBench", "en", "dev", 4329,
-                  ("index", "question", "answer", "A", "B"), 1024, _mmbench_prompt, scoring.score_mmbench,
-                  from_tsv=_tsv_mmbench),
-        Benchmark("seedbench", "lmms-lab/SEED-Bench", None, "test", None,
-                  ("question_id", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer"),
-                  32, _seedbench_prompt, scoring.score_seedbench, from_tsv=_tsv_seed),
-        Benchmark("mmmu", "lmms-lab/MMMU", None, "validation", 900,
-                  ("id", "question", "options", "answer", "question_type"), 128, _mmmu_prompt, scoring.score_mmmu,
-                  image_columns=tuple(f"image_{i}" for i in range(1, 8)), from_tsv=_tsv_mmmu),
-        Benchmark("gqa", "lmms-lab/GQA", "testdev_balanced_instructions", "testdev", None,
-                  ("question", "answer"), 16, _short_answer_prompt, scoring.score_gqa),
-        Benchmark("ai2d", "lmms-lab/ai2d", None, "test", 3088,
-                  ("question", "options", "answer"), 16, _ai2d_prompt, scoring.score_ai2d, from_tsv=_tsv_ai2d),
-        Benchmark("ocrbench", "echo840/OCRBench", None, "test", 1000,
-                  ("question", "answer", "dataset", "question_type"), 128, _stripped_prompt, scoring.score_ocrbench,
-                  from_tsv=_tsv_ocrbench),
-        Benchmark("textvqa", "lmms-lab/textvqa", None, "validation", 5000,
-                  ("question_id", "question", "answers"), 32, _textvqa_prompt, scoring.score_textvqa,
-                  from_tsv=_tsv_textvqa),
-        Benchmark("docvqa", "lmms-lab/DocVQA", "DocVQA", "validation", 5349,
-                  ("questionId", "question", "answers"), 32, _short_answer_prompt, scoring.score_anls,
-                  from_tsv=_tsv_docvqa),
-        Benchmark("infovqa", "lmms-lab/DocVQA", "InfographicVQA", "validation", None,
-                  ("questionId", "question", "answers"), 32, _short_answer_prompt, scoring.score_anls,
-                  from_tsv=_tsv_docvqa),
-        Benchmark("realworldqa", "lmms-lab/RealWorldQA", None, "test", 765,
-                  ("question", "answer"), 16, _stripped_prompt, scoring.score_realworldqa,
-                  from_tsv=_tsv_realworldqa),
+        Benchmark(name="pope", dataset="lmms-lab/POPE", config=None, split="test", num_rows=9000,
+                  fields=("question_id", "question", "answer"), max_new_tokens=128, prompt_fn=_pope_prompt,
+                  score_fn=scoring.score_pope, from_tsv=_tsv_pope, primary_metric="f1"),
+        Benchmark(name="hallusionbench", dataset="lmms-lab/HallusionBench", config=None, split="image", num_rows=951,
+                  fields=("category", "subcategory", "set_id", "figure_id", "question_id", "question", "gt_answer"),
+                  max_new_tokens=128, prompt_fn=_bare_prompt, score_fn=scoring.score_hallusionbench,
+                  from_tsv=_tsv_hallusion, primary_metric="aAcc"),
+        Benchmark(name="mmvp", dataset="lmms-lab-eval/MMVP", config=None, split="train", num_rows=300,
+                  fields=("Index", "Question", "Options", "Correct Answer"), max_new_tokens=16,
+                  prompt_fn=_mmvp_prompt, score_fn=scoring.score_mmvp, from_tsv=_tsv_mmvp,
+                  primary_metric="pair_accuracy"),
+        Benchmark(name="chartqa", dataset="lmms-lab/ChartQA", config=None, split="test", num_rows=2500,
+                  fields=("question", "answer"), max_new_tokens=16, prompt_fn=_chartqa_prompt,
+                  score_fn=scoring.score_chartqa, primary_metric="relaxed_accuracy"),
+        Benchmark(name="mmbench", dataset="lmms-lab/MMBench", config="en", split="dev", num_rows=4329,
+                  fields=("index", "question", "answer", "A", "B"), max_new_tokens=1024, prompt_fn=_mmbench_prompt,
+                  score_fn=scoring.score_mmbench, from_tsv=_tsv_mmbench, primary_metric="circular_accuracy"),
+        Benchmark(name="seedbench", dataset="lmms-lab/SEED-Bench", config=None, split="test", num_rows=None,
+                  fields=("question_id", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer"),
+                  max_new_tokens=32, prompt_fn=_seedbench_prompt, score_fn=scoring.score_seedbench,
+                  from_tsv=_tsv_seed, primary_metric="accuracy", filter_rows=_image_items),
+        Benchmark(name="mmmu", dataset="lmms-lab/MMMU", config=None, split="validation", num_rows=900,
+                  fields=("id", "question", "options", "answer", "question_type"), max_new_tokens=128,
+                  prompt_fn=_mmmu_prompt, score_fn=scoring.score_mmmu,
+                  image_columns=tuple(f"image_{i}" for i in range(1, 8)), from_tsv=_tsv_mmmu,
+                  primary_metric="accuracy"),
+        Benchmark(name="gqa", dataset="lmms-lab/GQA", config="testdev_balanced_instructions", split="testdev",
+                  num_rows=None, fields=("question", "answer"), max_new_tokens=16, prompt_fn=_short_answer_prompt,
+                  score_fn=scoring.score_gqa, primary_metric="exact_match", images_joined=True),
+        Benchmark(name="ai2d", dataset="lmms-lab/ai2d", config=None, split="test", num_rows=3088,
+                  fields=("question", "options", "answer"), max_new_tokens=16, prompt_fn=_ai2d_prompt,
+                  score_fn=scoring.score_ai2d, from_tsv=_tsv_ai2d, primary_metric="exact_match"),
+        Benchmark(name="ocrbench", dataset="echo840/OCRBench", config=None, split="test", num_rows=1000,
+                  fields=("question", "answer", "dataset", "question_type"), max_new_tokens=128,
+                  prompt_fn=_stripped_prompt, score_fn=scoring.score_ocrbench, from_tsv=_tsv_ocrbench,
+                  primary_metric="score"),
+        Benchmark(name="textvqa", dataset="lmms-lab/textvqa", config=None, split="validation", num_rows=5000,
+                  fields=("question_id", "question", "answers"), max_new_tokens=32, prompt_fn=_textvqa_prompt,
+                  score_fn=scoring.score_textvqa, from_tsv=_tsv_textvqa, primary_metric="vqa_accuracy"),
+        Benchmark(name="docvqa", dataset="lmms-lab/DocVQA", config="DocVQA", split="validation", num_rows=5349,
+                  fields=("questionId", "question", "answers"), max_new_tokens=32, prompt_fn=_short_answer_prompt,
+                  score_fn=scoring.score_anls, from_tsv=_tsv_docvqa, primary_metric="anls"),
+        Benchmark(name="infovqa", dataset="lmms-lab/DocVQA", config="InfographicVQA", split="validation",
+                  num_rows=None, fields=("questionId", "question", "answers"), max_new_tokens=32,
+                  prompt_fn=_short_answer_prompt, score_fn=scoring.score_anls, from_tsv=_tsv_docvqa,
+                  primary_metric="anls"),
+        Benchmark(name="realworldqa", dataset="lmms-lab/RealWorldQA", config=None, split="test", num_rows=765,
+                  fields=("question", "answer"), max_new_tokens=16, prompt_fn=_stripped_prompt,
+                  score_fn=scoring.score_realworldqa, from_tsv=_tsv_realworldqa, primary_metric="exact_match"),
     )
 }  # fmt: skip
 
 
 # The project's synthetic benchmarks (eval/synthetic.py) reuse the rules of the published ones.
-def _synthetic(name: str, like: str, fields: tuple[str, ...] | None = None) -> Benchmark:
+def _synthetic(name: str, like: str, **facts) -> Benchmark:
     base = BENCHMARKS[like]
+    facts.setdefault("fields", base.fields)
     return dataclasses.replace(
         base, name=name, dataset=f"eval.synthetic:{name}", config=None, split="train", num_rows=None,
-        fields=fields or base.fields, from_tsv=None,
+        from_tsv=None, images_joined=False, **facts,
     )
 
 
 SYNTHETIC_BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        _synthetic("synthetic_pope", "pope"),
-        _synthetic("synthetic_mmvp", "mmvp"),
-        *(_synthetic(n, "gqa", ("question_id", "question", "answer"))
+        _synthetic("synthetic_pope", "pope", primary_metric="accuracy", chance={"accuracy": CHANCE["synthetic_pope"]},
+                   type_column="category", report_metrics=("f1", "yes_ratio")),
+        _synthetic("synthetic_mmvp", "mmvp", primary_metric="pair_accuracy", type_column="pair_type",
+                   chance={"accuracy": CHANCE["synthetic_mmvp"], "pair_accuracy": CHANCE["synthetic_mmvp_pair"]},
+                   report_metrics=("pair_accuracy",)),
+        *(_synthetic(n, "gqa", fields=("question_id", "question", "answer"), primary_metric="exact_match",
+                     chance={"accuracy": CHANCE[n]}, type_column="question_type")
           for n in ("synthetic_count", "synthetic_colour", "synthetic_position")),
     )
 }  # fmt: skip

@@ -49,22 +49,10 @@ from eval.benchmarks import SYNTHETIC_BENCHMARKS, Benchmark, benchmark_names, ge
 # ---------------------------------------------------------------------------------------
 
 
-# The number a model card reports for each benchmark (the others stay in ``metrics``).
-PRIMARY_METRIC = {
-    "pope": "f1", "hallusionbench": "aAcc", "mmvp": "pair_accuracy", "chartqa": "relaxed_accuracy",
-    "mmbench": "circular_accuracy", "seedbench": "accuracy", "mmmu": "accuracy", "gqa": "exact_match",
-    "ai2d": "exact_match", "ocrbench": "score", "textvqa": "vqa_accuracy", "docvqa": "anls",
-    "infovqa": "anls", "realworldqa": "exact_match", "synthetic_pope": "accuracy",
-    "synthetic_mmvp": "pair_accuracy", "synthetic_count": "exact_match", "synthetic_colour": "exact_match",
-    "synthetic_position": "exact_match",
-}  # fmt: skip
-
-
-def primary_metric(name: str, metrics: dict) -> str | None:
-    """The key of the headline metric: :data:`PRIMARY_METRIC`, else the first float in ``metrics``."""
-    key = PRIMARY_METRIC.get(name)
-    if key in metrics:
-        return key
+def primary_metric(bench: Benchmark, metrics: dict) -> str | None:
+    """The key of the headline metric: the benchmark's ``primary_metric``, else the first float in ``metrics``."""
+    if bench.primary_metric in metrics:
+        return bench.primary_metric
     return next((k for k, v in metrics.items() if isinstance(v, float)), None)
 
 
@@ -241,17 +229,6 @@ def prediction_record(row: dict, prompt: str, prediction: str) -> dict:
     return record
 
 
-def _chance(name: str):
-    if name not in SYNTHETIC_BENCHMARKS:
-        return None
-    from eval.synthetic import chance_rate
-
-    chance = {"accuracy": chance_rate(name)}
-    if name == "synthetic_mmvp":
-        chance["pair_accuracy"] = chance_rate("synthetic_mmvp_pair")
-    return chance
-
-
 def _flat_metrics(metrics: dict) -> list[tuple[str, float | int]]:
     """Top-level numbers, and numbers one level down (e.g. ``category_mean/f1``); deeper dicts are left out."""
     rows = []
@@ -345,7 +322,7 @@ def evaluate_model(
         model.train(was_training)
     records = [prediction_record(row, p, pred) for row, p, pred in zip(rows, prompts, predictions)]
     metrics = bench.score(records, rules)
-    key = primary_metric(bench.name, metrics)
+    key = primary_metric(bench, metrics)
     scores = {
         "benchmark": bench.name,
         "rules": rules,
@@ -353,7 +330,7 @@ def evaluate_model(
         "primary_metric": key,
         "primary_value": metrics.get(key) if key else None,
         "metrics": _jsonable(metrics),
-        "chance": _chance(bench.name),
+        "chance": dict(bench.chance) if bench.chance else None,
         "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
         "data": str(data_path),
         "settings": {
@@ -371,7 +348,6 @@ def evaluate_model(
 
 
 __all__ = [
-    "PRIMARY_METRIC",
     "SYNTHETIC_BENCHMARKS",
     "benchmark_names",
     "build_batch",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import random
@@ -485,15 +486,12 @@ def write_benchmarks(out_dir: str, num_items: int = 300, seed: int = 1, size: in
     Also writes ``out_dir/chance.json`` (``{name: info}`` for all benchmarks written).
     """
     paths, infos = {}, {}
+    makers = {"synthetic_pope": make_pope, "synthetic_mmvp": make_mmvp,
+              **{n: functools.partial(make_short_answer, n) for n in _SHORT_FAMILY}}  # fmt: skip
     for name in names:
-        if name == "synthetic_pope":
-            rows, info = make_pope(num_items, seed, size)
-        elif name == "synthetic_mmvp":
-            rows, info = make_mmvp(num_items, seed, size)
-        elif name in _SHORT_FAMILY:
-            rows, info = make_short_answer(name, num_items, seed, size)
-        else:
-            raise KeyError(f"unknown synthetic benchmark {name!r}")
+        if name not in makers:
+            raise KeyError(f"unknown synthetic benchmark {name!r} (known: {', '.join(makers)})")
+        rows, info = makers[name](num_items, seed, size)
         paths[name] = _save(rows, os.path.join(out_dir, name), info)
         infos[name] = info
     with open(os.path.join(out_dir, "chance.json"), "w") as f:

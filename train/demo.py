@@ -22,7 +22,6 @@ same components and data into `<out>/demo_baseline/`, to compare with ROSS.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import hashlib
 import json
@@ -43,16 +42,6 @@ from train.pretrain_components import ComponentSettings, component_paths, prepar
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("components", "data", "stage1", "stage2", "eval", "reconstruct")
 DATA_CACHE_VERSION = 1
-# Where each synthetic benchmark keeps its question type (the column the per-type breakdown groups by).
-TYPE_COLUMN = {
-    "synthetic_pope": "category",
-    "synthetic_mmvp": "pair_type",
-    "synthetic_count": "question_type",
-    "synthetic_colour": "question_type",
-    "synthetic_position": "question_type",
-}
-
-
 @dataclass
 class StageSettings:
     """`train/sft.py` overrides of one stage (on top of its YAML config)."""
@@ -209,33 +198,12 @@ def run_stage(stage: int, out_dir: Path, overrides: dict, log_file: Path) -> dic
     if result.returncode != 0:
         tail = "".join(log_file.read_text().splitlines(keepends=True)[-40:])
         raise RuntimeError(f"stage {stage} failed (exit {result.returncode}); log: {log_file}\n{tail}")
-    summary = json.loads((out_dir / "summary.json").read_text())
-    losses = logged_losses(log_file)
-    if losses:
-        summary["first_logged"] = losses[0]
-        summary["last_logged"] = losses[-1]
-    return summary
-
-
-def logged_losses(log_file: Path) -> list[dict]:
-    """The Trainer's logged loss dicts (`{'loss': ..., 'text_loss': ..., ...}` lines) in order."""
-    entries = []
-    for line in log_file.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("{'loss'"):
-            try:
-                entry = ast.literal_eval(line)
-            except (ValueError, SyntaxError):
-                continue
-            if isinstance(entry, dict):
-                entries.append({k: float(v) for k, v in entry.items() if k in ("loss", "text_loss", "visual_loss")})
-    return [e for e in entries if e]
+    return json.loads((out_dir / "summary.json").read_text())  # first / last logged losses included
 
 
 def evaluate(model_dir: Path, data_root: Path, data: dict, out_dir: Path, settings: DemoSettings) -> dict:
     """Every synthetic benchmark through the eval runner's generation and scoring (one model load, remote code)."""
     from eval.generation import evaluate_model, get_benchmark, load_model
-    from eval.synthetic import chance_rate
 
     model, processor = load_model(model_dir, dtype="float32", device="cpu")
     results = {}
@@ -247,7 +215,7 @@ def evaluate(model_dir: Path, data_root: Path, data: dict, out_dir: Path, settin
             model_name=str(model_dir),
         )  # fmt: skip
         records = [json.loads(line) for line in (out_dir / name / "predictions.jsonl").read_text().splitlines()]
-        results[name] = benchmark_report(bench, records, scores, chance_rate)
+        results[name] = benchmark_report(bench, records, scores)
         log(
             f"eval: {name}: accuracy {results[name]['accuracy']:.3f} (chance {results[name]['chance']:.3f}), "
             f"{scores['seconds']:.0f}s"
@@ -260,42 +228,45 @@ def _above_chance(accuracy: float, chance: float, n: int) -> bool:
     return n > 0 and accuracy - chance > 2 * math.sqrt(chance * (1 - chance) / n)
 
 
-def benchmark_report(bench, records: list[dict], scores: dict, chance_rate) -> dict:
-    """Accuracy of a benchmark and of each of its question types, next to the uniform-guess chance rates."""
-    name = bench.name
+def benchmark_report(bench, records: list[dict], scores: dict) -> dict:
+    """Accuracy of a benchmark and of each of its question types (`bench.type_column`), next to the uniform-guess
+    chance rates (`bench.chance`; per question type from `eval.synthetic.chance_rate`), plus `bench.report_metrics`
+    (e.g. MMVP's pair accuracy, next to its own chance rate)."""
+    from eval.synthetic import chance_rate
+
     metrics = scores["metrics"]
     accuracy = metrics.get("accuracy", metrics.get("exact_match"))
+    chance = bench.chance["accuracy"]
     report = {
         "accuracy": accuracy,
-        "chance": chance_rate(name),
+        "chance": chance,
         "num_items": len(records),
-        "above_chance": _above_chance(accuracy, chance_rate(name), len(records)),
+        "above_chance": _above_chance(accuracy, chance, len(records)),
         "primary_metric": scores["primary_metric"],
         "primary_value": scores["primary_value"],
         "seconds": scores["seconds"],
     }
-    if name == "synthetic_mmvp":
-        report["pair_accuracy"] = metrics["pair_accuracy"]
-        report["pair_chance"] = chance_rate("synthetic_mmvp_pair")
-    if name == "synthetic_pope":
-        report["f1"] = metrics.get("f1")
-        report["yes_ratio"] = metrics.get("yes_ratio")
+    for metric in bench.report_metrics:
+        report[metric] = metrics.get(metric)
+        if metric in bench.chance:
+            report[metric.replace("accuracy", "chance")] = bench.chance[metric]
     groups = defaultdict(list)
     for record in records:
-        groups[str(record.get(TYPE_COLUMN[name]))].append(record)
+        groups[str(record.get(bench.type_column))].append(record)
     types = {}
     for qtype, rows in sorted(groups.items()):
         sub = bench.score(rows, "lmms-eval")
         sub_accuracy = sub.get("accuracy", sub.get("exact_match"))
-        chance = chance_rate(name, qtype) if ":" in qtype else chance_rate(name)
+        type_chance = chance_rate(bench.name, qtype) if ":" in qtype else chance
         types[qtype] = {
             "accuracy": sub_accuracy,
-            "chance": chance,
+            "chance": type_chance,
             "n": len(rows),
-            "above_chance": _above_chance(sub_accuracy, chance, len(rows)),
+            "above_chance": _above_chance(sub_accuracy, type_chance, len(rows)),
         }
-        if name == "synthetic_mmvp":
-            types[qtype]["pair_accuracy"] = sub["pair_accuracy"]
+        for metric in bench.report_metrics:
+            if metric in bench.chance:  # per-type values only for metrics that have a chance rate (pair accuracy)
+                types[qtype][metric] = sub[metric]
     report["question_types"] = types
     return report
 

@@ -280,6 +280,7 @@ def build_summary(trainer, result, elapsed: float, counts: dict) -> dict:
     runtime = metrics.get("train_runtime") or elapsed
     history = trainer.state.log_history
     last = {key: next((h[key] for h in reversed(history) if key in h), None) for key in ("text_loss", "visual_loss")}
+    logged = [{k: h[k] for k in ("loss", "text_loss", "visual_loss") if k in h} for h in history if "loss" in h]
     tokens = trainer.state.num_input_tokens_seen
     return {
         "global_step": trainer.state.global_step,
@@ -293,6 +294,8 @@ def build_summary(trainer, result, elapsed: float, counts: dict) -> dict:
         "final_train_loss": metrics.get("train_loss"),
         "final_text_loss": last["text_loss"],
         "final_visual_loss": last["visual_loss"],
+        "first_logged": logged[0] if logged else None,  # {"loss", "text_loss", "visual_loss"} of the first log
+        "last_logged": logged[-1] if logged else None,
         "trainable_parameters": counts,
         "world_size": trainer.args.world_size,
         "images_seen_per_rank": images_seen_per_rank(trainer),
