@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from accelerate import PartialState
+
+from train.trainer import RossTrainingArguments
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +86,6 @@ def run_config_keys() -> list[str]:
 
 
 def training_argument_keys() -> list[str]:
-    from train.trainer import RossTrainingArguments
-
     return [f.name for f in dataclasses.fields(RossTrainingArguments) if f.init]
 
 
@@ -139,14 +141,10 @@ def setup_cpu_deepspeed(values: dict[str, Any]) -> None:
     gloo and DeepSpeed flagged, and `TrainingArguments` is told to reuse that state (`use_configured_state`).
     No-op unless `deepspeed` is set, `DS_ACCELERATOR=cpu`, and the process was started by a distributed launcher.
     """
-    import os
-
     if not values.get("deepspeed") or os.environ.get("DS_ACCELERATOR") != "cpu" or "LOCAL_RANK" not in os.environ:
         return
     if values.get("use_cpu"):
         raise ValueError("With DS_ACCELERATOR=cpu leave `use_cpu` unset: accelerate disables DeepSpeed with use_cpu.")
-    from accelerate import PartialState
-
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     PartialState(backend="gloo")
     accelerator_config = dict(values.get("accelerator_config") or {})
@@ -160,8 +158,6 @@ def load_config(config_path: str | None, overrides: dict[str, Any] | None = None
 
     Returns `(run_config, training_args, resolved)` where `resolved` is the merged flat dict (saved with the model).
     """
-    from train.trainer import RossTrainingArguments
-
     values: dict[str, Any] = {}
     if config_path is not None:
         with open(config_path) as f:

@@ -57,6 +57,12 @@ if __package__ in (None, ""):  # `python train/latent_cache.py`
 
 import numpy as np
 import torch
+from transformers import AutoProcessor
+
+from modeling_ross import RossForConditionalGeneration
+from train.build import build_model_and_processor, prepare_tiny_run
+from train.config import load_config, resolve_path
+from train.data import load_training_dataset
 
 
 logger = logging.getLogger(__name__)
@@ -377,19 +383,12 @@ def build_latent_cache(
 def _load_model_and_processor(model: str, output_dir: str | None):
     """A run config (YAML, as `train/sft.py` takes) or a ROSS checkpoint folder -> (model, processor, run_config)."""
     if model.endswith((".yaml", ".yml")):
-        from train.config import load_config
-        from train.sft import _build_model_and_processor, prepare_tiny_run
-
         overrides = {"output_dir": output_dir} if output_dir else {}
         run_config, training_args, _ = load_config(model, overrides)
         if run_config.prepare_tiny is not None:
             prepare_tiny_run(run_config, training_args)
-        built, processor = _build_model_and_processor(run_config)
+        built, processor = build_model_and_processor(run_config)
         return built, processor, run_config
-    from transformers import AutoProcessor
-
-    from modeling_ross import RossForConditionalGeneration
-
     built = RossForConditionalGeneration.from_pretrained(model, load_objective=True)
     return built, AutoProcessor.from_pretrained(model, trust_remote_code=True), None
 
@@ -407,9 +406,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--output_dir", default=None, help="only to satisfy a run config without output_dir")
     args = parser.parse_args(argv)
-
-    from train.config import resolve_path
-    from train.data import load_training_dataset
 
     model, processor, run_config = _load_model_and_processor(args.model, args.output_dir)
     if model.teacher is None:

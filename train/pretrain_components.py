@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synthetic.world import colour_presence_labels, iter_scenes
+
 
 CACHE_VERSION = 1  # bump when the fitting code changes in a way that changes the weights
 
@@ -110,8 +112,6 @@ class ComponentSettings:
 
 def synthetic_pixels(num: int, settings: ComponentSettings, stream: str, image_processor):
     """`num` synthetic scenes -> (pixel_values `(num, 3, S, S)` in [-1, 1] as the tower sees them, colour labels)."""
-    from synthetic.world import colour_presence_labels, iter_scenes
-
     scenes, images = zip(*iter_scenes(num, seed=settings.seed, size=settings.scene_size, stream=stream))
     pixel_values = image_processor(list(images), return_tensors="pt")["pixel_values"].float()
     labels = torch.tensor([colour_presence_labels(s) for s in scenes], dtype=torch.float32)

@@ -23,96 +23,17 @@ if __package__ in (None, ""):  # `python train/sft.py` / `accelerate launch trai
 
 import torch
 import yaml
+from transformers import set_seed
 
+from train.build import build_model_and_processor, prepare_tiny_run
+from train.callbacks import ReconstructionPreviewCallback, preview_images_from_dataset
 from train.config import load_config, parse_overrides, resolve_path
-
-
-def prepare_tiny_run(run_config, training_args) -> None:
-    """Write tiny components and synthetic LLaVA data under `prepare_tiny["root"]` if missing; point the config there."""
-    spec = dict(run_config.prepare_tiny)
-    root = Path(resolve_path(spec.get("root", "runs/tiny")))
-    components, data = root / "components", root / "data"
-    stage = spec.get("stage", "sft")
-    name = f"synthetic_{stage}"
-    with training_args.main_process_first(desc="writing tiny components and synthetic data"):
-        if not (components / "qwen2-tiny" / "config.json").exists():
-            from modeling_ross.testing import write_tiny_components
-
-            write_tiny_components(components)
-        if not (data / f"{name}.json").exists():
-            from train.synthetic import write_llava_dataset
-
-            write_llava_dataset(
-                str(data), num_images=int(spec.get("num_images", 64)), seed=int(spec.get("seed", 0)),
-                size=int(spec.get("size", 48)), stage=stage,
-            )
-    run_config.vision_model = run_config.vision_model or str(components / "siglip-tiny")
-    run_config.language_model = run_config.language_model or str(components / "qwen2-tiny")
-    if run_config.objective != "none" and run_config.target == "vae" and run_config.teacher is None:
-        run_config.teacher, run_config.teacher_subfolder = str(components / "vae-tiny"), "vae"
-    run_config.data_path = run_config.data_path or str(data / f"{name}.json")
-    run_config.image_folder = run_config.image_folder or str(data)
-
-
-def build_model_and_processor(run_config, training_args):
-    """
-    The model is built in full on every rank, also under ZeRO-3 (the engine partitions it in `deepspeed.initialize`):
-    `from_components` assembles modules on the meta device and `load_teacher` copies into the teacher, neither of
-    which works inside `zero.Init`. Memory per rank is then the whole model until the engine starts.
-    """
-    from transformers.integrations.deepspeed import (
-        is_deepspeed_zero3_enabled,
-        set_hf_deepspeed_config,
-        unset_hf_deepspeed_config,
-    )
-
-    zero3 = is_deepspeed_zero3_enabled()
-    if zero3:
-        unset_hf_deepspeed_config()
-    try:
-        return _build_model_and_processor(run_config)
-    finally:
-        if zero3:
-            set_hf_deepspeed_config(training_args.hf_deepspeed_config)
-
-
-def _build_model_and_processor(run_config):
-    from transformers import AutoProcessor
-
-    from modeling_ross import RossForConditionalGeneration, RossProcessor
-
-    # fp32 master weights unless the run asks otherwise, also from a bf16 checkpoint: bf16 runs under autocast (or
-    # DeepSpeed's bf16 engine); updating bf16 weights directly would round lr-2e-5 steps away.
-    dtype = None if run_config.weights_dtype == "auto" else getattr(torch, run_config.weights_dtype)
-    if run_config.model_name_or_path:
-        path = resolve_path(run_config.model_name_or_path)
-        model = RossForConditionalGeneration.from_pretrained(path, load_objective=True, dtype=dtype or "auto")
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    else:
-        model = RossForConditionalGeneration.from_components(
-            resolve_path(run_config.vision_model),
-            resolve_path(run_config.language_model),
-            objective=run_config.objective,
-            target=run_config.target,
-            teacher=resolve_path(run_config.teacher),
-            teacher_subfolder=run_config.teacher_subfolder,
-            dtype=dtype,
-            **run_config.model_overrides,
-        )
-        processor = RossProcessor.from_components(
-            resolve_path(run_config.vision_model),
-            resolve_path(run_config.language_model),
-            chat_template=run_config.chat_template,
-            image_aspect_ratio=run_config.image_aspect_ratio,
-        )
-    if getattr(processor, "image_aspect_ratio", None) is not None:
-        processor.image_aspect_ratio = run_config.image_aspect_ratio
-    return model, processor
+from train.data import RossDataCollator, load_training_dataset
+from train.latent_cache import LatentCache, build_latent_cache
+from train.trainer import RossTrainer, apply_lora, apply_stage, count_trainable_parameters, images_seen_per_rank
 
 
 def load_data(run_config, processor):
-    from train.data import RossDataCollator, load_training_dataset
-
     dataset = load_training_dataset(
         resolve_path(run_config.data_path),
         image_folder=resolve_path(run_config.image_folder),
@@ -145,8 +66,6 @@ def prepare_latent_cache(run_config, training_args, teacher, processor, dataset)
         raise ValueError("latent_cache_dir needs a teacher: the objective is disabled (objective='none').")
     if run_config.objective == "latent2pixel":
         raise ValueError("objective='latent2pixel' compares pixels: the latent cache does not apply, unset it.")
-    from train.latent_cache import LatentCache, build_latent_cache
-
     cache_dir = resolve_path(run_config.latent_cache_dir)
     dtype = run_config.latent_cache_dtype
     with training_args.main_process_first(local=False, desc="building the latent cache"):
@@ -200,12 +119,8 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     # `TrainingArguments` exists before the model: under ZeRO-3 the loaders then partition weights while loading.
     if run_config.prepare_tiny is not None:
         prepare_tiny_run(run_config, training_args)
-    from transformers import set_seed
-
     set_seed(training_args.seed)
     model, processor = build_model_and_processor(run_config, training_args)
-
-    from train.trainer import RossTrainer, apply_lora, apply_stage
 
     teacher = model.teacher  # before any PEFT wrapping; used by the latent cache
     counts = apply_stage(model, run_config.stage, train_position_embedding=run_config.train_position_embedding)
@@ -214,8 +129,6 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
             model, r=run_config.lora_r, alpha=run_config.lora_alpha, dropout=run_config.lora_dropout,
             target_modules=run_config.lora_target_modules,
         )
-        from train.trainer import count_trainable_parameters
-
         counts = count_trainable_parameters(model)
     if training_args.gradient_checkpointing:
         model.config.use_cache = False
@@ -227,8 +140,6 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     collator.latent_cache = prepare_latent_cache(run_config, training_args, teacher, processor, dataset)
     callbacks = list(callbacks or [])
     if run_config.preview_every_n_steps:
-        from train.callbacks import ReconstructionPreviewCallback, preview_images_from_dataset
-
         images = [resolve_path(p) for p in run_config.preview_images or []] or preview_images_from_dataset(dataset, 4)
         callbacks.append(
             ReconstructionPreviewCallback(
@@ -263,7 +174,8 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
         (output_dir / run_config.summary_file).write_text(json.dumps(summary, indent=2) + "\n")
         print("[ross] summary: " + json.dumps(summary), flush=True)
     if training_args.push_to_hub:
-        from model_cards.publish import push_from_trainer  # verifies the folder in a fresh process, then uploads
+        # model_cards sits above train/ (it verifies and publishes any folder); imported only when pushing.
+        from model_cards.publish import push_from_trainer
 
         push_from_trainer(trainer, output_dir / "model")
     trainer.accelerator.wait_for_everyone()
@@ -274,8 +186,6 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
 
 def build_summary(trainer, result, elapsed: float, counts: dict) -> dict:
     """The run's numbers (every rank calls it: the per-rank image counts are gathered)."""
-    from train.trainer import images_seen_per_rank
-
     metrics = result.metrics
     runtime = metrics.get("train_runtime") or elapsed
     history = trainer.state.log_history

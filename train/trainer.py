@@ -22,6 +22,8 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
+from train.data import LengthGroupedSampler, ModalityLengthGroupedSampler
+
 
 logger = logging.get_logger(__name__)
 
@@ -175,8 +177,6 @@ class RossTrainer(Trainer):
         `dataset.modality_lengths` (the stock `group_by_length` only reads a column of a `datasets.Dataset`)."""
         if self.group_by is None:
             return super()._get_train_sampler(train_dataset)
-        from train.data import LengthGroupedSampler, ModalityLengthGroupedSampler
-
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.group_by == "length":
             return LengthGroupedSampler(dataset.lengths, self.args.per_device_train_batch_size, seed=self.args.seed)
