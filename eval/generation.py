@@ -131,12 +131,7 @@ def build_batch(processor, items: Sequence[tuple[list, str]], device=None, dtype
     """Left-padded processor output for ``items`` = ``[(images, prompt), ...]`` (images: a list, may be empty)."""
     texts = [chat_text(processor, prompt, len(images)) for images, prompt in items]
     images = [image for item_images, _ in items for image in item_images]
-    tokenizer = processor.tokenizer
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        batch = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = side
+    batch = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
     if device is not None:
         batch = batch.to(device)
     if dtype is not None and "pixel_values" in batch:
