@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     start_all = time.perf_counter()
 
-    from modeling_ross import RossForConditionalGeneration, RossProcessor
+    from modeling_ross import RossProcessor, from_components
     from modeling_ross.testing import write_tiny_components
     from train.data import RossDataCollator
     from train.latent_cache import build_latent_cache
@@ -78,7 +78,7 @@ def main() -> None:
     components = write_tiny_components(root / "components")
     processor = RossProcessor.from_components(components["vision_model"], components["language_model"])
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(**components, **TINY_OBJECTIVE)
+    model = from_components(**components, **TINY_OBJECTIVE)
     model.train()
     teacher = model.teacher
     items = make_items(args.batch_size * args.num_batches, args.image_size)

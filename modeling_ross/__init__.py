@@ -8,9 +8,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 
 from .configuration_ross import RossConfig, RossObjectiveConfig
 from .modeling_ross import RossForConditionalGeneration, RossModel, RossPreTrainedModel
-from .from_llava import from_llava as _from_llava
-from .from_llava import processor_from_llava as _processor_from_llava
 from .processing_ross import RossProcessor
+from .builder import from_components, from_llava, processor_from_llava
 
 
 AutoConfig.register("ross", RossConfig, exist_ok=True)
@@ -24,10 +23,6 @@ RossModel.register_for_auto_class("AutoModel")
 RossForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 RossProcessor.register_for_auto_class("AutoProcessor")
 
-# Continued ROSS training from a trained llava-hf checkpoint (kept out of the remote-code files).
-RossForConditionalGeneration.from_llava = staticmethod(_from_llava)
-RossProcessor.from_llava = staticmethod(_processor_from_llava)
-
 __all__ = [
     "RossConfig",
     "RossObjectiveConfig",
@@ -35,4 +30,7 @@ __all__ = [
     "RossModel",
     "RossPreTrainedModel",
     "RossProcessor",
+    "from_components",
+    "from_llava",
+    "processor_from_llava",
 ]

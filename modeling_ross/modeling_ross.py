@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
@@ -22,7 +22,8 @@ from transformers.utils import logging
 from .configuration_ross import RossConfig
 from .denoiser import RossDenoiser, RossMLPHead, build_noise_scheduler
 from .objective import compute_visual_loss, reconstruct_tokens
-from .teacher import build_teacher, freeze, load_teacher_source, protect_from_init
+from .teacher import build_teacher, freeze, protect_from_init
+from .teacher_source import load_teacher_source
 
 
 logger = logging.get_logger(__name__)
@@ -454,91 +455,6 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         if kwargs.get("is_main_process", True):
             add_auto_map(Path(save_directory) / "config.json")
-
-    @classmethod
-    def from_components(
-        cls,
-        vision_model: str,
-        language_model: str,
-        objective: str = "denoise",
-        target: str = "vae",
-        teacher: str | None = None,
-        teacher_subfolder: str | None = None,
-        image_token: str = "<image>",
-        dtype: torch.dtype | None = None,
-        **config_overrides,
-    ) -> "RossForConditionalGeneration":
-        """
-        Build an untrained ROSS model from pretrained component repos or folders, loading their weights: a vision
-        tower (e.g. `google/siglip-so400m-patch14-384`), a causal LM (e.g. `Qwen/Qwen2-7B-Instruct`) and, for
-        `target="vae"/"features"`, a teacher (e.g. `black-forest-labs/FLUX.1-dev` with `teacher_subfolder="vae"`).
-        The projector and the denoiser are freshly initialised; the vision tower and the teacher are frozen.
-
-        `config_overrides` go to `RossConfig` (e.g. `vision_feature_layer`, `projector_type`) or, for the fields of
-        `RossObjectiveConfig` (e.g. `denoiser_depth`, `num_noise_draws`, `weight`), to the objective section.
-        """
-        from .processing_ross import add_image_token, load_image_processor
-
-        vision_config = AutoConfig.from_pretrained(vision_model)
-        vision_config = getattr(vision_config, "vision_config", vision_config)  # full CLIP/SigLIP repos
-        text_config = AutoConfig.from_pretrained(language_model)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(language_model)
-        image_token_id = add_image_token(tokenizer, image_token)
-        image_processor = load_image_processor(vision_model)
-
-        objective_fields = set(RossConfig.sub_configs_defaults["objective_config"].config_class.__dataclass_fields__)
-        objective_kwargs = {k: config_overrides.pop(k) for k in list(config_overrides) if k in objective_fields}
-        objective_kwargs.update(
-            objective=objective,
-            target=target,
-            teacher=teacher,
-            teacher_subfolder=teacher_subfolder,
-            image_mean=list(image_processor.image_mean),
-            image_std=list(image_processor.image_std),
-        )
-        teacher_state = None
-        if objective != "none" and target != "pixel":
-            from .configuration_ross import RossObjectiveConfig
-
-            teacher_config, teacher_state, extra = load_teacher_source(RossObjectiveConfig(**objective_kwargs))
-            objective_kwargs.update(teacher_config=teacher_config, **extra)
-        if vision_config.model_type == "clip_vision_model":
-            config_overrides.setdefault("vision_feature_select_strategy", "default")
-
-        config = RossConfig(
-            vision_config=vision_config.to_dict(),
-            text_config=text_config.to_dict(),
-            objective_config=objective_kwargs,
-            image_token_id=image_token_id,
-            **config_overrides,
-        )
-        # Build the big parts on the meta device and plug in the loaded components: nothing is materialised twice.
-        with torch.device("meta"):
-            model = cls(config, load_objective=False)
-        float_dtype = dtype or torch.float32
-        vision_class = type(model.model.vision_tower)  # e.g. SiglipVisionModel, also from a full SigLIP repo
-        model.model.vision_tower = vision_class.from_pretrained(vision_model, config=vision_config, dtype=float_dtype)
-        causal_lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=float_dtype)
-        model.model.language_model = causal_lm.model
-        model.lm_head = causal_lm.lm_head
-        # Fresh modules: the projector, and the objective's denoiser (+ frozen teacher filled below).
-        model.model.projector = RossProjector(config).to(float_dtype)
-        model.initialize_weights_of(model.model.projector)
-        if config.objective_config.enabled:
-            model._build_objective()
-            model.initialize_weights_of(model.denoiser)
-            model.denoiser.to(float_dtype)
-            if teacher_state:
-                model.teacher.load_state_dict(teacher_state)
-            freeze(model.teacher)
-        if len(tokenizer) > config.text_config.vocab_size:
-            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
-        freeze(model.model.vision_tower)
-        model.tie_weights()
-        model.train()
-        return model
 
     def initialize_weights_of(self, module: nn.Module):
         """Run this model's `_init_weights` over one sub-module, children first as `post_init` does."""

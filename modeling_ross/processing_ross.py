@@ -158,7 +158,7 @@ class RossProcessor(ProcessorMixin):
         cls, vision_model: str, language_model: str, image_token: str = "<image>", chat_template="auto", **kwargs
     ) -> "RossProcessor":
         """
-        Build the processor of `RossForConditionalGeneration.from_components(vision_model, language_model)`.
+        Build the processor of `modeling_ross.from_components(vision_model, language_model)`.
 
         `chat_template`: `"auto"` (default: the authors' template for this LLM, `v1` for Vicuna/llama, `qwen_2`
         otherwise), `"qwen_2"`, `"v1"`, `"llm"` (the language model's own template, which needs `{% generation %}`

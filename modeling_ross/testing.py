@@ -4,7 +4,7 @@
     root/siglip-tiny/   SiglipVisionModel + SiglipImageProcessorPil   (like google/siglip-so400m-patch14-384)
     root/qwen2-tiny/    Qwen2ForCausalLM + a real byte-level BPE tokenizer (like Qwen/Qwen2-7B-Instruct)
     root/vae-tiny/vae/  AutoencoderKL (FLUX-like: 16 channels, downsample 8) (like a diffusers pipeline repo)
-so `RossForConditionalGeneration.from_components(root / "siglip-tiny", root / "qwen2-tiny",
+so `modeling_ross.from_components(root / "siglip-tiny", root / "qwen2-tiny",
 teacher=root / "vae-tiny", teacher_subfolder="vae")` runs offline. Sizes follow transformers' own tests.
 """
 

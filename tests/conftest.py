@@ -41,10 +41,10 @@ def tiny_processor(tiny_components):
 def tiny_model(tiny_components):
     import torch
 
-    from modeling_ross import RossForConditionalGeneration
+    from modeling_ross import from_components
 
     torch.manual_seed(0)
-    return RossForConditionalGeneration.from_components(**tiny_components, **TINY_OBJECTIVE)
+    return from_components(**tiny_components, **TINY_OBJECTIVE)
 
 
 # Prepended to scripts run by `run_isolated`: a machine where this project is not installed (no repo on sys.path,

@@ -21,14 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from test_trainer import CountingCollator, GradCapture, ListDataset, _args  # noqa: E402
 
-from modeling_ross import RossForConditionalGeneration, RossProcessor  # noqa: E402
+from modeling_ross import RossProcessor, from_components  # noqa: E402
 from train.trainer import RossTrainer  # noqa: E402
 
 
 def main(components_json: str, batch_size: str, output_dir: str) -> None:
     components = json.loads(components_json)
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(
+    model = from_components(
         **components, objective="regress", latent_sample="mode", weight=0.7
     )
     processor = RossProcessor.from_components(components["vision_model"], components["language_model"])

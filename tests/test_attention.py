@@ -14,14 +14,14 @@ from eval.generation import load_items, load_model
 @pytest.fixture(scope="module")
 def model_dirs(tiny_components, tmp_path_factory):
     from conftest import TINY_OBJECTIVE
-    from modeling_ross import RossForConditionalGeneration, RossProcessor
+    from modeling_ross import RossProcessor, from_components
 
     processor = RossProcessor.from_components(tiny_components["vision_model"], tiny_components["language_model"])
     folders = []
     for seed in (0, 1):  # different projector / denoiser initialisations
         folder = tmp_path_factory.mktemp(f"ross-tiny-{seed}")
         torch.manual_seed(seed)
-        RossForConditionalGeneration.from_components(**tiny_components, **TINY_OBJECTIVE).eval().save_pretrained(folder)
+        from_components(**tiny_components, **TINY_OBJECTIVE).eval().save_pretrained(folder)
         processor.save_pretrained(folder)
         folders.append(folder)
     return folders

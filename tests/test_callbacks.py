@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 import train.callbacks as callbacks
-from modeling_ross import RossForConditionalGeneration
+from modeling_ross import from_components
 from train.callbacks import ReconstructionPreviewCallback, make_preview_grid
 from synthetic.world import make_scene, render
 
@@ -85,7 +85,7 @@ def test_writes_grids_at_every_k_steps_and_restores_modes(tiny_model, tiny_proce
 
 def test_same_seed_gives_the_same_preview_and_pixel_values_work(tiny_components, tiny_processor, tmp_path):
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(**tiny_components, **TINY_OBJECTIVE)
+    model = from_components(**tiny_components, **TINY_OBJECTIVE)
     with torch.no_grad():  # a non-trivial denoiser so the reconstruction depends on the noise
         for parameter in model.denoiser.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
@@ -129,7 +129,7 @@ def test_validation_and_baseline_model(tiny_components, tiny_processor):
         ReconstructionPreviewCallback(images=_scenes(1), every_n_steps=0)
     with pytest.raises(ValueError, match="RossProcessor"):
         ReconstructionPreviewCallback(images=_scenes(1)).build_inputs(None)
-    baseline = RossForConditionalGeneration.from_components(**tiny_components, objective="none")
+    baseline = from_components(**tiny_components, objective="none")
     callback = ReconstructionPreviewCallback(images=_scenes(1))
     with pytest.raises(ValueError, match="objective 'none'"):  # at the start of training, not at step K
         callback.on_train_begin(_args_ns(), _state(0), TrainerControl(), model=baseline)

@@ -12,11 +12,11 @@ from eval.generation import evaluate_model, generate_answers, get_benchmark, loa
 @pytest.fixture(scope="module")
 def model_dir(tiny_components, tmp_path_factory):
     from conftest import TINY_OBJECTIVE
-    from modeling_ross import RossForConditionalGeneration, RossProcessor
+    from modeling_ross import RossProcessor, from_components
 
     folder = tmp_path_factory.mktemp("ross-tiny")
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(**tiny_components, **TINY_OBJECTIVE).eval()
+    model = from_components(**tiny_components, **TINY_OBJECTIVE).eval()
     model.save_pretrained(folder)
     RossProcessor.from_components(tiny_components["vision_model"], tiny_components["language_model"]).save_pretrained(
         folder

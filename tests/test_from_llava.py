@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_ross.from_llava import from_llava, processor_from_llava
+from modeling_ross import from_llava, processor_from_llava
 from modeling_ross.testing import build_tiny_tokenizer, write_tiny_vae
 
 

@@ -52,13 +52,13 @@ def ross_lmms_class():
 @pytest.fixture(scope="module")
 def plugin_setup(ross_lmms_class, tiny_components, tmp_path_factory):
     from conftest import TINY_OBJECTIVE
-    from modeling_ross import RossForConditionalGeneration, RossProcessor
+    from modeling_ross import RossProcessor, from_components
 
     from eval.synthetic import write_benchmarks
 
     folder = tmp_path_factory.mktemp("ross-tiny-lmms")
     torch.manual_seed(0)
-    RossForConditionalGeneration.from_components(**tiny_components, **TINY_OBJECTIVE).eval().save_pretrained(folder)
+    from_components(**tiny_components, **TINY_OBJECTIVE).eval().save_pretrained(folder)
     RossProcessor.from_components(tiny_components["vision_model"], tiny_components["language_model"]).save_pretrained(
         folder
     )

@@ -9,7 +9,7 @@ from conftest import run_isolated
 import torch
 from PIL import Image
 
-from modeling_ross import RossForConditionalGeneration, RossProcessor
+from modeling_ross import RossProcessor, from_components
 
 
 def _image(seed: int, size=(40, 28)) -> Image.Image:
@@ -290,7 +290,7 @@ def test_from_components_with_a_full_clip_repo(tiny_components, tmp_path):
         tmp_path / "clip"
     )
     language_model = tiny_components["language_model"]
-    model = RossForConditionalGeneration.from_components(
+    model = from_components(
         str(tmp_path / "clip"), language_model, objective="denoise", target="pixel", pixel_patch_size=4,
         denoiser_hidden_size=32, denoiser_num_heads=4,
     )  # fmt: skip

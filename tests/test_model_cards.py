@@ -39,12 +39,12 @@ def run_dir(tiny_components, tmp_path_factory):
     """A two-stage tiny run as train/sft.py lays it out, with eval results next to the stage-2 model."""
     import torch
 
-    from modeling_ross import RossForConditionalGeneration, RossProcessor
+    from modeling_ross import RossProcessor, from_components
 
     root = tmp_path_factory.mktemp("run")
     stage1, stage2 = root / "stage1" / "model", root / "stage2" / "model"
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(**tiny_components, **TINY_OBJECTIVE)
+    model = from_components(**tiny_components, **TINY_OBJECTIVE)
     processor = RossProcessor.from_components(tiny_components["vision_model"], tiny_components["language_model"])
     for folder in (stage1, stage2):
         model.save_pretrained(folder)

@@ -6,7 +6,7 @@ import torch
 from conftest import TINY_OBJECTIVE
 from PIL import Image
 
-from modeling_ross import RossForConditionalGeneration
+from modeling_ross import RossForConditionalGeneration, from_components
 
 
 def _image(seed: int, size: int = 32) -> Image.Image:
@@ -35,7 +35,7 @@ def _batch(processor, specs):
 def _model(components, **kwargs):
     torch.manual_seed(0)
     settings = {**TINY_OBJECTIVE, **kwargs}
-    return RossForConditionalGeneration.from_components(**components, **settings)
+    return from_components(**components, **settings)
 
 
 OBJECTIVES = [

@@ -55,12 +55,12 @@ def trained(tiny_components, tmp_path_factory):
     """A trained folder as train/sft.py leaves it (+ an eval result and files that must not be published)."""
     from transformers import TrainingArguments
 
-    from modeling_ross import RossForConditionalGeneration, RossProcessor
+    from modeling_ross import RossForConditionalGeneration, RossProcessor, from_components
 
     run = tmp_path_factory.mktemp("run")
     folder = run / "model"
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(**tiny_components, **TINY_OBJECTIVE).eval()
+    model = from_components(**tiny_components, **TINY_OBJECTIVE).eval()
     processor = RossProcessor.from_components(tiny_components["vision_model"], tiny_components["language_model"])
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -17,7 +17,7 @@ import torch
 from conftest import TINY_OBJECTIVE
 from PIL import Image
 
-from modeling_ross import RossForConditionalGeneration, RossProcessor
+from modeling_ross import RossProcessor, from_components
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ app = _load_app()
 def _save_model(components, folder: Path, **settings) -> Path:
     """A tiny ROSS model + processor as a Hub-ready folder (code files and auto_map included)."""
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(**{**components, **TINY_OBJECTIVE, **settings})
+    model = from_components(**{**components, **TINY_OBJECTIVE, **settings})
     if model.denoiser is not None:  # "train" it: the zero-init denoiser ignores its condition, i.e. the image
         with torch.no_grad():
             for parameter in model.denoiser.parameters():

@@ -25,9 +25,9 @@ from modeling_ross.teacher import (  # noqa: E402
     RossVaeTeacher,
     build_teacher,
     freeze,
-    load_teacher_source,
     protect_from_init,
 )
+from modeling_ross.teacher_source import load_teacher_source  # noqa: E402
 
 
 TOWER_MEAN, TOWER_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_ross import RossForConditionalGeneration
+from modeling_ross import from_components
 from train.trainer import (
     RossTrainer,
     RossTrainingArguments,
@@ -109,7 +109,7 @@ def _args(tmp_path, **overrides) -> RossTrainingArguments:
 def regress_model_state(tiny_components):
     """A deterministic objective (ROSS^R on VAE latents, posterior mode): no noise, so runs can be compared."""
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(
+    model = from_components(
         **tiny_components, objective="regress", latent_sample="mode", weight=0.7
     )
     return model
@@ -234,7 +234,7 @@ def test_stage_presets_count_parameters(tiny_model, stage):
 def test_learned_position_table_trains_in_stage1_and_is_frozen_in_stage2(tiny_components):
     """The authors' stage 1 unfreezes every denoiser parameter (the table included); stage 2 builds it frozen."""
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(
+    model = from_components(
         **tiny_components, denoiser_hidden_size=32, denoiser_depth=1, denoiser_num_heads=4,
         denoiser_position_embedding="learned",
     )  # fmt: skip
@@ -265,7 +265,7 @@ def test_continuing_from_a_bf16_checkpoint_trains_fp32_weights(tiny_components, 
     from train.synthetic import write_llava_dataset
 
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(
+    model = from_components(
         **tiny_components, denoiser_hidden_size=32, denoiser_depth=1, denoiser_num_heads=4,
         denoiser_position_embedding="learned",
     ).to(torch.bfloat16)  # fmt: skip

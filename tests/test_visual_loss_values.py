@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modeling_ross import RossForConditionalGeneration
+from modeling_ross import from_components
 
 
 TINY = {"denoiser_hidden_size": 32, "denoiser_depth": 1, "denoiser_num_heads": 4}
@@ -41,7 +41,7 @@ def _batch(processor, specs=SPECS):
 
 def _model(components, **settings):
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(**components, **{**TINY, **settings})
+    model = from_components(**components, **{**TINY, **settings})
     with torch.no_grad():  # a trained-looking head: the fresh DiT outputs exact zeros (adaLN-Zero)
         generator = torch.Generator().manual_seed(1)
         for param in model.denoiser.parameters():
@@ -135,7 +135,7 @@ def test_visual_loss_equals_an_independent_computation(tiny_components, tiny_pro
 def test_regress_head_uses_torch_default_init(tiny_components):
     """The ROSS^R head gets torch's Linear init (as the authors' inverse projector), not transformers' N(0, 0.02)."""
     torch.manual_seed(0)
-    model = RossForConditionalGeneration.from_components(**tiny_components, objective="regress", target="vae")
+    model = from_components(**tiny_components, objective="regress", target="vae")
     fc1 = model.denoiser.fc1.weight
     bound = 1 / math.sqrt(fc1.shape[1])  # kaiming_uniform(a=sqrt(5)) on fan_in
     assert fc1.abs().max() <= bound and fc1.abs().max() > 0.9 * bound

@@ -16,7 +16,7 @@ from transformers.integrations.deepspeed import (
     unset_hf_deepspeed_config,
 )
 
-from modeling_ross import RossForConditionalGeneration, RossProcessor
+from modeling_ross import RossForConditionalGeneration, RossProcessor, from_components
 from modeling_ross.testing import write_tiny_components
 from train.config import RossRunConfig, resolve_path
 from train.synthetic import write_llava_dataset
@@ -70,7 +70,7 @@ def _build_model_and_processor(run_config: RossRunConfig):
         model = RossForConditionalGeneration.from_pretrained(path, load_objective=True, dtype=dtype or "auto")
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
     else:
-        model = RossForConditionalGeneration.from_components(
+        model = from_components(
             resolve_path(run_config.vision_model),
             resolve_path(run_config.language_model),
             objective=run_config.objective,
