@@ -239,21 +239,22 @@ def test_visual_loss_with_cached_targets_equals_the_teacher_loss(
 def test_sft_builds_then_opens_the_cache(tiny_model, tiny_processor, items, tmp_path):
     from train.config import RossRunConfig
     from train.sft import prepare_latent_cache
-    from train.trainer import RossTrainingArguments
 
-    args = RossTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
-    assert prepare_latent_cache(RossRunConfig(), args, tiny_model.teacher, tiny_processor, items) is None
-    run_config = RossRunConfig(latent_cache_dir=str(tmp_path / "cache"))
+    def run_config(**values):
+        return RossRunConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", **values)
+
+    assert prepare_latent_cache(run_config(), tiny_model.teacher, tiny_processor, items) is None
+    config = run_config(latent_cache_dir=str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="build_latent_cache: true"):  # not built yet, not asked to build
-        prepare_latent_cache(run_config, args, tiny_model.teacher, tiny_processor, items)
-    run_config.build_latent_cache = True
-    built = prepare_latent_cache(run_config, args, tiny_model.teacher, tiny_processor, items)
+        prepare_latent_cache(config, tiny_model.teacher, tiny_processor, items)
+    config.build_latent_cache = True
+    built = prepare_latent_cache(config, tiny_model.teacher, tiny_processor, items)
     assert built.build_stats["encoded"] == 3
-    run_config.build_latent_cache = False
-    opened = prepare_latent_cache(run_config, args, tiny_model.teacher, tiny_processor, items)
+    config.build_latent_cache = False
+    opened = prepare_latent_cache(config, tiny_model.teacher, tiny_processor, items)
     assert opened.directory == built.directory and len(opened) == 3 and opened.build_stats is None
     with pytest.raises(ValueError, match="latent2pixel"):
         prepare_latent_cache(
-            RossRunConfig(latent_cache_dir=str(tmp_path), objective="latent2pixel"), args, tiny_model.teacher,
+            run_config(latent_cache_dir=str(tmp_path), objective="latent2pixel"), tiny_model.teacher,
             tiny_processor, items,
         )

@@ -379,7 +379,8 @@ def test_paper_configs_parse(tmp_path):
             with pytest.raises(ValueError, match="_stage1(_baseline)?/model does not exist. Run stage 1 first"):
                 load_config(str(path), overrides)
             overrides["model_name_or_path"] = str(stage1_model)
-        run, args, _ = load_config(str(path), overrides)
+        run, _ = load_config(str(path), overrides)
+        args = run  # one dataclass: the run's keys and the training arguments
         if path.name.startswith("tiny"):
             continue
         world = 8
@@ -409,12 +410,46 @@ def test_stage2_needs_a_stage1_checkpoint_unless_told(tmp_path):
     config.write_text("output_dir: x\nvision_model: a\nlanguage_model: b\ndata_path: d\nstage: 2\n")
     with pytest.raises(ValueError, match="stage 2 continues from a stage-1 checkpoint.*allow_fresh_stage2"):
         load_config(str(config))
-    run, _, _ = load_config(str(config), {"allow_fresh_stage2": True})
+    run, _ = load_config(str(config), {"allow_fresh_stage2": True})
     assert run.stage == 2 and run.model_name_or_path is None
     with pytest.raises(ValueError, match="image_placement='end'"):
         load_config(str(config), {"allow_fresh_stage2": True, "image_placement": "end"})
     with pytest.raises(ValueError, match="weights_dtype"):
         load_config(str(config), {"allow_fresh_stage2": True, "weights_dtype": "fp8"})
+
+
+def test_config_values_are_parsed_with_their_declared_types(tmp_path):
+    """PyYAML reads `2e-4` as a string; the field's type (float) decides, in YAML and on the command line."""
+    from transformers import TrainingArguments
+
+    from train.config import RossRunConfig, load_config, parse_overrides
+
+    config = tmp_path / "typed.yaml"
+    config.write_text(
+        "output_dir: x\nvision_model: a\nlanguage_model: b\ndata_path: d\nallow_fresh_stage2: true\n"
+        "learning_rate: 2e-4\nprojector_lr: 1e-3\nmax_steps: '7'\nuse_cpu: 'true'\nlora_r: 8.0\n"
+    )
+    run, resolved = load_config(str(config))
+    assert isinstance(run, RossRunConfig) and isinstance(run, TrainingArguments)
+    assert run.learning_rate == 2e-4 and isinstance(run.learning_rate, float)
+    assert run.projector_lr == 1e-3 and run.max_steps == 7 and run.use_cpu is True and run.lora_r == 8
+    assert resolved["learning_rate"] == 2e-4
+    run, _ = load_config(str(config), parse_overrides(["--learning_rate", "3e-4", "--stage", "1"]))
+    assert run.learning_rate == 3e-4 and run.stage == 1
+
+    config.write_text(
+        "output_dir: x\nvision_model: a\nlanguage_model: b\ndata_path: d\n"
+        "learning_rate: fast\nmax_steps: 1.5\nlora: maybe\nlora_target_modules: q_proj\n"
+    )
+    with pytest.raises(ValueError) as error:
+        load_config(str(config))
+    message = str(error.value)
+    assert message.startswith(str(config))
+    for expected in ("learning_rate='fast' is not a number", "max_steps=1.5 is not an integer",
+                     "lora='maybe' is not true or false", "lora_target_modules='q_proj' is not a list of a string"):
+        assert expected in message
+    with pytest.raises(ValueError, match="command-line overrides: stage='two' is not an integer"):
+        load_config(None, {"output_dir": "x", "stage": "two"})
 
 
 # ---- sft.py: end to end, and exact resume after a kill ----

@@ -22,14 +22,14 @@ from train.config import RossRunConfig, resolve_path
 from train.synthetic import write_llava_dataset
 
 
-def prepare_tiny_run(run_config, training_args) -> None:
+def prepare_tiny_run(run_config: RossRunConfig) -> None:
     """Write tiny components and synthetic LLaVA data under `prepare_tiny["root"]` if missing; point the config there."""
     spec = dict(run_config.prepare_tiny)
     root = Path(resolve_path(spec.get("root", "runs/tiny")))
     components, data = root / "components", root / "data"
     stage = spec.get("stage", "sft")
     name = f"synthetic_{stage}"
-    with training_args.main_process_first(desc="writing tiny components and synthetic data"):
+    with run_config.main_process_first(desc="writing tiny components and synthetic data"):
         if not (components / "qwen2-tiny" / "config.json").exists():
             write_tiny_components(components)
         if not (data / f"{name}.json").exists():
@@ -45,20 +45,20 @@ def prepare_tiny_run(run_config, training_args) -> None:
     run_config.image_folder = run_config.image_folder or str(data)
 
 
-def build_model_and_processor(run_config: RossRunConfig, training_args=None):
+def build_model_and_processor(run_config: RossRunConfig):
     """
     The model is built in full on every rank, also under ZeRO-3 (the engine partitions it in `deepspeed.initialize`):
     `from_components` assembles modules on the meta device and `load_teacher` copies into the teacher, neither of
     which works inside `zero.Init`. Memory per rank is then the whole model until the engine starts.
     """
-    zero3 = training_args is not None and is_deepspeed_zero3_enabled()
+    zero3 = is_deepspeed_zero3_enabled()
     if zero3:
         unset_hf_deepspeed_config()
     try:
         return _build_model_and_processor(run_config)
     finally:
         if zero3:
-            set_hf_deepspeed_config(training_args.hf_deepspeed_config)
+            set_hf_deepspeed_config(run_config.hf_deepspeed_config)
 
 
 def _build_model_and_processor(run_config: RossRunConfig):

@@ -1,17 +1,21 @@
-"""The run configuration of `train/sft.py`: one flat YAML file, `--key value` overrides, strict key checking.
+"""The run configuration of `train/sft.py`: one flat YAML file, `--key value` overrides, strict checking.
 
-A YAML file mixes two kinds of keys:
-- the fields of `RossRunConfig` below (model, data, stage, LoRA), and
-- any field of `RossTrainingArguments` (`transformers.TrainingArguments` + per-module learning rates).
-An unknown key is an error that lists the valid keys (and the closest ones).
+`RossRunConfig` is one dataclass: the run's own fields below (model, data, stage, LoRA, latent cache) on top of
+`RossTrainingArguments` (`transformers.TrainingArguments` + per-module learning rates), as TRL's `SFTConfig` extends
+`TrainingArguments`. Every value is converted to its field's declared type (`learning_rate: 2e-4`, which PyYAML reads
+as a string, becomes a float); a value that does not convert is an error naming the key, the value and the type. An
+unknown key is an error that lists the valid keys (and the closest ones).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
-class RossRunConfig:
-    """Model, data and stage settings of a run (everything that is not a `TrainingArguments` field)."""
+class RossRunConfig(RossTrainingArguments):
+    """A run: model, data and stage settings, plus every `RossTrainingArguments` field (the Trainer gets this object)."""
 
     # ---- model: either components (new model) or a ROSS checkpoint (continue training) ----
     model_name_or_path: str | None = None  # a ROSS checkpoint: loaded with `load_objective=True`
@@ -81,12 +85,114 @@ class RossRunConfig:
     summary_file: str = "summary.json"  # written under output_dir
 
 
-def run_config_keys() -> list[str]:
-    return [f.name for f in dataclasses.fields(RossRunConfig)]
-
-
 def training_argument_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(RossTrainingArguments) if f.init]
+
+
+def run_config_keys() -> list[str]:
+    """The run's own keys (those `RossRunConfig` adds to the training arguments)."""
+    inherited = set(training_argument_keys())
+    return [f.name for f in dataclasses.fields(RossRunConfig) if f.init and f.name not in inherited]
+
+
+def coerce_values(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Each value converted to its `RossRunConfig` field's declared type; `ValueError` naming every one that is not."""
+    hints = typing.get_type_hints(RossRunConfig)
+    converted, problems = {}, []
+    for key, value in values.items():
+        try:
+            converted[key] = _coerce(value, hints[key])
+        except (TypeError, ValueError):
+            problems.append(f"{key}={value!r} is not {_type_name(hints[key])}")
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems) + ".")
+    return converted
+
+
+_BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _coerce(value, annotation):
+    """`value` as `annotation` (bool, int, float, str, enums, lists, dicts, unions of them, Literal, Any)."""
+    if annotation is Any:
+        return value
+    origin, members = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in members:
+            return None
+        # A value that already has one of the member types stays as it is (`"auto"` for `str | bool`, a path string
+        # for `dict | str`); otherwise the first member that converts it wins (`"2e-4"` for `float | None`).
+        for member in members:
+            if member is not type(None) and _is_instance(value, member):
+                return _coerce(value, member)
+        for member in members:
+            if member is not type(None):
+                try:
+                    return _coerce(value, member)
+                except (TypeError, ValueError):
+                    continue
+        raise ValueError(value)
+    if origin is typing.Literal:
+        if value in members:
+            return value
+        raise ValueError(value)
+    if origin is list or annotation is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(value)
+        return [_coerce(item, members[0]) for item in value] if members else list(value)
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise TypeError(value)
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
+            return _BOOLEAN_WORDS[value.lower()]
+        raise ValueError(value)
+    if annotation is int:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        if isinstance(value, int) or isinstance(value, float) and value.is_integer():
+            return int(value)
+        return int(value if isinstance(value, str) else str(value))
+    if annotation is float:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        return float(value)
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TypeError(value)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return annotation(value).value if not isinstance(value, annotation) else value
+    return value  # other classes (e.g. accelerate's ParallelismConfig): left to TrainingArguments
+
+
+def _is_instance(value, annotation) -> bool:
+    origin = typing.get_origin(annotation) or annotation
+    if origin is typing.Literal or not isinstance(origin, type):
+        return False
+    if origin in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, origin)
+
+
+def _type_name(annotation) -> str:
+    """`a number`, `an integer or None`, `a list of a string`, `one of 'no', 'steps', 'epoch'`."""
+    origin, members = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("None" if m is type(None) else _type_name(m) for m in members)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, members))
+    if origin is list:
+        return f"a list of {_type_name(members[0])}" if members else "a list"
+    if origin is dict or annotation is dict:
+        return "a mapping"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(repr(member.value) for member in annotation)
+    simple = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return simple.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
@@ -154,9 +260,10 @@ def setup_cpu_deepspeed(values: dict[str, Any]) -> None:
 
 def load_config(config_path: str | None, overrides: dict[str, Any] | None = None):
     """
-    Read the YAML file, apply the overrides, check the keys and split them.
+    Read the YAML file, apply the overrides, check the keys, convert the values to their types.
 
-    Returns `(run_config, training_args, resolved)` where `resolved` is the merged flat dict (saved with the model).
+    Returns `(run_config, resolved)`: the `RossRunConfig` (also the Trainer's arguments) and the merged flat dict of
+    what was given (saved with the model as `train_config.yaml`).
     """
     values: dict[str, Any] = {}
     if config_path is not None:
@@ -165,19 +272,17 @@ def load_config(config_path: str | None, overrides: dict[str, Any] | None = None
         if not isinstance(values, dict):
             raise ValueError(f"{config_path} must hold a mapping of keys to values, got {type(values).__name__}.")
         check_keys(values, source=str(config_path))
+        values = coerce_values(values, source=str(config_path))
     overrides = overrides or {}
     check_keys(overrides, source="command-line overrides")
-    values = {**values, **overrides}
+    values = {**values, **coerce_values(overrides, source="command-line overrides")}
     if "deepspeed" in values and isinstance(values["deepspeed"], str):
         values["deepspeed"] = resolve_path(values["deepspeed"], Path(config_path).parent if config_path else None)
+    if "output_dir" not in values:
+        raise ValueError("The config needs an `output_dir`.")
 
     setup_cpu_deepspeed(values)
-    run_fields = set(run_config_keys())
-    run_config = RossRunConfig(**{k: v for k, v in values.items() if k in run_fields})
-    train_values = {k: v for k, v in values.items() if k not in run_fields}
-    if "output_dir" not in train_values:
-        raise ValueError("The config needs an `output_dir`.")
-    training_args = RossTrainingArguments(**train_values)
+    run_config = RossRunConfig(**values)
     if run_config.stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {run_config.stage!r}")
     if (
@@ -189,7 +294,7 @@ def load_config(config_path: str | None, overrides: dict[str, Any] | None = None
     if run_config.data_path is None and run_config.prepare_tiny is None:
         raise ValueError("Set `data_path` (LLaVA-format JSON) or `prepare_tiny`.")
     check_run_config(run_config, source=str(config_path) if config_path else "command-line overrides")
-    return run_config, training_args, values
+    return run_config, values
 
 
 WEIGHTS_DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -230,6 +335,7 @@ __all__ = [
     "RossRunConfig",
     "check_keys",
     "check_run_config",
+    "coerce_values",
     "load_config",
     "parse_overrides",
     "resolve_path",

@@ -384,9 +384,9 @@ def _load_model_and_processor(model: str, output_dir: str | None):
     """A run config (YAML, as `train/sft.py` takes) or a ROSS checkpoint folder -> (model, processor, run_config)."""
     if model.endswith((".yaml", ".yml")):
         overrides = {"output_dir": output_dir} if output_dir else {}
-        run_config, training_args, _ = load_config(model, overrides)
+        run_config, _ = load_config(model, overrides)
         if run_config.prepare_tiny is not None:
-            prepare_tiny_run(run_config, training_args)
+            prepare_tiny_run(run_config)
         built, processor = build_model_and_processor(run_config)
         return built, processor, run_config
     built = RossForConditionalGeneration.from_pretrained(model, load_objective=True)

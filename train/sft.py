@@ -53,7 +53,7 @@ def load_data(run_config, processor):
 
 
 # ---- latent cache (train/latent_cache.py) -------------------------------------------------------------------------
-def prepare_latent_cache(run_config, training_args, teacher, processor, dataset):
+def prepare_latent_cache(run_config, teacher, processor, dataset):
     """The `LatentCache` of `latent_cache_dir` for this teacher and preprocessing, or None without `latent_cache_dir`.
 
     With `build_latent_cache`, the global main process encodes the images missing from the cache (on the training
@@ -68,9 +68,9 @@ def prepare_latent_cache(run_config, training_args, teacher, processor, dataset)
         raise ValueError("objective='latent2pixel' compares pixels: the latent cache does not apply, unset it.")
     cache_dir = resolve_path(run_config.latent_cache_dir)
     dtype = run_config.latent_cache_dtype
-    with training_args.main_process_first(local=False, desc="building the latent cache"):
-        if run_config.build_latent_cache and training_args.process_index == 0:
-            cache = build_latent_cache(teacher, processor, dataset, cache_dir, dtype=dtype, device=training_args.device)
+    with run_config.main_process_first(local=False, desc="building the latent cache"):
+        if run_config.build_latent_cache and run_config.process_index == 0:
+            cache = build_latent_cache(teacher, processor, dataset, cache_dir, dtype=dtype, device=run_config.device)
             print(f"[ross] latent cache {cache.directory}: {cache.build_stats}", flush=True)
         else:
             cache = LatentCache.open(cache_dir, teacher, processor, dtype=dtype)
@@ -112,15 +112,15 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
         config_path, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
     overrides = parse_overrides(argv)
     resume = overrides.pop("resume_from_checkpoint", None)
-    run_config, training_args, resolved = load_config(config_path, overrides)
+    run_config, resolved = load_config(config_path, overrides)
     if resume is not None:
         resolved["resume_from_checkpoint"] = resume
 
-    # `TrainingArguments` exists before the model: under ZeRO-3 the loaders then partition weights while loading.
+    # The training arguments exist before the model: under ZeRO-3 the loaders then partition weights while loading.
     if run_config.prepare_tiny is not None:
-        prepare_tiny_run(run_config, training_args)
-    set_seed(training_args.seed)
-    model, processor = build_model_and_processor(run_config, training_args)
+        prepare_tiny_run(run_config)
+    set_seed(run_config.seed)
+    model, processor = build_model_and_processor(run_config)
 
     teacher = model.teacher  # before any PEFT wrapping; used by the latent cache
     counts = apply_stage(model, run_config.stage, train_position_embedding=run_config.train_position_embedding)
@@ -130,14 +130,14 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
             target_modules=run_config.lora_target_modules,
         )
         counts = count_trainable_parameters(model)
-    if training_args.gradient_checkpointing:
+    if run_config.gradient_checkpointing:
         model.config.use_cache = False
         if run_config.stage == 1 or run_config.lora:
             # Frozen LLM: checkpointed blocks need an input that requires grad for the backward to reach the projector.
             model.enable_input_require_grads()
 
     dataset, collator = load_data(run_config, processor)
-    collator.latent_cache = prepare_latent_cache(run_config, training_args, teacher, processor, dataset)
+    collator.latent_cache = prepare_latent_cache(run_config, teacher, processor, dataset)
     callbacks = list(callbacks or [])
     if run_config.preview_every_n_steps:
         images = [resolve_path(p) for p in run_config.preview_images or []] or preview_images_from_dataset(dataset, 4)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
         )
     trainer = RossTrainer(
         model=model,
-        args=training_args,
+        args=run_config,
         train_dataset=dataset,
         data_collator=collator,
         processing_class=processor,
@@ -167,13 +167,13 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
     elapsed = time.perf_counter() - start
 
-    output_dir = Path(training_args.output_dir)
+    output_dir = Path(run_config.output_dir)
     save_model(trainer, model, processor, run_config, resolved, output_dir / "model")
     summary = build_summary(trainer, result, elapsed, counts)
     if trainer.is_world_process_zero():
         (output_dir / run_config.summary_file).write_text(json.dumps(summary, indent=2) + "\n")
         print("[ross] summary: " + json.dumps(summary), flush=True)
-    if training_args.push_to_hub:
+    if run_config.push_to_hub:
         # model_cards sits above train/ (it verifies and publishes any folder); imported only when pushing.
         from model_cards.publish import push_from_trainer
 
