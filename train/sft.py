@@ -25,6 +25,7 @@ import torch
 import yaml
 from transformers import set_seed
 
+from model_cards.publish import push_from_trainer
 from train.build import build_model_and_processor, prepare_tiny_run
 from train.callbacks import ReconstructionPreviewCallback, preview_images_from_dataset
 from train.config import load_config, parse_overrides, resolve_path
@@ -174,9 +175,6 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
         (output_dir / run_config.summary_file).write_text(json.dumps(summary, indent=2) + "\n")
         print("[ross] summary: " + json.dumps(summary), flush=True)
     if run_config.push_to_hub:
-        # model_cards sits above train/ (it verifies and publishes any folder); imported only when pushing.
-        from model_cards.publish import push_from_trainer
-
         push_from_trainer(trainer, output_dir / "model")
     trainer.accelerator.wait_for_everyone()
     # Destroys the process group (if any) before interpreter exit, where gloo's threads can otherwise abort it.
