@@ -364,6 +364,19 @@ def _objective(config: Mapping) -> dict:
     return record
 
 
+def _license_of(language_path: str | None) -> str:
+    """The license of the language model when it is a known family, else "other"."""
+    language_id = (component_id(language_path) or "").lower()
+    return next((v for k, v in KNOWN_LICENSES.items() if k in language_id), "other")
+
+
+def _tags(is_demo: bool, extra: list[str] | None) -> list[str]:
+    tags = ["ross", "multimodal", "vision-language", "llava", "custom_code"]
+    if is_demo:
+        tags.append("synthetic-demo")
+    return tags + [t for t in extra or [] if t not in tags]
+
+
 def build_model_card(folder: str | Path, eval_results=None, **overrides) -> ModelCard:
     """
     The model card of a trained ROSS folder (see the module docstring for what it reads).
@@ -401,21 +414,11 @@ def build_model_card(folder: str | Path, eval_results=None, **overrides) -> Mode
         is_demo = any(r.get("prepare_tiny") for r in runs) or (num_parameters or 0) < DEMO_MAX_PARAMETERS
     datasets = overrides.get("datasets")
     datasets = _datasets_of(runs) if datasets is None else ([datasets] if isinstance(datasets, str) else datasets)
-    license_ = overrides.get("license")
-    if license_ is None:
-        language_id = (component_id(language_path) or "").lower()
-        license_ = next((v for k, v in KNOWN_LICENSES.items() if k in language_id), "other")
-
+    license_ = overrides.get("license") or _license_of(language_path)
     repo_id = overrides.get("repo_id")
     model_name = overrides.get("model_name") or (repo_id.split("/")[-1] if repo_id else folder.resolve().name)
-    tags = ["ross", "multimodal", "vision-language", "llava", "custom_code"]
-    if is_demo:
-        tags.append("synthetic-demo")
-    tags += [t for t in overrides.get("tags") or [] if t not in tags]
-
-    if eval_results is None:
-        eval_results = find_scores(folder)
-    eval_results = list(eval_results)
+    tags = _tags(is_demo, overrides.get("tags"))
+    eval_results = list(find_scores(folder) if eval_results is None else eval_results)
     scores = load_scores([e for e in eval_results if not isinstance(e, EvalResult)])
     results = [e for e in eval_results if isinstance(e, EvalResult)] + eval_results_from_scores(scores)
 

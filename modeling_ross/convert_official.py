@@ -398,26 +398,13 @@ def convert_official(
     if tower is None:
         raise ConversionError("config.json has no mm_vision_tower; pass --vision-tower.")
     vision_config, grid = _vision_config(tower, official)
-    feature_layer, strategy = _feature_strategy(official, vision_config)
     # 2. the vocabulary and the <image> token
     vocabulary = resolve_vocabulary(official, src_dir, tokenizer, image_token_id, text_config.vocab_size)
     text_config.vocab_size = vocabulary.rows
     # 3. the objective, from the weights (denoiser geometry, position table) and mm_pixel_decoder (teacher)
     objective = infer_objective(official, headers, src_dir, grid, vae=vae, vae_subfolder=vae_subfolder,
                                 save_teacher=save_teacher, denoiser_num_heads=denoiser_num_heads)
-    config = RossConfig(
-        vision_config=vision_config.to_dict(),
-        text_config=text_config.to_dict(),
-        objective_config=objective.fields,
-        image_token_id=vocabulary.image_token_id,
-        image_seq_length=grid * grid,
-        vision_feature_layer=feature_layer,
-        vision_feature_select_strategy=strategy,
-        projector_type=projector_type,
-        projector_hidden_act="gelu",  # nn.GELU() in the authors' mlp2x_gelu
-        tie_word_embeddings=bool(official.get("tie_word_embeddings", False)),
-    )
-    config.dtype = dtype
+    config = _ross_config(official, text_config, vision_config, grid, vocabulary, objective, projector_type, dtype)
     report = ConversionReport(
         dst=dst, config=config, image_token_id=vocabulary.image_token_id, vocab_size=vocabulary.rows,
         resized_vocab=vocabulary.resized, dtype=dtype, vision_tower=tower, teacher=objective.teacher,
@@ -431,8 +418,33 @@ def convert_official(
     if vocabulary.tokenizer is not None:
         processor = _build_processor(vocabulary.tokenizer, tower, vision_config, grid, aspect)
     # 6. write: tensors streamed shard by shard, then config, generation config, code and processor
+    _write_folder(dst, src_dir, config, sources, vocabulary.rows, dtype, processor, max_shard_size, report)
+    return report
+
+
+def _ross_config(official, text_config, vision_config, grid, vocabulary, objective, projector_type, dtype):
+    """The `RossConfig` of the converted folder (the vision feature layer and strategy from the authors' config)."""
+    feature_layer, strategy = _feature_strategy(official, vision_config)
+    config = RossConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config.to_dict(),
+        objective_config=objective.fields,
+        image_token_id=vocabulary.image_token_id,
+        image_seq_length=grid * grid,
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=strategy,
+        projector_type=projector_type,
+        projector_hidden_act="gelu",  # nn.GELU() in the authors' mlp2x_gelu
+        tie_word_embeddings=bool(official.get("tie_word_embeddings", False)),
+    )
+    config.dtype = dtype
+    return config
+
+
+def _write_folder(dst, src_dir, config, sources, vocab_rows, dtype, processor, max_shard_size, report) -> None:
+    """Weights shard by shard (streamed), then config + code, generation config and processor; fills `report`."""
     dst.mkdir(parents=True, exist_ok=True)
-    outputs = [_output_tensor(source, vocabulary.rows, dtype) for source in sources]
+    outputs = [_output_tensor(source, vocab_rows, dtype) for source in sources]
     report.shard_files = write_shards(dst, outputs, max_shard_size)
     _save_config_and_code(config, dst)
     if (src_dir / "generation_config.json").is_file():
@@ -440,7 +452,6 @@ def convert_official(
     if processor is not None:
         processor.save_pretrained(dst)
         report.processor_saved = True
-    return report
 
 
 def check_authors_config(official: dict) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from model_cards.card import build_model_card
 
 TINY_OBJECTIVE = {"denoiser_hidden_size": 64, "denoiser_depth": 2, "denoiser_num_heads": 4, "num_noise_draws": 2}
 CODE_FILES = ["configuration_ross.py", "denoiser.py", "modeling_ross.py", "objective.py", "processing_ross.py",
-              "teacher.py"]  # fmt: skip
+              "teacher.py", "teacher_source.py"]  # fmt: skip
 REPO_FILES = sorted([
     "README.md", "config.json", "generation_config.json", "model.safetensors", "chat_template.jinja",
     "processor_config.json", "tokenizer.json", "tokenizer_config.json", "training_args.json", "train_config.yaml",

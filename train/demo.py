@@ -36,7 +36,21 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train.pretrain_components import ComponentSettings, component_paths, prepare_components
+
+# Before transformers / huggingface_hub are imported: they read these once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+from transformers import AutoProcessor  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from eval.generation import evaluate_model, get_benchmark, load_model  # noqa: E402
+from eval.synthetic import chance_rate, write_benchmarks  # noqa: E402
+from modeling_ross import RossForConditionalGeneration  # noqa: E402
+from train.pretrain_components import ComponentSettings, component_paths, prepare_components, psnr  # noqa: E402
+from train.synthetic import write_llava_dataset  # noqa: E402
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -139,8 +153,6 @@ def prepare_data(root: Path, settings: DemoSettings) -> dict:
         manifest = json.loads(manifest_file.read_text())
         log(f"data: reusing {folder}")
         return {**manifest, "cached": True}
-    from eval.synthetic import write_benchmarks
-    from train.synthetic import write_llava_dataset
 
     tmp = root / f".{settings.data_key()}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -203,8 +215,6 @@ def run_stage(stage: int, out_dir: Path, overrides: dict, log_file: Path) -> dic
 
 def evaluate(model_dir: Path, data_root: Path, data: dict, out_dir: Path, settings: DemoSettings) -> dict:
     """Every synthetic benchmark through the eval runner's generation and scoring (one model load, remote code)."""
-    from eval.generation import evaluate_model, get_benchmark, load_model
-
     model, processor = load_model(model_dir, dtype="float32", device="cpu")
     results = {}
     for name, rel_path in data["benchmarks"].items():
@@ -232,8 +242,6 @@ def benchmark_report(bench, records: list[dict], scores: dict) -> dict:
     """Accuracy of a benchmark and of each of its question types (`bench.type_column`), next to the uniform-guess
     chance rates (`bench.chance`; per question type from `eval.synthetic.chance_rate`), plus `bench.report_metrics`
     (e.g. MMVP's pair accuracy, next to its own chance rate)."""
-    from eval.synthetic import chance_rate
-
     metrics = scores["metrics"]
     accuracy = metrics.get("accuracy", metrics.get("exact_match"))
     chance = bench.chance["accuracy"]
@@ -275,16 +283,6 @@ def save_reconstructions(model_dir: Path, data_root: Path, data: dict, path: Pat
     """A PNG grid: the images as the tower saw them, the teacher VAE's own reconstructions (the ceiling), and ROSS's
     reconstructions from the LLM's visual outputs (reverse diffusion with the trained denoiser, then the VAE decoder).
     Returns the PSNRs of both against the inputs."""
-    import torch
-    from PIL import Image, ImageDraw
-    from transformers import AutoProcessor
-
-    from eval.generation import get_benchmark
-    from modeling_ross import RossForConditionalGeneration
-    from train.pretrain_components import psnr
-
-    from transformers.utils import logging as hf_logging
-
     # The checkpoint holds no teacher weights by design (the frozen teacher is reloaded from its own folder), so the
     # loader's MISSING table for `teacher.*` is expected; keep it off the report.
     verbosity = hf_logging.get_verbosity()
@@ -335,8 +333,6 @@ def save_reconstructions(model_dir: Path, data_root: Path, data: dict, path: Pat
 
 
 def machine_info() -> dict:
-    import torch
-
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "cpu_count": os.cpu_count(),
@@ -348,44 +344,52 @@ def machine_info() -> dict:
     }
 
 
+class _Run:
+    """What the phases of one demo run share: the summary being built, the phase timings, where to stop."""
+
+    def __init__(self, run_dir: Path, settings: DemoSettings, baseline: bool, stop_after: str | None):
+        self.run_dir, self.settings, self.baseline, self.stop_after = run_dir, settings, baseline, stop_after
+        self.timings: dict[str, float] = {}
+        self.summary: dict = {
+            "mode": "baseline (LLaVA: text loss only)" if baseline else "ross (text loss + denoising visual loss)",
+            "objective": "none" if baseline else "denoise",
+            "fast": settings.smoke_run,
+            "settings": dataclasses.asdict(settings),
+            "machine": machine_info(),
+            "timings_s": self.timings,
+            "paths": {"run": str(run_dir)},
+        }
+
+    def phase(self, name: str, function):
+        start = time.perf_counter()
+        result = function()
+        self.timings[name] = round(time.perf_counter() - start, 2)
+        return result
+
+    def stops_after(self, name: str) -> bool:
+        if self.stop_after != name:
+            return False
+        self.write_summary()
+        log(f"stopped after {name}; summary: {self.run_dir / 'summary.json'}")
+        return True
+
+    def write_summary(self) -> None:
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None
+        self.summary["machine"]["load_average_at_end"] = [round(x, 2) for x in load] if load else None
+        self.timings["total"] = round(sum(v for k, v in self.timings.items() if k != "total"), 2)
+        (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+
+
 def run_demo(out: Path, settings: DemoSettings, baseline: bool = False, stop_after: str | None = None) -> dict:
     out = Path(out).resolve()
     run_dir = out / ("demo_baseline" if baseline else "demo")
     run_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    summary: dict = {
-        "mode": "baseline (LLaVA: text loss only)" if baseline else "ross (text loss + denoising visual loss)",
-        "objective": "none" if baseline else "denoise",
-        "fast": settings.smoke_run,
-        "settings": dataclasses.asdict(settings),
-        "machine": machine_info(),
-        "timings_s": timings,
-        "paths": {"run": str(run_dir)},
-    }
-    summary_file = run_dir / "summary.json"
-
-    def write_summary():
-        load = os.getloadavg() if hasattr(os, "getloadavg") else None
-        summary["machine"]["load_average_at_end"] = [round(x, 2) for x in load] if load else None
-        timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
-        summary_file.write_text(json.dumps(summary, indent=2) + "\n")
-
-    def phase(name, function):
-        start = time.perf_counter()
-        result = function()
-        timings[name] = round(time.perf_counter() - start, 2)
-        return result
-
-    def done(name) -> bool:
-        if stop_after == name:
-            write_summary()
-            log(f"stopped after {name}; summary: {summary_file}")
-            return True
-        return False
+    run = _Run(run_dir, settings, baseline, stop_after)
+    summary = run.summary
 
     # 1. components
     components_root = out / "components"
-    manifest = phase("components", lambda: prepare_components(components_root, settings.components, log=log))
+    manifest = run.phase("components", lambda: prepare_components(components_root, settings.components, log=log))
     paths = component_paths(components_root, manifest)
     summary["components"] = {
         "cached": manifest["cached"],
@@ -396,19 +400,45 @@ def run_demo(out: Path, settings: DemoSettings, baseline: bool = False, stop_aft
         "vae": manifest["vae"],
         "fit_seconds": manifest["seconds"],
     }
-    if done("components"):
+    if run.stops_after("components"):
         return summary
 
     # 2. data
-    data_root_parent = out / "data"
-    data = phase("data", lambda: prepare_data(data_root_parent, settings))
-    data_root = data_root_parent / data["key"]
+    data = run.phase("data", lambda: prepare_data(out / "data", settings))
+    data_root = out / "data" / data["key"]
     summary["data"] = {**data, "folder": str(data_root)}
-    if done("data"):
+    if run.stops_after("data"):
         return summary
 
     # 3-4. training
-    objective = "none" if baseline else "denoise"
+    model_dir = train_stages(run, paths, manifest, data_root, data)
+    if model_dir is None:
+        return summary
+
+    # 5. evaluation
+    eval_dir = run_dir / "eval"
+    summary["evaluation"] = run.phase("eval", lambda: evaluate(model_dir, data_root, data, eval_dir, settings))
+    summary["paths"]["eval"] = str(eval_dir)
+    if run.stops_after("eval"):
+        return summary
+
+    # 6. reconstructions (ROSS only: the baseline has no denoiser)
+    if not baseline:
+        preview = run_dir / "reconstructions.png"
+        summary["reconstruction"] = run.phase(
+            "reconstruct", lambda: save_reconstructions(model_dir, data_root, data, preview, settings)
+        )
+        summary["paths"]["reconstructions"] = str(preview)
+    run.write_summary()
+    return summary
+
+
+def train_stages(run: _Run, paths: dict, manifest: dict, data_root: Path, data: dict) -> Path | None:
+    """Stage 1 (captions: projector + denoiser), then stage 2 from its model (QA: projector + LLM + denoiser).
+
+    Returns the stage-2 model folder copied to `<run>/model`, or None when the run stops after a stage."""
+    settings, summary = run.settings, run.summary
+    objective = "none" if run.baseline else "denoise"
     common = {
         "prepare_tiny": "null",
         "image_folder": str(data_root / data["image_folder"]),
@@ -416,7 +446,7 @@ def run_demo(out: Path, settings: DemoSettings, baseline: bool = False, stop_aft
         "disable_tqdm": "true",
         "dataloader_num_workers": 0,
     }
-    stage1_dir, stage2_dir = run_dir / "stage1", run_dir / "stage2"
+    stage1_dir, stage2_dir = run.run_dir / "stage1", run.run_dir / "stage2"
     stage1_overrides = {
         **common,
         **paths,
@@ -427,11 +457,11 @@ def run_demo(out: Path, settings: DemoSettings, baseline: bool = False, stop_aft
         **settings.stage1.overrides(),
     }
     log(f"stage1: {settings.stage1.max_steps} steps x {settings.stage1.batch_size} captions (log: {stage1_dir / 'train.log'})")
-    stage1 = phase("stage1", lambda: run_stage(1, stage1_dir, stage1_overrides, stage1_dir / "train.log"))
+    stage1 = run.phase("stage1", lambda: run_stage(1, stage1_dir, stage1_overrides, stage1_dir / "train.log"))
     summary["training"] = {"stage1": stage1}
     log(f"stage1: final text loss {stage1.get('final_text_loss')}, visual loss {stage1.get('final_visual_loss')}")
-    if done("stage1"):
-        return summary
+    if run.stops_after("stage1"):
+        return None
 
     stage2_overrides = {
         **common,
@@ -442,32 +472,14 @@ def run_demo(out: Path, settings: DemoSettings, baseline: bool = False, stop_aft
         **settings.stage2.overrides(),
     }
     log(f"stage2: {settings.stage2.max_steps} steps x {settings.stage2.batch_size} QA samples (log: {stage2_dir / 'train.log'})")
-    stage2 = phase("stage2", lambda: run_stage(2, stage2_dir, stage2_overrides, stage2_dir / "train.log"))
+    stage2 = run.phase("stage2", lambda: run_stage(2, stage2_dir, stage2_overrides, stage2_dir / "train.log"))
     summary["training"]["stage2"] = stage2
     log(f"stage2: final text loss {stage2.get('final_text_loss')}, visual loss {stage2.get('final_visual_loss')}")
-    model_dir = run_dir / "model"
+    model_dir = run.run_dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
     shutil.copytree(stage2_dir / "model", model_dir)
     summary["paths"].update(model=str(model_dir), stage1=str(stage1_dir), stage2=str(stage2_dir))
-    if done("stage2"):
-        return summary
-
-    # 5. evaluation
-    eval_dir = run_dir / "eval"
-    summary["evaluation"] = phase("eval", lambda: evaluate(model_dir, data_root, data, eval_dir, settings))
-    summary["paths"]["eval"] = str(eval_dir)
-    if done("eval"):
-        return summary
-
-    # 6. reconstructions (ROSS only: the baseline has no denoiser)
-    if not baseline:
-        preview = run_dir / "reconstructions.png"
-        summary["reconstruction"] = phase(
-            "reconstruct", lambda: save_reconstructions(model_dir, data_root, data, preview, settings)
-        )
-        summary["paths"]["reconstructions"] = str(preview)
-    write_summary()
-    return summary
+    return None if run.stops_after("stage2") else model_dir
 
 
 def format_report(summary: dict) -> str:
@@ -526,10 +538,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--fast", action="store_true", help="a smoke run with tiny step counts (tests)")
     parser.add_argument("--stop-after", choices=PHASES, default=None, help="stop after this phase")
     args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the report
     settings = DemoSettings.fast() if args.fast else DemoSettings()
     summary = run_demo(args.out, settings, baseline=args.baseline, stop_after=args.stop_after)
