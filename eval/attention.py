@@ -38,6 +38,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from eval.generation import benchmark_names, build_batch, load_items, load_model
+from eval.scoring import RULES
 
 
 @dataclass
@@ -91,10 +96,6 @@ def visual_attention(
     as for generation (:func:`eval.generation.build_batch`); batches are left-padded with
     position ids from the attention mask, so the last position is every row's last prompt token.
     """
-    from tqdm.auto import tqdm
-
-    from eval.generation import build_batch
-
     items = [((images if isinstance(images, (list, tuple)) else [images]), prompt) for images, prompt in items]
     for i, (images, _) in enumerate(items):
         if not images:
@@ -170,7 +171,7 @@ def summarize(att: VisualAttention) -> dict:
 
 def compare(a: VisualAttention, b: VisualAttention) -> dict:
     """``b`` vs ``a`` on per-item scores: difference of means, Welch t, Mann-Whitney U (two-sided), paired Wilcoxon."""
-    from scipy import stats
+    from scipy import stats  # optional (the `eval` extra): only comparisons need it
 
     x, y = a.item_scores, b.item_scores
     result = {
@@ -237,8 +238,6 @@ def save_heatmap(
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         return path
-    from PIL import Image, ImageDraw
-
     scaled = (grid - vmin) / (vmax - vmin) if vmax > vmin else np.full_like(grid, 0.5)
     rgb = _colourize(scaled, _DIVERGING if diverging else _VIRIDIS)
     heat = Image.fromarray(rgb, "RGB").resize((grid.shape[1] * cell, grid.shape[0] * cell), Image.NEAREST)
@@ -308,9 +307,6 @@ def report_markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from eval.generation import benchmark_names
-    from eval.scoring import RULES
-
     parser = argparse.ArgumentParser(prog="python -m eval.attention", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", required=True, help="checkpoints; each is compared with the first")
     parser.add_argument("--labels", nargs="+", default=None, help="names for the models (default: folder names)")
@@ -328,8 +324,6 @@ def main(argv=None) -> int:
     if len(labels) != len(args.models) or len(set(labels)) != len(labels):
         print("error: --labels must give one distinct label per model", file=sys.stderr)
         return 2
-
-    from eval.generation import load_items, load_model
 
     try:
         bench, rows, prompts = load_items(args.benchmark, args.data, args.rules, args.limit)

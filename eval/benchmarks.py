@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from PIL import Image
+
 from eval import scoring
 from eval.scoring._text import as_text, check_rules
 from eval.scoring.choice import LETTERS, mmvp_options
@@ -140,8 +142,6 @@ class Benchmark:
 
 
 def _to_image(value, source: Path, column: str):
-    from PIL import Image
-
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, dict) and value.get("bytes") is not None:
@@ -160,7 +160,7 @@ def _clean(value):
 
 
 def _read_tsv(path: Path) -> list[dict]:
-    import pandas as pd
+    import pandas as pd  # optional readers below: each format's library is imported only when that format is read
 
     frame = pd.read_csv(path, sep="\t", dtype=object, keep_default_na=False, na_values=[""])
     return [{k: _clean(v) for k, v in rec.items()} for rec in frame.to_dict("records")]

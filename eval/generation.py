@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
 from eval.benchmarks import SYNTHETIC_BENCHMARKS, Benchmark, benchmark_names, get_benchmark
 
@@ -94,8 +96,6 @@ def load_model(
 
     Pass ``attn_implementation="eager"`` to get attention weights (:mod:`eval.attention`).
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     device = resolve_device(device)
     kwargs = {"dtype": resolve_dtype(dtype, device), "trust_remote_code": True}
     if attn_implementation is not None:
@@ -141,8 +141,6 @@ def build_batch(processor, items: Sequence[tuple[list, str]], device=None, dtype
 
 def greedy_config(processor, max_new_tokens: int, **overrides):
     """An explicit greedy ``GenerationConfig`` (nothing inherited from the checkpoint); ``overrides`` win."""
-    from transformers import GenerationConfig
-
     tokenizer = processor.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=tokenizer.eos_token_id,
@@ -175,8 +173,6 @@ def generate_answers(
 
     ``generation_overrides`` (e.g. ``do_sample=True, temperature=0.2``) update :func:`greedy_config`.
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     config = greedy_config(processor, max_new_tokens, **generation_overrides)

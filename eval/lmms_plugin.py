@@ -27,6 +27,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from PIL import Image
+
+from eval.generation import generate_answers, load_model
+
 try:  # lmms-eval is an optional extra
     from lmms_eval.api.model import lmms as _LmmsBase
 except ImportError as err:  # pragma: no cover - depends on the environment
@@ -42,7 +46,7 @@ DEFAULT_MAX_NEW_TOKENS = 1024
 
 def lmms_eval_manifest():
     """The entry point's payload: ``ModelManifest("ross", simple_class_path="eval.lmms_plugin.RossLmms")``."""
-    from lmms_eval.models.registry_v2 import ModelManifest
+    from lmms_eval.models.registry_v2 import ModelManifest  # called by lmms-eval only, so it is importable here
 
     return ModelManifest(model_id=MODEL_ID, simple_class_path=CLASS_PATH)
 
@@ -68,8 +72,6 @@ def generation_settings(gen_kwargs: dict | None) -> tuple[int, list[str], dict]:
 
 
 def _as_images(visuals) -> list:
-    from PIL import Image
-
     if visuals is None:
         return []
     if not isinstance(visuals, (list, tuple)):
@@ -112,8 +114,6 @@ if _LmmsBase is not None:
             super().__init__()
             if kwargs:
                 raise TypeError(f"RossLmms got unknown model_args: {', '.join(sorted(kwargs))}")
-            from eval.generation import load_model
-
             try:
                 self.batch_size_per_gpu = int(batch_size)
             except (TypeError, ValueError):
@@ -145,8 +145,6 @@ if _LmmsBase is not None:
 
         def generate_until(self, requests) -> list[str]:
             """One answer per request, in request order; requests with equal ``gen_kwargs`` are batched."""
-            from eval.generation import generate_answers
-
             groups: dict[str, list[int]] = defaultdict(list)
             for i, request in enumerate(requests):
                 groups[repr(sorted((request.args[1] or {}).items(), key=lambda kv: kv[0]))].append(i)

@@ -15,12 +15,13 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
+from eval.generation import benchmark_names, evaluate_model, get_benchmark, load_model, resolve_dtype
 from eval.scoring import RULES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from eval.generation import benchmark_names
-
     parser = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (loaded with remote code)")
     parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(benchmark_names())}")
@@ -39,10 +40,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-
-    from eval.generation import evaluate_model, get_benchmark, load_model, resolve_dtype
-
     try:
         bench = get_benchmark(args.benchmark)
         if args.batch_size < 1:

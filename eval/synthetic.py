@@ -133,7 +133,7 @@ def _majority(answers: Sequence[str]) -> float:
 
 
 def _save(rows: dict[str, list], path: str, info: dict) -> str:
-    from datasets import Dataset, DatasetInfo, Features, Image, Value
+    from datasets import Dataset, DatasetInfo, Features, Image, Value  # optional (`eval` extra): only writing needs it
 
     feats = {k: (Image() if k == "image" else Value("int64") if k == "Index" else Value("string"))
              for k in rows}

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from huggingface_hub import HfApi
 
 from modeling_ross.safetensors_io import (
     OutputTensor,
@@ -43,6 +44,7 @@ from modeling_ross.safetensors_io import (
     weight_files,
     write_shards,
 )
+from model_cards.card import build_model_card
 
 
 # Top-level files of a trained folder that belong in the repo (besides the weights and `*.py` code files).
@@ -161,8 +163,6 @@ def stage_folder(
     **card_overrides,
 ) -> tuple[list[str], list[str]]:
     """Write the repo of ``model_folder`` into the empty (or new) ``out_dir``; returns ``(files, skipped)``."""
-    from model_cards.card import build_model_card
-
     src, out = Path(model_folder), Path(out_dir)
     if not src.is_dir():
         raise PublishError(f"{src}: no such folder")
@@ -315,8 +315,6 @@ def upload_to_hub(
     api=None,
 ):
     """`create_repo` (exist_ok), `create_branch` for a revision other than main, one `upload_folder` commit."""
-    from huggingface_hub import HfApi
-
     api = api or HfApi(token=token)
     url = api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
     # `create_repo` resolves a bare name to the token's namespace (the Trainer's default `hub_model_id`).

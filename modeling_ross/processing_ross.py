@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer
-from transformers.processing_utils import ProcessorMixin
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+from transformers.image_utils import make_flat_list_of_images
+from transformers.processing_utils import MultiModalData, ProcessorMixin
 
 
 # The authors' two Vicuna-style templates (ross/conversation.py): `qwen_2` (Qwen2 recipes) and `v1` (Vicuna recipes).
@@ -164,8 +165,6 @@ class RossProcessor(ProcessorMixin):
         otherwise), `"qwen_2"`, `"v1"`, `"llm"` (the language model's own template, which needs `{% generation %}`
         markers for assistant-only masks), or a Jinja string (see `resolve_chat_template`).
         """
-        from transformers import AutoConfig
-
         tokenizer = AutoTokenizer.from_pretrained(language_model)
         add_image_token(tokenizer, image_token)
         if tokenizer.pad_token is None:
@@ -181,8 +180,6 @@ class RossProcessor(ProcessorMixin):
         )
 
     def _process_images(self, images, **kwargs):
-        from transformers.image_utils import make_flat_list_of_images
-
         images = make_flat_list_of_images(images)
         converted = []
         for image in images:
@@ -198,8 +195,6 @@ class RossProcessor(ProcessorMixin):
         return self.image_token * self.image_seq_length
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs):
-        from transformers.processing_utils import MultiModalData
-
         if image_sizes is None:
             return MultiModalData()
         return MultiModalData(

@@ -11,6 +11,16 @@ teacher=root / "vae-tiny", teacher_subfolder="vae")` runs offline. Sizes follow 
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -30,9 +40,6 @@ _CORPUS_WORDS = (
 
 def build_tiny_tokenizer(vocab_size: int = 1024):
     """A real `PreTrainedTokenizerFast` (byte-level BPE trained with `tokenizers`) with Qwen2's chat special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -58,8 +65,6 @@ def write_tiny_vision_tower(
     folder, image_size: int = 32, patch_size: int = 4, hidden_size: int = 32, num_layers: int = 2, seed: int = 0
 ) -> Path:
     """SiglipVisionModel + its image processor (PIL backend), saved like `google/siglip-so400m-patch14-384`."""
-    from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
-
     folder = Path(folder)
     torch.manual_seed(seed)
     config = SiglipVisionConfig(
@@ -82,8 +87,6 @@ def write_tiny_language_model(
     folder, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, seed: int = 0
 ) -> Path:
     """Qwen2ForCausalLM + tokenizer, saved like `Qwen/Qwen2-7B-Instruct` (embedding rows padded past the vocab)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     folder = Path(folder)
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
@@ -111,8 +114,6 @@ def write_tiny_vae(
     folder, latent_channels: int = 16, block_out_channels=(8, 16, 16, 16), seed: int = 0, subfolder: str = "vae"
 ) -> Path:
     """A diffusers AutoencoderKL saved under `folder/subfolder` like a pipeline repo (FLUX-like by default)."""
-    from diffusers import AutoencoderKL
-
     folder = Path(folder)
     torch.manual_seed(seed)
     n = len(block_out_channels)

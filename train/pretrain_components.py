@@ -35,7 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from transformers import AutoImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
+from modeling_ross.testing import write_tiny_components
 from synthetic.world import colour_presence_labels, iter_scenes
 
 
@@ -150,8 +153,6 @@ def _pooled(tower, pixel_values: torch.Tensor) -> torch.Tensor:
 def fit_vision_tower(folder: Path, settings: ComponentSettings, train, heldout) -> dict:
     """Fit `folder`'s SiglipVisionModel with a linear probe on mean-pooled features predicting colour presence;
     save it back. Returns held-out probe metrics (the probe itself is thrown away)."""
-    from transformers import SiglipVisionModel
-
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
     tower = SiglipVisionModel.from_pretrained(folder).train()
@@ -202,8 +203,6 @@ def psnr(reconstruction: torch.Tensor, image: torch.Tensor) -> float:
 def fit_vae(folder: Path, settings: ComponentSettings, train, heldout) -> dict:
     """Fit `folder`'s AutoencoderKL on the tower's view of the images (pixel MSE + small KL), set its latent
     shift/scale from the training latents, save it back. Returns held-out PSNR."""
-    from diffusers import AutoencoderKL
-
     start = time.perf_counter()
     torch.manual_seed(settings.seed + 1)
     vae = AutoencoderKL.from_pretrained(folder).train()
@@ -254,9 +253,6 @@ def fit_vae(folder: Path, settings: ComponentSettings, train, heldout) -> dict:
 
 def measure_bf16_speedup(settings: ComponentSettings, steps: int = 3) -> dict:
     """Seconds per training step of the tiny tower and VAE in fp32 and under bf16 autocast (random weights)."""
-    from diffusers import AutoencoderKL
-    from transformers import SiglipVisionConfig, SiglipVisionModel
-
     tower = SiglipVisionModel(
         SiglipVisionConfig(
             image_size=settings.tower_image_size,
@@ -306,8 +302,6 @@ def measure_bf16_speedup(settings: ComponentSettings, steps: int = 3) -> dict:
 
 def write_components(folder: Path, settings: ComponentSettings) -> dict:
     """The three Hub-style repos with `modeling_ross.testing`'s writers, at `settings`' sizes (random weights)."""
-    from modeling_ross.testing import write_tiny_components
-
     return write_tiny_components(
         folder,
         vision_kwargs={
@@ -352,8 +346,6 @@ def prepare_components(root, settings: ComponentSettings | None = None, log=prin
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     paths = write_components(tmp, settings)
-    from transformers import AutoImageProcessor
-
     image_processor = AutoImageProcessor.from_pretrained(paths["vision_model"], backend="pil")
     log(f"components: rendering {settings.num_fit_images} + {settings.num_heldout_images} synthetic scenes")
     train = synthetic_pixels(settings.num_fit_images, settings, "components:fit", image_processor)
