@@ -1,0 +1,308 @@
+"""What ROSS costs per training step: ROSS^D vs `objective: none` on the same model, side by side, and where a step
+of the real 7B recipe spends its arithmetic.
+
+    python bench/train_step.py [--device cpu|cuda] [--dtype float32|bfloat16] [--configs tiny scaled] [--repeats 6]
+                               [--out runs/bench/train_step]
+
+Measured part. For each configuration one ROSS^D model is built from tiny component repos (`modeling_ross.testing`)
+and a baseline copy with `objective: none` shares its weights. Three arms run interleaved in one process, A/B/C/A/B/C,
+each a full optimizer step of the stage-2 recipe (vision tower and teacher frozen; AdamW):
+
+- `none`: the LLaVA baseline (text loss only);
+- `ross`: ROSS^D with the teacher run on every step (the VAE encoder is part of the step);
+- `ross+cache`: ROSS^D with cached teacher targets (`teacher_targets`, as `train/latent_cache.py` provides).
+
+Time is the median over `--repeats` steps after warm-up; peak memory is `torch.cuda.max_memory_allocated` per arm
+(CUDA only: CPU allocations are not tracked per arm). The FLOPs of each arm's step are counted once by
+`torch.utils.flop_counter` (forward and backward), so every row shows the measured overhead next to the arithmetic
+overhead; `x none` is the median of the paired (interleaved) time ratios, with their range; `waste` = measured
+overhead / FLOP overhead (1.0: the extra time is all arithmetic; the goal is <= 1.25). Where the FLOP overhead is a
+few percent, `waste` is a ratio of two small numbers and the range of `x none` says how far to trust it.
+
+`tiny` is the default run's geometry; `scaled` keeps the 7B recipe's proportions at a size a CPU can step: denoiser
+about 1% of the LLM's parameters, image tokens about 63% of the sequence (729 of 1152), 4 noise draws.
+
+FLOP account. The real recipe (Qwen2-7B + SigLIP-so400m/14 at 384 px = 729 image tokens, an SFT sequence of
+`--sft-length` tokens, the 65M-parameter denoiser with 4 draws, the FLUX VAE encoder at 432 px) is built on the meta
+device (no memory) and its forward FLOPs counted the same way; the denoiser, whose forward needs real tensors, runs
+once on the CPU. Backward = 2x forward for trained modules (LLM, projector, denoiser); the frozen tower and teacher
+need none (no gradient flows into them). Printed as a table of each module's share of the step.
+
+Writes `train_step.json` and `train_step.md` under `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+from modeling_ross import RossProcessor, from_components
+from modeling_ross.denoiser import RossDenoiser
+from modeling_ross.testing import write_tiny_components
+
+
+CONFIGS = {
+    # The default run's components (modeling_ross.testing defaults) and objective (train/configs/demo.yaml).
+    "tiny": dict(vision=dict(), language=dict(), objective=dict(denoiser_hidden_size=64, denoiser_depth=2,
+                                                                 denoiser_num_heads=4), text_tokens=24, batch_size=4),
+    # 7B proportions: denoiser ~1% of the LLM, 256 image tokens of ~400 (63%), 4 draws.
+    "scaled": dict(vision=dict(image_size=64, patch_size=4, hidden_size=96, num_layers=2),
+                   language=dict(hidden_size=512, num_layers=12, num_heads=8),
+                   objective=dict(denoiser_hidden_size=64, denoiser_depth=2, denoiser_num_heads=4),
+                   text_tokens=120, batch_size=2),
+}  # fmt: skip
+ARMS = ("none", "ross", "ross+cache")
+REFERENCE_7B = dict(
+    llm=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+             num_key_value_heads=4, vocab_size=152064),
+    vision=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                image_size=384, patch_size=14),
+    vae=dict(block_out_channels=[128, 256, 512, 512], latent_channels=16, layers_per_block=2),
+    denoiser=dict(in_channels=64, condition_size=3584, hidden_size=1024, depth=3, num_heads=16, grid_size=27),
+    image_tokens=729, vae_image_size=432, num_noise_draws=4,
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models and batches
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def build_arms(name: str, root: Path, device, dtype) -> tuple[dict, RossProcessor]:
+    """`{"none": baseline, "ross": ROSS^D}` sharing every non-objective weight, and their processor."""
+    spec = CONFIGS[name]
+    paths = write_tiny_components(root / name, vision_kwargs=spec["vision"], language_kwargs=spec["language"])
+    torch.manual_seed(0)
+    ross = from_components(**paths, objective="denoise", num_noise_draws=4, **spec["objective"])
+    baseline = from_components(paths["vision_model"], paths["language_model"], objective="none")
+    missing, unexpected = baseline.load_state_dict(ross.state_dict(), strict=False)
+    assert not missing and all(k.startswith(("denoiser.", "teacher.")) for k in unexpected), (missing, unexpected)
+    processor = RossProcessor.from_components(paths["vision_model"], paths["language_model"])
+    return {"none": baseline.to(device, dtype), "ross": ross.to(device, dtype)}, processor
+
+
+def make_batch(processor, spec: dict, device, dtype) -> dict:
+    """`batch_size` one-image conversations of about `text_tokens` text tokens; labels on the answers only."""
+    size = processor.image_processor.size
+    side = size.get("height") or size.get("shortest_edge")
+    generator = torch.Generator().manual_seed(0)
+    images, texts = [], []
+    for i in range(spec["batch_size"]):
+        pixels = torch.randint(0, 256, (side, side, 3), generator=generator, dtype=torch.uint8).numpy()
+        images.append(Image.fromarray(pixels))
+        words = " ".join(["colour shape count position"] * (spec["text_tokens"] // 8))
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Describe {i}: {words}"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": words}]},
+        ]
+        texts.append(processor.apply_chat_template(messages, tokenize=False))
+    batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].clone()
+    labels[(batch["attention_mask"] == 0) | (labels == processor.image_token_id)] = -100
+    batch["labels"] = labels
+    batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def cached_targets(model, batch) -> dict:
+    """The teacher's `(mean, std)` for the batch's images, as a latent cache stores them."""
+    with torch.no_grad():
+        mean, std = model.teacher.encode_distribution(batch["pixel_values"])
+    return {"mean": mean, "std": std}
+
+
+def make_step(arm: str, models: dict, batch: dict):
+    """A closure running one optimizer step of `arm` (stage 2: vision tower and teacher frozen)."""
+    model = models["none" if arm == "none" else "ross"]
+    model.train()
+    model.model.vision_tower.requires_grad_(False)
+    inputs = dict(batch)
+    if arm == "ross+cache":
+        inputs["teacher_targets"] = cached_targets(model, batch)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step():
+        loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def count_flops(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_config(name: str, root: Path, device, dtype, repeats: int) -> dict:
+    """Interleaved step times, peak memory and FLOPs of the three arms of one configuration."""
+    models, processor = build_arms(name, root, device, dtype)
+    batch = make_batch(processor, CONFIGS[name], device, dtype)
+    steps = {arm: make_step(arm, models, batch) for arm in ARMS}
+    flops = {arm: count_flops(steps[arm]) for arm in ARMS}  # also the warm-up step
+    times, peaks = {arm: [] for arm in ARMS}, {arm: 0 for arm in ARMS}
+    for _ in range(repeats):
+        for arm in ARMS:
+            if torch.device(device).type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            _synchronize(device)
+            start = time.perf_counter()
+            steps[arm]()
+            _synchronize(device)
+            times[arm].append(time.perf_counter() - start)
+            if torch.device(device).type == "cuda":
+                peaks[arm] = max(peaks[arm], torch.cuda.max_memory_allocated())
+    llm = sum(p.numel() for p in models["ross"].model.language_model.parameters())
+    denoiser = sum(p.numel() for p in models["ross"].denoiser.parameters())
+    image_tokens = int((batch["input_ids"] == processor.image_token_id).sum()) // batch["input_ids"].shape[0]
+    return {
+        "config": name, "batch_size": batch["input_ids"].shape[0], "sequence_length": batch["input_ids"].shape[1],
+        "image_tokens": image_tokens, "llm_parameters": llm, "denoiser_parameters": denoiser,
+        "denoiser_to_llm": denoiser / llm,
+        "arms": {arm: {"median_s": statistics.median(times[arm]), "times_s": times[arm], "flops": flops[arm],
+                       "peak_memory_bytes": peaks[arm] or None} for arm in ARMS},
+    }  # fmt: skip
+
+
+def overheads(result: dict) -> dict:
+    """Per ROSS arm: measured time ratio to `none`, FLOP ratio, and waste = measured overhead / FLOP overhead."""
+    base = result["arms"]["none"]
+    rows = {}
+    for arm in ARMS[1:]:
+        run = result["arms"][arm]
+        # Paired ratios of the interleaved steps: the machine's drift cancels within a pair.
+        paired = sorted(a / b for a, b in zip(run["times_s"], base["times_s"]))
+        time_ratio, flop_ratio = statistics.median(paired), run["flops"] / base["flops"]
+        memory = run["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] else None
+        waste = (time_ratio - 1) / (flop_ratio - 1) if flop_ratio > 1 else None
+        rows[arm] = {"time_ratio": time_ratio, "time_ratio_range": [paired[0], paired[-1]], "flop_ratio": flop_ratio,
+                     "memory_ratio": memory, "waste": waste}
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The 7B recipe's FLOP account
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def flop_account_7b(sft_length: int) -> list[dict]:
+    """Forward FLOPs of each module of the 7B recipe for one sample, and its training-step FLOPs (see docstring)."""
+    ref = REFERENCE_7B
+    with torch.device("meta"):
+        llm = Qwen2ForCausalLM(Qwen2Config(**ref["llm"]))
+        tower = SiglipVisionModel(SiglipVisionConfig(**ref["vision"]))
+        vae = AutoencoderKL(down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                            **ref["vae"])  # fmt: skip
+        ids = torch.zeros(1, sft_length, dtype=torch.long)
+        side = ref["vision"]["image_size"]
+        with torch.no_grad():
+            forward = {
+                "vision tower (SigLIP-so400m, frozen)": count_flops(lambda: tower(torch.zeros(1, 3, side, side))),
+                "LLM (Qwen2-7B, trained)": count_flops(lambda: llm(input_ids=ids)),
+                "teacher (FLUX VAE encoder, frozen)": count_flops(
+                    lambda: vae.encode(torch.zeros(1, 3, ref["vae_image_size"], ref["vae_image_size"]))
+                ),
+            }
+    denoiser = RossDenoiser(**ref["denoiser"])  # its autocast guard needs a real device
+    draws, tokens = ref["num_noise_draws"], ref["image_tokens"]
+    with torch.no_grad():
+        forward["denoiser (65M, 4 draws, trained)"] = count_flops(
+            lambda: denoiser(torch.zeros(draws, tokens, 64), torch.zeros(draws, dtype=torch.long),
+                             torch.zeros(draws, tokens, ref["llm"]["hidden_size"]))
+        )  # fmt: skip
+    rows = [{"module": name, "forward_flops": value, "step_flops": value * (3 if "trained" in name else 1)}
+            for name, value in forward.items()]  # fmt: skip
+    total = sum(row["step_flops"] for row in rows)
+    without_teacher = total - rows[2]["step_flops"]
+    for row in rows:
+        row["share"] = row["step_flops"] / total
+        row["share_with_cache"] = 0.0 if "teacher" in row["module"] else row["step_flops"] / without_teacher
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value, spec=".2f", missing="n/a") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def markdown(results: list[dict], account: list[dict], args) -> str:
+    lines = [f"Device {args.device}, dtype {args.dtype}, {args.repeats} interleaved steps per arm (median).", "",
+             "| config | seq (image tokens) | denoiser / LLM | arm | step s | x none (min-max) | FLOPs x none | waste | "
+             "memory x none |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for result in results:
+        ratios = overheads(result)
+        for arm in ARMS:
+            r = ratios.get(arm, {})
+            spread = " ({:.2f}-{:.2f})".format(*r["time_ratio_range"]) if r else ""
+            lines.append(
+                f"| {result['config']} | {result['sequence_length']} ({result['image_tokens']}) | "
+                f"{result['denoiser_to_llm']:.2%} | {arm} | {result['arms'][arm]['median_s']:.3f} | "
+                f"{_fmt(r.get('time_ratio', 1.0))}{spread} | {_fmt(r.get('flop_ratio', 1.0))} | {_fmt(r.get('waste'))} | "
+                f"{_fmt(r.get('memory_ratio'))} |"
+            )
+    lines += ["", f"7B recipe, one sample of {args.sft_length} tokens (729 image tokens): FLOPs per training step",
+              "", "| module | forward TFLOPs | step TFLOPs | share | share with latent cache |", "|---|---|---|---|---|"]
+    for row in account:
+        lines.append(f"| {row['module']} | {row['forward_flops'] / 1e12:.2f} | {row['step_flops'] / 1e12:.2f} | "
+                     f"{row['share']:.1%} | {row['share_with_cache']:.1%} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--sft-length", type=int, default=1152, help="tokens of one SFT sample of the 7B account")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/train_step"))
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.sft_length <= REFERENCE_7B["image_tokens"]:
+        parser.error(f"--sft-length must exceed the {REFERENCE_7B['image_tokens']} image tokens")
+    dtype = getattr(torch, args.dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [measure_config(name, Path(tmp), args.device, dtype, args.repeats) for name in args.configs]
+    account = flop_account_7b(args.sft_length)
+    report = markdown(results, account, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "configs": results,
+               "overheads": {r["config"]: overheads(r) for r in results}, "flop_account_7b": account}
+    (args.out / "train_step.json").write_text(json.dumps(payload, indent=2))
+    (args.out / "train_step.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
