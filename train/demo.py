@@ -189,13 +189,14 @@ def _yaml_flow(mapping: dict) -> str:
     return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in mapping.items()) + "}"
 
 
-def run_stage(stage: int, out_dir: Path, overrides: dict, log_file: Path) -> dict:
-    """`accelerate launch train/sft.py --config train/configs/tiny_stage{stage}.yaml --key value ...` on one CPU
-    process; the output goes to `log_file`. Returns `<out_dir>/summary.json` plus the first and last logged losses."""
+def run_stage(stage: int, out_dir: Path, overrides: dict, log_file: Path, cpu: bool = True) -> dict:
+    """`accelerate launch train/sft.py --config train/configs/tiny_stage{stage}.yaml --key value ...` in one process
+    (on the CPU unless `cpu=False`); the output goes to `log_file`. Returns `<out_dir>/summary.json` plus the first
+    and last logged losses."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
-        "--num_cpu_threads_per_process", str(os.cpu_count() or 1),
+        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        *(["--cpu"] if cpu else []), "--num_cpu_threads_per_process", str(os.cpu_count() or 1),
         str(REPO_ROOT / "train" / "sft.py"), "--config", str(REPO_ROOT / "train" / "configs" / f"tiny_stage{stage}.yaml"),
     ]  # fmt: skip
     for key, value in overrides.items():

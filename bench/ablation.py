@@ -1,0 +1,357 @@
+"""Does ROSS beat its LLaVA baseline on fine-grained questions? The paper's Table 3 / Figure 5 / Figure 7 in miniature,
+under the pre-registered protocol `bench/ablation.yaml`.
+
+    python bench/ablation.py --mode quick|full|cuda [--device cpu|cuda] [--out runs/ablation] [--report-only]
+
+Every run trains the default run's two stages (`train/sft.py` via `train/demo.py`'s stage runner) on the same
+fitted components (a SigLIP tower fitted with a coarse colour-presence objective, a KL autoencoder fitted on the
+synthetic scenes: `train/pretrain_components.py`), the same data and seeds; only the objective differs (the arms
+of the protocol: `none` = LLaVA, ROSS^R-Pixel, ROSS^R-Latent, ROSS^D-Pixel, ROSS^D). Per run it writes
+`<out>/runs/<arm>-s<seed>-<data size>/result.json`:
+
+- accuracy per benchmark and question type at each of `curve_steps` (stage-2 checkpoints: the learning curves);
+- the same at the end with **patch shuffle**: the visual tokens of every image permuted across positions (a
+  forward hook on the projector, one permutation per seed); an answer that survives it is not fine-grained;
+- the last prompt token's attention to the visual tokens on `attention_items` MMVP items (`eval.attention`).
+
+A finished run is not run again (its result records the protocol's hash; a changed protocol reruns it). The report
+(`ablation_<mode>.md` / `.json`) is refused while any run the mode registers lacks a result: no table from a subset.
+It gives mean +/- std over seeds per arm, the shuffle drop, learning curves, the data-size sweep (full mode), the
+attention comparison (Welch t and Mann-Whitney U on per-item scores, seeds pooled), and the protocol's claim checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors import safe_open
+
+from eval.attention import VisualAttention, compare, visual_attention
+from eval.generation import evaluate_model, get_benchmark, load_items, load_model
+from train.demo import DemoSettings, StageSettings, benchmark_report, prepare_data, run_stage
+from train.pretrain_components import ComponentSettings, component_paths, prepare_components
+
+
+PROTOCOL = Path(__file__).with_name("ablation.yaml")
+
+
+def log(message: str) -> None:
+    print(f"[ablation] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Protocol
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_protocol(path: Path, mode: str) -> dict:
+    """The protocol with the mode's settings applied, its hash, and the runs the mode registers."""
+    text = path.read_text()
+    protocol = yaml.safe_load(text)
+    if mode not in protocol["modes"]:
+        raise SystemExit(f"error: {path}: no mode {mode!r}; modes: {', '.join(protocol['modes'])}")
+    spec = protocol["modes"][mode]
+    for key in ("stage2", "curve_steps"):
+        protocol[key] = spec.get(key, protocol[key])
+    unknown = sorted(set(spec["arms"]) - set(protocol["arms"]))
+    if unknown:
+        raise SystemExit(f"error: {path}: mode {mode!r} names unknown arms {unknown}")
+    runs = [(arm, seed, size) for size in spec["data_sizes"] for arm in spec["arms"] for seed in spec["seeds"]]
+    if "sweep" in spec:
+        sweep = spec["sweep"]
+        runs += [(arm, seed, size) for size in sweep["data_sizes"] for arm in sweep["arms"] for seed in spec["seeds"]]
+    protocol.update(mode=mode, runs=runs, hash=hashlib.sha256(text.encode()).hexdigest()[:12])
+    return protocol
+
+
+def run_id(arm: str, seed: int, size: str) -> str:
+    return f"{arm}-s{seed}-{size}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class PatchShuffle:
+    """Permutes each image's visual tokens across positions at the projector's output: `(M, N, D)` -> `(M, N, D)`."""
+
+    def __init__(self, model, seed: int):
+        num_tokens = model.config.image_seq_length
+        self.permutation = torch.randperm(num_tokens, generator=torch.Generator().manual_seed(seed))
+        self.handle = model.model.projector.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        return output[:, self.permutation.to(output.device)]
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def evaluate_folder(model_dir: Path, data_root: Path, data: dict, out_dir: Path, protocol: dict, device: str,
+                    shuffle_seed: int | None = None) -> dict:  # fmt: skip
+    """Every synthetic benchmark, per question type (as `make demo` reports them); optionally patch-shuffled."""
+    model, processor = load_model(model_dir, dtype="auto", device=device)
+    shuffle = PatchShuffle(model, shuffle_seed) if shuffle_seed is not None else None
+    results = {}
+    try:
+        for name, rel_path in data["benchmarks"].items():
+            bench = get_benchmark(name)
+            scores = evaluate_model(
+                model, processor, bench, data_root / rel_path, batch_size=protocol["eval_batch_size"],
+                out_dir=out_dir / name, max_new_tokens=protocol["eval_max_new_tokens"], progress=False,
+                model_name=str(model_dir),
+            )  # fmt: skip
+            records = [json.loads(line) for line in (out_dir / name / "predictions.jsonl").read_text().splitlines()]
+            results[name] = benchmark_report(bench, records, scores)
+    finally:
+        if shuffle is not None:
+            shuffle.remove()
+    results["fine_grained_accuracy"] = statistics.mean(results[n]["accuracy"] for n in protocol["fine_grained"])
+    return results
+
+
+def attention_scores(model_dir: Path, data_root: Path, data: dict, protocol: dict, device: str) -> list[float]:
+    """Per-item attention of the last prompt token to the visual tokens on MMVP items (the paper's Table 1 number)."""
+    model, processor = load_model(model_dir, dtype="auto", device=device, attn_implementation="eager")
+    _, rows, prompts = load_items("synthetic_mmvp", data_root / data["benchmarks"]["synthetic_mmvp"],
+                                  limit=protocol["attention_items"])  # fmt: skip
+    items = [(row["images"], prompt) for row, prompt in zip(rows, prompts)]
+    return visual_attention(model, processor, items, progress=False).item_scores.tolist()
+
+
+def parameter_counts(model_dir: Path) -> dict:
+    """Parameters of the LLM and of the denoiser, read from the safetensors headers."""
+    counts = {"language_model": 0, "denoiser": 0}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():
+                size = math.prod(handle.get_slice(key).get_shape())
+                if key.startswith("denoiser."):
+                    counts["denoiser"] += size
+                elif key.startswith("model.language_model."):
+                    counts["language_model"] += size
+    return counts
+
+
+def train_run(arm: str, seed: int, paths: dict, manifest: dict, data_root: Path, data: dict, run_dir: Path,
+              protocol: dict, device: str) -> dict:  # fmt: skip
+    """Stage 1 then stage 2 (checkpoints at the curve steps) of one arm; returns both stages' summaries."""
+    spec = protocol["arms"][arm]
+    common = {"prepare_tiny": "null", "image_folder": str(data_root / data["image_folder"]), "seed": seed,
+              "objective": spec["objective"], "target": spec["target"], "disable_tqdm": "true",
+              "dataloader_num_workers": 0, "logging_steps": max(1, min(10, protocol["stage2"]["max_steps"] // 20))}
+    overrides = {**protocol["model_overrides"], **manifest["objective_overrides"]}
+    stage1 = StageSettings(**{k: protocol["stage1"][k] for k in ("max_steps", "batch_size", "learning_rate")})
+    stage2 = StageSettings(**{k: protocol["stage2"][k] for k in ("max_steps", "batch_size", "learning_rate")})
+    cpu = torch.device(device).type == "cpu"
+    first = run_stage(1, run_dir / "stage1", {
+        **common, **paths, "model_overrides": overrides, "data_path": str(data_root / data["stage1_data"]),
+        "output_dir": str(run_dir / "stage1"), **stage1.overrides()}, run_dir / "stage1" / "train.log", cpu=cpu)
+    every = math.gcd(*protocol["curve_steps"])
+    second = run_stage(2, run_dir / "stage2", {
+        **common, "model_name_or_path": str(run_dir / "stage1" / "model"),
+        "data_path": str(data_root / data["stage2_data"]), "output_dir": str(run_dir / "stage2"),
+        "save_strategy": "steps", "save_steps": every, "save_only_model": "true", **stage2.overrides(),
+    }, run_dir / "stage2" / "train.log", cpu=cpu)  # fmt: skip
+    return {"stage1": first, "stage2": second}
+
+
+def run_one(arm: str, seed: int, size: str, out: Path, protocol: dict, device: str) -> dict:
+    """Train, evaluate (curve, shuffle, attention) and record one registered run; reuse a finished one."""
+    run_dir = out / "runs" / run_id(arm, seed, size)
+    result_file = run_dir / "result.json"
+    if result_file.is_file():
+        result = json.loads(result_file.read_text())
+        if result.get("protocol_hash") == protocol["hash"]:
+            log(f"{run_id(arm, seed, size)}: done earlier, reusing {result_file}")
+            return result
+    shutil.rmtree(run_dir, ignore_errors=True)
+    start = time.perf_counter()
+    components_root = out / "components"
+    manifest = prepare_components(components_root, ComponentSettings(**protocol["components"]), log=log)
+    paths = component_paths(components_root, manifest)
+    settings = DemoSettings(plain_images=protocol["plain_images"], sft_images=protocol["data_sizes"][size],
+                            benchmark_items=protocol["benchmark_items"])  # fmt: skip
+    data = prepare_data(out / "data", settings)
+    data_root = out / "data" / data["key"]
+
+    log(f"{run_id(arm, seed, size)}: training ({protocol['stage2']['max_steps']} stage-2 steps)")
+    training = train_run(arm, seed, paths, manifest, data_root, data, run_dir, protocol, device)
+    curve = {}
+    for step in protocol["curve_steps"]:
+        folder = run_dir / "stage2" / f"checkpoint-{step}"
+        curve[step] = evaluate_folder(folder, data_root, data, run_dir / "eval" / f"step{step}", protocol, device)
+        log(f"{run_id(arm, seed, size)}: step {step}: fine-grained accuracy {curve[step]['fine_grained_accuracy']:.3f}")
+    model_dir = run_dir / "stage2" / "model"
+    shuffled = evaluate_folder(model_dir, data_root, data, run_dir / "eval" / "shuffled", protocol, device, seed)
+    result = {
+        "run": run_id(arm, seed, size), "arm": arm, "seed": seed, "data_size": size, "protocol_hash": protocol["hash"],
+        "protocol_version": protocol["protocol_version"], "curve": curve, "final": curve[max(curve)],
+        "shuffled": shuffled, "attention": attention_scores(model_dir, data_root, data, protocol, device),
+        "parameters": parameter_counts(model_dir), "training": training,
+        "components": {"vision_tower": manifest["vision_tower"], "vae": manifest["vae"]},
+        "seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+    for checkpoint in (run_dir / "stage2").glob("checkpoint-*"):  # evaluated: the curve keeps what they showed
+        shutil.rmtree(checkpoint)
+    result_file.write_text(json.dumps(result, indent=1))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def _cell(values: list[float]) -> str:
+    mean, std = _mean_std(values)
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} +/- {std:.3f}"
+
+
+def collect(protocol: dict, out: Path) -> dict:
+    """Every registered run's result, or SystemExit naming the missing ones (no table from a subset)."""
+    results, missing = {}, []
+    for arm, seed, size in protocol["runs"]:
+        file = out / "runs" / run_id(arm, seed, size) / "result.json"
+        result = json.loads(file.read_text()) if file.is_file() else None
+        if result is None or result.get("protocol_hash") != protocol["hash"]:
+            missing.append(run_id(arm, seed, size))
+        else:
+            results[(arm, seed, size)] = result
+    if missing:
+        raise SystemExit(f"error: no report: {len(missing)} of the {len(protocol['runs'])} runs registered by mode "
+                         f"{protocol['mode']!r} have no result under this protocol: {', '.join(missing)}")  # fmt: skip
+    return results
+
+
+def _accuracy(evaluation: dict, key: str) -> float:
+    return evaluation[key] if key == "fine_grained_accuracy" else evaluation[key]["accuracy"]
+
+
+def summarize(protocol: dict, results: dict) -> dict:
+    """Per (arm, data size): final, shuffled and curve metrics over seeds; the protocol's claim."""
+    groups: dict = {}
+    for (arm, seed, size), result in results.items():
+        groups.setdefault((arm, size), []).append(result)
+    benchmarks = [*protocol["fine_grained"], *protocol["controls"]]
+    table = {}
+    for (arm, size), runs in groups.items():
+        row = {"seeds": [r["seed"] for r in runs]}
+        for key in ("fine_grained_accuracy", *benchmarks):
+            row[key] = [_accuracy(r["final"], key) for r in runs]
+            row[f"{key}:shuffled"] = [_accuracy(r["shuffled"], key) for r in runs]
+        row["curve"] = {step: [r["curve"][str(step)]["fine_grained_accuracy"] for r in runs]
+                        for step in protocol["curve_steps"]}  # fmt: skip
+        row["attention"] = [score for r in runs for score in r["attention"]]
+        row["parameters"] = runs[0]["parameters"]
+        table[f"{arm}@{size}"] = row
+    return table
+
+
+def _attention(label: str, scores: list[float]) -> VisualAttention:
+    """Per-item scores (seeds pooled) in the container `eval.attention.compare` reads."""
+    n = len(scores)
+    return VisualAttention(label, np.asarray(scores), np.zeros((n, 0)), np.zeros(n), np.zeros((n, 0)), grid_size=0)
+
+
+def claim(protocol: dict, table: dict) -> dict | None:
+    """The pre-registered comparison on the primary metric and on attention, at the first data size."""
+    size = protocol["modes"][protocol["mode"]]["data_sizes"][0]
+    base, ross = (table.get(f"{arm}@{size}") for arm in protocol["compare"])
+    if base is None or ross is None:
+        return None
+    (mb, sb), (mr, sr) = _mean_std(base["fine_grained_accuracy"]), _mean_std(ross["fine_grained_accuracy"])
+    spread = max(sb, sr)
+
+    attention = compare(_attention(protocol["compare"][0], base["attention"]),
+                        _attention(protocol["compare"][1], ross["attention"]))  # fmt: skip
+    return {
+        "difference": mr - mb, "larger_seed_std": spread,
+        "beats_by_two_std": (not math.isnan(spread)) and mr - mb > 2 * spread,
+        "attention": attention,
+        "attends_more": attention["mean_difference_b_minus_a"] > 0 and attention["welch_t"]["p_value"] < 0.01,
+    }  # fmt: skip
+
+
+def markdown(protocol: dict, table: dict, verdict: dict | None, components: dict) -> str:
+    benchmarks = [*protocol["fine_grained"], *protocol["controls"]]
+    short = {n: n.replace("synthetic_", "") for n in benchmarks}
+    vae, tower = components["vae"], components["vision_tower"]
+    lines = [f"Protocol v{protocol['protocol_version']} ({protocol['hash']}), mode `{protocol['mode']}`, "
+             f"{protocol['stage2']['max_steps']} stage-2 steps. Tower colour probe {tower['probe_accuracy']:.3f} "
+             f"(majority {tower['probe_chance']:.3f}); teacher VAE PSNR {vae['psnr_db']:.1f} dB.", "",
+             "| arm @ data | denoiser / LLM | fine-grained (primary) | shuffled | "
+             + " | ".join(short[n] for n in benchmarks) + " |",
+             "|---|---|---|---|" + "---|" * len(benchmarks)]  # fmt: skip
+    for name, row in table.items():
+        params = row["parameters"]
+        ratio = params["denoiser"] / params["language_model"] if params["language_model"] else 0
+        cells = [_cell(row["fine_grained_accuracy"]), _cell(row["fine_grained_accuracy:shuffled"])]
+        cells += [_cell(row[n]) for n in benchmarks]
+        lines.append(f"| {name} | {ratio:.1%} | " + " | ".join(cells) + " |")
+    lines += ["", "Learning curves (fine-grained accuracy, mean over seeds):", "",
+              "| arm @ data | " + " | ".join(f"step {s}" for s in protocol["curve_steps"]) + " |",
+              "|---|" + "---|" * len(protocol["curve_steps"])]  # fmt: skip
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(row["curve"][s]) for s in protocol["curve_steps"]) + " |")
+    if verdict:
+        a = verdict["attention"]
+        lines += ["", f"Claim ({protocol['compare'][1]} vs {protocol['compare'][0]}): difference "
+                  f"{verdict['difference']:+.3f}, larger seed std {verdict['larger_seed_std']:.3f} -> beats by 2 std: "
+                  f"{'yes' if verdict['beats_by_two_std'] else 'no'}. Last-token attention to visual tokens "
+                  f"{a['mean_a']:.3e} vs {a['mean_b']:.3e} (Welch p = {a['welch_t']['p_value']:.2g}, Mann-Whitney p = "
+                  f"{a['mann_whitney_u']['p_value']:.2g}) -> attends more (p < 0.01): "
+                  f"{'yes' if verdict['attends_more'] else 'no'}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def report(protocol: dict, out: Path) -> dict:
+    results = collect(protocol, out)
+    table = summarize(protocol, results)
+    verdict = claim(protocol, table)
+    components = next(iter(results.values()))["components"]
+    text = markdown(protocol, table, verdict, components)
+    payload = {"protocol": {k: v for k, v in protocol.items() if k != "runs"}, "runs": [r for r in results.values()],
+               "table": table, "claim": verdict}  # fmt: skip
+    (out / f"ablation_{protocol['mode']}.json").write_text(json.dumps(payload, indent=1, default=str))
+    (out / f"ablation_{protocol['mode']}.md").write_text(text)
+    print(text)
+    return payload
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", default="quick", choices=["quick", "full", "cuda"])
+    parser.add_argument("--protocol", type=Path, default=PROTOCOL)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--report-only", action="store_true", help="report the runs already there; train nothing")
+    args = parser.parse_args(argv)
+    protocol = load_protocol(args.protocol, args.mode)
+    out = args.out.resolve()
+    if not args.report_only:
+        for number, (arm, seed, size) in enumerate(protocol["runs"], 1):
+            log(f"run {number}/{len(protocol['runs'])}: {run_id(arm, seed, size)}")
+            run_one(arm, seed, size, out, protocol, args.device)
+    report(protocol, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

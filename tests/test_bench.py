@@ -1,0 +1,124 @@
+"""The benchmark scripts of `bench/` run end to end at smoke sizes and report what they promise (never timings)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from modeling_ross import from_components
+from modeling_ross.testing import write_tiny_components
+
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_step_counts_flops_and_reports_every_arm(tmp_path):
+    train_step = load_script("train_step")
+    assert train_step.main(["--configs", "tiny", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "train_step.json").read_text())
+    arms = payload["configs"][0]["arms"]
+    assert set(arms) == {"none", "ross", "ross+cache"}
+    # The cache removes the teacher's FLOPs, the denoiser adds its own: none < ross+cache < ross.
+    assert arms["none"]["flops"] < arms["ross+cache"]["flops"] < arms["ross"]["flops"]
+    account = {row["module"]: row for row in payload["flop_account_7b"]}
+    assert abs(sum(row["share"] for row in account.values()) - 1) < 1e-9
+    llm = next(row for name, row in account.items() if name.startswith("LLM"))
+    assert 2 * 7e9 * 1152 * 0.9 < llm["forward_flops"] < 2 * 7.7e9 * 1152 * 1.2  # ~2 x parameters x tokens
+    assert "| tiny |" in (tmp_path / "train_step.md").read_text()
+
+
+def test_inference_matches_transformers_llava_token_for_token(tmp_path):
+    inference = load_script("inference")
+    args = ["--config", "tiny", "--repeats", "1", "--new-tokens", "3", "--batch-size", "2", "--out", str(tmp_path)]
+    assert inference.main(args) == 0
+    payload = json.loads((tmp_path / "inference.json").read_text())
+    assert payload["same_greedy_tokens"] is True
+    assert payload["results"]["ross"]["state_bytes"] == payload["results"]["llava"]["state_bytes"]
+
+
+def test_eval_batching_gives_the_same_answers_at_every_batch_size(tmp_path):
+    eval_batching = load_script("eval_batching")
+    args = ["--items", "6", "--repeats", "1", "--batch-sizes", "1", "4", "--max-new-tokens", "3", "--out", str(tmp_path)]
+    assert eval_batching.main(args) == 0
+    payload = json.loads((tmp_path / "eval_batching.json").read_text())
+    assert payload["identical_answers"] is True and payload["items"] == 6
+
+
+def test_patch_shuffle_permutes_the_visual_tokens(tmp_path):
+    ablation = load_script("ablation")
+    model = from_components(**write_tiny_components(tmp_path), objective="none").eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    plain = model.model.projector(model.model.vision_tower(pixel_values).last_hidden_state)
+    shuffle = ablation.PatchShuffle(model, seed=0)
+    shuffled = model.model.projector(model.model.vision_tower(pixel_values).last_hidden_state)
+    shuffle.remove()
+    assert not torch.equal(shuffle.permutation, torch.arange(len(shuffle.permutation)))
+    torch.testing.assert_close(shuffled, plain[:, shuffle.permutation])
+    torch.testing.assert_close(model.model.projector(model.model.vision_tower(pixel_values).last_hidden_state), plain)
+
+
+SMOKE_PROTOCOL = {
+    "protocol_version": 1,
+    "primary_metric": "fine_grained_accuracy",
+    "fine_grained": ["synthetic_pope", "synthetic_mmvp", "synthetic_count", "synthetic_position"],
+    "controls": ["synthetic_colour"],
+    "compare": ["baseline", "ross_d"],
+    "arms": {"baseline": {"objective": "none", "target": "vae"}, "ross_d": {"objective": "denoise", "target": "vae"}},
+    "components": {"num_fit_images": 64, "num_heldout_images": 32, "vision_steps": 4, "vae_steps": 4,
+                   "vision_batch_size": 16, "vae_batch_size": 8},
+    "model_overrides": {"denoiser_hidden_size": 32, "denoiser_depth": 1, "denoiser_num_heads": 2, "num_noise_draws": 2},
+    "stage1": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3},
+    "stage2": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3},
+    "curve_steps": [2, 4],
+    "data_sizes": {"large": 24},
+    "plain_images": 24,
+    "benchmark_items": 12,
+    "seeds": [0],
+    "eval_batch_size": 16,
+    "eval_max_new_tokens": 3,
+    "attention_items": 4,
+    "modes": {"quick": {"arms": ["baseline", "ross_d"], "seeds": [0], "data_sizes": ["large"]}},
+}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ablation_runs_the_registered_runs_and_refuses_a_partial_table(tmp_path, capsys):
+    ablation = load_script("ablation")
+    protocol_file = tmp_path / "protocol.yaml"
+    protocol_file.write_text(yaml.safe_dump(SMOKE_PROTOCOL))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="2 of the 2 runs registered by mode 'quick' have no result"):
+        ablation.main(["--protocol", str(protocol_file), "--out", str(out), "--report-only"])
+
+    assert ablation.main(["--protocol", str(protocol_file), "--out", str(out)]) == 0
+    payload = json.loads((out / "ablation_quick.json").read_text())
+    assert {run["run"] for run in payload["runs"]} == {"baseline-s0-large", "ross_d-s0-large"}
+    for run in payload["runs"]:
+        assert set(run["curve"]) == {"2", "4"} and len(run["attention"]) == 4
+        assert set(run["shuffled"]) >= set(SMOKE_PROTOCOL["fine_grained"]) | {"fine_grained_accuracy"}
+        assert 0 <= run["final"]["fine_grained_accuracy"] <= 1
+        assert not list((out / "runs" / run["run"] / "stage2").glob("checkpoint-*"))  # evaluated, then removed
+    ross = next(run for run in payload["runs"] if run["arm"] == "ross_d")
+    assert ross["parameters"]["denoiser"] > 0 and ross["training"]["stage2"]["final_visual_loss"] is not None
+    assert payload["claim"]["attention"]["welch_t"]["p_value"] is not None
+    assert "Claim (ross_d vs baseline)" in (out / "ablation_quick.md").read_text()
+
+    # A finished run is reused; a changed protocol makes every result stale, so no table is reported.
+    capsys.readouterr()
+    assert ablation.main(["--protocol", str(protocol_file), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("done earlier") == 2
+    protocol_file.write_text(yaml.safe_dump({**SMOKE_PROTOCOL, "protocol_version": 2}))
+    with pytest.raises(SystemExit, match="have no result under this protocol"):
+        ablation.main(["--protocol", str(protocol_file), "--out", str(out), "--report-only"])
