@@ -46,12 +46,13 @@ class RossModelOutputWithPast(BaseModelOutputWithPast):
 class RossCausalLMOutputWithPast(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
-        `text_loss + weight * visual_loss` in training, `text_loss` otherwise.
+        `text_loss + weight * visual_loss` in training (the visual term weighted by `num_images / num_images_in_batch`
+        when the step's image count is given), `text_loss` otherwise.
     text_loss (`torch.FloatTensor` of shape `()`, *optional*):
         Next-token cross-entropy on the supervised (non -100) labels.
     visual_loss (`torch.FloatTensor` of shape `()`, *optional*):
-        The reconstructive loss averaged over the images of the batch (None for `objective="none"`, in eval mode,
-        or without labels). Zero, but still connected to the denoiser, for a batch without images.
+        The reconstructive loss averaged over the images of the batch, whatever `num_images_in_batch` (None for
+        `objective="none"`, without the objective loaded, in eval mode, or without labels). Zero, but still connected to the denoiser, for a batch without images.
     logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
         Language-modelling scores.
     visual_outputs (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
