@@ -70,7 +70,7 @@ class RossObjective(nn.Module):
             config ensures.
         """
         has_images = visual_outputs is not None
-        if not has_images:
+        if not has_images:  # every rank must run the same modules: a grey image, at zero weight
             pixel_values = self.grey_image(hidden_states.device)
             visual_outputs = hidden_states[:1, :1].expand(1, self.image_seq_length, -1) * 0.0
         target = self.target(teacher, pixel_values, teacher_targets, visual_outputs, has_images)

@@ -225,12 +225,11 @@ class RossTrainer(Trainer):
 
     def _record_metrics(self, model, inputs, outputs, num_items_in_batch) -> None:
         """
-        Append this micro-batch's `text_loss` / `visual_loss` to the buffer, scaled so that their mean over the
-        window's micro-batches and ranks is the mean over optimizer steps of each step's component, as `loss` is
-        logged. With the step's counts the model's components are shares of the step (the text loss divided by the
-        step's tokens, the visual mean weighted by the batch's share of the step's images): times the micro-batches
-        of the step (and the ranks when the counts cover all ranks) their mean is the step's value. Steps without any
-        image add no `visual_loss` entry.
+        Append this micro-batch's `text_loss` / `visual_loss`, scaled so that their mean over the window's
+        micro-batches and ranks is the mean over optimizer steps of each step's value, as `loss` is logged. With the
+        step's counts both components are this micro-batch's share of the step (of its tokens, of its images), so
+        times the step's micro-batches (and ranks, when the counts cover all ranks) they average to the step's value.
+        A step without any image adds no `visual_loss` entry.
         """
         mode = "train" if model.training else "eval"
         text_loss, visual_loss = outputs.text_loss.detach(), outputs.visual_loss
