@@ -303,9 +303,9 @@ def _mean_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def _expected_shapes(config) -> dict[str, tuple]:
-    """Keys and shapes of `RossForConditionalGeneration(config)`, built on the meta device."""
+    """Keys and shapes of `RossForConditionalGeneration(config, load_objective=True)`, built on the meta device."""
     with torch.device("meta"):
-        model = RossForConditionalGeneration(config, load_objective=config.objective_config.enabled)
+        model = RossForConditionalGeneration(config, load_objective=True)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 

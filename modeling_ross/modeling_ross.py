@@ -20,8 +20,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 from transformers.utils import logging
 
 from .configuration_ross import RossConfig
-from .denoiser import RossDenoiser, RossMLPHead, build_noise_scheduler
-from .objective import compute_visual_loss, reconstruct_tokens
+from .denoiser import RossDenoiser, RossMLPHead
+from .objective import build_objective
 from .teacher import build_teacher, freeze, protect_from_init
 from .teacher_source import load_teacher_source
 
@@ -46,12 +46,13 @@ class RossModelOutputWithPast(BaseModelOutputWithPast):
 class RossCausalLMOutputWithPast(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
-        `text_loss + weight * visual_loss` in training, `text_loss` otherwise.
+        `text_loss + weight * visual_loss` in training (the visual term weighted by `num_images / num_images_in_batch`
+        when the step's image count is given), `text_loss` otherwise.
     text_loss (`torch.FloatTensor` of shape `()`, *optional*):
         Next-token cross-entropy on the supervised (non -100) labels.
     visual_loss (`torch.FloatTensor` of shape `()`, *optional*):
-        The reconstructive loss averaged over the images of the batch (None for `objective="none"`, in eval mode,
-        or without labels). Zero, but still connected to the denoiser, for a batch without images.
+        The reconstructive loss averaged over the images of the batch, whatever `num_images_in_batch` (None for
+        `objective="none"`, without the objective loaded, in eval mode, or without labels). Zero, but still connected to the denoiser, for a batch without images.
     logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
         Language-modelling scores.
     visual_outputs (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
@@ -226,55 +227,43 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
     """
     ROSS for image-text-to-text generation.
 
-    Modules: `model.vision_tower`, `model.projector`, `model.language_model`, `lm_head` (inference), and the
-    training-only `teacher` (frozen target tokenizer) and `denoiser` (ROSS^D denoiser, or the MLP head of ROSS^R).
-    `RossForConditionalGeneration(config)` builds the training modules when the objective is enabled;
-    `from_pretrained` builds them only with `load_objective=True`.
+    Modules: `model.vision_tower`, `model.projector`, `model.language_model`, `lm_head` (inference), and, with
+    `load_objective=True`, the training-only `teacher` (frozen target tokenizer), `denoiser` (ROSS^D denoiser, or the
+    MLP head of ROSS^R) and `objective` (the loss and sampling maths, see `objective.py`; no parameters of its own).
+
+    Args:
+        config (`RossConfig`): The model configuration.
+        load_objective (`bool`, defaults to `False`): Build the objective's modules (when `objective_config` enables
+            one). The same rule as `from_pretrained(..., load_objective=False)`: inference builds nothing it does not
+            run; training, further training and `reconstruct` ask for the objective explicitly.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # A checkpoint never needs to hold the frozen teacher: `from_pretrained` restores it from its own source when the
+    # checkpoint has no copy (`save_teacher=False`).
+    _keys_to_ignore_on_load_missing = [r"^teacher\."]
 
-    def __init__(self, config: RossConfig, load_objective: bool = True):
+    def __init__(self, config: RossConfig, load_objective: bool = False):
         super().__init__(config)
         self.model = RossModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        self.teacher = self.denoiser = self.noise_scheduler = None
+        self.objective = self.teacher = self.denoiser = None
         if load_objective and config.objective_config.enabled:
             self._build_objective()
         self.post_init()
-        if self.teacher is not None and not config.objective_config.save_teacher:
-            # Checkpoints leave the frozen teacher out: `from_pretrained` loads it from its own source instead.
-            self._keys_to_ignore_on_load_missing = {*self._keys_to_ignore_on_load_missing, r"^teacher\."}
 
     def _build_objective(self):
-        objective = self.config.objective_config
-        grid = self.config.grid_size
-        self.teacher = build_teacher(objective, grid)
-        condition_size = self.config.text_config.hidden_size
-        if objective.objective == "denoise":
-            self.denoiser = RossDenoiser(
-                in_channels=self.teacher.num_channels,
-                condition_size=condition_size,
-                hidden_size=objective.denoiser_hidden_size,
-                depth=objective.denoiser_depth,
-                num_heads=objective.denoiser_num_heads,
-                mlp_ratio=objective.denoiser_mlp_ratio,
-                grid_size=grid,
-                self_attention=objective.denoiser_self_attention,
-                position_embedding=objective.denoiser_position_embedding,
-                compute_dtype=objective.compute_dtype,
-            )
-            # Not an nn.Module: keep its tables off the meta device `from_pretrained` builds the model on.
-            with torch.device("cpu"):
-                self.noise_scheduler = build_noise_scheduler(objective)
-        else:  # "regress" / "latent2pixel": an MLP head predicts the target directly
-            self.denoiser = RossMLPHead(
-                condition_size,
-                self.teacher.num_channels,
-                objective.head_hidden_size or condition_size,
-                compute_dtype=objective.compute_dtype,
-            )
-        protect_from_init(self.teacher)
+        """The objective module, the frozen teacher and the trained head (registered here: keys `teacher.*`,
+        `denoiser.*`)."""
+        self.objective = build_objective(self.config)
+        self.teacher = protect_from_init(build_teacher(self.config.objective_config, self.config.grid_size))
+        self.denoiser = self.objective.build_head(self.teacher.num_channels)
+
+    @property
+    def can_reconstruct(self) -> bool:
+        """Whether `reconstruct` can run: the objective is built and its teacher decodes to pixels (target "vae" or
+        "pixel", not a feature teacher)."""
+        return self.objective is not None and hasattr(self.teacher, "decode")
 
     # ---- convenience accessors (the modules live in `self.model`, as in LlavaForConditionalGeneration) ----
     @property
@@ -324,6 +313,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         teacher_targets: dict[str, torch.Tensor] | tuple | None = None,
+        num_images_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> RossCausalLMOutputWithPast:
         r"""
@@ -333,6 +323,10 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             labels: `(batch_size, sequence_length)`, -100 where not supervised.
             teacher_targets: optional cached teacher outputs `{"mean", "std"}` (or a pair), each `(num_images, N, C)`
                 in `pixel_values` order (`train/latent_cache.py`); the visual loss then skips the teacher.
+            num_images_in_batch: images in the whole accumulation step (summed over ranks), the image analogue of
+                `num_items_in_batch`. The visual term is then weighted by this batch's share of them
+                (`num_images / num_images_in_batch`), so the micro-batches of a step add up to one large batch.
+                Without it the visual term is the batch's plain mean.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -355,9 +349,21 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
             loss = text_loss
-            if self.training and self.denoiser is not None:
-                visual_loss = compute_visual_loss(self, visual_outputs, pixel_values, hidden_states, teacher_targets)
-                loss = text_loss + self.config.objective_config.weight * visual_loss
+            if self.training and self.objective is not None:
+                visual_loss = self.objective(
+                    visual_outputs,
+                    pixel_values,
+                    teacher_targets,
+                    denoiser=self.denoiser,
+                    teacher=self.teacher,
+                    hidden_states=hidden_states,
+                )
+                visual_term = visual_loss
+                if num_images_in_batch is not None:
+                    num_images = 0 if pixel_values is None else pixel_values.shape[0]
+                    images_in_step = torch.as_tensor(num_images_in_batch, device=visual_loss.device)
+                    visual_term = visual_loss * (num_images / images_in_step.clamp(min=1).to(torch.float32))
+                loss = text_loss + self.config.objective_config.weight * visual_term
 
         return RossCausalLMOutputWithPast(
             loss=loss,
@@ -393,7 +399,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             scheduler: `"ddpm"`, `"ddim"` or any diffusers scheduler instance.
             output_type: `"pil"` (list of `PIL.Image`) or `"pt"` (`(num_images, 3, S, S)` in [0, 1]).
         """
-        if self.denoiser is None or self.teacher is None or not hasattr(self.teacher, "decode"):
+        if not self.can_reconstruct:
             raise ValueError(
                 "reconstruct() needs the trained denoiser and a decodable teacher (target 'vae' or 'pixel'): load the "
                 "model with `from_pretrained(path, load_objective=True)`."
@@ -404,7 +410,14 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             )
         outputs = self.model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
         condition = self.get_visual_outputs(outputs)
-        tokens = reconstruct_tokens(self, condition, num_inference_steps, scheduler, generator)
+        tokens = self.objective.sample(
+            condition,
+            denoiser=self.denoiser,
+            teacher=self.teacher,
+            num_inference_steps=num_inference_steps,
+            scheduler=scheduler,
+            generator=generator,
+        )
         images = self.teacher.decode(tokens).float().clamp(0, 1)
         if output_type == "pt":
             return images
@@ -417,7 +430,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
     @classmethod
     def from_pretrained(cls, *args, load_objective: bool = False, **kwargs):
         """
-        `load_objective=False` (default, inference): neither teacher nor denoiser is allocated.
+        `load_objective=False` (default, inference, as for `__init__`): neither teacher nor denoiser is allocated.
         `load_objective=True` (further training, reconstruction): the trained denoiser is restored from the checkpoint
         and the frozen teacher is loaded from the checkpoint if it was saved there, else from its own source.
         """
@@ -427,7 +440,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         )
         if model.teacher is not None:
             missing = info["missing_keys"]
-            if not model.config.objective_config.save_teacher or any(key.startswith("teacher.") for key in missing):
+            if not model.config.objective_config.save_teacher or not _filled_by_loader(model.teacher):
                 model.load_teacher()
             missing_denoiser = [key for key in missing if key.startswith("denoiser.")]
             if missing_denoiser == ["denoiser.pos_embed"]:
@@ -461,6 +474,13 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         with torch.no_grad():
             for sub in reversed(list(module.modules())):
                 self._init_weights(sub)
+
+
+def _filled_by_loader(module: nn.Module) -> bool:
+    """Whether the checkpoint held every parameter of `module`. The loader flags each tensor it fills
+    (`_is_hf_initialized`, so `_init_weights` skips it); missing teacher keys are on the ignore list and so are not
+    in the loading report."""
+    return all(getattr(param, "_is_hf_initialized", False) for param in module.parameters())
 
 
 # transformers writes auto_map entries only for the class it saves; users also expect AutoModel and AutoProcessor.

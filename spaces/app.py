@@ -71,12 +71,12 @@ def resolve_model(cli_value: str | None = None) -> str:
 def _objective_problem(model, missing_keys) -> str | None:
     """Why `model.reconstruct` cannot work on this model (None if it can)."""
     objective = model.config.objective_config
-    if getattr(model, "denoiser", None) is None:
-        return f"the model has no denoiser (objective `{objective.objective}`: a baseline without the visual loss)."
+    if not model.can_reconstruct:
+        if not objective.enabled:
+            return f"the model has no denoiser (objective `{objective.objective}`: a baseline without the visual loss)."
+        return f"target `{objective.target}` has no decoder back to pixels."
     if any(key.startswith("denoiser.") for key in missing_keys):
         return "the checkpoint holds no trained denoiser weights."
-    if not hasattr(model.teacher, "decode"):
-        return f"target `{objective.target}` has no decoder back to pixels."
     return None
 
 

@@ -192,3 +192,91 @@ def test_reconstruct_needs_the_objective(tiny_components, tiny_processor, tmp_pa
     inference = RossForConditionalGeneration.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="load_objective=True"):
         inference.reconstruct(_batch(tiny_processor, [[1]])["pixel_values"])
+
+
+# ---- the objective modules and the model's parts ----
+PREFIXES = ("model.", "lm_head.", "denoiser.", "teacher.")
+
+
+@pytest.mark.parametrize("settings", OBJECTIVES[:5], ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_objective_module_adds_no_checkpoint_keys(tiny_components, tmp_path, settings):
+    """The objective holds no state: the model's keys are its children's, under `denoiser.*` / `teacher.*` as the
+    converter, `MODULE_PREFIXES` and the published folders expect."""
+    from safetensors import safe_open
+
+    from modeling_ross.objective import OBJECTIVES as OBJECTIVE_CLASSES
+
+    model = _model(tiny_components, **settings)
+    assert type(model.objective) is OBJECTIVE_CLASSES[settings["objective"]]
+    assert list(model.objective.parameters()) == [] and list(model.objective.buffers()) == []
+    assert model.objective.state_dict() == {}
+    keys = set(model.state_dict())
+    assert all(key.startswith(PREFIXES) for key in keys), sorted(k for k in keys if not k.startswith(PREFIXES))
+    for name in ("denoiser", "teacher"):
+        children = {f"{name}.{key}" for key in model.get_submodule(name).state_dict()}
+        assert {key for key in keys if key.startswith(f"{name}.")} == children, name
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        saved = set(f.keys())
+    assert saved == {key for key in keys if not key.startswith("teacher.")}  # save_teacher=False
+    loaded = RossForConditionalGeneration.from_pretrained(tmp_path, load_objective=True)
+    assert set(loaded.state_dict()) == keys
+
+
+def test_modules_do_not_depend_on_how_the_model_was_built(tiny_components, tmp_path):
+    """`__init__` and `from_pretrained` share one rule: the objective is built only with `load_objective=True`."""
+    built = _model(tiny_components)
+    built.save_pretrained(tmp_path)
+    modules = lambda m: [name for name, _ in m.named_modules()]  # noqa: E731
+    training = [
+        RossForConditionalGeneration(built.config, load_objective=True),
+        RossForConditionalGeneration.from_pretrained(tmp_path, load_objective=True),
+    ]
+    for model in training:
+        assert modules(model) == modules(built) and set(model.state_dict()) == set(built.state_dict())
+        assert model.can_reconstruct
+    inference = [
+        RossForConditionalGeneration(built.config),
+        RossForConditionalGeneration.from_pretrained(tmp_path),
+    ]
+    for model in inference:
+        assert model.objective is None and model.denoiser is None and model.teacher is None
+        assert modules(model) == modules(inference[0]) and not model.can_reconstruct
+    # The ignore lists are the class's, not an instance's choice.
+    assert RossForConditionalGeneration._keys_to_ignore_on_load_missing == [r"^teacher\."]
+    assert training[0]._keys_to_ignore_on_load_missing == inference[0]._keys_to_ignore_on_load_missing
+
+
+def test_can_reconstruct_needs_a_decodable_teacher(tiny_components):
+    assert _model(tiny_components, target="pixel", pixel_patch_size=4).can_reconstruct
+    assert not _model(tiny_components, objective="none").can_reconstruct
+    torch.manual_seed(0)
+    components = {**tiny_components, "teacher": tiny_components["vision_model"], "teacher_subfolder": None}
+    features = from_components(**components, **TINY_OBJECTIVE, objective="regress", target="features")
+    assert features.objective is not None and not features.can_reconstruct
+
+
+def test_save_teacher_checkpoint_without_teacher_falls_back_to_its_source(tiny_components, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = _model(tiny_components, save_teacher=True)
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("teacher.")}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+    loaded = RossForConditionalGeneration.from_pretrained(tmp_path, load_objective=True)
+    for key, value in model.teacher.state_dict().items():
+        assert torch.equal(loaded.teacher.state_dict()[key], value), key
+
+
+def test_num_images_in_batch_weights_the_visual_term(tiny_components, tiny_processor):
+    """As `num_items_in_batch` for the text: the visual mean counts for this batch's share of the step's images."""
+    model = _model(tiny_components, objective="regress", latent_sample="mode", weight=0.7).train()
+    batch = _batch(tiny_processor, [[1], [], [2, 3]])  # 3 images
+    plain = model(**batch)
+    torch.testing.assert_close(plain.loss, plain.text_loss + 0.7 * plain.visual_loss)
+    shared = model(**batch, num_images_in_batch=torch.tensor(12))
+    torch.testing.assert_close(shared.visual_loss, plain.visual_loss)  # logged as the plain mean
+    torch.testing.assert_close(shared.loss, shared.text_loss + 0.7 * plain.visual_loss * 3 / 12)
+    text_only = model(**_batch(tiny_processor, [[], []]), num_images_in_batch=0)
+    torch.testing.assert_close(text_only.loss, text_only.text_loss)

@@ -311,6 +311,7 @@ def test_component_logging_and_module_learning_rates(tiny_model, tiny_processor,
         assert h["loss"] == pytest.approx(h["text_loss"] + h["visual_loss"], rel=1e-4)
     summary = trainer.state.log_history[-1]
     assert "train_runtime" in summary and "text_loss" not in summary  # empty buffer skipped
+    assert not any(trainer._metrics["train"].values())  # cleared by each log
     lrs = {g["name"]: (g["lr"], g["weight_decay"]) for g in trainer.optimizer.param_groups}
     assert lrs["projector/decay"] == (3e-3, 0.1) and lrs["projector/no_decay"] == (3e-3, 0.0)
     assert lrs["denoiser/decay"][0] == 2e-3 and lrs["language_model/decay"][0] == 1e-4

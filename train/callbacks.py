@@ -52,9 +52,9 @@ def weights_are_sharded(args) -> bool:
 
 
 def check_model(model):
-    """The unwrapped ROSS model, if it can reconstruct (a denoiser and a teacher with a decoder), else a ValueError."""
+    """The unwrapped ROSS model, if it can reconstruct (`model.can_reconstruct`), else a ValueError."""
     model = unwrap_ross_model(model)
-    if model.denoiser is None or not hasattr(model.teacher, "decode"):
+    if not model.can_reconstruct:
         objective = model.config.objective_config
         raise ValueError(
             "ReconstructionPreviewCallback needs a model with its reconstructive objective and a decodable teacher "

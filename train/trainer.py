@@ -4,9 +4,11 @@ What it adds to the stock Trainer:
 - **Exact gradient accumulation for the visual term.** The text cross-entropy is normalised by the Trainer's
   `num_items_in_batch` (supervised tokens over the whole accumulation step, summed over ranks). The model's
   `visual_loss` is a mean over the *micro-batch's* images, so the Trainer counts images too (over the step's
-  micro-batches, summed over ranks) and weights each micro-batch's visual mean by its share of the images. With
-  GA=k the sum over micro-batches then equals the loss of one k-times larger batch, for both terms.
-- `text_loss` / `visual_loss` logged next to `loss`, averaged over the logging window and over ranks.
+  micro-batches, summed over ranks) and passes that count to the model as `num_images_in_batch`, which weights the
+  micro-batch's visual mean by its share of the images. With GA=k the sum over micro-batches then equals the loss of
+  one k-times larger batch, for both terms.
+- `text_loss` / `visual_loss` logged next to `loss` through a metrics buffer (TRL's `_metrics`), averaged over the
+  logging window and over ranks.
 - Per-module learning rates (`projector_lr`, `denoiser_lr`, `llm_lr`) with the usual weight-decay split.
 - Stage presets (`apply_stage`): what is trainable in stage 1 / stage 2 of the recipe.
 - Optional LoRA on the LLM (`apply_lora`), projector and denoiser stay fully trainable.
@@ -15,6 +17,7 @@ What it adds to the stock Trainer:
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -165,12 +168,10 @@ class RossTrainer(Trainer):
             raise ValueError("RossTrainer needs remove_unused_columns=False (the collator reads raw columns).")
         # The model takes **kwargs, so the Trainer passes `num_items_in_batch`; the exact GA weighting relies on it.
         self.model_accepts_loss_kwargs = True
-        self._num_images_in_batch = None
+        self._num_images_in_batch = None  # images in the current accumulation step, summed over ranks
         self.images_seen = 0  # images this rank trained on (summed per rank into the run summary)
-        # Sums of the per-micro-batch (already GA-normalised) loss components since the last log, and the number of
-        # optimizer steps (with images, for the visual term) they cover. Reduced over ranks in `log`.
-        self._metric_sums = {"text_loss": 0.0, "visual_loss": 0.0}
-        self._metric_steps = {"text_loss": 0, "visual_loss": 0}
+        # Loss components of each micro-batch since the last log, per mode; averaged over ranks and cleared in `log`.
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def _get_train_sampler(self, train_dataset=None):
         """`group_by="length"` / `"modality_length"` use `train.data`'s seeded samplers on `dataset.lengths` /
@@ -194,29 +195,24 @@ class RossTrainer(Trainer):
             # Every rank calls this every step (like num_items_in_batch), so the collective cannot hang.
             num_images = self.accelerator.reduce(num_images, reduction="sum")
         self._num_images_in_batch = num_images
-        if len(batch_samples) > 0:
-            self._metric_steps["text_loss"] += 1
-            self._metric_steps["visual_loss"] += int(num_images.item() > 0)
         return batch_samples, num_items_in_batch
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """
-        `text_loss + weight * visual_loss * images_here / images_in_step`, where `text_loss` is the token sum divided
-        by `num_items_in_batch` (the model does it) and both counts cover the whole accumulation step (summed over
+        The model's own loss, `text_loss + weight * visual_loss * num_images / num_images_in_batch`: the text loss is
+        the token sum divided by `num_items_in_batch`, and both counts cover the whole accumulation step (summed over
         ranks with `average_tokens_across_devices`, then the loss is multiplied by the number of processes because
         DDP/DeepSpeed average gradients over ranks, as the stock Trainer does for the text loss).
         Without a token count (no accumulation bookkeeping) the per-batch means are divided by the GA steps instead.
         """
         if num_items_in_batch is not None:
             inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
+            if self._num_images_in_batch is not None:
+                inputs["num_images_in_batch"] = self._num_images_in_batch
         outputs = model(**inputs)
-        text_loss, visual_loss = outputs.text_loss, outputs.visual_loss
-        if text_loss is None:
+        if outputs.text_loss is None:
             raise ValueError("The model returned no text_loss: the batch needs `labels`.")
-        if visual_loss is not None and self._num_images_in_batch is not None and num_items_in_batch is not None:
-            images_in_step = self._num_images_in_batch.clamp(min=1).to(visual_loss.device, torch.float32)
-            visual_loss = visual_loss * (_num_images(inputs) / images_in_step)
-        loss = text_loss if visual_loss is None else text_loss + _objective_weight(model) * visual_loss
+        loss = outputs.loss
 
         if num_items_in_batch is None:
             if model.training:
@@ -224,37 +220,62 @@ class RossTrainer(Trainer):
         elif self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes
 
-        if model.training:
-            self._metric_sums["text_loss"] += float(text_loss.detach())
-            if visual_loss is not None:
-                self._metric_sums["visual_loss"] += float(visual_loss.detach())
+        self._record_metrics(model, inputs, outputs, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _record_metrics(self, model, inputs, outputs, num_items_in_batch) -> None:
+        """
+        Append this micro-batch's `text_loss` / `visual_loss`, scaled so that their mean over the window's
+        micro-batches and ranks is the mean over optimizer steps of each step's value, as `loss` is logged. With the
+        step's counts both components are this micro-batch's share of the step (of its tokens, of its images), so
+        times the step's micro-batches (and ranks, when the counts cover all ranks) they average to the step's value.
+        A step without any image adds no `visual_loss` entry.
+        """
+        mode = "train" if model.training else "eval"
+        text_loss, visual_loss = outputs.text_loss.detach(), outputs.visual_loss
+        if num_items_in_batch is None:
+            scale = 1.0
+        else:
+            scale = self.current_gradient_accumulation_steps
+            if self.args.average_tokens_across_devices:
+                scale *= self.accelerator.num_processes
+        self._metrics[mode]["text_loss"].append(float(text_loss) * scale)
+        if visual_loss is None:
+            return
+        if "num_images_in_batch" in inputs:
+            images_in_step = int(inputs["num_images_in_batch"])
+            if images_in_step == 0:
+                return
+            visual_loss = visual_loss.detach() * (_num_images(inputs) / images_in_step)
+        self._metrics[mode]["visual_loss"].append(float(visual_loss) * scale)
 
     # ---- logging ----
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Checkpoints are not pushed: `train/sft.py` publishes the complete, verified folder at the end."""
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the window's mean `text_loss` / `visual_loss` (over optimizer steps and ranks) to training logs."""
-        if "loss" in logs and self._metric_steps["text_loss"] > 0:
-            sums = torch.tensor(
-                [self._metric_sums["text_loss"], self._metric_sums["visual_loss"]],
-                device=self.args.device,
-                dtype=torch.float64,
-            )
-            if self.args.world_size > 1:
-                sums = self.accelerator.reduce(sums, reduction="sum")
-            if not self.args.average_tokens_across_devices:
-                sums = sums / self.args.world_size  # per-rank means: average them
-            logs["text_loss"] = round(sums[0].item() / self._metric_steps["text_loss"], 6)
-            if self._metric_steps["visual_loss"] > 0 and self._has_visual_objective():
-                logs["visual_loss"] = round(sums[1].item() / self._metric_steps["visual_loss"], 6)
-            self._metric_sums = dict.fromkeys(self._metric_sums, 0.0)
-            self._metric_steps = dict.fromkeys(self._metric_steps, 0)
+        """
+        Adds the buffered components' means (over the window's micro-batches and over ranks) to a training log
+        (`text_loss`, `visual_loss`) or an evaluation log (`eval_text_loss`), then clears the buffer. The run summary
+        logged at the end of training gets nothing. Every rank calls `log`, so the reduction cannot hang.
+        """
+        mode = "train" if self.model.training else "eval"
+        if mode == "train" and "loss" not in logs:
+            return super().log(logs, start_time)
+        buffer = self._metrics[mode]
+        names = ("text_loss", "visual_loss")
+        # Sums and counts rather than local means: ranks may hold different numbers of visual entries.
+        totals = torch.tensor(
+            [[sum(buffer[name]), len(buffer[name])] for name in names], device=self.args.device, dtype=torch.float64
+        )
+        if self.args.world_size > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        prefix = "" if mode == "train" else "eval_"
+        for name, (total, count) in zip(names, totals.tolist()):
+            if count > 0:  # skip empty lists
+                logs[f"{prefix}{name}"] = round(total / count, 6)
+        buffer.clear()
         super().log(logs, start_time)
-
-    def _has_visual_objective(self) -> bool:
-        return getattr(_unwrap(self.model), "denoiser", None) is not None
 
     # ---- optimizer ----
     def create_optimizer(self, model=None):
@@ -292,18 +313,6 @@ def images_seen_per_rank(trainer: RossTrainer) -> list[int]:
 def _num_images(batch) -> int:
     pixel_values = batch.get("pixel_values") if hasattr(batch, "get") else None
     return 0 if pixel_values is None else int(pixel_values.shape[0])
-
-
-def _unwrap(model):
-    while hasattr(model, "module"):  # DDP / DeepSpeed engine
-        model = model.module
-    if hasattr(model, "get_base_model"):  # PEFT
-        model = model.get_base_model()
-    return model
-
-
-def _objective_weight(model) -> float:
-    return float(_unwrap(model).config.objective_config.weight)
 
 
 __all__ = [
