@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+import train.sources
 from train.collator import IGNORE_INDEX, RossDataCollator
 from train.dataset import load_training_dataset, skipped_summary
 from train.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
@@ -101,6 +102,21 @@ def test_items_follow_hf_chat_format(llava_json, tiny_processor):
     assert [im.mode for im in item["images"]] == ["RGB", "RGB"]
     assert np.array_equal(np.asarray(item["images"][0]), np.asarray(Image.open(llava_json.parent / "images/b.png")))
     assert dataset[0]["images"] == [] and dataset.num_images == [0, 1, 2]
+
+
+def test_records_are_parsed_once_at_load(llava_json, monkeypatch):
+    dataset = load_training_dataset(llava_json)
+    reference = [dataset[i] for i in range(3)]
+
+    def parse_again(*args, **kwargs):
+        raise AssertionError("a record was parsed again at fetch time")
+
+    for name in ("llava_to_messages", "_normalize_messages", "_content_items", "_check_against_images"):
+        monkeypatch.setattr(train.sources, name, parse_again)
+    items = [dataset[i] for i in range(3)]  # fetching only reads and decodes the images
+    assert [item["messages"] for item in items] == [item["messages"] for item in reference]
+    items[1]["messages"][0]["content"].clear()  # a caller's edit does not reach the parsed sample
+    assert dataset[1]["messages"] == reference[1]["messages"]
 
 
 def test_placeholder_position_and_llava_prepend(tmp_path):
