@@ -26,6 +26,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from modeling_ross import RossProcessor, from_components  # noqa: E402
+from modeling_ross.testing import write_tiny_components  # noqa: E402
+from train.collator import RossDataCollator  # noqa: E402
+from train.latent_cache import build_latent_cache  # noqa: E402
+
 
 TINY_OBJECTIVE = {"denoiser_hidden_size": 64, "denoiser_depth": 2, "denoiser_num_heads": 4, "num_noise_draws": 2}
 
@@ -59,41 +64,38 @@ class TeacherTimer:
         teacher.encode_distribution = timed
 
 
-def main() -> None:
+def parse_args():
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=12)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--num_batches", type=int, default=2)
     parser.add_argument("--image_size", type=int, default=64)
-    args = parser.parse_args()
-    start_all = time.perf_counter()
+    return parser.parse_args()
 
-    from modeling_ross import RossProcessor, from_components
-    from modeling_ross.testing import write_tiny_components
-    from train.data import RossDataCollator
-    from train.latent_cache import build_latent_cache
 
-    workdir = tempfile.TemporaryDirectory(prefix="ross-bench-cache-")
-    root = Path(workdir.name)
+def build_tiny_model(root: Path):
+    """The tiny offline components -> (processor, model in train mode)."""
     components = write_tiny_components(root / "components")
     processor = RossProcessor.from_components(components["vision_model"], components["language_model"])
     torch.manual_seed(0)
     model = from_components(**components, **TINY_OBJECTIVE)
     model.train()
-    teacher = model.teacher
-    items = make_items(args.batch_size * args.num_batches, args.image_size)
+    return processor, model
 
+
+def time_cache_builds(teacher, processor, items, cache_dir: Path):
+    """(cache, build seconds, rebuild: the second build's cache, rebuild seconds)."""
     start = time.perf_counter()
-    cache = build_latent_cache(teacher, processor, items, root / "cache", batch_size=8)
+    cache = build_latent_cache(teacher, processor, items, cache_dir, batch_size=8)
     build_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    rebuild = build_latent_cache(teacher, processor, items, root / "cache", batch_size=8)
-    rebuild_seconds = time.perf_counter() - start
+    rebuild = build_latent_cache(teacher, processor, items, cache_dir, batch_size=8)
+    return cache, build_seconds, rebuild, time.perf_counter() - start
 
+
+def time_collation(processor, cache, chunks) -> dict[str, list[float]]:
+    """Seconds per batch of the plain collator and of what the cache adds to it (hash the images, read the rows)."""
     plain_collator = RossDataCollator(processor, max_length=512)
-    cached_collator = RossDataCollator(processor, max_length=512, latent_cache=cache)
-    chunks = [items[k : k + args.batch_size] for k in range(0, len(items), args.batch_size)]
-    batches = [cached_collator(chunk) for chunk in chunks]  # the uncached step drops teacher_targets
     plain_collator(chunks[0])  # warm-up
     collate = {"plain": [], "lookup": []}
     for _ in range(5):
@@ -102,11 +104,15 @@ def main() -> None:
             plain_collator(chunk)
             collate["plain"].append(time.perf_counter() - start)
             start = time.perf_counter()
-            cache.targets_for(chunk)  # what the cache adds to the collator: hash the images, read the rows
+            cache.targets_for(chunk)
             collate["lookup"].append(time.perf_counter() - start)
+    return collate
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+
+def time_steps(model, teacher, batches, reps: int) -> tuple[dict[str, list[float]], list[float]]:
+    """Interleaved training steps with and without `teacher_targets`: (step seconds per mode, teacher seconds per
+    uncached step)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     timer = TeacherTimer(teacher)
 
     def step(batch, cached: bool) -> float:
@@ -122,18 +128,20 @@ def main() -> None:
         step(batch, False), step(batch, True)
     times = {"teacher every step": [], "latent cache": []}
     teacher_seconds = []
-    for rep in range(args.reps):
+    for rep in range(reps):
         batch = batches[rep % len(batches)]
-        order = (False, True) if rep % 2 == 0 else (True, False)
-        for cached in order:
+        for cached in (False, True) if rep % 2 == 0 else (True, False):
             timer.seconds = 0.0
-            elapsed = step(batch, cached)
-            times["latent cache" if cached else "teacher every step"].append(elapsed)
+            times["latent cache" if cached else "teacher every step"].append(step(batch, cached))
             if cached:
                 assert timer.seconds == 0.0, "the cached step called the teacher"
             else:
                 teacher_seconds.append(timer.seconds)
+    return times, teacher_seconds
 
+
+def report(args, model, teacher, builds, collate, times, teacher_seconds) -> None:
+    cache, build_seconds, rebuild, rebuild_seconds = builds
     uncached = statistics.median(times["teacher every step"])
     cached = statistics.median(times["latent cache"])
     print(f"tiny components: {model.config.image_seq_length} tokens/image, teacher {type(teacher).__name__} "
@@ -150,8 +158,25 @@ def main() -> None:
           f"(median teacher {statistics.median(teacher_seconds):.4f}s per step)")
     print(f"collator per batch: {statistics.median(collate['plain']) * 1e3:.1f} ms, + cache lookup "
           f"{statistics.median(collate['lookup']) * 1e3:.2f} ms (hash + Arrow read; paid in dataloader workers)")
+
+
+def main() -> None:
+    args = parse_args()
+    start_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ross-bench-cache-") as workdir:
+        root = Path(workdir)
+        processor, model = build_tiny_model(root)
+        teacher = model.teacher
+        items = make_items(args.batch_size * args.num_batches, args.image_size)
+        builds = time_cache_builds(teacher, processor, items, root / "cache")
+        cache = builds[0]
+        chunks = [items[k : k + args.batch_size] for k in range(0, len(items), args.batch_size)]
+        cached_collator = RossDataCollator(processor, max_length=512, latent_cache=cache)
+        batches = [cached_collator(chunk) for chunk in chunks]  # the uncached step drops teacher_targets
+        collate = time_collation(processor, cache, chunks)
+        times, teacher_seconds = time_steps(model, teacher, batches, args.reps)
+        report(args, model, teacher, builds, collate, times, teacher_seconds)
     print(f"total bench time {time.perf_counter() - start_all:.1f}s")
-    workdir.cleanup()
 
 
 if __name__ == "__main__":

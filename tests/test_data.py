@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from train.data import (
-    IGNORE_INDEX,
-    LengthGroupedSampler,
-    ModalityLengthGroupedSampler,
-    RossDataCollator,
-    load_training_dataset,
-    skipped_summary,
-)
+import train.sources
+from train.collator import IGNORE_INDEX, RossDataCollator
+from train.dataset import load_training_dataset, skipped_summary
+from train.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
+from train.synthetic import write_llava_dataset
 
 SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
@@ -104,6 +102,21 @@ def test_items_follow_hf_chat_format(llava_json, tiny_processor):
     assert [im.mode for im in item["images"]] == ["RGB", "RGB"]
     assert np.array_equal(np.asarray(item["images"][0]), np.asarray(Image.open(llava_json.parent / "images/b.png")))
     assert dataset[0]["images"] == [] and dataset.num_images == [0, 1, 2]
+
+
+def test_records_are_parsed_once_at_load(llava_json, monkeypatch):
+    dataset = load_training_dataset(llava_json)
+    reference = [dataset[i] for i in range(3)]
+
+    def parse_again(*args, **kwargs):
+        raise AssertionError("a record was parsed again at fetch time")
+
+    for name in ("llava_to_messages", "_normalize_messages", "_content_items", "_check_against_images"):
+        monkeypatch.setattr(train.sources, name, parse_again)
+    items = [dataset[i] for i in range(3)]  # fetching only reads and decodes the images
+    assert [item["messages"] for item in items] == [item["messages"] for item in reference]
+    items[1]["messages"][0]["content"].clear()  # a caller's edit does not reach the parsed sample
+    assert dataset[1]["messages"] == reference[1]["messages"]
 
 
 def test_placeholder_position_and_llava_prepend(tmp_path):
@@ -255,8 +268,6 @@ def test_multiple_sources_are_mixed_in_order(tmp_path, tiny_processor):
 
 
 def test_synthetic_generator_output_trains(tmp_path, tiny_processor):
-    from train.synthetic import write_llava_dataset
-
     n = tiny_processor.image_seq_length
     for stage, format in (("sft", "chat"), ("plain", "plain")):
         path = write_llava_dataset(str(tmp_path / stage), num_images=4, seed=0, stage=stage)
@@ -390,7 +401,7 @@ def test_too_long_sample_is_never_truncated(llava_json, tiny_processor, caplog):
     assert "'two'" in str(info.value) and str(llava_json) in str(info.value)
 
     collator = RossDataCollator(tiny_processor, max_length=limit, on_bad_sample="skip")
-    with caplog.at_level(logging.WARNING, logger="train.data"):
+    with caplog.at_level(logging.WARNING, logger="train.collator"):
         batch = collator(features)
     assert "'two'" in caplog.text
     assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape[0] == 1
@@ -420,8 +431,14 @@ def test_length_grouped_sampler_is_a_deterministic_permutation():
     assert sorted(order) == list(range(203)) and len(sampler) == 203
     assert order == list(LengthGroupedSampler(lengths, batch_size=4, seed=3, mega_batch_mult=5))
     assert lengths[order[0]] == max(lengths)  # longest first
-    for megabatch in _chunks(order, 20):
-        assert [lengths[i] for i in megabatch] == sorted((lengths[i] for i in megabatch), reverse=True)
+    # transformers' get_length_grouped_indices, seeded with seed + epoch: mega-batches of 5 * 4 sorted longest first,
+    # then the longest sample swapped with the first mega-batch's head, so at most one other mega-batch has its head
+    # out of order (every mega-batch after its head is sorted).
+    assert order == get_length_grouped_indices(lengths, 4, 5, torch.Generator().manual_seed(3))
+    megabatches = [[lengths[i] for i in megabatch] for megabatch in _chunks(order, 20)]
+    assert megabatches[0] == sorted(megabatches[0], reverse=True)
+    assert all(m[1:] == sorted(m[1:], reverse=True) for m in megabatches)
+    assert sum(m != sorted(m, reverse=True) for m in megabatches) <= 1
     sampler.set_epoch(1)
     other = list(sampler)
     assert other != order and sorted(other) == list(range(203))

@@ -8,7 +8,8 @@ from PIL import Image
 
 from modeling_ross.configuration_ross import RossObjectiveConfig
 from modeling_ross.teacher import build_teacher, sample_targets
-from train.data import RossDataCollator
+from train.collator import RossDataCollator
+from train.config import RossRunConfig
 from train.latent_cache import (
     LatentCache,
     LatentCacheMiss,
@@ -17,6 +18,7 @@ from train.latent_cache import (
     image_key,
     settings_key,
 )
+from train.sft import prepare_latent_cache
 
 
 def _image(seed: int, shape=(24, 36, 3)) -> Image.Image:
@@ -237,9 +239,6 @@ def test_visual_loss_with_cached_targets_equals_the_teacher_loss(
 
 # ---- run config glue (train/sft.py) ----
 def test_sft_builds_then_opens_the_cache(tiny_model, tiny_processor, items, tmp_path):
-    from train.config import RossRunConfig
-    from train.sft import prepare_latent_cache
-
     def run_config(**values):
         return RossRunConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", **values)
 

@@ -36,11 +36,7 @@ def _batch(processor, specs, padding_side="right", generation=False):
             )
         )
         images += [_image(seed + j) for j in range(num_images)]
-    processor.tokenizer.padding_side = padding_side
-    try:
-        return processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-    finally:
-        processor.tokenizer.padding_side = "right"
+    return processor(text=texts, images=images or None, padding=True, padding_side=padding_side, return_tensors="pt")
 
 
 def _positions(attention_mask):

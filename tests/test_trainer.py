@@ -1,5 +1,6 @@
 """RossTrainer: exact gradient accumulation, stage presets, component logging, LoRA, resume, sft.py end to end."""
 
+import copy
 import json
 import os
 import subprocess
@@ -11,8 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback, TrainingArguments
 
-from modeling_ross import from_components
+from modeling_ross import RossProcessor, from_components
+from train.config import RossRunConfig, load_config, parse_overrides
+from train.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
 from train.trainer import (
     RossTrainer,
     RossTrainingArguments,
@@ -20,12 +25,14 @@ from train.trainer import (
     apply_stage,
     count_trainable_parameters,
 )
+from train.sft import main
+from train.synthetic import write_llava_dataset
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-# ---- a small in-memory dataset + collator (independent of train/data.py) ----
+# ---- a small in-memory dataset + collator (independent of train/dataset.py and train/collator.py) ----
 def _image(seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (24, 36, 3), dtype=np.uint8))
@@ -119,8 +126,6 @@ class GradCapture:
     """Trainer callback that copies every gradient right before the optimizer step."""
 
     def __init__(self):
-        from transformers import TrainerCallback
-
         capture = self
 
         class _Callback(TrainerCallback):
@@ -144,8 +149,6 @@ class CountingCollator(SimpleCollator):
 
 
 def _train_once(model, processor, dataset, args):
-    import copy
-
     model = copy.deepcopy(model)
     capture = GradCapture()
     collator = CountingCollator(processor)
@@ -258,11 +261,6 @@ def test_learned_position_table_trains_in_stage1_and_is_frozen_in_stage2(tiny_co
 @pytest.mark.slow
 def test_continuing_from_a_bf16_checkpoint_trains_fp32_weights(tiny_components, tmp_path):
     """A bf16 stage-1 (or converted) checkpoint continued without DeepSpeed: fp32 master weights, unless asked."""
-    from transformers import TrainerCallback
-
-    from modeling_ross import RossProcessor
-    from train.sft import main
-    from train.synthetic import write_llava_dataset
 
     torch.manual_seed(0)
     model = from_components(
@@ -349,8 +347,6 @@ def test_lora_trains_a_step(tiny_model, tiny_processor, tmp_path):
 
 # ---- config ----
 def test_unknown_config_key_is_a_clear_error(tmp_path):
-    from train.config import load_config, parse_overrides
-
     config = tmp_path / "bad.yaml"
     config.write_text("output_dir: x\nvision_model: a\nlanguage_model: b\ndata_path: d\nlearnig_rate: 1e-3\n")
     with pytest.raises(ValueError) as error:
@@ -367,8 +363,6 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
 
 
 def test_paper_configs_parse(tmp_path):
-    from train.config import load_config
-
     stage1_model = tmp_path / "stage1" / "model"
     stage1_model.mkdir(parents=True)
     for path in sorted((REPO_ROOT / "train" / "configs").glob("*.yaml")):
@@ -405,8 +399,6 @@ def test_paper_configs_parse(tmp_path):
 
 
 def test_stage2_needs_a_stage1_checkpoint_unless_told(tmp_path):
-    from train.config import load_config
-
     config = tmp_path / "s2.yaml"
     config.write_text("output_dir: x\nvision_model: a\nlanguage_model: b\ndata_path: d\nstage: 2\n")
     with pytest.raises(ValueError, match="stage 2 continues from a stage-1 checkpoint.*allow_fresh_stage2"):
@@ -421,9 +413,6 @@ def test_stage2_needs_a_stage1_checkpoint_unless_told(tmp_path):
 
 def test_config_values_are_parsed_with_their_declared_types(tmp_path):
     """PyYAML reads `2e-4` as a string; the field's type (float) decides, in YAML and on the command line."""
-    from transformers import TrainingArguments
-
-    from train.config import RossRunConfig, load_config, parse_overrides
 
     config = tmp_path / "typed.yaml"
     config.write_text(
@@ -468,16 +457,12 @@ def _sft_argv(root, output_dir, steps=4):
 
 
 def _weights(folder):
-    from safetensors.torch import load_file
-
     return load_file(str(Path(folder) / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
     """One uninterrupted 4-step sft.py run (in-process) on tiny components and synthetic data."""
-    from train.sft import main
-
     root = tmp_path_factory.mktemp("sft")
     summary = main(_sft_argv(root / "tiny", root / "full"))
     return root, summary
@@ -485,8 +470,6 @@ def sft_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sft_end_to_end_writes_a_loadable_folder(sft_run):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     root, summary = sft_run
     folder = root / "full" / "model"
     for name in ("model.safetensors", "config.json", "modeling_ross.py", "chat_template.jinja",
@@ -551,7 +534,7 @@ def test_resume_after_kill_matches_uninterrupted_run(sft_run, tmp_path):
 
 
 class LengthsDataset(ListDataset):
-    """ListDataset with the `lengths` / `modality_lengths` that `train.data.RossDataset` provides."""
+    """ListDataset with the `lengths` / `modality_lengths` that `train.dataset.RossDataset` provides."""
 
     @property
     def lengths(self):
@@ -564,8 +547,6 @@ class LengthsDataset(ListDataset):
 
 @pytest.mark.parametrize("group_by", ["length", "modality_length"])
 def test_group_by_uses_the_grouped_samplers(tiny_model, tiny_processor, tmp_path, group_by):
-    from train.data import LengthGroupedSampler, ModalityLengthGroupedSampler
-
     dataset = LengthsDataset()
     trainer = RossTrainer(
         model=tiny_model, args=_args(tmp_path), train_dataset=dataset, data_collator=SimpleCollator(tiny_processor),

@@ -62,7 +62,7 @@ from transformers import AutoProcessor
 from modeling_ross import RossForConditionalGeneration
 from train.build import build_model_and_processor, prepare_tiny_run
 from train.config import load_config, resolve_path
-from train.data import load_training_dataset
+from train.dataset import load_training_dataset
 
 
 logger = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ class LatentCache:
     """
 
     def __init__(self, directory: str | os.PathLike):
+        # `datasets` is the optional `train` extra: `image_key` and the settings helpers work without it.
         import datasets
 
         self.directory = Path(directory)
@@ -268,6 +269,7 @@ class _Prepare:
 
 
 def _write_shard(directory: Path, keys, means, stds, dtype: str) -> None:
+    # `datasets` is the optional `train` extra (see `LatentCache.__init__`).
     import datasets
 
     mean = np.concatenate(means).astype(dtype)
@@ -284,6 +286,78 @@ def _write_shard(directory: Path, keys, means, stds, dtype: str) -> None:
     temporary.rename(directory / f"{SHARD_PREFIX}{index:05d}-{uuid.uuid4().hex[:8]}")  # atomic: no half shard
 
 
+def _settings_folder(cache_dir, settings: dict) -> Path:
+    """`<cache_dir>/<settings_key>`, created with its `settings.json` (written atomically) if new."""
+    directory = Path(cache_dir) / settings_key(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    settings_file = directory / "settings.json"
+    if not settings_file.is_file():
+        temporary = directory / f".settings-{uuid.uuid4().hex}.json"
+        temporary.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        temporary.rename(settings_file)
+    return directory
+
+
+class _ShardEncoder:
+    """Encodes pending images with the teacher `batch_size` at a time and writes a shard every `shard_size` images
+    (so memory stays bounded); `finish` encodes and writes what is left."""
+
+    def __init__(self, teacher, device, directory: Path, batch_size: int, shard_size: int, dtype: str):
+        self.teacher, self.device, self.directory = teacher, device, directory
+        self.batch_size, self.shard_size, self.dtype = batch_size, shard_size, dtype
+        self.pending_keys, self.pending_pixels = [], []
+        self.shard_keys, self.means, self.stds = [], [], []
+        self.encoded = 0
+
+    def add(self, key: str, pixel_values: torch.Tensor) -> None:
+        """`pixel_values`: `(1, 3, H, W)`, the collator's preprocessing of one image."""
+        self.pending_keys.append(key)
+        self.pending_pixels.append(pixel_values)
+        if len(self.pending_keys) >= self.batch_size:
+            self._encode_pending()
+            if len(self.shard_keys) >= self.shard_size:
+                self._write()
+
+    def finish(self) -> None:
+        self._encode_pending()
+        self._write()
+
+    def _encode_pending(self) -> None:
+        if not self.pending_keys:
+            return
+        mean, std = self.teacher.encode_distribution(torch.cat(self.pending_pixels).to(self.device))
+        self.shard_keys.extend(self.pending_keys)
+        self.means.append(mean.float().cpu().numpy())
+        if std is not None:
+            self.stds.append(std.float().cpu().numpy())
+        self.encoded += len(self.pending_keys)
+        self.pending_keys, self.pending_pixels = [], []
+
+    def _write(self) -> None:
+        if self.shard_keys:
+            _write_shard(self.directory, self.shard_keys, self.means, self.stds, self.dtype)
+            self.shard_keys, self.means, self.stds = [], [], []
+
+
+def _encode_missing(loader, known: frozenset, encoder: _ShardEncoder) -> dict:
+    """Feed every image not cached yet (each unique key once) to `encoder`; returns the counts of `build_stats`."""
+    stats = {"images": 0, "unique": 0, "encoded": 0, "reused": 0}
+    seen = set()
+    for prepared in loader:
+        for key, pixel_values in prepared:
+            stats["images"] += 1
+            if key in seen:
+                continue
+            seen.add(key)
+            if key in known:
+                stats["reused"] += 1
+            else:
+                encoder.add(key, pixel_values)
+    encoder.finish()
+    stats["unique"], stats["encoded"] = len(seen), encoder.encoded
+    return stats
+
+
 def build_latent_cache(
     teacher: torch.nn.Module,
     processor,
@@ -296,7 +370,7 @@ def build_latent_cache(
     device: str | torch.device | None = None,
 ) -> LatentCache:
     """
-    Encode every image of `dataset` (items with `"images"`: PIL images, as `train.data.RossDataset` yields) that is
+    Encode every image of `dataset` (items with `"images"`: PIL images, as `train.dataset.RossDataset` yields) that is
     not cached yet, and return the cache. Images already cached (same content, same settings) are not re-encoded;
     a fully cached dataset calls the teacher zero times. Preprocessing is the collator's (`processor(images=...)`).
 
@@ -313,65 +387,20 @@ def build_latent_cache(
         The `LatentCache`, with `build_stats` = `{"images", "unique", "encoded", "reused", "seconds"}`.
     """
     start = time.perf_counter()
-    settings = cache_settings(teacher, processor, dtype)
-    directory = Path(cache_dir) / settings_key(settings)
-    directory.mkdir(parents=True, exist_ok=True)
-    settings_file = directory / "settings.json"
-    if not settings_file.is_file():
-        temporary = directory / f".settings-{uuid.uuid4().hex}.json"
-        temporary.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-        temporary.rename(settings_file)
-    existing = LatentCache(directory)
-    known = frozenset(existing.keys)
-
+    directory = _settings_folder(cache_dir, cache_settings(teacher, processor, dtype))
+    known = frozenset(LatentCache(directory).keys)
     parameter = next(teacher.parameters(), None)
     home = parameter.device if parameter is not None else torch.device("cpu")
     device = torch.device(device) if device is not None else home
-    teacher.to(device)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_Prepare(processor, known)
     )
-    stats = {"images": 0, "unique": 0, "encoded": 0, "reused": 0}
-    seen, pending_keys, pending_pixels = set(), [], []
-    shard_keys, means, stds = [], [], []
-
-    def encode_pending():
-        if not pending_keys:
-            return
-        mean, std = teacher.encode_distribution(torch.cat(pending_pixels).to(device))
-        shard_keys.extend(pending_keys)
-        means.append(mean.float().cpu().numpy())
-        if std is not None:
-            stds.append(std.float().cpu().numpy())
-        stats["encoded"] += len(pending_keys)
-        pending_keys.clear()
-        pending_pixels.clear()
-
-    def write_if(full: bool):
-        if shard_keys and (not full or len(shard_keys) >= shard_size):
-            _write_shard(directory, list(shard_keys), means, stds, dtype)
-            shard_keys.clear(), means.clear(), stds.clear()
-
+    teacher.to(device)
     try:
-        for prepared in loader:
-            for key, pixel_values in prepared:
-                stats["images"] += 1
-                if key in seen:
-                    continue
-                seen.add(key)
-                if key in known:
-                    stats["reused"] += 1
-                    continue
-                pending_keys.append(key)
-                pending_pixels.append(pixel_values)
-                if len(pending_keys) >= batch_size:
-                    encode_pending()
-                    write_if(full=True)
-        encode_pending()
-        write_if(full=False)
+        encoder = _ShardEncoder(teacher, device, directory, batch_size, shard_size, dtype)
+        stats = _encode_missing(loader, known, encoder)
     finally:
         teacher.to(home)
-    stats["unique"] = len(seen)
     stats["seconds"] = round(time.perf_counter() - start, 3)
     cache = LatentCache(directory)
     cache.build_stats = stats

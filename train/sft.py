@@ -29,12 +29,14 @@ from model_cards.publish import push_from_trainer
 from train.build import build_model_and_processor, prepare_tiny_run
 from train.callbacks import ReconstructionPreviewCallback, preview_images_from_dataset
 from train.config import load_config, parse_overrides, resolve_path
-from train.data import RossDataCollator, load_training_dataset
+from train.collator import RossDataCollator
+from train.dataset import load_training_dataset
 from train.latent_cache import LatentCache, build_latent_cache
 from train.trainer import RossTrainer, apply_lora, apply_stage, count_trainable_parameters, images_seen_per_rank
 
 
 def load_data(run_config, processor):
+    """The training dataset (a `Subset` of it with `max_train_samples`)."""
     dataset = load_training_dataset(
         resolve_path(run_config.data_path),
         image_folder=resolve_path(run_config.image_folder),
@@ -44,13 +46,18 @@ def load_data(run_config, processor):
     )
     if run_config.max_train_samples is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(run_config.max_train_samples, len(dataset))))
-    collator = RossDataCollator(
+    return dataset
+
+
+def make_collator(run_config, processor, latent_cache=None) -> RossDataCollator:
+    """The run's collator; with a `LatentCache` (see `prepare_latent_cache`) every batch carries `teacher_targets`."""
+    return RossDataCollator(
         processor,
         max_length=run_config.model_max_length,
         format=run_config.data_format,
         on_bad_sample=run_config.on_bad_sample,
+        latent_cache=latent_cache,
     )
-    return dataset, collator
 
 
 # ---- latent cache (train/latent_cache.py) -------------------------------------------------------------------------
@@ -137,8 +144,8 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
             # Frozen LLM: checkpointed blocks need an input that requires grad for the backward to reach the projector.
             model.enable_input_require_grads()
 
-    dataset, collator = load_data(run_config, processor)
-    collator.latent_cache = prepare_latent_cache(run_config, teacher, processor, dataset)
+    dataset = load_data(run_config, processor)
+    collator = make_collator(run_config, processor, prepare_latent_cache(run_config, teacher, processor, dataset))
     callbacks = list(callbacks or [])
     if run_config.preview_every_n_steps:
         images = [resolve_path(p) for p in run_config.preview_images or []] or preview_images_from_dataset(dataset, 4)

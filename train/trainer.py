@@ -25,7 +25,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
-from train.data import LengthGroupedSampler, ModalityLengthGroupedSampler
+from train.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
 
 
 logger = logging.get_logger(__name__)

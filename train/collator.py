@@ -1,0 +1,257 @@
+"""The collator: dataset items -> a right-padded batch with assistant-only labels (and cached teacher targets).
+
+:class:`RossDataCollator` renders the chat template, lets the processor expand every image to `image_seq_length`
+image tokens, supervises only the assistant answers (each answer's end-of-turn token included) and pads on the right
+through the tokenizer. Nothing is ever truncated: a sample longer than `max_length` is an error or a counted skip.
+Image tokens are counted here once per sample, against the sample's image count from parsing; the model checks its
+own input again at its boundary (`get_placeholder_mask`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import re
+from collections.abc import Sequence
+
+import torch
+
+from train.dataset import check_on_bad_sample
+from train.sources import SKIP_REASONS, BadSampleError
+
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+_GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+__all__ = ["IGNORE_INDEX", "RossDataCollator"]
+
+
+class _EventCounter:
+    """Counts per reason in shared memory, one row per dataloader worker (no lost updates between workers)."""
+
+    ROWS = 65
+
+    def __init__(self):
+        self._counts = torch.zeros(self.ROWS, len(SKIP_REASONS), dtype=torch.int64).share_memory_()
+
+    def add(self, reason: str):
+        info = torch.utils.data.get_worker_info()
+        row = 0 if info is None else 1 + info.id % (self.ROWS - 1)
+        self._counts[row, SKIP_REASONS.index(reason)] += 1
+
+    def as_dict(self) -> dict[str, int]:
+        totals = self._counts.sum(0).tolist()
+        return {reason: count for reason, count in zip(SKIP_REASONS, totals) if count}
+
+
+class RossDataCollator:
+    r"""
+    Turn `train.dataset.RossDataset` items into a right-padded training batch with assistant-only labels.
+
+    Output: `input_ids`, `attention_mask`, `labels` (`(batch, longest)`), and `pixel_values`
+    (`(total images, 3, H, W)`, images in row-major order: sample 0's images, then sample 1's, ...) when the batch has
+    at least one image. Text-only samples stay in the batch. Labels are -100 on the system prompt, user turns, role
+    headers, image tokens and padding; each assistant answer and its end-of-turn token (`<|im_end|>` in the
+    Vicuna-style template) are supervised.
+
+    Masking (`format="chat"`):
+      * if the chat template has `{% generation %}` markers, `processor.apply_chat_template(...,
+        return_assistant_tokens_mask=True)` gives the assistant tokens;
+      * otherwise (fallback) the answer spans are found by rendering prefixes: for the k-th message (an assistant
+        one) the span runs from the end of `render(messages[:k], add_generation_prompt=True)` (the part it shares
+        with `render(messages[:k+1])`) to the end of `render(messages[:k+1])`, which must be a prefix of the full
+        rendering (a `ValueError` says so when a template rewrites earlier turns). Tokens overlapping a span are
+        supervised. `masking="prefix"` forces the fallback.
+
+    `latent_cache` (a `train.latent_cache.LatentCache`, optional): every batch also gets `teacher_targets`,
+    `{"mean", "std"}` of each kept sample's images in `pixel_values` order, looked up by image content; an image
+    missing from the cache raises `LatentCacheMiss` (never skipped, never a silent fallback to the teacher).
+
+    `format="plain"` (stage 1, LLaVA's `plain` template): the text is the image tokens followed directly by the
+    caption (the single assistant turn) and `plain_end` (default: the tokenizer's EOS token); no system prompt, no
+    roles; the user's words are dropped; only the caption and `plain_end` are supervised.
+
+    Never truncates. A sample longer than `max_length` after image expansion (or whose rendering supervises nothing)
+    raises `ValueError` naming its id and file, or with `on_bad_sample="skip"` is dropped from the batch, logged and
+    counted in `skipped` (shared by dataloader workers). A batch left with no sample raises `ValueError`.
+    """
+
+    def __init__(
+        self,
+        processor,
+        max_length: int,
+        format: str = "chat",
+        on_bad_sample: str = "error",
+        masking: str = "auto",
+        plain_end: str | None = None,
+        pad_to_multiple_of: int | None = None,
+        latent_cache=None,
+    ):
+        if format not in ("chat", "plain"):
+            raise ValueError(f"format must be 'chat' or 'plain', got {format!r}")
+        if masking not in ("auto", "generation", "prefix"):
+            raise ValueError(f"masking must be 'auto', 'generation' or 'prefix', got {masking!r}")
+        has_markers = bool(_GENERATION_MARKER.search(processor.chat_template or ""))
+        if masking == "generation" and not has_markers:
+            raise ValueError("masking='generation' needs {% generation %} markers in the chat template")
+        if processor.tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token")
+        self.processor = processor
+        self.max_length = int(max_length)
+        self.format = format
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
+        self.masking = ("generation" if has_markers else "prefix") if masking == "auto" else masking
+        self.plain_end = processor.tokenizer.eos_token if plain_end is None else plain_end
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.image_token_id = processor.image_token_id
+        self.latent_cache = latent_cache
+        self._skips = _EventCounter()
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Samples dropped by the collator, by reason (events: a sample drawn in two epochs counts twice)."""
+        return self._skips.as_dict()
+
+    # -- encoding one sample
+    def _tokenize_with_spans(self, text: str, spans: list[tuple[int, int]], images) -> tuple[dict, torch.Tensor]:
+        """Tokenize `text` (placeholders expanded by the processor) and mark the tokens overlapping `spans`,
+        character spans of the unexpanded text."""
+        out = self.processor(
+            text=[text],
+            images=[images] if images else None,
+            return_offsets_mapping=True,
+            return_text_replacement_offsets=True,
+            return_tensors="pt",
+        )
+        replacements = (out.get("text_replacement_offsets") or [[]])[0]
+        ends = [r["span"][1] for r in replacements]
+        gained = [0]
+        for r in replacements:
+            gained.append(r["new_span"][1] - r["span"][1])
+        offsets = out["offset_mapping"][0].tolist()
+        mask = torch.zeros(len(offsets), dtype=torch.bool)
+        for start, end in spans:
+            start, end = (c + gained[bisect.bisect_right(ends, c)] for c in (start, end))
+            for position, (token_start, token_end) in enumerate(offsets):
+                if token_start < end and token_end > start:
+                    mask[position] = True
+        return out, mask
+
+    def _render(self, messages, **kwargs) -> str:
+        return self.processor.apply_chat_template(messages, tokenize=False, **kwargs)
+
+    def _prefix_spans(self, messages) -> tuple[str, list[tuple[int, int]]]:
+        full = self._render(messages)
+        spans = []
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = self._render(messages[:k], add_generation_prompt=True) if k else ""
+            upto = self._render(messages[: k + 1])
+            if not full.startswith(upto):
+                raise BadSampleError(
+                    "template",
+                    "the chat template renders earlier turns differently once later turns are added; prefix masking "
+                    "cannot locate the answers; add {% generation %} markers to the template",
+                )
+            start = len(os.path.commonprefix([prompt, upto]))
+            spans.append((start, len(upto)))
+        return full, spans
+
+    def _tokenize(self, messages, images) -> tuple[dict, torch.Tensor]:
+        """The processor's output for one sample and its `(sequence,)` mask of supervised (assistant) tokens."""
+        if self.format == "plain":
+            answers = [m for m in messages if m["role"] == "assistant"]
+            if len(answers) != 1:
+                raise BadSampleError("template", f"plain format needs exactly one caption turn, got {len(answers)}")
+            caption = "".join(item["text"] for item in answers[0]["content"] if item["type"] == "text")
+            prefix = self.processor.image_token * len(images)
+            text = prefix + caption + self.plain_end
+            return self._tokenize_with_spans(text, [(len(prefix), len(text))], images)
+        if self.masking == "generation":
+            out = self.processor.apply_chat_template(
+                [messages],
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+                return_tensors="pt",
+                processor_kwargs={"images": [images]} if images else {},
+            )
+            return out, out["assistant_masks"][0].bool()
+        text, spans = self._prefix_spans(messages)
+        return self._tokenize_with_spans(text, spans, images)
+
+    def _encode(self, feature) -> dict:
+        """One item -> `input_ids` and `labels` `(sequence,)`, `pixel_values` `(num_images, 3, H, W)` or None."""
+        images = feature["images"]
+        out, mask = self._tokenize(feature["messages"], images)
+        input_ids = out["input_ids"][0]
+        # The one count of image tokens on the data path: checked against the parsed image count, reused below.
+        is_image = input_ids == self.image_token_id
+        num_image_tokens, expected = int(is_image.sum()), len(images) * self.processor.image_seq_length
+        if num_image_tokens != expected:  # e.g. a literal image token inside the text
+            raise BadSampleError(
+                "image_count_mismatch", f"{num_image_tokens} image tokens in the text, expected {expected}"
+            )
+        labels = input_ids.masked_fill(~mask | is_image, IGNORE_INDEX)
+        if not (labels != IGNORE_INDEX).any():
+            raise BadSampleError("template", "the rendered conversation supervises no token")
+        if len(input_ids) > self.max_length:
+            raise BadSampleError(
+                "too_long",
+                f"{len(input_ids)} tokens ({num_image_tokens} of them image tokens) > max_length {self.max_length}; "
+                "image tokens are never truncated, raise max_length or drop the sample",
+            )
+        return {"input_ids": input_ids, "labels": labels, "pixel_values": out.get("pixel_values") if images else None}
+
+    # -- the batch
+    def _encode_or_skip(self, features: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+        """(encoded samples, the features they came from); bad samples raise or are skipped per `on_bad_sample`."""
+        encoded, kept = [], []
+        for feature in features:
+            try:
+                encoded.append(self._encode(feature))
+                kept.append(feature)
+            except BadSampleError as error:
+                error = error.located(feature.get("id"), feature.get("source"))
+                if self.on_bad_sample == "error":
+                    raise error from None
+                self._skips.add(error.reason)
+                logger.warning("Dropping %s", error)
+            except Exception as error:  # not a known data problem: never skipped, but say which sample
+                raise ValueError(
+                    f"could not encode sample id={feature.get('id')!r} ({feature.get('source')}): {error}"
+                ) from error
+        if not encoded:
+            raise ValueError(f"every sample of this batch was dropped ({len(features)} samples); see the warnings")
+        return encoded, kept
+
+    def _pad(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
+        """Right padding by the tokenizer (`input_ids`, `attention_mask`); `labels` padded with -100 to match."""
+        batch = self.processor.tokenizer.pad(
+            {"input_ids": [e["input_ids"] for e in encoded]},
+            padding="longest",
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            padding_side="right",
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        labels = torch.full(batch["input_ids"].shape, IGNORE_INDEX, dtype=torch.long)
+        for row, e in enumerate(encoded):
+            labels[row, : len(e["labels"])] = e["labels"]
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        encoded, kept = self._encode_or_skip(features)
+        batch = self._pad(encoded)
+        pixel_values = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
+        if pixel_values:
+            batch["pixel_values"] = torch.cat(pixel_values, dim=0)
+        # Cached teacher (mean, std) per image, in pixel_values order; also (empty) for a batch without images, so
+        # every rank skips the teacher. A miss raises LatentCacheMiss.
+        if self.latent_cache is not None:
+            batch["teacher_targets"] = self.latent_cache.targets_for(kept)
+        return batch

@@ -1,0 +1,218 @@
+"""The training dataset: samples parsed once at load, images decoded at fetch, bad samples raised or skipped.
+
+:func:`load_training_dataset` opens the sources (`train/sources.py`), parses every record once and keeps the parsed
+messages; :class:`RossDataset` then only reads and decodes images in `__getitem__`, i.e. in the dataloader workers.
+Items are::
+
+    {"id": str, "source": "file:line" (JSONL, 1-based) | "file:#index" (JSON array or HF dataset, 0-based),
+     "messages": [{"role": "system"|"user"|"assistant", "content": [{"type": "image"} | {"type": "text", ...}]}],
+     "images": [PIL.Image in RGB, in the order of the {"type": "image"} items]}
+
+Bad data (``on_bad_sample="error"`` raises ``ValueError`` naming the sample id and its file; ``"skip"`` logs, counts
+and drops the sample; nothing else is lost):
+
+* at load time (the sample is left out of the dataset): ``invalid_record`` (malformed record, unknown role),
+  ``no_assistant_turn``, ``image_count_mismatch`` (``<image>`` placeholders != images, or one in an answer),
+  ``missing_image`` (file does not exist);
+* in ``__getitem__`` (the dataset returns the next valid index instead, ``i+1``, ``i+2``, ... wrapping around, so a
+  batch keeps its size and one neighbour appears twice that epoch): ``corrupt_image`` (cannot be decoded: corrupt,
+  truncated) and ``missing_image`` (deleted since load);
+* in the collator (`train/collator.py`): ``too_long`` and ``template``.
+
+Counts: ``dataset.skipped`` (load-time skips plus unique samples found bad in ``__getitem__``, kept in shared memory so
+that dataloader workers report back) and ``collator.skipped``; :func:`skipped_summary` merges them for the
+end-of-training summary. Counts are per process group rank.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from collections import Counter
+
+import torch
+from torch.utils.data import Dataset
+
+from train.sources import SKIP_REASONS, BadSampleError, ParsedSample, open_source
+
+
+logger = logging.getLogger(__name__)
+
+ON_BAD_SAMPLE = ("error", "skip")
+# Cheap length estimate: characters per text token (byte-level BPE on English averages about 4).
+CHARS_PER_TOKEN = 4
+# Load-time skips logged one by one before only the total is logged.
+MAX_LOGGED_SKIPS = 20
+
+__all__ = ["RossDataset", "load_training_dataset", "check_on_bad_sample", "skipped_summary"]
+
+
+def check_on_bad_sample(value: str) -> str:
+    if value not in ON_BAD_SAMPLE:
+        raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {value!r}")
+    return value
+
+
+def skipped_summary(*objects) -> dict[str, int]:
+    """Merge the `skipped` counts of datasets and collators, e.g. `skipped_summary(dataset, collator)`."""
+    total = Counter()
+    for obj in objects:
+        total.update(obj.skipped)
+    return dict(total)
+
+
+def _text_chars(messages: list[dict]) -> int:
+    return sum(len(item["text"]) for m in messages for item in m["content"] if item["type"] == "text")
+
+
+class RossDataset(Dataset):
+    """Samples from one or more sources; see the module docstring for the item format and bad-sample handling.
+
+    Build it with :func:`load_training_dataset`. `lengths` / `modality_lengths` are cheap estimates
+    (``ceil(text characters / 4) + num_images * image_seq_length``; negative for text-only samples in
+    `modality_lengths`, as in LLaVA) for the samplers of `train/samplers.py`; `transformers.Trainer`'s own
+    `group_by_length` only reads a length column of a `datasets.Dataset`, so pass `dataset.lengths` to a sampler.
+
+    Memory: the parsed messages of every kept sample stay in memory (as the raw records of a JSON file would);
+    images are never held, only their paths (JSON) or the dataset's memory-mapped `images` column.
+    """
+
+    def __init__(self, sources, entries, samples: list[ParsedSample], on_bad_sample, image_seq_length, load_skips):
+        self.sources = sources
+        self._entries = entries  # (source index, local index) per kept sample
+        self._samples = samples
+        self._num_images = [sample.num_images for sample in samples]
+        self._text_chars = [_text_chars(sample.messages) for sample in samples]
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
+        self.image_seq_length = image_seq_length
+        self._load_skips = Counter(load_skips)
+        # Per sample: 0 = fine, k = SKIP_REASONS[k - 1] found in __getitem__. Shared memory, so that dataloader
+        # workers (fork or spawn) report back to the main process; counting samples (not events) avoids double
+        # counts across workers and epochs.
+        self._bad = torch.zeros(len(entries), dtype=torch.int8).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def load(self, index: int) -> dict:
+        """Load sample `index`; raises `BadSampleError` (naming id and file) whatever `on_bad_sample` says."""
+        source_index, local = self._entries[index]
+        source = self.sources[source_index]
+        sample_id, location = source.sample_id(local), source.locations[local]
+        try:
+            images = source.load_images(local)
+        except BadSampleError as error:
+            raise error.located(sample_id, location) from error
+        # A copy: a caller editing its item must not change the parsed sample of later epochs.
+        messages = copy.deepcopy(self._samples[index].messages)
+        return {"id": sample_id, "messages": messages, "images": images, "source": location}
+
+    def __getitem__(self, index: int) -> dict:
+        if self.on_bad_sample == "error":
+            return self.load(index)
+        for step in range(len(self)):
+            candidate = (index + step) % len(self)
+            if self._bad[candidate] != 0:
+                continue
+            try:
+                return self.load(candidate)
+            except BadSampleError as error:
+                self._bad[candidate] = SKIP_REASONS.index(error.reason) + 1
+                logger.warning("Skipping %s; using the next sample instead.", error)
+        raise RuntimeError("every sample of the dataset failed to load; see the warnings above")
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Samples left out at load time plus samples found bad in `__getitem__` (any worker), by reason."""
+        counts = Counter(self._load_skips)
+        for code, count in enumerate(torch.bincount(self._bad.long(), minlength=len(SKIP_REASONS) + 1).tolist()):
+            if code and count:
+                counts[SKIP_REASONS[code - 1]] += count
+        return dict(counts)
+
+    @property
+    def num_images(self) -> list[int]:
+        return list(self._num_images)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Estimated tokens per sample: text + images * image_seq_length."""
+        if self.image_seq_length is None:
+            raise ValueError("lengths need image_seq_length: pass image_seq_length=processor.image_seq_length")
+        return [
+            max(1, math.ceil(chars / CHARS_PER_TOKEN)) + n * self.image_seq_length
+            for n, chars in zip(self._num_images, self._text_chars)
+        ]
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """`lengths`, negated for text-only samples (LLaVA's convention)."""
+        return [length if n > 0 else -length for length, n in zip(self.lengths, self._num_images)]
+
+
+def load_training_dataset(
+    data_path,
+    image_folder=None,
+    format: str = "auto",
+    on_bad_sample: str = "error",
+    image_seq_length: int | None = None,
+    split: str = "train",
+    check_image_files: bool = True,
+    image_placement: str = "front",
+) -> RossDataset:
+    """
+    Load training samples lazily from one or several sources, checking at once what is cheap to check.
+
+    Args:
+        data_path: a path or a list of paths (mixed in order, indices are global). Each is a LLaVA-format JSON / JSONL
+            file (`{"id", "image": path | [paths], "conversations": [{"from", "value"}]}`), a messages-format JSON /
+            JSONL file (`{"id", "messages", "images": [paths]}`), a `datasets.Dataset` (or a folder written by
+            `save_to_disk`), a parquet / arrow / csv file, or a dataset id for `datasets.load_dataset` (those need a
+            `messages` column and optionally `images`).
+        image_folder: folder that relative image paths are resolved against (one for all sources or one per source);
+            default: the folder of the JSON file.
+        format: `"auto"`, `"llava"` or `"messages"` for JSON files (auto: from the first record's keys).
+        on_bad_sample: `"error"` (raise `ValueError` naming the sample id and file) or `"skip"` (log and count).
+        image_seq_length: image tokens per image, for `lengths` (`processor.image_seq_length`).
+        split: split to take from a `DatasetDict` / `load_dataset`.
+        check_image_files: check at load time that every image file exists (one `stat` per image).
+        image_placement: `"front"` (default, the authors' `preprocess_multimodal`): a turn's single `<image>` is moved
+            to its start as `"<image>\\n" + text.strip()`, so the visual outputs (causal) never see the question;
+            `"inplace"` keeps it where the data puts it. Turns with several images always keep them in place.
+    """
+    check_on_bad_sample(on_bad_sample)
+    if image_placement not in ("front", "inplace"):
+        raise ValueError(f"image_placement must be 'front' or 'inplace', got {image_placement!r}")
+    if format not in ("auto", "llava", "messages"):
+        raise ValueError(f"format must be 'auto', 'llava' or 'messages', got {format!r}")
+    paths = list(data_path) if isinstance(data_path, (list, tuple)) else [data_path]
+    folders = list(image_folder) if isinstance(image_folder, (list, tuple)) else [image_folder] * len(paths)
+    if len(folders) != len(paths):
+        raise ValueError(f"got {len(folders)} image folders for {len(paths)} data paths")
+
+    sources, entries, samples, skips = [], [], [], Counter()
+    for source_index, (path, folder) in enumerate(zip(paths, folders)):
+        folder = None if folder is None else os.fspath(folder)
+        source = open_source(path, folder, format, split, source_index, image_placement)
+        sources.append(source)
+        for local, parsed in source.parse_all(check_image_files):
+            if isinstance(parsed, BadSampleError):
+                _skip_or_raise(parsed.located(source.sample_id(local), source.locations[local]), on_bad_sample, skips)
+            else:
+                entries.append((source_index, local))
+                samples.append(parsed)
+    if skips:
+        logger.warning("Left out %d sample(s) at load time: %s", sum(skips.values()), dict(skips))
+    if not entries:
+        raise ValueError(f"no usable sample in {paths}")
+    return RossDataset(sources, entries, samples, on_bad_sample, image_seq_length, skips)
+
+
+def _skip_or_raise(error: BadSampleError, on_bad_sample: str, skips: Counter) -> None:
+    if on_bad_sample == "error":
+        raise error
+    skips[error.reason] += 1
+    if sum(skips.values()) <= MAX_LOGGED_SKIPS:
+        logger.warning("Skipping %s", error)

@@ -1,0 +1,381 @@
+"""Where training samples come from: LLaVA / messages JSON(L) files and HF `datasets`, each record parsed once.
+
+A source reads its records at load and parses each one exactly once (`parse_all`) into a :class:`ParsedSample`:
+HF chat messages, checked against the record's images::
+
+    [{"role": "system"|"user"|"assistant", "content": [{"type": "image"} | {"type": "text", "text": str}]}]
+
+with one `{"type": "image"}` per image, in image order. The raw records are not kept. At fetch time a source only
+reads the sample's images (`load_images`), decoded and converted to RGB by :func:`decode_image`: the one RGB
+conversion of the data path (the processor's own `to_rgb` then sees RGB and returns the image unchanged).
+
+Errors are :class:`BadSampleError` with a reason from `SKIP_REASONS`; the dataset adds the sample id and file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from modeling_ross.processing_ross import to_rgb
+
+
+IMAGE_PLACEHOLDER = "<image>"
+LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+MESSAGE_ROLES = ("system", "user", "assistant")
+# Every reason a sample can be bad for; the first four are found at load, the corrupt / missing image at fetch, the
+# last two in the collator.
+SKIP_REASONS = (
+    "invalid_record",
+    "no_assistant_turn",
+    "image_count_mismatch",
+    "missing_image",
+    "corrupt_image",
+    "too_long",
+    "template",
+)
+_DATASET_FOLDER_MARKERS = ("state.json", "dataset_dict.json", "dataset_info.json")
+
+__all__ = [
+    "SKIP_REASONS",
+    "BadSampleError",
+    "ParsedSample",
+    "JsonSource",
+    "HFSource",
+    "open_source",
+    "llava_to_messages",
+    "decode_image",
+]
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be trained on. The message names the sample id and its file (`source`)."""
+
+    def __init__(self, reason: str, detail: str, sample_id=None, source=None):
+        self.reason, self.detail, self.sample_id, self.source = reason, detail, sample_id, source
+        super().__init__(f"bad sample id={sample_id!r} ({source}) [{reason}]: {detail}")
+
+    def located(self, sample_id, source) -> "BadSampleError":
+        return BadSampleError(self.reason, self.detail, sample_id, source)
+
+
+@dataclass
+class ParsedSample:
+    """One record after parsing: `messages` in the format above (checked against the images) and `num_images`."""
+
+    messages: list[dict]
+    num_images: int
+
+
+# ----------------------------------------------------------------------------- record -> messages
+def _content_items(content, image_placement: str = "inplace") -> list[dict]:
+    """A string (with `<image>` placeholders) or a list of items/strings -> a list of image/text items.
+
+    A newline right after a placeholder belongs to the placeholder (the template renders an image item as
+    `<image>\\n`); all other text is kept verbatim, empty pieces are dropped. With `image_placement="front"` a
+    message holding exactly one image gets it at its start, followed by its stripped text: for a string exactly the
+    authors' `preprocess_multimodal` (`"<image>\\n" + value.replace("<image>", "").strip()`). Several images stay
+    where they are (interleaved turns).
+    """
+    if content is None:
+        return []
+    if isinstance(content, str):
+        if image_placement == "front" and content.count(IMAGE_PLACEHOLDER) == 1:
+            content = IMAGE_PLACEHOLDER + "\n" + content.replace(IMAGE_PLACEHOLDER, "").strip()
+        items = []
+        for k, piece in enumerate(content.split(IMAGE_PLACEHOLDER)):
+            if k > 0:
+                items.append({"type": "image"})
+                piece = piece[1:] if piece.startswith("\n") else piece
+            if piece:
+                items.append({"type": "text", "text": piece})
+        return items
+    if not isinstance(content, (list, tuple)):
+        raise BadSampleError(
+            "invalid_record", f"message content must be a string or a list, got {type(content).__name__}"
+        )
+    items = []
+    for item in content:
+        if isinstance(item, str):
+            items += _content_items(item)
+        elif isinstance(item, Mapping) and item.get("type") == "image":
+            items.append({"type": "image"})
+        elif isinstance(item, Mapping) and item.get("type") == "text" and isinstance(item.get("text"), str):
+            items += _content_items(item["text"])  # a placeholder inside a text item is an image too
+        else:
+            raise BadSampleError("invalid_record", f"unsupported content item {item!r}")
+    if image_placement == "front" and sum(item["type"] == "image" for item in items) == 1:
+        text = "".join(item["text"] for item in items if item["type"] == "text").strip()
+        items = [{"type": "image"}] + ([{"type": "text", "text": text}] if text else [])
+    return items
+
+
+def llava_to_messages(conversations, image_placement: str = "front") -> list[dict]:
+    """LLaVA `conversations` ([{"from": "human"|"gpt"|"system", "value": str}]) -> HF chat messages.
+
+    `image_placement`: `"front"` (the authors) or `"inplace"`, see `_content_items`."""
+    if not isinstance(conversations, list) or not conversations:
+        raise BadSampleError("invalid_record", "'conversations' must be a non-empty list")
+    messages = []
+    for k, turn in enumerate(conversations):
+        if not isinstance(turn, Mapping) or not isinstance(turn.get("value"), str):
+            raise BadSampleError("invalid_record", f"turn {k} must be a dict with a string 'value'")
+        role = LLAVA_ROLES.get(turn.get("from"))
+        if role is None:
+            raise BadSampleError("invalid_record", f"turn {k} has unknown 'from' {turn.get('from')!r}")
+        messages.append({"role": role, "content": _content_items(turn["value"], image_placement)})
+    return messages
+
+
+def _normalize_messages(messages, image_placement: str = "front") -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise BadSampleError("invalid_record", "'messages' must be a non-empty list")
+    out = []
+    for k, message in enumerate(messages):
+        if not isinstance(message, Mapping) or message.get("role") not in MESSAGE_ROLES:
+            raise BadSampleError("invalid_record", f"message {k} must have a role in {MESSAGE_ROLES}")
+        out.append({"role": message["role"], "content": _content_items(message.get("content"), image_placement)})
+    return out
+
+
+def _check_against_images(messages: list[dict], num_images: int) -> ParsedSample:
+    """Check the conversation against its images; with no placeholder at all, put the images first (as LLaVA does)."""
+    if not any(m["role"] == "assistant" for m in messages):
+        raise BadSampleError("no_assistant_turn", "the conversation has no assistant turn, nothing to supervise")
+    for m in messages:
+        if m["role"] == "assistant" and any(item["type"] == "image" for item in m["content"]):
+            raise BadSampleError("image_count_mismatch", "an assistant turn contains an <image> placeholder")
+    placeholders = sum(item["type"] == "image" for m in messages for item in m["content"])
+    if placeholders == 0 and num_images > 0:
+        first_user = next((m for m in messages if m["role"] == "user"), None)
+        if first_user is None:
+            raise BadSampleError("image_count_mismatch", f"{num_images} image(s) but no user turn to put them in")
+        first_user["content"] = [{"type": "image"} for _ in range(num_images)] + first_user["content"]
+    elif placeholders != num_images:
+        raise BadSampleError(
+            "image_count_mismatch", f"{placeholders} <image> placeholder(s) but {num_images} image(s)"
+        )
+    return ParsedSample(messages, num_images)
+
+
+def _check_files_exist(paths) -> None:
+    for path in paths:
+        if not os.path.isfile(path):
+            raise BadSampleError("missing_image", f"image file {path} does not exist")
+
+
+# ----------------------------------------------------------------------------- image decoding
+def decode_image(image) -> Image.Image:
+    """Open (path, `datasets` `{"bytes", "path"}` dict) or take (PIL) an image, decode it fully (so corrupt or
+    truncated files fail here, in the dataloader worker) and convert it to RGB."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.exists(path):
+            raise BadSampleError("missing_image", f"image file {path} does not exist")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                return to_rgb(opened)
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+            raise BadSampleError("corrupt_image", f"cannot decode image file {path}: {error}") from error
+    if isinstance(image, Mapping) and ("bytes" in image or "path" in image):  # datasets Image(decode=False)
+        if image.get("bytes") is None:
+            return decode_image(image["path"])
+        image = Image.open(io.BytesIO(image["bytes"]))
+    if not isinstance(image, Image.Image):
+        raise BadSampleError("invalid_record", f"unsupported image value of type {type(image).__name__}")
+    try:
+        image.load()
+        return to_rgb(image)
+    except Exception as error:
+        raise BadSampleError("corrupt_image", f"cannot decode image: {error}") from error
+
+
+# ----------------------------------------------------------------------------- sources
+class JsonSource:
+    """One LLaVA-format or messages-format JSON / JSONL file. After `parse_all` it keeps only the ids, the locations
+    (`file:line`, 1-based, for JSONL; `file:#index`, 0-based, for a JSON array) and the image paths."""
+
+    def __init__(self, path: str, image_folder: str | None, format: str, image_placement: str = "front"):
+        self.path = path
+        self.image_placement = image_placement
+        self.image_folder = image_folder if image_folder is not None else os.path.dirname(os.path.abspath(path))
+        self._records, self.locations = _read_json_records(path)
+        if format == "auto":
+            first = next((r for r in self._records if isinstance(r, Mapping)), {})
+            format = "messages" if "messages" in first and "conversations" not in first else "llava"
+        self.format = format
+        self.ids = [
+            str(r["id"]) if isinstance(r, Mapping) and r.get("id") is not None else None for r in self._records
+        ]
+        self.image_paths: list[list[str]] = [[] for _ in self._records]
+
+    def __len__(self):
+        return len(self.locations)
+
+    def sample_id(self, index: int) -> str:
+        return self.ids[index] if self.ids[index] is not None else self.locations[index]
+
+    def _image_refs(self, record) -> list[str]:
+        key = "images" if self.format == "messages" else "image"
+        value = record.get(key, record.get("images" if key == "image" else "image"))
+        if value is None:
+            return []
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise BadSampleError("invalid_record", f"'{key}' must be a path or a list of paths")
+        return [v if os.path.isabs(v) else os.path.join(self.image_folder, v) for v in values]
+
+    def _messages(self, record) -> list[dict]:
+        if self.format == "llava":
+            if "conversations" not in record:
+                raise BadSampleError("invalid_record", "missing 'conversations'")
+            return llava_to_messages(record["conversations"], self.image_placement)
+        if "messages" not in record:
+            raise BadSampleError("invalid_record", "missing 'messages'")
+        return _normalize_messages(record["messages"], self.image_placement)
+
+    def _parse(self, index: int, check_files: bool) -> ParsedSample:
+        record = self._records[index]
+        if not isinstance(record, Mapping):
+            raise BadSampleError("invalid_record", f"a sample must be a JSON object, got {type(record).__name__}")
+        paths = self._image_refs(record)
+        parsed = _check_against_images(self._messages(record), len(paths))
+        if check_files:
+            _check_files_exist(paths)
+        self.image_paths[index] = paths
+        return parsed
+
+    def parse_all(self, check_files: bool) -> Iterator[tuple[int, ParsedSample | BadSampleError]]:
+        """Yield `(index, ParsedSample or BadSampleError)` for every record, then drop the raw records."""
+        for index in range(len(self)):
+            try:
+                yield index, self._parse(index, check_files)
+            except BadSampleError as error:
+                yield index, error
+        self._records = None
+
+    def load_images(self, index: int) -> list[Image.Image]:
+        return [decode_image(path) for path in self.image_paths[index]]
+
+
+def _read_json_records(path: str) -> tuple[list, list[str]]:
+    """The records of a JSON array or a JSONL file, and where each one is (`file:line` / `file:#index`)."""
+    records, locations = [], []
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".jsonl"):
+            for line_number, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{path}:{line_number}: invalid JSON: {error}") from error
+                    locations.append(f"{path}:{line_number}")
+            return records, locations
+        data = json.load(f)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON array of samples, got {type(data).__name__}")
+    return data, [f"{path}:#{index}" for index in range(len(data))]
+
+
+class HFSource:
+    """A `datasets.Dataset` with a `messages` column and an optional `images` column (PIL images or paths). The
+    messages are parsed once at load; images stay in the (memory-mapped) dataset until `load_images`."""
+
+    def __init__(self, dataset, name: str, image_folder: str | None, image_placement: str = "front"):
+        if "messages" not in dataset.column_names:
+            raise ValueError(f"{name}: a datasets source needs a 'messages' column, has {dataset.column_names}")
+        self.dataset, self.path, self.image_folder = dataset, name, image_folder
+        self.image_placement = image_placement
+        # Only this column is read at fetch time: the messages were parsed at load.
+        self._images = dataset.select_columns(["images"]) if "images" in dataset.column_names else None
+        self.locations = _LazyLocations(name)
+        self.ids = [str(i) for i in dataset.select_columns(["id"])["id"]] if "id" in dataset.column_names else None
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def sample_id(self, index: int) -> str:
+        return self.ids[index] if self.ids is not None else f"{self.path}:#{index}"
+
+    def _resolve(self, image):
+        if isinstance(image, str) and not os.path.isabs(image) and self.image_folder is not None:
+            return os.path.join(self.image_folder, image)
+        return image
+
+    def parse_all(self, check_files: bool, chunk: int = 1000):
+        """Yield `(index, ParsedSample or BadSampleError)`, reading `images` as Arrow list lengths (no decoding, no
+        copy of the image bytes into Python)."""
+        # pyarrow comes with `datasets` (the optional `train` extra): only a datasets source needs it.
+        import pyarrow.compute as pc
+
+        messages_only = self.dataset.select_columns(["messages"])
+        images_arrow = self._images.with_format("arrow") if self._images is not None else None
+        inner = getattr(self.dataset.features.get("images"), "feature", None)
+        paths_to_check = check_files and getattr(inner, "dtype", None) == "string"
+        for start in range(0, len(messages_only), chunk):
+            batch = messages_only[start : start + chunk]["messages"]
+            counts, paths = [0] * len(batch), None
+            if images_arrow is not None:
+                column = images_arrow[start : start + chunk]["images"]
+                counts = pc.fill_null(pc.list_value_length(column), 0).to_pylist()
+                paths = column.to_pylist() if paths_to_check else None
+            for offset, messages in enumerate(batch):
+                try:
+                    parsed = _check_against_images(_normalize_messages(messages, self.image_placement), counts[offset])
+                    if paths is not None:
+                        _check_files_exist(self._resolve(ref) for ref in paths[offset] or [])
+                    yield start + offset, parsed
+                except BadSampleError as error:
+                    yield start + offset, error
+
+    def load_images(self, index: int) -> list[Image.Image]:
+        images = (self._images[index]["images"] or []) if self._images is not None else []
+        return [decode_image(self._resolve(image)) for image in images]
+
+
+class _LazyLocations:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getitem__(self, index: int) -> str:
+        return f"{self.name}:#{index}"
+
+
+def open_source(path, image_folder, format: str, split: str, position: int, image_placement: str = "front"):
+    """One entry of `data_path` -> a `JsonSource` or an `HFSource`."""
+    if isinstance(path, (str, os.PathLike)):
+        path = os.fspath(path)
+        suffix = Path(path).suffix.lower()
+        if suffix in (".json", ".jsonl", ".parquet", ".arrow", ".csv") and not os.path.isfile(path):
+            raise FileNotFoundError(f"data file {path} does not exist")
+        if suffix in (".json", ".jsonl"):
+            return JsonSource(path, image_folder, format, image_placement)
+        if format == "llava":
+            raise ValueError(f"{path}: format='llava' needs a .json or .jsonl file")
+    # `datasets` is an optional extra (`ross[train]`): JSON / JSONL sources work without it.
+    import datasets
+
+    if isinstance(path, datasets.Dataset):
+        return HFSource(path, f"datasets.Dataset[{position}]", image_folder, image_placement)
+    return HFSource(_load_hf_dataset(datasets, path, split), path, image_folder, image_placement)
+
+
+def _load_hf_dataset(datasets, path: str, split: str):
+    """A `save_to_disk` folder, a parquet / arrow / csv file, a local dataset folder or a Hub dataset id."""
+    suffix = Path(path).suffix.lower()
+    if os.path.isdir(path) and any(os.path.exists(os.path.join(path, name)) for name in _DATASET_FOLDER_MARKERS):
+        dataset = datasets.load_from_disk(path)
+        return dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
+    if os.path.isfile(path) and suffix in (".parquet", ".arrow", ".csv"):
+        builder = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}[suffix]
+        return datasets.load_dataset(builder, data_files=path, split=split)
+    if os.path.exists(path) or "/" in path:
+        return datasets.load_dataset(path, split=split)  # a local dataset folder or a Hub dataset id
+    raise FileNotFoundError(f"data path {path} does not exist")
