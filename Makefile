@@ -29,7 +29,7 @@ test: venv browser
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests
 
 demo: venv
-	HF_HUB_OFFLINE=1 $(PY) -m train.demo
+	HF_HUB_OFFLINE=1 $(PY) -m ross.train.demo
 
 clean:
 	rm -rf runs .pytest_cache

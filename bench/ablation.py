@@ -12,7 +12,7 @@ of the protocol: `none` = LLaVA, ROSS^R-Pixel, ROSS^R-Latent, ROSS^D-Pixel, ROSS
 - accuracy per benchmark and question type at each of `curve_steps` (stage-2 checkpoints: the learning curves);
 - the same at the end with **patch shuffle**: the visual tokens of every image permuted across positions (a
   forward hook on the projector, one permutation per seed); an answer that survives it is not fine-grained;
-- the last prompt token's attention to the visual tokens on `attention_items` MMVP items (`eval.attention`).
+- the last prompt token's attention to the visual tokens on `attention_items` MMVP items (`ross.eval.attention`).
 
 A finished run is not run again (its result records the protocol's hash; a changed protocol reruns it). The report
 (`ablation_<mode>.md` / `.json`) is refused while any run the mode registers lacks a result: no table from a subset.
@@ -37,10 +37,10 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from eval.attention import VisualAttention, compare, visual_attention
-from eval.generation import evaluate_model, get_benchmark, load_items, load_model
-from train.demo import DemoSettings, StageSettings, benchmark_report, prepare_data, run_stage
-from train.pretrain_components import ComponentSettings, component_paths, prepare_components
+from ross.eval.attention import VisualAttention, compare, visual_attention
+from ross.eval.generation import evaluate_model, get_benchmark, load_items, load_model
+from ross.train.demo import DemoSettings, StageSettings, benchmark_report, prepare_data, run_stage
+from ross.train.pretrain_components import ComponentSettings, component_paths, prepare_components
 
 
 PROTOCOL = Path(__file__).with_name("ablation.yaml")
@@ -265,7 +265,7 @@ def summarize(protocol: dict, results: dict) -> dict:
 
 
 def _attention(label: str, scores: list[float]) -> VisualAttention:
-    """Per-item scores (seeds pooled) in the container `eval.attention.compare` reads."""
+    """Per-item scores (seeds pooled) in the container `ross.eval.attention.compare` reads."""
     n = len(scores)
     return VisualAttention(label, np.asarray(scores), np.zeros((n, 0)), np.zeros(n), np.zeros((n, 0)), grid_size=0)
 

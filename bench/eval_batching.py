@@ -4,8 +4,8 @@
                                   [--items 48] [--batch-sizes 1 8] [--repeats 2] [--out runs/bench/eval_batching]
 
 A model built from tiny component repos (`modeling_ross.testing`, the `scaled` geometry of `bench/train_step.py`)
-answers `--items` rows of a freshly generated synthetic benchmark (`eval.synthetic`) through the batched greedy
-runner of `python -m eval.run` (`eval.generation.generate_answers`: left padding, KV cache, longest first). Batch
+answers `--items` rows of a freshly generated synthetic benchmark (`ross.eval.synthetic`) through the batched greedy
+runner of `python -m ross.eval.run` (`ross.eval.generation.generate_answers`: left padding, KV cache, longest first). Batch
 sizes are interleaved (1, 8, 1, 8, ...); items/s is the median over `--repeats`. The answers must be identical at
 every batch size (exit 1 otherwise). Goal: items/s at batch 8 >= 4x batch 1. Writes `eval_batching.json` and
 `eval_batching.md` under `--out`.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from eval.generation import generate_answers, load_items
-from eval.synthetic import write_benchmarks
+from ross.eval.generation import generate_answers, load_items
+from ross.eval.synthetic import write_benchmarks
 from modeling_ross import RossProcessor, from_components
 from modeling_ross.testing import write_tiny_components
 

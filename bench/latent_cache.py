@@ -28,8 +28,8 @@ from PIL import Image  # noqa: E402
 
 from modeling_ross import RossProcessor, from_components  # noqa: E402
 from modeling_ross.testing import write_tiny_components  # noqa: E402
-from train.collator import RossDataCollator  # noqa: E402
-from train.latent_cache import build_latent_cache  # noqa: E402
+from ross.train.collator import RossDataCollator  # noqa: E402
+from ross.train.latent_cache import build_latent_cache  # noqa: E402
 
 
 TINY_OBJECTIVE = {"denoiser_hidden_size": 64, "denoiser_depth": 2, "denoiser_num_heads": 4, "num_noise_draws": 2}

@@ -21,7 +21,7 @@ signed-rank test when both models saw the same items. The heat map is the per-to
 items (and over the images of multi-image items) laid out on the image's ``grid x grid`` patch
 grid (matplotlib if installed, else PIL).
 
-CLI: ``python -m eval.attention --models A B --benchmark NAME --data PATH --out DIR`` writes
+CLI: ``python -m ross.eval.attention --models A B --benchmark NAME --data PATH --out DIR`` writes
 ``attention.json``, ``attention.md``, ``heatmap_<label>.png`` and ``heatmap_difference.png``.
 """
 
@@ -41,8 +41,8 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from eval.generation import benchmark_names, build_batch, load_items, load_model
-from eval.scoring import RULES
+from ross.eval.generation import benchmark_names, build_batch, load_items, load_model
+from ross.eval.scoring import RULES
 
 
 @dataclass
@@ -93,7 +93,7 @@ def visual_attention(
     """Attention statistics over ``items`` = ``[(images, prompt), ...]`` (``images``: a PIL image or a list of them).
 
     Each prompt is placed after its image(s) in the chat template with the generation prompt,
-    as for generation (:func:`eval.generation.build_batch`); batches are left-padded with
+    as for generation (:func:`ross.eval.generation.build_batch`); batches are left-padded with
     position ids from the attention mask, so the last position is every row's last prompt token.
     """
     items = [((images if isinstance(images, (list, tuple)) else [images]), prompt) for images, prompt in items]
@@ -307,7 +307,7 @@ def report_markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.attention", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ross.eval.attention", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", required=True, help="checkpoints; each is compared with the first")
     parser.add_argument("--labels", nargs="+", default=None, help="names for the models (default: folder names)")
     parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(benchmark_names())}")

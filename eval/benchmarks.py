@@ -1,6 +1,6 @@
 """The benchmark registry: data loading, prompts, generation length and scoring.
 
-    from eval.benchmarks import BENCHMARKS
+    from ross.eval.benchmarks import BENCHMARKS
     bench = BENCHMARKS["pope"]
     rows = bench.load("/data/POPE")              # list[dict], each with "images": [PIL.Image]
     text = bench.prompt(rows[0], "lmms-eval")     # the text that follows the image(s)
@@ -35,12 +35,12 @@ from typing import Callable
 
 from PIL import Image
 
-from eval import scoring
-from eval.scoring._text import as_text, check_rules
-from eval.scoring.choice import LETTERS, mmvp_options
-from eval.scoring.mmmu import mmmu_options
-from eval.scoring.vqa import answer_list
-from eval.synthetic import CHANCE
+from ross.eval import scoring
+from ross.eval.scoring._text import as_text, check_rules
+from ross.eval.scoring.choice import LETTERS, mmvp_options
+from ross.eval.scoring.mmmu import mmmu_options
+from ross.eval.scoring.vqa import answer_list
+from ross.eval.synthetic import CHANCE
 
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
@@ -480,7 +480,7 @@ def _synthetic(name: str, like: str, **facts) -> Benchmark:
     base = BENCHMARKS[like]
     facts.setdefault("fields", base.fields)
     return dataclasses.replace(
-        base, name=name, dataset=f"eval.synthetic:{name}", config=None, split="train", num_rows=None,
+        base, name=name, dataset=f"ross.eval.synthetic:{name}", config=None, split="train", num_rows=None,
         from_tsv=None, images_joined=False, **facts,
     )
 

@@ -1,10 +1,10 @@
 """Batched greedy generation over a benchmark, and the evaluation of a model on it.
 
-    from eval.generation import evaluate_model, load_model
+    from ross.eval.generation import evaluate_model, load_model
     model, processor = load_model("path/to/ross-checkpoint")          # bf16/fp16 on GPU, fp32 on CPU
     scores = evaluate_model(model, processor, "pope", "/data/POPE", out_dir="runs/eval/pope")
 
-Every prompt is the benchmark's prompt rule (:mod:`eval.benchmarks`) placed after the image(s)
+Every prompt is the benchmark's prompt rule (:mod:`ross.eval.benchmarks`) placed after the image(s)
 in the model's chat template, i.e. ``[{"type": "image"}, ..., {"type": "text", "text": prompt}]``
 as one user turn plus the generation prompt. Generation is greedy (``do_sample=False``,
 ``num_beams=1``, no repetition penalty: an explicit ``GenerationConfig`` replaces whatever the
@@ -18,15 +18,15 @@ Files written by :func:`evaluate_model` under ``out_dir`` (the model-card code r
 * ``predictions.jsonl``: one JSON object per item, in dataset order: the row's fields
   without ``images`` (as loaded by the benchmark, e.g. ``question_id``, ``question``,
   ``answer``), plus ``prompt`` (the text after the image(s)) and ``prediction``. ``python -m
-  eval.score --benchmark NAME --predictions predictions.jsonl`` re-scores it.
+  ross.eval.score --benchmark NAME --predictions predictions.jsonl`` re-scores it.
 * ``scores.json``: ``{"benchmark", "rules", "num_items", "primary_metric", "primary_value",
   "metrics": {<the benchmark scorer's dict>}, "chance" (synthetic benchmarks, else null),
   "model", "data", "settings": {"batch_size", "max_new_tokens", "dtype", "device", "limit"},
   "seconds"}``. Metrics are fractions in [0, 1] (OCRBench's ``score`` is 0-1000).
 * ``scores.md``: :func:`scores_markdown` of that dict: one table row per metric.
 
-Synthetic benchmarks (``eval.synthetic``) run through the same path: :func:`get_benchmark`
-adds them to the names of :data:`eval.benchmarks.BENCHMARKS`, reusing POPE's prompt and
+Synthetic benchmarks (``ross.eval.synthetic``) run through the same path: :func:`get_benchmark`
+adds them to the names of :data:`ross.eval.benchmarks.BENCHMARKS`, reusing POPE's prompt and
 scorer for ``synthetic_pope``, MMVP's for ``synthetic_mmvp`` and GQA's (exact match) for
 ``synthetic_count`` / ``synthetic_colour`` / ``synthetic_position``.
 """
@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
-from eval.benchmarks import SYNTHETIC_BENCHMARKS, Benchmark, benchmark_names, get_benchmark
+from ross.eval.benchmarks import SYNTHETIC_BENCHMARKS, Benchmark, benchmark_names, get_benchmark
 
 
 # ---------------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def load_model(
 ):
     """``AutoModelForImageTextToText`` + ``AutoProcessor`` from ``path`` (remote code), in eval mode on ``device``.
 
-    Pass ``attn_implementation="eager"`` to get attention weights (:mod:`eval.attention`).
+    Pass ``attn_implementation="eager"`` to get attention weights (:mod:`ross.eval.attention`).
     """
     device = resolve_device(device)
     kwargs = {"dtype": resolve_dtype(dtype, device), "trust_remote_code": True}

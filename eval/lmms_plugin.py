@@ -11,7 +11,7 @@ group; this package declares (setup.cfg)::
 ``(context, gen_kwargs, doc_to_visual, doc_id, task, split)``; the images come from
 ``doc_to_visual(self.task_dict[task][split][doc_id])``. The context (the task's prompt,
 suffixes included) is placed after the image(s) in the model's chat template and answered by
-:func:`eval.generation.generate_answers`, the same batched greedy path as ``python -m eval.run``
+:func:`ross.eval.generation.generate_answers`, the same batched greedy path as ``python -m ross.eval.run``
 (``batch_size`` requests at a time, left padding, KV cache). ``gen_kwargs`` are honoured:
 ``until`` (output cut before the first stop string), ``max_new_tokens`` (default 1024, as in
 lmms-eval's ``llava_hf``), ``temperature`` (> 0 samples), ``top_p``, ``num_beams``.
@@ -29,7 +29,7 @@ from collections import defaultdict
 
 from PIL import Image
 
-from eval.generation import generate_answers, load_model
+from ross.eval.generation import generate_answers, load_model
 
 try:  # lmms-eval is an optional extra
     from lmms_eval.api.model import lmms as _LmmsBase
@@ -40,12 +40,12 @@ else:
     _IMPORT_ERROR = None
 
 MODEL_ID = "ross"
-CLASS_PATH = "eval.lmms_plugin.RossLmms"
+CLASS_PATH = "ross.eval.lmms_plugin.RossLmms"
 DEFAULT_MAX_NEW_TOKENS = 1024
 
 
 def lmms_eval_manifest():
-    """The entry point's payload: ``ModelManifest("ross", simple_class_path="eval.lmms_plugin.RossLmms")``."""
+    """The entry point's payload: ``ModelManifest("ross", simple_class_path="ross.eval.lmms_plugin.RossLmms")``."""
     from lmms_eval.models.registry_v2 import ModelManifest  # called by lmms-eval only, so it is importable here
 
     return ModelManifest(model_id=MODEL_ID, simple_class_path=CLASS_PATH)
@@ -179,7 +179,7 @@ if _LmmsBase is not None:
 def __getattr__(name):
     if name == "RossLmms":
         raise ImportError(
-            "eval.lmms_plugin.RossLmms needs lmms-eval (pip install lmms-eval); importing it failed: "
+            "ross.eval.lmms_plugin.RossLmms needs lmms-eval (pip install lmms-eval); importing it failed: "
             f"{_IMPORT_ERROR}"
         )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

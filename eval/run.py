@@ -1,10 +1,10 @@
-"""Evaluate a checkpoint on one benchmark: ``python -m eval.run --model PATH --benchmark NAME --data PATH``.
+"""Evaluate a checkpoint on one benchmark: ``python -m ross.eval.run --model PATH --benchmark NAME --data PATH``.
 
 Loads the model with ``AutoModelForImageTextToText.from_pretrained(PATH, trust_remote_code=True)``
 and ``AutoProcessor`` (bf16 on GPU, fp16 where bf16 is unsupported, fp32 on CPU unless
 ``--dtype`` says otherwise), generates greedily in batches (left padding, KV cache), scores
 with the benchmark's rules, and writes ``predictions.jsonl``, ``scores.json`` and ``scores.md``
-under ``--out`` (default ``runs/eval/<benchmark>``; formats in :mod:`eval.generation`).
+under ``--out`` (default ``runs/eval/<benchmark>``; formats in :mod:`ross.eval.generation`).
 Prints the ``scores.json`` object. Bad input exits with status 2 and a one-line message.
 """
 
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from eval.generation import benchmark_names, evaluate_model, get_benchmark, load_model, resolve_dtype
-from eval.scoring import RULES
+from ross.eval.generation import benchmark_names, evaluate_model, get_benchmark, load_model, resolve_dtype
+from ross.eval.scoring import RULES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ross.eval.run", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (loaded with remote code)")
     parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(benchmark_names())}")
     parser.add_argument("--data", required=True, type=Path, help="local copy: save_to_disk folder, parquet or .tsv")

@@ -1,8 +1,8 @@
-"""Score a JSONL file of predictions: ``python -m eval.score --benchmark NAME --predictions FILE``.
+"""Score a JSONL file of predictions: ``python -m ross.eval.score --benchmark NAME --predictions FILE``.
 
 Each line is one benchmark item with its fields named as in the lmms-lab dataset rows
 (no images) plus ``prediction``. Prints one JSON object: ``benchmark``, ``rules``,
-``num_items`` and the metrics of :mod:`eval.scoring`. Bad input exits with status 2 and
+``num_items`` and the metrics of :mod:`ross.eval.scoring`. Bad input exits with status 2 and
 a one-line message naming the file and line.
 """
 
@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from eval.benchmarks import benchmark_names, get_benchmark
-from eval.scoring import RULES
+from ross.eval.benchmarks import benchmark_names, get_benchmark
+from ross.eval.scoring import RULES
 
 
 class InputError(Exception):
@@ -49,7 +49,7 @@ def read_predictions(path: Path, fields: tuple[str, ...]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.score", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ross.eval.score", description=__doc__.splitlines()[0])
     parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(benchmark_names())}")
     parser.add_argument("--predictions", required=True, type=Path, help="JSONL file, one item per line")
     parser.add_argument("--rules", default="lmms-eval", help=f"scoring rules: {' or '.join(RULES)}")

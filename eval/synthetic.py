@@ -20,7 +20,7 @@ lmms-eval) are added by the loaders. Chance rates are stored as JSON in the data
 ``info.description`` and in ``out_dir/<name>/chance.json`` (see :func:`read_benchmark_info`);
 :func:`chance_rate` returns the uniform-guess chance without reading anything.
 
-CLI: ``python -m eval.synthetic --out DIR [--num-items N --seed S --size PX]``.
+CLI: ``python -m ross.eval.synthetic --out DIR [--num-items N --seed S --size PX]``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import random
 from collections import Counter, defaultdict
 from typing import Callable, Sequence
 
-from synthetic.world import (
+from ross.synthetic.world import (
     COLOURS,
     POSITIONS,
     SHAPES,

@@ -1,16 +1,16 @@
-"""Print (or write) the model card of a trained ROSS folder; publishing is `python -m model_cards.publish`.
+"""Print (or write) the model card of a trained ROSS folder; publishing is `python -m ross.model_cards.publish`.
 
-    python -m model_cards --model runs/tiny/stage2/model [--repo-id ORG/NAME] [--eval PATH ...] [--out README.md]
+    python -m ross.model_cards --model runs/tiny/stage2/model [--repo-id ORG/NAME] [--eval PATH ...] [--out README.md]
 """
 
 import argparse
 import sys
 
-from model_cards.card import build_model_card
+from ross.model_cards.card import build_model_card
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model_cards", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ross.model_cards", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the trained folder")
     parser.add_argument("--repo-id", help="ORG/NAME used in the usage snippet")
     parser.add_argument("--eval", action="append", metavar="PATH", help="scores.json or a folder of them (repeatable)")

@@ -1,6 +1,6 @@
 """Model cards for trained ROSS folders, built with `huggingface_hub.ModelCard` and the Jinja template `template.md`.
 
-    from model_cards.card import build_model_card
+    from ross.model_cards.card import build_model_card
     card = build_model_card("runs/tiny/stage2/model", repo_id="me/ross-tiny")
     card.save("README.md")
 
@@ -31,7 +31,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
-from eval.benchmarks import SYNTHETIC_BENCHMARKS, get_benchmark
+from ross.eval.benchmarks import SYNTHETIC_BENCHMARKS, get_benchmark
 
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ KNOWN_DATASETS = {
 }
 # License of the weights follows the language model's (the largest part of the checkpoint).
 KNOWN_LICENSES = {"vicuna": "llama2", "llama-2": "llama2", "qwen2": "apache-2.0", "siglip-tiny": "apache-2.0"}
-# What each stage of the recipe trains (as `train.trainer.STAGE_TRAINABLE`; the vision tower and teacher stay frozen).
+# What each stage of the recipe trains (as `ross.train.trainer.STAGE_TRAINABLE`; the vision tower and teacher stay frozen).
 STAGE_TRAINABLE = {1: "projector + denoiser", 2: "projector + LLM + denoiser"}
 OBJECTIVE_NAMES = {
     "denoise": "ROSS^D: a DiT-style denoiser recovers the teacher's latent tokens from noise (DDPM epsilon MSE)",

@@ -1,6 +1,6 @@
 """Publish a trained ROSS folder to the Hub as a complete, loadable repo (verified before anything is uploaded).
 
-    python -m model_cards.publish --model runs/tiny/stage2/model --repo-id me/ross-tiny [--private] [--revision REV]
+    python -m ross.model_cards.publish --model runs/tiny/stage2/model --repo-id me/ross-tiny [--private] [--revision REV]
         [--token TOKEN] [--dry-run DIR] [--eval PATH ...] [--max-shard-size 5GB] [--base-model ID ...] [--license ID]
 
 Steps (the same from the CLI, from Python with `publish_folder`, and from a Trainer with `push_from_trainer`):
@@ -9,7 +9,7 @@ Steps (the same from the CLI, from Python with `publish_folder`, and from a Trai
    else: safetensors weights (re-sharded when a file is over ``--max-shard-size``), ``config.json`` with ``auto_map``,
    the code files, the processor (``processor_config.json``, tokenizer files, ``chat_template.jinja``),
    ``generation_config.json``, ``training_args.json`` / ``train_config.yaml`` (tokens masked), and a generated
-   ``README.md`` (`model_cards.card.build_model_card`, eval results from ``scores.json``).
+   ``README.md`` (`ross.model_cards.card.build_model_card`, eval results from ``scores.json``).
 2. **Verify** the staged folder in a fresh Python process that cannot import this project (the repo and the
    editable-install finder are removed from ``sys.path`` / ``sys.meta_path``): load it with
    ``AutoModelForImageTextToText`` / ``AutoProcessor`` and ``trust_remote_code=True`` (no missing weights allowed),
@@ -44,7 +44,7 @@ from modeling_ross.safetensors_io import (
     weight_files,
     write_shards,
 )
-from model_cards.card import build_model_card
+from ross.model_cards.card import build_model_card
 
 
 # Top-level files of a trained folder that belong in the repo (besides the weights and `*.py` code files).
@@ -351,7 +351,7 @@ def publish_folder(
     Stage, verify and (unless ``dry_run``) upload the repo of a trained ROSS folder; see the module docstring.
 
     ``dry_run``: a folder to write the repo into (empty or new); nothing is uploaded and no Hub call is made.
-    ``eval_results`` / ``card_overrides``: passed to `model_cards.card.build_model_card` (``repo_id`` is set here).
+    ``eval_results`` / ``card_overrides``: passed to `ross.model_cards.card.build_model_card` (``repo_id`` is set here).
     ``api``: an `HfApi` (default: ``HfApi(token=token)``).
     Raises `PublishError` (nothing uploaded) when the folder is incomplete or does not load and generate.
     """
@@ -402,7 +402,7 @@ def push_from_trainer(trainer, folder: str | Path, *, commit_message: str = "End
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m model_cards.publish",
+        prog="python -m ross.model_cards.publish",
         description="Verify a trained ROSS folder (fresh process, trust_remote_code) and upload it as a Hub repo.",
     )
     parser.add_argument("--model", required=True, help="the trained folder (save_pretrained of model + processor)")

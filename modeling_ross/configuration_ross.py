@@ -56,7 +56,7 @@ class RossObjectiveConfig(PreTrainedConfig):
         denoiser_position_embedding (`str`, defaults to `"learned"`):
             `"learned"` (the authors' behaviour): a stored `denoiser.pos_embed` parameter initialised to the 2-D
             sin-cos table; their stage 1 trains it (`tune_mm_mlp_adapter` unfreezes every denoiser parameter) and
-            stage 2 keeps it frozen, which `train.trainer.apply_stage` reproduces. `"sincos"`: the fixed table,
+            stage 2 keeps it frozen, which `ross.train.trainer.apply_stage` reproduces. `"sincos"`: the fixed table,
             recomputed on each call and never stored (DiT's stated design). A checkpoint saved before this field
             existed has no table and loads with the sin-cos one.
         compute_dtype (`str`, defaults to `"float32"`):

@@ -1,5 +1,5 @@
 """Streaming safetensors I/O, shared by the converter (`convert_official`), the LLaVA export (`export_llava`) and Hub
-publishing (`model_cards.publish`).
+publishing (`ross.model_cards.publish`).
 
 - `weight_files(folder)`: a checkpoint folder's safetensors files (index order, or the single file).
 - `read_headers(files)`: every tensor's file, shape and dtype, from the headers only (nothing is loaded).

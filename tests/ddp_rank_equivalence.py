@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_trainer import CountingCollator, GradCapture, ListDataset, _args  # noqa: E402
 
 from modeling_ross import RossProcessor, from_components  # noqa: E402
-from train.trainer import RossTrainer  # noqa: E402
+from ross.train.trainer import RossTrainer  # noqa: E402
 
 
 def main(components_json: str, batch_size: str, output_dir: str) -> None:

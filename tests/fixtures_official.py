@@ -404,7 +404,7 @@ def _write_tokenizer(folder: Path) -> dict:
 
 
 def official_config(*, special_ids: dict, with_denoiser: bool, dtype: torch.dtype) -> dict:
-    """`config.json` as the authors' `train.py` + `RossMetaModel.initialize_vision_modules` leave it (4.43 writes the
+    """`config.json` as the authors' `ross.train.py` + `RossMetaModel.initialize_vision_modules` leave it (4.43 writes the
     diff against `PretrainedConfig()` defaults, so e.g. `output_hidden_states` is absent)."""
     grid = grid_size()
     config = {

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval import attention
-from eval.generation import load_items, load_model
+from ross.eval import attention
+from ross.eval.generation import load_items, load_model
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def model_dirs(tiny_components, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def items(tmp_path_factory):
-    from eval.synthetic import write_benchmarks
+    from ross.eval.synthetic import write_benchmarks
 
     root = tmp_path_factory.mktemp("synthetic-att")
     write_benchmarks(str(root), num_items=6, names=["synthetic_pope"])
@@ -68,7 +68,7 @@ def test_batched_equals_one_by_one_and_matches_a_direct_forward(results, items):
     np.testing.assert_allclose(att.item_scores, single.item_scores, rtol=1e-4)
     np.testing.assert_allclose(att.token_scores, single.token_scores, rtol=1e-4, atol=1e-8)
     # Independent computation for item 0: one unpadded forward, attention read off directly.
-    from eval.generation import build_batch
+    from ross.eval.generation import build_batch
 
     batch = build_batch(processor, items[0][:1])
     with torch.no_grad():

@@ -10,10 +10,10 @@ from conftest import TINY_OBJECTIVE
 from PIL import Image
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-import train.callbacks as callbacks
+import ross.train.callbacks as callbacks
 from modeling_ross import from_components
-from train.callbacks import ReconstructionPreviewCallback, make_preview_grid
-from synthetic.world import make_scene, render
+from ross.train.callbacks import ReconstructionPreviewCallback, make_preview_grid
+from ross.synthetic.world import make_scene, render
 
 
 CELL, LABEL = 40, 100  # tile side used below; label column width of make_preview_grid

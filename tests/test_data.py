@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-import train.sources
-from train.collator import IGNORE_INDEX, RossDataCollator
-from train.dataset import load_training_dataset, skipped_summary
-from train.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
-from train.synthetic import write_llava_dataset
+import ross.train.sources
+from ross.train.collator import IGNORE_INDEX, RossDataCollator
+from ross.train.dataset import load_training_dataset, skipped_summary
+from ross.train.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
+from ross.train.synthetic import write_llava_dataset
 
 SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
@@ -112,7 +112,7 @@ def test_records_are_parsed_once_at_load(llava_json, monkeypatch):
         raise AssertionError("a record was parsed again at fetch time")
 
     for name in ("llava_to_messages", "_normalize_messages", "_content_items", "_check_against_images"):
-        monkeypatch.setattr(train.sources, name, parse_again)
+        monkeypatch.setattr(ross.train.sources, name, parse_again)
     items = [dataset[i] for i in range(3)]  # fetching only reads and decodes the images
     assert [item["messages"] for item in items] == [item["messages"] for item in reference]
     items[1]["messages"][0]["content"].clear()  # a caller's edit does not reach the parsed sample
@@ -401,7 +401,7 @@ def test_too_long_sample_is_never_truncated(llava_json, tiny_processor, caplog):
     assert "'two'" in str(info.value) and str(llava_json) in str(info.value)
 
     collator = RossDataCollator(tiny_processor, max_length=limit, on_bad_sample="skip")
-    with caplog.at_level(logging.WARNING, logger="train.collator"):
+    with caplog.at_level(logging.WARNING, logger="ross.train.collator"):
         batch = collator(features)
     assert "'two'" in caplog.text
     assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape[0] == 1

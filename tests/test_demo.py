@@ -1,4 +1,4 @@
-"""The default run end to end: `python -m train.demo --fast` (components, data, two training stages, evaluation,
+"""The default run end to end: `python -m ross.train.demo --fast` (components, data, two training stages, evaluation,
 reconstructions), the Hub-ready model folder in a fresh process, and the component cache on a second run."""
 
 import json
@@ -19,7 +19,7 @@ BENCHMARKS = ("synthetic_pope", "synthetic_mmvp", "synthetic_count", "synthetic_
 def _run_demo(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
-        [sys.executable, "-m", "train.demo", "--fast", "--out", str(out), *args],
+        [sys.executable, "-m", "ross.train.demo", "--fast", "--out", str(out), *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -64,7 +64,7 @@ def test_summary_has_every_phase_and_metric(fast_demo):
 @pytest.mark.slow
 def test_model_folder_answers_in_a_fresh_process(fast_demo, tmp_path):
     out, summary, _ = fast_demo
-    from synthetic.world import make_scene, render
+    from ross.synthetic.world import make_scene, render
 
     image_path = tmp_path / "scene.png"
     render(make_scene(123)).save(image_path)

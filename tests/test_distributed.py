@@ -6,7 +6,7 @@ How DeepSpeed runs on CPU here (no GPU, gloo):
   `accelerate launch --cpu --num_processes 2` is not usable: with `--cpu` it starts one process, and accelerate
   disables DeepSpeed whenever `cpu=True`.
 - `DS_ACCELERATOR=cpu`: DeepSpeed's CPU accelerator (communication falls back to gloo without oneCCL).
-- `use_cpu` must stay unset (accelerate would silently drop DeepSpeed); `train.config.setup_cpu_deepspeed` then
+- `use_cpu` must stay unset (accelerate would silently drop DeepSpeed); `ross.train.config.setup_cpu_deepspeed` then
   creates accelerate's `PartialState` with the gloo backend and DeepSpeed flagged before `TrainingArguments`, and sets
   `accelerator_config.use_configured_state` so the Trainer reuses it.
 - `OMP_NUM_THREADS=1` keeps two processes from oversubscribing the cores.
@@ -150,7 +150,7 @@ def test_zero3_two_processes_with_a_text_only_rank(tiny_root):
     Compared with 1 process x batch 2 on the same samples: the text loss and the lm_head (text gradients only; the
     denoiser's noise differs between the runs, so the rest of the model does not) after one step.
     """
-    from train.synthetic import write_llava_dataset
+    from ross.train.synthetic import write_llava_dataset
 
     data_dir = tiny_root / "alternating"
     path = write_llava_dataset(str(data_dir), num_images=3, seed=1, stage="sft", text_only_fraction=0.5)

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from eval import generation
-from eval.generation import evaluate_model, generate_answers, get_benchmark, load_items, load_model
+from ross.eval import generation
+from ross.eval.generation import evaluate_model, generate_answers, get_benchmark, load_items, load_model
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def model_dir(tiny_components, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
-    from eval.synthetic import write_benchmarks
+    from ross.eval.synthetic import write_benchmarks
 
     root = tmp_path_factory.mktemp("synthetic")
     write_benchmarks(str(root), num_items=12)
@@ -39,7 +39,7 @@ def loaded(model_dir):
 
 
 def test_cli_writes_predictions_and_scores(model_dir, bench_dir, tmp_path, capsys):
-    from eval import run, score
+    from ross.eval import run, score
 
     out = tmp_path / "pope"
     code = run.main(["--model", str(model_dir), "--benchmark", "synthetic_pope", "--data",
@@ -114,7 +114,7 @@ def test_batched_generation_equals_batch_size_one(loaded, bench_dir):
 
 
 def test_unknown_benchmark_and_bad_batch_size_exit_2(model_dir, bench_dir, capsys):
-    from eval import run
+    from ross.eval import run
 
     data = str(bench_dir / "synthetic_pope")
     assert run.main(["--model", str(model_dir), "--benchmark", "nope", "--data", data]) == 2
@@ -124,7 +124,7 @@ def test_unknown_benchmark_and_bad_batch_size_exit_2(model_dir, bench_dir, capsy
 
 
 def test_synthetic_benchmarks_reuse_registry_prompts_and_scorers():
-    from eval.benchmarks import BENCHMARKS
+    from ross.eval.benchmarks import BENCHMARKS
 
     assert get_benchmark("synthetic_pope").prompt_fn is BENCHMARKS["pope"].prompt_fn
     assert get_benchmark("synthetic_mmvp").score_fn is BENCHMARKS["mmvp"].score_fn

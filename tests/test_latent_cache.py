@@ -8,9 +8,9 @@ from PIL import Image
 
 from modeling_ross.configuration_ross import RossObjectiveConfig
 from modeling_ross.teacher import build_teacher, sample_targets
-from train.collator import RossDataCollator
-from train.config import RossRunConfig
-from train.latent_cache import (
+from ross.train.collator import RossDataCollator
+from ross.train.config import RossRunConfig
+from ross.train.latent_cache import (
     LatentCache,
     LatentCacheMiss,
     build_latent_cache,
@@ -18,7 +18,7 @@ from train.latent_cache import (
     image_key,
     settings_key,
 )
-from train.sft import prepare_latent_cache
+from ross.train.sft import prepare_latent_cache
 
 
 def _image(seed: int, shape=(24, 36, 3)) -> Image.Image:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval import lmms_plugin
+from ross.eval import lmms_plugin
 
 PLUGIN_FILE = Path(lmms_plugin.__file__)
 
@@ -54,7 +54,7 @@ def plugin_setup(ross_lmms_class, tiny_components, tmp_path_factory):
     from conftest import TINY_OBJECTIVE
     from modeling_ross import RossProcessor, from_components
 
-    from eval.synthetic import write_benchmarks
+    from ross.eval.synthetic import write_benchmarks
 
     folder = tmp_path_factory.mktemp("ross-tiny-lmms")
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def test_registry_resolves_ross(ross_lmms_class):
 
 
 def test_generate_until_matches_the_runner(plugin_setup):
-    from eval.generation import generate_answers, load_items
+    from ross.eval.generation import generate_answers, load_items
 
     lm, data = plugin_setup
     assert lm.batch_size == 4 and lm.device.type == "cpu"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from huggingface_hub import EvalResult, ModelCard
 
-from model_cards.card import build_model_card, eval_results_from_scores, find_scores
+from ross.model_cards.card import build_model_card, eval_results_from_scores, find_scores
 
 
 TINY_OBJECTIVE = {"denoiser_hidden_size": 64, "denoiser_depth": 2, "denoiser_num_heads": 4, "num_noise_draws": 2}

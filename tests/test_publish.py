@@ -16,8 +16,8 @@ import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard, RepoUrl
 
-import model_cards.publish as publish
-from model_cards.card import build_model_card
+import ross.model_cards.publish as publish
+from ross.model_cards.card import build_model_card
 
 
 TINY_OBJECTIVE = {"denoiser_hidden_size": 64, "denoiser_depth": 2, "denoiser_num_heads": 4, "num_noise_draws": 2}

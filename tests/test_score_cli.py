@@ -1,4 +1,4 @@
-"""`python -m eval.score` end to end, on small JSONL files."""
+"""`python -m ross.eval.score` end to end, on small JSONL files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "eval.score", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ross.eval.score", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
 
 

@@ -8,9 +8,9 @@ import io
 
 import pytest
 
-from eval import scoring
-from eval.benchmarks import BENCHMARKS, mmvp_cambrian_prompt
-from eval.scoring import choice, mmmu, vqa, yesno
+from ross.eval import scoring
+from ross.eval.benchmarks import BENCHMARKS, mmvp_cambrian_prompt
+from ross.eval.scoring import choice, mmmu, vqa, yesno
 
 BOTH = ("lmms-eval", "vlmevalkit")
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthetic import world
-from train import synthetic as ts
-from eval import synthetic as es
+from ross.synthetic import world
+from ross.train import synthetic as ts
+from ross.eval import synthetic as es
 
 QUADS = {"top left": (0, 0), "top right": (1, 0), "bottom left": (0, 1), "bottom right": (1, 1)}
 

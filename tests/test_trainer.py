@@ -16,17 +16,17 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback, TrainingArguments
 
 from modeling_ross import RossProcessor, from_components
-from train.config import RossRunConfig, load_config, parse_overrides
-from train.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
-from train.trainer import (
+from ross.train.config import RossRunConfig, load_config, parse_overrides
+from ross.train.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
+from ross.train.trainer import (
     RossTrainer,
     RossTrainingArguments,
     apply_lora,
     apply_stage,
     count_trainable_parameters,
 )
-from train.sft import main
-from train.synthetic import write_llava_dataset
+from ross.train.sft import main
+from ross.train.synthetic import write_llava_dataset
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -492,7 +492,7 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     sys.path.insert(0, {repo!r})
     from transformers import TrainerCallback
-    from train.sft import main
+    from ross.train.sft import main
 
     class KillAfterSave(TrainerCallback):
         # on_save runs after the checkpoint folder is complete: die there like a preempted job.
@@ -534,7 +534,7 @@ def test_resume_after_kill_matches_uninterrupted_run(sft_run, tmp_path):
 
 
 class LengthsDataset(ListDataset):
-    """ListDataset with the `lengths` / `modality_lengths` that `train.dataset.RossDataset` provides."""
+    """ListDataset with the `lengths` / `modality_lengths` that `ross.train.dataset.RossDataset` provides."""
 
     @property
     def lengths(self):

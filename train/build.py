@@ -18,8 +18,8 @@ from transformers.integrations.deepspeed import (
 
 from modeling_ross import RossForConditionalGeneration, RossProcessor, from_components
 from modeling_ross.testing import write_tiny_components
-from train.config import RossRunConfig, resolve_path
-from train.synthetic import write_llava_dataset
+from ross.train.config import RossRunConfig, resolve_path
+from ross.train.synthetic import write_llava_dataset
 
 
 def prepare_tiny_run(run_config: RossRunConfig) -> None:

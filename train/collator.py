@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
-from train.dataset import check_on_bad_sample
-from train.sources import SKIP_REASONS, BadSampleError
+from ross.train.dataset import check_on_bad_sample
+from ross.train.sources import SKIP_REASONS, BadSampleError
 
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class _EventCounter:
 
 class RossDataCollator:
     r"""
-    Turn `train.dataset.RossDataset` items into a right-padded training batch with assistant-only labels.
+    Turn `ross.train.dataset.RossDataset` items into a right-padded training batch with assistant-only labels.
 
     Output: `input_ids`, `attention_mask`, `labels` (`(batch, longest)`), and `pixel_values`
     (`(total images, 3, H, W)`, images in row-major order: sample 0's images, then sample 1's, ...) when the batch has
@@ -66,7 +66,7 @@ class RossDataCollator:
         rendering (a `ValueError` says so when a template rewrites earlier turns). Tokens overlapping a span are
         supervised. `masking="prefix"` forces the fallback.
 
-    `latent_cache` (a `train.latent_cache.LatentCache`, optional): every batch also gets `teacher_targets`,
+    `latent_cache` (a `ross.train.latent_cache.LatentCache`, optional): every batch also gets `teacher_targets`,
     `{"mean", "std"}` of each kept sample's images in `pixel_values` order, looked up by image content; an image
     missing from the cache raises `LatentCacheMiss` (never skipped, never a silent fallback to the teacher).
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from accelerate import PartialState
 
-from train.trainer import RossTrainingArguments
+from ross.train.trainer import RossTrainingArguments
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ from collections import Counter
 import torch
 from torch.utils.data import Dataset
 
-from train.sources import SKIP_REASONS, BadSampleError, ParsedSample, open_source
+from ross.train.sources import SKIP_REASONS, BadSampleError, ParsedSample, open_source
 
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
 """The default run (`make demo`): ROSS end to end on one CPU, offline, in minutes.
 
-    python -m train.demo [--out runs] [--baseline] [--fast] [--stop-after PHASE]
+    python -m ross.train.demo [--out runs] [--baseline] [--fast] [--stop-after PHASE]
 
 Phases (each timed; the summary says how long each took):
 1. components  tiny SigLIP tower, Qwen2 LLM and AutoencoderKL teacher as Hub-style folders, the tower and the VAE
-               briefly pretrained on synthetic scenes (`train.pretrain_components`), cached under
+               briefly pretrained on synthetic scenes (`ross.train.pretrain_components`), cached under
                `<out>/components/<settings hash>/`;
 2. data        synthetic LLaVA-format training data (stage-1 captions, stage-2 instructions with text-only samples)
                and the five synthetic benchmarks (held-out scenes), cached under `<out>/data/<settings hash>/`;
@@ -46,11 +46,11 @@ from PIL import Image, ImageDraw  # noqa: E402
 from transformers import AutoProcessor  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from eval.generation import evaluate_model, get_benchmark, load_model  # noqa: E402
-from eval.synthetic import chance_rate, write_benchmarks  # noqa: E402
+from ross.eval.generation import evaluate_model, get_benchmark, load_model  # noqa: E402
+from ross.eval.synthetic import chance_rate, write_benchmarks  # noqa: E402
 from modeling_ross import RossForConditionalGeneration  # noqa: E402
-from train.pretrain_components import ComponentSettings, component_paths, prepare_components, psnr  # noqa: E402
-from train.synthetic import write_llava_dataset  # noqa: E402
+from ross.train.pretrain_components import ComponentSettings, component_paths, prepare_components, psnr  # noqa: E402
+from ross.train.synthetic import write_llava_dataset  # noqa: E402
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -202,7 +202,6 @@ def run_stage(stage: int, out_dir: Path, overrides: dict, log_file: Path, cpu: b
     for key, value in overrides.items():
         command += [f"--{key}", _yaml_flow(value) if isinstance(value, dict) else str(value)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w") as f:
         f.write("$ " + " ".join(command) + "\n\n")
@@ -241,7 +240,7 @@ def _above_chance(accuracy: float, chance: float, n: int) -> bool:
 
 def benchmark_report(bench, records: list[dict], scores: dict) -> dict:
     """Accuracy of a benchmark and of each of its question types (`bench.type_column`), next to the uniform-guess
-    chance rates (`bench.chance`; per question type from `eval.synthetic.chance_rate`), plus `bench.report_metrics`
+    chance rates (`bench.chance`; per question type from `ross.eval.synthetic.chance_rate`), plus `bench.report_metrics`
     (e.g. MMVP's pair accuracy, next to its own chance rate)."""
     metrics = scores["metrics"]
     accuracy = metrics.get("accuracy", metrics.get("exact_match"))
@@ -533,7 +532,7 @@ def format_report(summary: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ross.train.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs", help="root of all outputs (default: runs/)")
     parser.add_argument("--baseline", action="store_true", help="train the LLaVA baseline (objective none) instead")
     parser.add_argument("--fast", action="store_true", help="a smoke run with tiny step counts (tests)")

@@ -27,7 +27,7 @@ Keys:
 Use:
 * training: `latent_cache_dir: PATH` (+ `build_latent_cache: true` to fill it first, on the main process) in the run
   config of `train/sft.py`; the collator attaches `teacher_targets` and the model skips the teacher.
-* by hand: `python -m train.latent_cache --model CONFIG.yaml|CHECKPOINT --data DATA.json --out DIR`.
+* by hand: `python -m ross.train.latent_cache --model CONFIG.yaml|CHECKPOINT --data DATA.json --out DIR`.
 
 Distributed training: with the cache the teacher is never called, on any rank (a batch without images uses a zero
 dummy target instead of the teacher on a grey image). That is consistent across ranks because every rank reads the same
@@ -60,9 +60,9 @@ import torch
 from transformers import AutoProcessor
 
 from modeling_ross import RossForConditionalGeneration
-from train.build import build_model_and_processor, prepare_tiny_run
-from train.config import load_config, resolve_path
-from train.dataset import load_training_dataset
+from ross.train.build import build_model_and_processor, prepare_tiny_run
+from ross.train.config import load_config, resolve_path
+from ross.train.dataset import load_training_dataset
 
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class LatentCache:
             raise FileNotFoundError(
                 f"No latent cache for these teacher / preprocessing settings in {cache_dir} (expected {directory}; "
                 f"found {len(others)} cache(s) built with other settings). Build it with `build_latent_cache: true` "
-                "or `python -m train.latent_cache`."
+                "or `python -m ross.train.latent_cache`."
             )
         return cls(directory)
 
@@ -238,7 +238,7 @@ class LatentCache:
                     raise LatentCacheMiss(
                         f"image {index} ({filename}) of sample id={feature.get('id')!r} ({feature.get('source')}) is "
                         f"not in the latent cache {self.directory} (key {key}, {len(self)} images cached). Rebuild "
-                        "the cache for this data (`build_latent_cache: true` or `python -m train.latent_cache`)."
+                        "the cache for this data (`build_latent_cache: true` or `python -m ross.train.latent_cache`)."
                     )
                 keys.append(key)
         if not keys:
@@ -370,7 +370,7 @@ def build_latent_cache(
     device: str | torch.device | None = None,
 ) -> LatentCache:
     """
-    Encode every image of `dataset` (items with `"images"`: PIL images, as `train.dataset.RossDataset` yields) that is
+    Encode every image of `dataset` (items with `"images"`: PIL images, as `ross.train.dataset.RossDataset` yields) that is
     not cached yet, and return the cache. Images already cached (same content, same settings) are not re-encoded;
     a fully cached dataset calls the teacher zero times. Preprocessing is the collator's (`processor(images=...)`).
 

@@ -2,7 +2,7 @@
 
 `modeling_ross.testing` writes randomly initialised Hub-style component repos. A real ROSS run starts from a
 pretrained CLIP/SigLIP tower and a pretrained VAE teacher, so before training we fit both, briefly, on synthetic
-scenes from `synthetic.world` (held-out seeds and streams, never the benchmark scenes):
+scenes from `ross.synthetic.world` (held-out seeds and streams, never the benchmark scenes):
 
 - the SigLIP vision tower with a *coarse*, global objective: a linear probe on its mean-pooled last hidden state
   predicts which colours are present (`colour_presence_labels`, multi-label BCE). Like CLIP/SigLIP's image-level
@@ -15,7 +15,7 @@ Both are saved back in their Hub layouts (`siglip-tiny/`, `vae-tiny/vae/`) next 
 (`qwen2-tiny/`, the LLM is trained by the SFT stages) under `root/<key>/`, where `key` hashes every setting.
 A second run with the same settings finds `root/<key>/fit.json` and skips the fitting.
 
-    python -m train.pretrain_components --root runs/components [--fast]
+    python -m ross.train.pretrain_components --root runs/components [--fast]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from diffusers import AutoencoderKL
 from transformers import AutoImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
 from modeling_ross.testing import write_tiny_components
-from synthetic.world import colour_presence_labels, iter_scenes
+from ross.synthetic.world import colour_presence_labels, iter_scenes
 
 
 CACHE_VERSION = 1  # bump when the fitting code changes in a way that changes the weights
@@ -73,7 +73,7 @@ class ComponentSettings:
     vae_lr: float = 3e-3
     vae_kl_weight: float = 1e-4
     # bf16 autocast for the fitting. Off: at these sizes it was not faster on a 2-core AMX Xeon
-    # (`python -m train.pretrain_components --measure-bf16`: tower 0.46x, VAE 0.96x the fp32 speed).
+    # (`python -m ross.train.pretrain_components --measure-bf16`: tower 0.46x, VAE 0.96x the fp32 speed).
     bf16: bool = False
     seed: int = 0
 

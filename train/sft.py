@@ -25,14 +25,14 @@ import torch
 import yaml
 from transformers import set_seed
 
-from model_cards.publish import push_from_trainer
-from train.build import build_model_and_processor, prepare_tiny_run
-from train.callbacks import ReconstructionPreviewCallback, preview_images_from_dataset
-from train.config import load_config, parse_overrides, resolve_path
-from train.collator import RossDataCollator
-from train.dataset import load_training_dataset
-from train.latent_cache import LatentCache, build_latent_cache
-from train.trainer import RossTrainer, apply_lora, apply_stage, count_trainable_parameters, images_seen_per_rank
+from ross.model_cards.publish import push_from_trainer
+from ross.train.build import build_model_and_processor, prepare_tiny_run
+from ross.train.callbacks import ReconstructionPreviewCallback, preview_images_from_dataset
+from ross.train.config import load_config, parse_overrides, resolve_path
+from ross.train.collator import RossDataCollator
+from ross.train.dataset import load_training_dataset
+from ross.train.latent_cache import LatentCache, build_latent_cache
+from ross.train.trainer import RossTrainer, apply_lora, apply_stage, count_trainable_parameters, images_seen_per_rank
 
 
 def load_data(run_config, processor):
@@ -102,7 +102,7 @@ def save_model(trainer, model, processor, run_config, resolved: dict, directory:
             merged.save_pretrained(directory)
     else:
         # Gathers ZeRO-3 shards; RossForConditionalGeneration drops the teacher. `_internal_call`: the complete folder is
-        # pushed by `model_cards.publish` at the end, not the Trainer's raw output_dir.
+        # pushed by `ross.model_cards.publish` at the end, not the Trainer's raw output_dir.
         trainer.save_model(str(directory), _internal_call=True)
     if trainer.args.should_save:
         processor.save_pretrained(directory)

@@ -1,7 +1,7 @@
 """Training data from the synthetic world (``synthetic/world.py``): LLaVA-format JSON for stage 1 (captions) and
 stage 2 (questions about colour, shape, count, position and existence, plus text-only turns).
 
-    python -m train.synthetic --out DIR --num-images N --stage {plain,sft}
+    python -m ross.train.synthetic --out DIR --num-images N --stage {plain,sft}
 
 Benchmarks built on held-out scenes of the same world live in ``eval/synthetic.py``.
 """
@@ -14,7 +14,7 @@ import os
 import random
 from typing import Sequence
 
-from synthetic.world import (
+from ross.synthetic.world import (
     COLOURS,
     SHAPES,
     SHORT_ANSWER_PROMPT,

@@ -241,7 +241,7 @@ def score_mmvp(rows: list[dict], rules: str = "lmms-eval", cambrian: bool = Fals
     * ``lmms-eval``: :func:`extract_letter_mmvp_lmms`.
     * ``vlmevalkit``: :func:`extract_letter_vlmevalkit` over the two options.
     * ``cambrian=True`` (either rules): :func:`mmvp_cambrian_correct`, Cambrian's
-      letter-or-option-text matcher; use with :func:`eval.benchmarks.mmvp_cambrian_prompt`.
+      letter-or-option-text matcher; use with :func:`ross.eval.benchmarks.mmvp_cambrian_prompt`.
     The original MMVP grades free-form answers with GPT-4; not reproduced.
     """
     check_rules(rules)
