@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
@@ -421,8 +422,6 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         images = self.teacher.decode(tokens).float().clamp(0, 1)
         if output_type == "pt":
             return images
-        from PIL import Image
-
         arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
         return [Image.fromarray(array) for array in arrays]
 

@@ -18,8 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_ross import RossConfig
-from .denoiser import RossDenoiser, RossMLPHead, build_noise_scheduler, sample_tokens
+from .denoiser import RossDenoiser, RossMLPHead, _require_diffusers, build_noise_scheduler, sample_tokens
 from .teacher import sample_targets
+
+
+try:  # optional, as in denoiser.py: only sampling with a named scheduler needs it here
+    from diffusers import DDIMScheduler, DDPMScheduler
+except ImportError:  # pragma: no cover - depends on the environment
+    DDIMScheduler = DDPMScheduler = None
 
 
 class RossObjective(nn.Module):
@@ -234,8 +240,7 @@ def cached_targets(teacher_targets, expected: tuple[int, int, int], device: torc
 
 def make_sampling_scheduler(train_scheduler, name: str):
     """A diffusers sampler sharing the training schedule: `"ddpm"` or `"ddim"` (deterministic, few steps)."""
-    from diffusers import DDIMScheduler, DDPMScheduler
-
+    _require_diffusers("make_sampling_scheduler")
     classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
     if name not in classes:
         raise ValueError(f"scheduler must be one of {sorted(classes)} or a diffusers scheduler, got {name!r}")

@@ -25,6 +25,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
 
 
 HERE = Path(__file__).resolve().parent
@@ -82,8 +83,6 @@ def _objective_problem(model, missing_keys) -> str | None:
 
 def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
     """Load `name` (folder or Hub id) with its remote code; bf16 on CUDA, fp32 on CPU unless `dtype` says otherwise."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     kwargs = dict(trust_remote_code=True, dtype=dtype)
@@ -129,8 +128,6 @@ def to_model_messages(history: list[dict], with_image: bool) -> list[dict]:
 
 def stream_answer(loaded: LoadedModel, image: Image.Image | None, history: list[dict], max_new_tokens: int = 64):
     """Yield the history with the assistant's answer growing as tokens arrive (greedy decoding)."""
-    from transformers import TextIteratorStreamer
-
     processor, model = loaded.processor, loaded.model
     messages = to_model_messages(history, with_image=image is not None)
     prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from transformers import TrainerCallback
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.integrations.integration_utils import default_logdir
 from transformers.utils import logging
 
 
@@ -46,8 +48,6 @@ def unwrap_ross_model(model):
 
 def weights_are_sharded(args) -> bool:
     """True under DeepSpeed ZeRO-3 or FSDP: then a forward is a collective that every rank must join."""
-    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
     return is_deepspeed_zero3_enabled() or bool(getattr(args, "fsdp", None))
 
 
@@ -214,8 +214,6 @@ class ReconstructionPreviewCallback(TrainerCallback):
         if model is not None:
             check_model(model)  # fail at the start of a run, not at step K
         # The directory TensorBoardCallback picks in its own on_train_begin (same rule), so both write to one run.
-        from transformers.integrations.integration_utils import default_logdir
-
         self._tb_dir = os.getenv("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, default_logdir())
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):

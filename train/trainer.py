@@ -174,7 +174,7 @@ class RossTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def _get_train_sampler(self, train_dataset=None):
-        """`group_by="length"` / `"modality_length"` use `ross.train.data`'s seeded samplers on `dataset.lengths` /
+        """`group_by="length"` / `"modality_length"` use `ross.train.samplers`' seeded samplers on `dataset.lengths` /
         `dataset.modality_lengths` (the stock `group_by_length` only reads a column of a `datasets.Dataset`)."""
         if self.group_by is None:
             return super()._get_train_sampler(train_dataset)
