@@ -14,7 +14,6 @@ every batch size (exit 1 otherwise). Goal: items/s at batch 8 >= 4x batch 1. Wri
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from _common import synchronize, write_outputs
 from ross.eval.generation import generate_answers, load_items
 from ross.eval.synthetic import write_benchmarks
 from modeling_ross import RossProcessor, from_components
@@ -72,8 +72,7 @@ def main(argv=None) -> int:
             for size in args.batch_sizes:
                 start = time.perf_counter()
                 answer(size)
-                if torch.device(args.device).type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(args.device)
                 times[size].append(time.perf_counter() - start)
     base = args.batch_sizes[0]
     identical = all(answers[size] == answers[base] for size in args.batch_sizes)
@@ -84,12 +83,9 @@ def main(argv=None) -> int:
              "| batch size | items/s | x batch " + str(base) + " |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {size} | {rate[size]:.2f} | {rate[size] / rate[base]:.2f} |" for size in args.batch_sizes]
     report = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": args.benchmark, "items": len(items), "device": args.device, "dtype": args.dtype,
                "identical_answers": identical, "items_per_s": rate, "times_s": times}  # fmt: skip
-    (args.out / "eval_batching.json").write_text(json.dumps(payload, indent=2))
-    (args.out / "eval_batching.md").write_text(report)
-    print(report)
+    write_outputs(args.out, "eval_batching", payload, report)
     if not identical:
         print("error: the answers differ between batch sizes", file=sys.stderr)
         return 1

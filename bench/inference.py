@@ -22,7 +22,6 @@ The greedy tokens must be identical (exit 1 otherwise). Goals: tokens/s ratio ro
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -30,9 +29,9 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
 
+from _common import noise_images, processor_side, synchronize, write_outputs
 from modeling_ross import RossProcessor, from_components
 from modeling_ross.export_llava import export_llava
 from modeling_ross.testing import write_tiny_components
@@ -63,29 +62,19 @@ def build_folders(name: str, root: Path) -> tuple[Path, Path]:
 
 
 def make_batch(processor, batch_size: int, device) -> dict:
-    size = processor.image_processor.size
-    side = size.get("height") or size.get("shortest_edge")
-    generator = torch.Generator().manual_seed(0)
-    images, texts = [], []
+    images, texts = noise_images(batch_size, processor_side(processor)), []
     for i in range(batch_size):
-        pixels = torch.randint(0, 256, (side, side, 3), generator=generator, dtype=torch.uint8).numpy()
-        images.append(Image.fromarray(pixels))
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPTS[i % 4]}]}]
         texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
     batch = processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left")
     return batch.to(device)
 
 
-def _synchronize(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _timed(fn, device) -> tuple[float, object]:
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     out = fn()
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start, out
 
 
@@ -171,13 +160,10 @@ def main(argv=None) -> int:
     results, tokens = measure(models, batch, args.new_tokens, args.repeats, args.device, pad)
     same_tokens = torch.equal(tokens["ross"], tokens["llava"])
     report = markdown(results, same_tokens, args, int(batch["attention_mask"].sum()))
-    args.out.mkdir(parents=True, exist_ok=True)
     payload = {"config": args.config, "device": args.device, "dtype": args.dtype, "batch_size": args.batch_size,
                "new_tokens": args.new_tokens, "repeats": args.repeats, "same_greedy_tokens": same_tokens,
                "results": results}  # fmt: skip
-    (args.out / "inference.json").write_text(json.dumps(payload, indent=2))
-    (args.out / "inference.md").write_text(report)
-    print(report)
+    write_outputs(args.out, "inference", payload, report)
     if not same_tokens:
         print("error: ross and llava generated different greedy tokens", file=sys.stderr)
         return 1

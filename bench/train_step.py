@@ -34,7 +34,6 @@ Writes `train_step.json` and `train_step.md` under `--out`.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -43,10 +42,10 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
+from _common import noise_images, processor_side, synchronize, write_outputs
 from modeling_ross import RossProcessor, from_components
 from modeling_ross.denoiser import RossDenoiser
 from modeling_ross.testing import write_tiny_components
@@ -94,13 +93,8 @@ def build_arms(name: str, root: Path, device, dtype) -> tuple[dict, RossProcesso
 
 def make_batch(processor, spec: dict, device, dtype) -> dict:
     """`batch_size` one-image conversations of about `text_tokens` text tokens; labels on the answers only."""
-    size = processor.image_processor.size
-    side = size.get("height") or size.get("shortest_edge")
-    generator = torch.Generator().manual_seed(0)
-    images, texts = [], []
+    images, texts = noise_images(spec["batch_size"], processor_side(processor)), []
     for i in range(spec["batch_size"]):
-        pixels = torch.randint(0, 256, (side, side, 3), generator=generator, dtype=torch.uint8).numpy()
-        images.append(Image.fromarray(pixels))
         words = " ".join(["colour shape count position"] * (spec["text_tokens"] // 8))
         messages = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Describe {i}: {words}"}]},
@@ -154,11 +148,6 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def _synchronize(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure_config(name: str, root: Path, device, dtype, repeats: int) -> dict:
     """Interleaved step times, peak memory and FLOPs of the three arms of one configuration."""
     models, processor = build_arms(name, root, device, dtype)
@@ -170,10 +159,10 @@ def measure_config(name: str, root: Path, device, dtype, repeats: int) -> dict:
         for arm in ARMS:
             if torch.device(device).type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             steps[arm]()
-            _synchronize(device)
+            synchronize(device)
             times[arm].append(time.perf_counter() - start)
             if torch.device(device).type == "cuda":
                 peaks[arm] = max(peaks[arm], torch.cuda.max_memory_allocated())
@@ -295,12 +284,9 @@ def main(argv=None) -> int:
         results = [measure_config(name, Path(tmp), args.device, dtype, args.repeats) for name in args.configs]
     account = flop_account_7b(args.sft_length)
     report = markdown(results, account, args)
-    args.out.mkdir(parents=True, exist_ok=True)
     payload = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "configs": results,
                "overheads": {r["config"]: overheads(r) for r in results}, "flop_account_7b": account}
-    (args.out / "train_step.json").write_text(json.dumps(payload, indent=2))
-    (args.out / "train_step.md").write_text(report)
-    print(report)
+    write_outputs(args.out, "train_step", payload, report)
     return 0
 
 

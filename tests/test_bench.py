@@ -17,6 +17,9 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def load_script(name: str):
+    """Import `bench/<name>.py` as running it would (its folder first on sys.path, for `bench/_common.py`)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
