@@ -156,6 +156,8 @@ def train_run(arm: str, seed: int, paths: dict, manifest: dict, data_root: Path,
     stage1 = StageSettings(**{k: protocol["stage1"][k] for k in ("max_steps", "batch_size", "learning_rate")})
     stage2 = StageSettings(**{k: protocol["stage2"][k] for k in ("max_steps", "batch_size", "learning_rate")})
     cpu = torch.device(device).type == "cpu"
+    if not cpu:  # the tiny configs set use_cpu; on a GPU train in bf16 as the recipe does
+        common.update(use_cpu="false", bf16="true")
     first = run_stage(1, run_dir / "stage1", {
         **common, **paths, "model_overrides": overrides, "data_path": str(data_root / data["stage1_data"]),
         "output_dir": str(run_dir / "stage1"), **stage1.overrides()}, run_dir / "stage1" / "train.log", cpu=cpu)

@@ -22,6 +22,9 @@ few percent, `waste` is a ratio of two small numbers and the range of `x none` s
 `tiny` is the default run's geometry; `scaled` keeps the 7B recipe's proportions at a size a CPU can step: denoiser
 about 1% of the LLM's parameters, image tokens about 63% of the sequence (729 of 1152), 4 noise draws.
 
+`TFLOP/s` is the counted FLOPs of a step over its median time; with `--peak-tflops` (the device's dense peak at the
+dtype) the table adds the model FLOP utilisation (MFU).
+
 FLOP account. The real recipe (Qwen2-7B + SigLIP-so400m/14 at 384 px = 729 image tokens, an SFT sequence of
 `--sft-length` tokens, the 65M-parameter denoiser with 4 draws, the FLUX VAE encoder at 432 px) is built on the meta
 device (no memory) and its forward FLOPs counted the same way; the denoiser, whose forward needs real tensors, runs
@@ -245,16 +248,19 @@ def _fmt(value, spec=".2f", missing="n/a") -> str:
 
 def markdown(results: list[dict], account: list[dict], args) -> str:
     lines = [f"Device {args.device}, dtype {args.dtype}, {args.repeats} interleaved steps per arm (median).", "",
-             "| config | seq (image tokens) | denoiser / LLM | arm | step s | x none (min-max) | FLOPs x none | waste | "
-             "memory x none |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| config | seq (image tokens) | denoiser / LLM | arm | step s | TFLOP/s (MFU) | x none (min-max) | "
+             "FLOPs x none | waste | memory x none |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for result in results:
         ratios = overheads(result)
         for arm in ARMS:
             r = ratios.get(arm, {})
             spread = " ({:.2f}-{:.2f})".format(*r["time_ratio_range"]) if r else ""
+            run = result["arms"][arm]
+            achieved = run["flops"] / run["median_s"] / 1e12
+            mfu = f" ({achieved / args.peak_tflops:.1%})" if args.peak_tflops else ""
             lines.append(
                 f"| {result['config']} | {result['sequence_length']} ({result['image_tokens']}) | "
-                f"{result['denoiser_to_llm']:.2%} | {arm} | {result['arms'][arm]['median_s']:.3f} | "
+                f"{result['denoiser_to_llm']:.2%} | {arm} | {run['median_s']:.3f} | {achieved:.3f}{mfu} | "
                 f"{_fmt(r.get('time_ratio', 1.0))}{spread} | {_fmt(r.get('flop_ratio', 1.0))} | {_fmt(r.get('waste'))} | "
                 f"{_fmt(r.get('memory_ratio'))} |"
             )
@@ -272,6 +278,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s at --dtype, for the MFU column (e.g. 989 for H100/H200 bf16)")
     parser.add_argument("--sft-length", type=int, default=1152, help="tokens of one SFT sample of the 7B account")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train_step"))
     args = parser.parse_args(argv)
