@@ -67,7 +67,8 @@ def preview_images_from_dataset(dataset, num_images: int = 4) -> list:
     """The first image of each of the first `num_images` samples that have one (a `RossDataset` or a Subset of it)."""
     images = []
     for index in range(len(dataset)):
-        sample_images = dataset[index].get("images") or []
+        item = dataset[index]  # None: a sample found bad at fetch (skip mode)
+        sample_images = (item or {}).get("images") or []
         if sample_images:
             images.append(sample_images[0])
         if len(images) == num_images:

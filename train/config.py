@@ -321,12 +321,12 @@ def check_run_config(run_config: RossRunConfig, source: str) -> None:
                 "at the stage-1 output (`<stage-1 output_dir>/model`), or set `allow_fresh_stage2: true` to start "
                 "stage 2 from fresh components (untrained projector and denoiser)."
             )
-    elif not _looks_like_hub_id(path) and resolve_path(path) == path and not Path(path).exists():
+    elif not looks_like_hub_id(path) and resolve_path(path) == path and not Path(path).exists():
         hint = " Run stage 1 first (it writes `<output_dir>/model`)." if run_config.stage == 2 else ""
         raise ValueError(f"{source}: model_name_or_path {path} does not exist.{hint}")
 
 
-def _looks_like_hub_id(value: str) -> bool:
+def looks_like_hub_id(value: str) -> bool:
     """`name` or `org/name` (what the Hub accepts), not a relative or absolute folder path."""
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", value)) and ".." not in value
 
@@ -337,6 +337,7 @@ __all__ = [
     "check_run_config",
     "coerce_values",
     "load_config",
+    "looks_like_hub_id",
     "parse_overrides",
     "resolve_path",
     "setup_cpu_deepspeed",

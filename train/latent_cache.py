@@ -259,6 +259,8 @@ class _Prepare:
     def __call__(self, items):
         out = []
         for item in items:
+            if item is None:  # a sample found bad at fetch (skip mode): nothing to encode
+                continue
             for image in item.get("images") or []:
                 key = image_key(image)
                 if key in self.known:
