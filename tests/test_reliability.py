@@ -163,7 +163,7 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path, caplog):
         assert any(name in r.message and reason in r.message for r in caplog.records), (name, caplog.text)
     for step in (2, 6, 8, 10):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{")
-    with pytest.raises(ValueError, match="no complete checkpoint.*checkpoint-4.*checkpoint-2"):
+    with pytest.raises(ValueError, match="(?s)no complete checkpoint.*checkpoint-4.*checkpoint-2"):
         latest_complete_checkpoint(tmp_path)
 
 
