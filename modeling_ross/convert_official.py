@@ -445,7 +445,7 @@ def _write_folder(dst, src_dir, config, sources, vocab_rows, dtype, processor, m
     """Weights shard by shard (streamed), then config + code, generation config and processor; fills `report`."""
     dst.mkdir(parents=True, exist_ok=True)
     outputs = [_output_tensor(source, vocab_rows, dtype) for source in sources]
-    report.shard_files = write_shards(dst, outputs, max_shard_size)
+    report.shard_files = write_shards(dst, outputs, max_shard_size, progress="converting tensors")
     _save_config_and_code(config, dst)
     if (src_dir / "generation_config.json").is_file():
         GenerationConfig.from_pretrained(src_dir).save_pretrained(dst)

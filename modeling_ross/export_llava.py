@@ -191,7 +191,7 @@ def export_llava(src, dst, *, dtype: str | torch.dtype = "auto", max_shard_size=
         info = headers[key]
         out_dtype = dtype if dtype is not None and info.dtype.is_floating_point else info.dtype
         outputs.append(OutputTensor(target, info, info.shape, out_dtype, lambda tensor, d=out_dtype: tensor.to(d)))
-    report.shard_files = write_shards(dst, outputs, max_shard_size)
+    report.shard_files = write_shards(dst, outputs, max_shard_size, progress="exporting tensors")
 
     if dtype is not None:
         llava_config.dtype = dtype

@@ -25,6 +25,7 @@ from huggingface_hub import split_state_dict_into_shards_factory
 from huggingface_hub.serialization._base import parse_size_to_int
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 
 WEIGHTS_PATTERN = "model{suffix}.safetensors"
@@ -121,11 +122,15 @@ def read_headers(files: Iterable[Path]) -> OrderedDict[str, TensorInfo]:
     return headers
 
 
-def write_shards(folder: Path, tensors: list[OutputTensor], max_shard_size: int | str = "5GB") -> list[str]:
+def write_shards(
+    folder: Path, tensors: list[OutputTensor], max_shard_size: int | str = "5GB", progress: str | None = None
+) -> list[str]:
     """Write `tensors` (in their order) as `model.safetensors` or `model-0000i-of-0000n.safetensors` shards of at most
     `max_shard_size` bytes (a larger single tensor gets a shard of its own) plus `model.safetensors.index.json`.
-    Returns the shard file names (the index is written when there are several)."""
+    Returns the shard file names (the index is written when there are several). `progress`: a label for a tqdm bar
+    over the tensors, on stderr (None: no bar)."""
     folder = Path(folder)
+    bar = tqdm(total=len(tensors), desc=progress, unit="tensor", disable=progress is None)
     by_target = {tensor.target: tensor for tensor in tensors}
     if len(by_target) != len(tensors):
         raise SafetensorsError("Two output tensors have the same name.")
@@ -149,8 +154,10 @@ def write_shards(folder: Path, tensors: list[OutputTensor], max_shard_size: int 
                             f"{value.dtype}"
                         )
                     shard[tensor.target] = value.contiguous()
+                    bar.update(1)
         save_file(dict(sorted(shard.items())), str(folder / filename), metadata={"format": "pt"})
         del shard
+    bar.close()
     if plan.is_sharded:
         index = {"metadata": plan.metadata, "weight_map": dict(sorted(plan.tensor_to_filename.items()))}
         (folder / WEIGHTS_PATTERN.format(suffix="").replace(".safetensors", ".safetensors.index.json")).write_text(

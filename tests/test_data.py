@@ -353,7 +353,7 @@ def test_bad_samples_found_at_load_time(tmp_path, kind):
         load_training_dataset(path)
     assert "'bad'" in str(info.value) and f"{path}:#2" in str(info.value)
 
-    dataset = load_training_dataset(path, on_bad_sample="skip")
+    dataset = load_training_dataset(path, on_bad_sample="skip", max_bad_fraction=0.5)
     assert [dataset[i]["id"] for i in range(len(dataset))] == ["text", "one", "two"]
     assert dataset.skipped == {kind: 1}
 
@@ -368,11 +368,11 @@ def test_undecodable_image_found_when_loaded(tmp_path, kind):
         dataset[1]
     assert "'bad'" in str(info.value) and f"{path}:2" in str(info.value)
 
-    dataset = load_training_dataset(path, on_bad_sample="skip")
-    assert dataset[1]["id"] == "one"  # documented: the next valid sample stands in
+    dataset = load_training_dataset(path, on_bad_sample="skip", max_bad_fraction=0.5)
+    assert dataset[1] is None  # dropped from its batch by the collator; no other sample stands in
     assert [dataset[i]["id"] for i in (0, 2, 3)] == ["text", "one", "two"]
     assert dataset.skipped == {"corrupt_image": 1}
-    dataset[1]  # counted once per sample, not per access
+    assert dataset[1] is None  # counted once per sample, not per access
     assert dataset.skipped == {"corrupt_image": 1}
 
 
@@ -380,11 +380,11 @@ def test_skip_counts_come_back_from_dataloader_workers(tmp_path, tiny_processor)
     records = _records(tmp_path)
     bad = [_bad_record("corrupt_image", tmp_path), _bad_record("missing_image", tmp_path)]
     path = _write(tmp_path, records + bad)
-    dataset = load_training_dataset(path, on_bad_sample="skip")
+    dataset = load_training_dataset(path, on_bad_sample="skip", max_bad_fraction=0.5)
     collator = RossDataCollator(tiny_processor, max_length=512, on_bad_sample="skip")
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collator)
     rows = sum(batch["input_ids"].shape[0] for batch in loader)
-    assert rows == len(dataset) == 4
+    assert rows == len(dataset) - 1 == 3  # the corrupt one is dropped (the missing one never entered)
     assert skipped_summary(dataset, collator) == {"missing_image": 1, "corrupt_image": 1}
 
 
@@ -482,6 +482,6 @@ def test_hf_dataset_with_image_paths_checked_at_load(tmp_path):
     with pytest.raises(ValueError, match="missing_image") as info:
         load_training_dataset(hf, image_folder=tmp_path)
     assert "'gone'" in str(info.value) and "datasets.Dataset[0]:#1" in str(info.value)
-    dataset = load_training_dataset(hf, image_folder=tmp_path, on_bad_sample="skip")
+    dataset = load_training_dataset(hf, image_folder=tmp_path, on_bad_sample="skip", max_bad_fraction=0.5)
     assert len(dataset) == 1 and dataset[0]["id"] == "ok" and dataset[0]["images"][0].size == (40, 28)
     assert dataset.skipped == {"missing_image": 1}

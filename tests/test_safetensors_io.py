@@ -70,3 +70,16 @@ def test_write_shards_plans_bounded_shards_and_an_index(tmp_path):
     wrong = [OutputTensor("y", headers["a"], (10, 100), torch.float32)]
     with pytest.raises(SafetensorsError, match="y: planned \\(10, 100\\)"):
         write_shards(tmp_path / "single", wrong)
+
+
+def test_write_shards_shows_progress_over_tensors(tmp_path, capsys):
+    _source(tmp_path)
+    headers = read_headers(weight_files(tmp_path))
+    planned = [OutputTensor(f"x.{k}", info, info.shape, info.dtype) for k, info in headers.items()]
+    (tmp_path / "quiet").mkdir()
+    write_shards(tmp_path / "quiet", planned)
+    assert "tensor" not in capsys.readouterr().err
+    (tmp_path / "out").mkdir()
+    write_shards(tmp_path / "out", planned, progress="converting tensors")
+    err = capsys.readouterr().err
+    assert "converting tensors" in err and f"{len(planned)}/{len(planned)}" in err

@@ -477,6 +477,7 @@ def test_sft_end_to_end_writes_a_loadable_folder(sft_run):
         assert (folder / name).is_file(), name
     assert summary["global_step"] == 4 and summary["final_visual_loss"] > 0 and summary["final_text_loss"] > 0
     assert summary["tokens_per_second"] > 0 and summary["peak_memory_bytes"] > 0
+    assert summary["skipped"] == {} and summary["num_records"] == summary["num_train_samples"] > 0
     assert json.loads((root / "full" / "summary.json").read_text())["global_step"] == 4
     model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -531,6 +532,64 @@ def test_resume_after_kill_matches_uninterrupted_run(sft_run, tmp_path):
     # Not trivially equal: training moved the weights away from the step-2 checkpoint.
     step2 = _weights(out / "checkpoint-2")
     assert any(not torch.equal(step2[name], reference[name]) for name in reference if name.startswith("denoiser."))
+
+    # The summary covers the whole run: the loss of all 4 steps (not only the 2 resumed ones), tokens over both
+    # processes' training time.
+    full, summary = json.loads((root / "full" / "summary.json").read_text()), json.loads((out / "summary.json").read_text())
+    assert summary["final_train_loss"] == pytest.approx(full["final_train_loss"], rel=1e-5)
+    assert summary["num_input_tokens_seen"] == full["num_input_tokens_seen"]
+    first = json.loads((out / "checkpoint-2" / "ross_run_totals.json").read_text())
+    assert first["global_step"] == 2 and first["train_seconds"] > 0
+    assert summary["train_runtime_s"] > summary["this_process_runtime_s"]
+    assert summary["train_runtime_s"] >= round(first["train_seconds"], 3)
+    assert summary["tokens_per_second"] == pytest.approx(summary["num_input_tokens_seen"] / summary["train_runtime_s"], rel=1e-3)
+
+
+KILL_DURING_SAVE_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    from ross.train.sft import main
+    from ross.train.trainer import RossTrainer
+
+    original = RossTrainer._save_optimizer_and_scheduler
+
+    def dies_while_saving(self, output_dir):
+        original(self, output_dir)
+        if self.state.global_step == 4:  # a preempted job: the optimizer state half on disk, no trainer_state.json
+            path = os.path.join(output_dir, "optimizer.pt")
+            data = open(path, "rb").read()
+            open(path, "wb").write(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    RossTrainer._save_optimizer_and_scheduler = dies_while_saving
+    main(sys.argv[1:])
+    """
+)
+
+
+@pytest.mark.slow
+def test_resume_true_skips_a_checkpoint_killed_while_saving(sft_run, tmp_path):
+    root, _ = sft_run
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    script = tmp_path / "kill_during_save.py"
+    script.write_text(KILL_DURING_SAVE_SCRIPT.format(repo=str(REPO_ROOT)))
+    out = tmp_path / "run"
+    argv = [*_sft_argv(root / "tiny", out, steps=6)]
+    killed = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=300, env=env)
+    assert killed.returncode == -9, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert (out / "checkpoint-4").is_dir() and not (out / "checkpoint-4" / "trainer_state.json").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, SFT, *argv, "--resume_from_checkpoint", "true"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert "Not resuming from" in log and "checkpoint-4" in log and "trainer_state.json is missing" in log
+    assert f"Resuming from {out / 'checkpoint-2'}" in log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 6 and (out / "checkpoint-6" / "trainer_state.json").is_file()
 
 
 class LengthsDataset(ListDataset):

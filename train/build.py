@@ -6,8 +6,10 @@ included). Used by `train/sft.py` and `train/latent_cache.py`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import huggingface_hub
 import torch
 from transformers import AutoProcessor
 from transformers.integrations.deepspeed import (
@@ -18,7 +20,7 @@ from transformers.integrations.deepspeed import (
 
 from modeling_ross import RossForConditionalGeneration, RossProcessor, from_components
 from modeling_ross.testing import write_tiny_components
-from ross.train.config import RossRunConfig, resolve_path
+from ross.train.config import RossRunConfig, looks_like_hub_id, resolve_path
 from ross.train.synthetic import write_llava_dataset
 
 
@@ -61,7 +63,47 @@ def build_model_and_processor(run_config: RossRunConfig):
             set_hf_deepspeed_config(run_config.hf_deepspeed_config)
 
 
+MODEL_PATH_KEYS = ("model_name_or_path", "vision_model", "language_model", "teacher")
+
+
+def _offline() -> bool:
+    return huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def check_model_sources(run_config: RossRunConfig) -> None:
+    """
+    Before anything is loaded: every model path of the run (`model_name_or_path`, `vision_model`, `language_model`,
+    `teacher`) is an existing local folder or a Hub id, and offline (`HF_HUB_OFFLINE`) a Hub id must be in the local
+    Hub cache. Otherwise one `ValueError` naming each key, its value and what is wrong (instead of huggingface_hub's
+    "Repo id must be in the form ...").
+    """
+    problems = []
+    for key in MODEL_PATH_KEYS:
+        value = getattr(run_config, key)
+        if not value:
+            continue
+        resolved = resolve_path(value)
+        if Path(resolved).is_dir():
+            continue
+        if Path(resolved).exists():
+            problems.append(f"{key}: {value} is a file, not a model folder")
+        elif not looks_like_hub_id(value):
+            problems.append(f"{key}: the local folder {value} does not exist")
+        elif _offline():
+            subfolder = run_config.teacher_subfolder if key == "teacher" else None
+            filename = f"{subfolder}/config.json" if subfolder else "config.json"
+            cached = huggingface_hub.try_to_load_from_cache(value, filename)
+            if not isinstance(cached, str):
+                problems.append(
+                    f"{key}: {value} is not a local folder (no such folder) and not in the local Hub cache, and "
+                    "offline mode is on (HF_HUB_OFFLINE=1): download it first or unset HF_HUB_OFFLINE"
+                )
+    if problems:
+        raise ValueError("Cannot load the run's models:\n  " + "\n  ".join(problems))
+
+
 def _build_model_and_processor(run_config: RossRunConfig):
+    check_model_sources(run_config)
     # fp32 master weights unless the run asks otherwise, also from a bf16 checkpoint: bf16 runs under autocast (or
     # DeepSpeed's bf16 engine); updating bf16 weights directly would round lr-2e-5 steps away.
     dtype = None if run_config.weights_dtype == "auto" else getattr(torch, run_config.weights_dtype)
@@ -91,4 +133,4 @@ def _build_model_and_processor(run_config: RossRunConfig):
     return model, processor
 
 
-__all__ = ["build_model_and_processor", "prepare_tiny_run"]
+__all__ = ["build_model_and_processor", "check_model_sources", "prepare_tiny_run"]

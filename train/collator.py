@@ -186,6 +186,25 @@ class RossDataCollator:
 
     def _encode(self, feature) -> dict:
         """One item -> `input_ids` and `labels` `(sequence,)`, `pixel_values` `(num_images, 3, H, W)` or None."""
+        encoded = self._encode_any_length(feature)
+        if len(encoded["input_ids"]) > self.max_length:
+            raise BadSampleError(
+                "too_long",
+                f"{len(encoded['input_ids'])} tokens ({encoded['num_image_tokens']} of them image tokens) > max_length "
+                f"{self.max_length}; image tokens are never truncated, raise max_length or drop the sample",
+            )
+        return encoded
+
+    def sample_length(self, messages, num_images: int) -> int:
+        """The number of tokens `_encode` makes of a sample, with stand-in images (the image token count does not
+        depend on the pixels); raises `BadSampleError` (`template`, `image_count_mismatch`) as training would. Used by
+        the length pre-pass (`train/lengths.py`), so its count is exactly what training sees."""
+        from PIL import Image
+
+        images = [Image.new("RGB", (8, 8))] * num_images
+        return len(self._encode_any_length({"messages": messages, "images": images})["input_ids"])
+
+    def _encode_any_length(self, feature) -> dict:
         images = feature["images"]
         out, mask = self._tokenize(feature["messages"], images)
         input_ids = out["input_ids"][0]
@@ -199,13 +218,8 @@ class RossDataCollator:
         labels = input_ids.masked_fill(~mask | is_image, IGNORE_INDEX)
         if not (labels != IGNORE_INDEX).any():
             raise BadSampleError("template", "the rendered conversation supervises no token")
-        if len(input_ids) > self.max_length:
-            raise BadSampleError(
-                "too_long",
-                f"{len(input_ids)} tokens ({num_image_tokens} of them image tokens) > max_length {self.max_length}; "
-                "image tokens are never truncated, raise max_length or drop the sample",
-            )
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": out.get("pixel_values") if images else None}
+        pixel_values = out.get("pixel_values") if images else None
+        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values, "num_image_tokens": num_image_tokens}
 
     # -- the batch
     def _encode_or_skip(self, features: Sequence[dict]) -> tuple[list[dict], list[dict]]:
@@ -245,6 +259,10 @@ class RossDataCollator:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        # `None`: a sample the dataset found bad at fetch (skip mode; counted there), dropped from the batch.
+        features = [feature for feature in features if feature is not None]
+        if not features:
+            raise ValueError("every sample of this batch failed to load (skip mode); see the warnings")
         encoded, kept = self._encode_or_skip(features)
         batch = self._pad(encoded)
         pixel_values = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]

@@ -69,6 +69,10 @@ class RossRunConfig(RossTrainingArguments):
     data_format: str = "chat"  # chat (instruction tuning) | plain (stage-1 captions)
     model_max_length: int = 2048
     on_bad_sample: str = "error"  # unreadable / too long samples: error | skip (logged and counted)
+    # skip mode: stop when more than this share of the records is bad (a wrong image_folder, a broken copy)
+    max_bad_fraction: float = 0.05
+    # the length pre-pass's cache (train/lengths.py); None: `.ross_cache/` next to the data file, else ~/.cache/ross
+    length_cache_dir: str | None = None
     group_by: str | None = None  # None (random) | length | modality_length (LLaVA's group_by_modality_length)
     max_train_samples: int | None = None
     # ---- latent cache of the teacher's outputs (train/latent_cache.py) ----
@@ -313,6 +317,8 @@ def check_run_config(run_config: RossRunConfig, source: str) -> None:
         value = getattr(run_config, name)
         if value not in allowed:
             raise ValueError(f"{source}: {name}={value!r} is not one of {', '.join(map(repr, allowed))}.")
+    if not 0.0 <= run_config.max_bad_fraction <= 1.0:
+        raise ValueError(f"{source}: max_bad_fraction={run_config.max_bad_fraction!r} is not between 0 and 1.")
     path = run_config.model_name_or_path
     if path is None:
         if run_config.stage == 2 and not run_config.allow_fresh_stage2:
@@ -321,12 +327,12 @@ def check_run_config(run_config: RossRunConfig, source: str) -> None:
                 "at the stage-1 output (`<stage-1 output_dir>/model`), or set `allow_fresh_stage2: true` to start "
                 "stage 2 from fresh components (untrained projector and denoiser)."
             )
-    elif not _looks_like_hub_id(path) and resolve_path(path) == path and not Path(path).exists():
+    elif not looks_like_hub_id(path) and resolve_path(path) == path and not Path(path).exists():
         hint = " Run stage 1 first (it writes `<output_dir>/model`)." if run_config.stage == 2 else ""
         raise ValueError(f"{source}: model_name_or_path {path} does not exist.{hint}")
 
 
-def _looks_like_hub_id(value: str) -> bool:
+def looks_like_hub_id(value: str) -> bool:
     """`name` or `org/name` (what the Hub accepts), not a relative or absolute folder path."""
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", value)) and ".." not in value
 
@@ -337,6 +343,7 @@ __all__ = [
     "check_run_config",
     "coerce_values",
     "load_config",
+    "looks_like_hub_id",
     "parse_overrides",
     "resolve_path",
     "setup_cpu_deepspeed",

@@ -14,14 +14,20 @@ and drops the sample; nothing else is lost):
 * at load time (the sample is left out of the dataset): ``invalid_record`` (malformed record, unknown role),
   ``no_assistant_turn``, ``image_count_mismatch`` (``<image>`` placeholders != images, or one in an answer),
   ``missing_image`` (file does not exist);
-* in ``__getitem__`` (the dataset returns the next valid index instead, ``i+1``, ``i+2``, ... wrapping around, so a
-  batch keeps its size and one neighbour appears twice that epoch): ``corrupt_image`` (cannot be decoded: corrupt,
-  truncated) and ``missing_image`` (deleted since load);
-* in the collator (`train/collator.py`): ``too_long`` and ``template``.
+* before training, by the length pre-pass (`train/lengths.py`, :meth:`RossDataset.drop`): ``too_long`` and
+  ``template``, found with the collator's own encoding (error mode: one error listing every such sample);
+* in ``__getitem__``: ``corrupt_image`` (cannot be decoded: corrupt, truncated) and ``missing_image`` (deleted since
+  load). The item is ``None`` and the collator drops it, so the batch is one sample shorter and no other sample is
+  trained twice; the sample is remembered as bad and never loaded again;
+* in the collator (`train/collator.py`): ``too_long`` and ``template`` (only when the pre-pass did not run).
 
-Counts: ``dataset.skipped`` (load-time skips plus unique samples found bad in ``__getitem__``, kept in shared memory so
-that dataloader workers report back) and ``collator.skipped``; :func:`skipped_summary` merges them for the
-end-of-training summary. Counts are per process group rank.
+``max_bad_fraction`` (skip mode): when more than this share of the records is bad (all reasons together, at load, in
+the pre-pass or at fetch), the run stops with an error giving the counts by reason and the file(s): a wrong
+`image_folder` or a broken copy of the data is never trained on silently.
+
+Counts: ``dataset.skipped`` (load-time and pre-pass skips plus unique samples found bad in ``__getitem__``, kept in
+shared memory so that dataloader workers report back) and ``collator.skipped``; :func:`skipped_summary` merges them for
+the end-of-training summary. Counts are per process group rank.
 """
 
 from __future__ import annotations
@@ -45,8 +51,10 @@ ON_BAD_SAMPLE = ("error", "skip")
 CHARS_PER_TOKEN = 4
 # Load-time skips logged one by one before only the total is logged.
 MAX_LOGGED_SKIPS = 20
+# Default share of bad records above which a skip-mode run stops.
+MAX_BAD_FRACTION = 0.05
 
-__all__ = ["RossDataset", "load_training_dataset", "check_on_bad_sample", "skipped_summary"]
+__all__ = ["MAX_BAD_FRACTION", "RossDataset", "load_training_dataset", "check_on_bad_sample", "skipped_summary"]
 
 
 def check_on_bad_sample(value: str) -> str:
@@ -79,8 +87,14 @@ class RossDataset(Dataset):
     images are never held, only their paths (JSON) or the dataset's memory-mapped `images` column.
     """
 
-    def __init__(self, sources, entries, samples: list[ParsedSample], on_bad_sample, image_seq_length, load_skips):
+    def __init__(
+        self, sources, entries, samples: list[ParsedSample], on_bad_sample, image_seq_length, load_skips,
+        max_bad_fraction: float = MAX_BAD_FRACTION,
+    ):  # fmt: skip
         self.sources = sources
+        self.num_records = sum(len(source) for source in sources)
+        self.max_bad_fraction = float(max_bad_fraction)
+        self._exact_lengths = None  # set by the length pre-pass (`drop` / `set_lengths`)
         self._entries = entries  # (source index, local index) per kept sample
         self._samples = samples
         self._num_images = [sample.num_images for sample in samples]
@@ -112,16 +126,47 @@ class RossDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if self.on_bad_sample == "error":
             return self.load(index)
-        for step in range(len(self)):
-            candidate = (index + step) % len(self)
-            if self._bad[candidate] != 0:
-                continue
-            try:
-                return self.load(candidate)
-            except BadSampleError as error:
-                self._bad[candidate] = SKIP_REASONS.index(error.reason) + 1
-                logger.warning("Skipping %s; using the next sample instead.", error)
-        raise RuntimeError("every sample of the dataset failed to load; see the warnings above")
+        if self._bad[index] != 0:
+            return None
+        try:
+            return self.load(index)
+        except BadSampleError as error:
+            self._bad[index] = SKIP_REASONS.index(error.reason) + 1
+            logger.warning("Skipping %s (dropped from its batch).", error)
+            self.check_bad_fraction(first=error)
+            return None
+
+    def check_bad_fraction(self, first: BadSampleError | None = None) -> None:
+        """Raise when more than `max_bad_fraction` of the records are bad (skip mode), naming the counts by reason."""
+        counts = self.skipped
+        bad = sum(counts.values())
+        if self.on_bad_sample != "skip" or bad <= self.max_bad_fraction * self.num_records:
+            return
+        raise ValueError(
+            too_many_bad_message(bad, self.num_records, counts, [s.path for s in self.sources], self.max_bad_fraction)
+            + (f" Latest: {first}" if first is not None else "")
+        )
+
+    def drop(self, indices, reason: str) -> None:
+        """Leave samples out before training (the length pre-pass), counted under `reason`; call before any worker."""
+        drop = set(indices)
+        if not drop:
+            return
+        keep = [i for i in range(len(self)) if i not in drop]
+        self._entries = [self._entries[i] for i in keep]
+        self._samples = [self._samples[i] for i in keep]
+        self._num_images = [self._num_images[i] for i in keep]
+        self._text_chars = [self._text_chars[i] for i in keep]
+        if self._exact_lengths is not None:
+            self._exact_lengths = [self._exact_lengths[i] for i in keep]
+        self._bad = self._bad[keep].clone().share_memory_()
+        self._load_skips[reason] += len(drop)
+
+    def set_lengths(self, lengths: list[int]) -> None:
+        """Exact token counts per sample (from the length pre-pass), used by `lengths` instead of the estimate."""
+        if len(lengths) != len(self):
+            raise ValueError(f"{len(lengths)} lengths for {len(self)} samples")
+        self._exact_lengths = [int(n) for n in lengths]
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -138,7 +183,9 @@ class RossDataset(Dataset):
 
     @property
     def lengths(self) -> list[int]:
-        """Estimated tokens per sample: text + images * image_seq_length."""
+        """Tokens per sample: exact after the length pre-pass, else estimated as text + images * image_seq_length."""
+        if self._exact_lengths is not None:
+            return list(self._exact_lengths)
         if self.image_seq_length is None:
             raise ValueError("lengths need image_seq_length: pass image_seq_length=processor.image_seq_length")
         return [
@@ -161,6 +208,7 @@ def load_training_dataset(
     split: str = "train",
     check_image_files: bool = True,
     image_placement: str = "front",
+    max_bad_fraction: float = MAX_BAD_FRACTION,
 ) -> RossDataset:
     """
     Load training samples lazily from one or several sources, checking at once what is cheap to check.
@@ -181,6 +229,8 @@ def load_training_dataset(
         image_placement: `"front"` (default, the authors' `preprocess_multimodal`): a turn's single `<image>` is moved
             to its start as `"<image>\\n" + text.strip()`, so the visual outputs (causal) never see the question;
             `"inplace"` keeps it where the data puts it. Turns with several images always keep them in place.
+        max_bad_fraction: with `on_bad_sample="skip"`, stop (`ValueError` with the counts by reason and the files)
+            when more than this share of the records is bad.
     """
     check_on_bad_sample(on_bad_sample)
     if image_placement not in ("front", "inplace"):
@@ -195,6 +245,10 @@ def load_training_dataset(
     sources, entries, samples, skips = [], [], [], Counter()
     for source_index, (path, folder) in enumerate(zip(paths, folders)):
         folder = None if folder is None else os.fspath(folder)
+        if folder is not None and not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"image_folder {folder} does not exist (the image paths of {path} are resolved against it)"
+            )
         source = open_source(path, folder, format, split, source_index, image_placement)
         sources.append(source)
         for local, parsed in source.parse_all(check_image_files):
@@ -206,8 +260,19 @@ def load_training_dataset(
     if skips:
         logger.warning("Left out %d sample(s) at load time: %s", sum(skips.values()), dict(skips))
     if not entries:
-        raise ValueError(f"no usable sample in {paths}")
-    return RossDataset(sources, entries, samples, on_bad_sample, image_seq_length, skips)
+        raise ValueError(f"no usable sample in {paths}" + (f": {dict(skips)}" if skips else ""))
+    dataset = RossDataset(sources, entries, samples, on_bad_sample, image_seq_length, skips, max_bad_fraction)
+    dataset.check_bad_fraction()
+    return dataset
+
+
+def too_many_bad_message(bad: int, total: int, counts: dict, files, max_bad_fraction: float) -> str:
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(counts.items()))
+    return (
+        f"{bad} of {total} samples are bad ({reasons}) in {', '.join(map(str, files))}: more than "
+        f"max_bad_fraction={max_bad_fraction:g} of the data. Check data_path / image_folder, or raise "
+        "max_bad_fraction to train on the rest."
+    )
 
 
 def _skip_or_raise(error: BadSampleError, on_bad_sample: str, skips: Counter) -> None:

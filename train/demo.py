@@ -189,6 +189,41 @@ def _yaml_flow(mapping: dict) -> str:
     return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in mapping.items()) + "}"
 
 
+PROGRESS_PREFIX = "[ross] progress "  # the lines `ross.train.callbacks.ProgressCallback` prints
+NON_TTY_PROGRESS_SECONDS = 5.0  # without a terminal: at most one progress line per this many seconds (and the last)
+
+
+def stream_process(command: list[str], log, env: dict, cwd) -> int:
+    """Run `command`, writing all its output (stdout and stderr) to the open file `log`, and show its progress lines
+    on the console: one line updated in place on a terminal, else a line every few seconds. Returns the exit code."""
+    tty = sys.stdout.isatty()
+    last_print, shown = 0.0, ""
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    with process:
+        for line in process.stdout:
+            log.write(line)
+            if not line.startswith(PROGRESS_PREFIX):
+                continue
+            log.flush()
+            text = "[demo] " + line[len(PROGRESS_PREFIX):].strip()
+            if tty:
+                width = shutil.get_terminal_size((100, 20)).columns - 1
+                print("\r" + text[:width].ljust(len(shown[:width])), end="", flush=True)
+                shown = text
+                continue
+            step = text.split(" step ", 1)[-1].split(" ", 1)[0]  # "40/1000"
+            done, _, total = step.partition("/")
+            now = time.monotonic()
+            if now - last_print >= NON_TTY_PROGRESS_SECONDS or done == total or not last_print:
+                print(text, flush=True)
+                last_print = now
+    if tty and shown:
+        print(flush=True)
+    return process.wait()
+
+
 def run_stage(stage: int, out_dir: Path, overrides: dict, log_file: Path, cpu: bool = True) -> dict:
     """`accelerate launch train/sft.py --config train/configs/tiny_stage{stage}.yaml --key value ...` in one process
     (on the CPU unless `cpu=False`); the output goes to `log_file`. Returns `<out_dir>/summary.json` plus the first
@@ -206,10 +241,10 @@ def run_stage(stage: int, out_dir: Path, overrides: dict, log_file: Path, cpu: b
     with open(log_file, "w") as f:
         f.write("$ " + " ".join(command) + "\n\n")
         f.flush()
-        result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
+        returncode = stream_process(command, log=f, env=env, cwd=REPO_ROOT)
+    if returncode != 0:
         tail = "".join(log_file.read_text().splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"stage {stage} failed (exit {result.returncode}); log: {log_file}\n{tail}")
+        raise RuntimeError(f"stage {stage} failed (exit {returncode}); log: {log_file}\n{tail}")
     return json.loads((out_dir / "summary.json").read_text())  # first / last logged losses included
 
 

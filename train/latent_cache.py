@@ -57,6 +57,7 @@ if __package__ in (None, ""):  # `python train/latent_cache.py`
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoProcessor
 
 from modeling_ross import RossForConditionalGeneration
@@ -259,6 +260,8 @@ class _Prepare:
     def __call__(self, items):
         out = []
         for item in items:
+            if item is None:  # a sample found bad at fetch (skip mode): nothing to encode
+                continue
             for image in item.get("images") or []:
                 key = image_key(image)
                 if key in self.known:
@@ -343,7 +346,7 @@ def _encode_missing(loader, known: frozenset, encoder: _ShardEncoder) -> dict:
     """Feed every image not cached yet (each unique key once) to `encoder`; returns the counts of `build_stats`."""
     stats = {"images": 0, "unique": 0, "encoded": 0, "reused": 0}
     seen = set()
-    for prepared in loader:
+    for prepared in tqdm(loader, desc="latent cache", unit="batch", total=len(loader)):
         for key, pixel_values in prepared:
             stats["images"] += 1
             if key in seen:

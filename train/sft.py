@@ -27,26 +27,44 @@ from transformers import set_seed
 
 from ross.model_cards.publish import push_from_trainer
 from ross.train.build import build_model_and_processor, prepare_tiny_run
-from ross.train.callbacks import ReconstructionPreviewCallback, preview_images_from_dataset
+from ross.train.callbacks import ProgressCallback, ReconstructionPreviewCallback, preview_images_from_dataset
 from ross.train.config import load_config, parse_overrides, resolve_path
 from ross.train.collator import RossDataCollator
-from ross.train.dataset import load_training_dataset
+from ross.train.dataset import load_training_dataset, skipped_summary
 from ross.train.latent_cache import LatentCache, build_latent_cache
+from ross.train.lengths import check_lengths
 from ross.train.trainer import RossTrainer, apply_lora, apply_stage, count_trainable_parameters, images_seen_per_rank
 
 
-def load_data(run_config, processor):
-    """The training dataset (a `Subset` of it with `max_train_samples`)."""
+def load_data(run_config, processor, collator=None):
+    """The training dataset (a `Subset` of it with `max_train_samples`). With the run's collator, the length pre-pass
+    (`train/lengths.py`) runs first: samples too long for `model_max_length` are an error listing them all, or with
+    `on_bad_sample: skip` are left out, before step 1 (the global main process measures, the others read its cache)."""
     dataset = load_training_dataset(
         resolve_path(run_config.data_path),
         image_folder=resolve_path(run_config.image_folder),
         on_bad_sample=run_config.on_bad_sample,
         image_seq_length=processor.image_seq_length,
         image_placement=run_config.image_placement,
+        max_bad_fraction=run_config.max_bad_fraction,
     )
+    if collator is not None:
+        cache_dir = resolve_path(run_config.length_cache_dir)
+        with run_config.main_process_first(local=False, desc="measuring sample lengths"):
+            check_lengths(dataset, collator, cache_dir=cache_dir)
     if run_config.max_train_samples is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(run_config.max_train_samples, len(dataset))))
     return dataset
+
+
+def check_data_paths(run_config) -> None:
+    """`data_path` and `image_folder` exist (a wrong `image_folder` would otherwise leave only text-only samples)."""
+    image_folder = resolve_path(run_config.image_folder)
+    if image_folder is not None and not Path(image_folder).is_dir():
+        raise FileNotFoundError(
+            f"image_folder {run_config.image_folder} does not exist (image paths of {run_config.data_path} are "
+            "resolved against it)"
+        )
 
 
 def make_collator(run_config, processor, latent_cache=None) -> RossDataCollator:
@@ -127,6 +145,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     # The training arguments exist before the model: under ZeRO-3 the loaders then partition weights while loading.
     if run_config.prepare_tiny is not None:
         prepare_tiny_run(run_config)
+    check_data_paths(run_config)  # before the (long) model load
     set_seed(run_config.seed)
     model, processor = build_model_and_processor(run_config)
 
@@ -144,9 +163,10 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
             # Frozen LLM: checkpointed blocks need an input that requires grad for the backward to reach the projector.
             model.enable_input_require_grads()
 
-    dataset = load_data(run_config, processor)
-    collator = make_collator(run_config, processor, prepare_latent_cache(run_config, teacher, processor, dataset))
-    callbacks = list(callbacks or [])
+    collator = make_collator(run_config, processor)
+    dataset = load_data(run_config, processor, collator)
+    collator.latent_cache = prepare_latent_cache(run_config, teacher, processor, dataset)
+    callbacks = [ProgressCallback(label=f"stage {run_config.stage}"), *(callbacks or [])]
     if run_config.preview_every_n_steps:
         images = [resolve_path(p) for p in run_config.preview_images or []] or preview_images_from_dataset(dataset, 4)
         callbacks.append(
@@ -177,7 +197,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
 
     output_dir = Path(run_config.output_dir)
     save_model(trainer, model, processor, run_config, resolved, output_dir / "model")
-    summary = build_summary(trainer, result, elapsed, counts)
+    summary = build_summary(trainer, result, elapsed, counts, dataset, collator)
     if trainer.is_world_process_zero():
         (output_dir / run_config.summary_file).write_text(json.dumps(summary, indent=2) + "\n")
         print("[ross] summary: " + json.dumps(summary), flush=True)
@@ -189,10 +209,14 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     return summary
 
 
-def build_summary(trainer, result, elapsed: float, counts: dict) -> dict:
-    """The run's numbers (every rank calls it: the per-rank image counts are gathered)."""
+def build_summary(trainer, result, elapsed: float, counts: dict, dataset=None, collator=None) -> dict:
+    """The run's numbers (every rank calls it: the per-rank image counts are gathered). Runtime, tokens/s and the
+    final training loss cover the whole run, also after a resume (the totals saved with each checkpoint)."""
     metrics = result.metrics
-    runtime = metrics.get("train_runtime") or elapsed
+    runtime = getattr(trainer, "run_seconds", None) or metrics.get("train_runtime") or elapsed
+    whole_run_loss = trainer.whole_run_train_loss() if hasattr(trainer, "whole_run_train_loss") else None
+    base = getattr(dataset, "dataset", dataset)  # a Subset (max_train_samples) holds the RossDataset
+    sources = [base, collator] if base is not None and collator is not None else []
     history = trainer.state.log_history
     last = {key: next((h[key] for h in reversed(history) if key in h), None) for key in ("text_loss", "visual_loss")}
     logged = [{k: h[k] for k in ("loss", "text_loss", "visual_loss") if k in h} for h in history if "loss" in h]
@@ -206,7 +230,8 @@ def build_summary(trainer, result, elapsed: float, counts: dict) -> dict:
         "num_input_tokens_seen": tokens,
         "peak_memory_bytes": peak_memory_bytes(),
         "peak_memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "cpu_max_rss",
-        "final_train_loss": metrics.get("train_loss"),
+        "this_process_runtime_s": round(metrics.get("train_runtime") or elapsed, 3),
+        "final_train_loss": whole_run_loss if whole_run_loss is not None else metrics.get("train_loss"),
         "final_text_loss": last["text_loss"],
         "final_visual_loss": last["visual_loss"],
         "first_logged": logged[0] if logged else None,  # {"loss", "text_loss", "visual_loss"} of the first log
@@ -214,6 +239,10 @@ def build_summary(trainer, result, elapsed: float, counts: dict) -> dict:
         "trainable_parameters": counts,
         "world_size": trainer.args.world_size,
         "images_seen_per_rank": images_seen_per_rank(trainer),
+        # bad samples left out, by reason (load, length pre-pass, fetch, collator), and how many records there were
+        "skipped": skipped_summary(*sources) if sources else {},
+        "num_records": getattr(base, "num_records", None),
+        "num_train_samples": len(dataset) if dataset is not None else None,
     }
 
 

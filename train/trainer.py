@@ -12,11 +12,15 @@ What it adds to the stock Trainer:
 - Per-module learning rates (`projector_lr`, `denoiser_lr`, `llm_lr`) with the usual weight-decay split.
 - Stage presets (`apply_stage`): what is trainable in stage 1 / stage 2 of the recipe.
 - Optional LoRA on the LLM (`apply_lora`), projector and denoiser stay fully trainable.
+- Resume from the newest *complete* checkpoint (`resume_from_checkpoint=True`; `ross.train.checkpoints`), and run
+  totals (summed loss, training seconds) saved with every checkpoint, so a resumed run reports whole-run numbers.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -25,6 +29,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
+from ross.train.checkpoints import checkpoint_problem, latest_complete_checkpoint, read_run_totals, write_run_totals
 from ross.train.samplers import LengthGroupedSampler, ModalityLengthGroupedSampler
 
 
@@ -172,6 +177,57 @@ class RossTrainer(Trainer):
         self.images_seen = 0  # images this rank trained on (summed per rank into the run summary)
         # Loss components of each micro-batch since the last log, per mode; averaged over ranks and cleared in `log`.
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # Totals of the run's earlier processes (from the checkpoint resumed from) and when this process started.
+        self._previous_totals = {"loss_sum": 0.0, "train_seconds": 0.0, "global_step": 0}
+        self._segment_start = None
+        self.run_seconds = None  # whole-run training seconds, set when `train` returns
+        self._final_totals = None
+
+    # ---- resume and run totals ----
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`resume_from_checkpoint=True` takes the newest complete checkpoint of `output_dir` (the stock Trainer takes
+        the newest, even a half-written one); a given folder that is incomplete is an error saying what is missing."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            problem = checkpoint_problem(resume_from_checkpoint)
+            if problem is not None:
+                raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}.")
+        if resume_from_checkpoint:
+            totals = read_run_totals(resume_from_checkpoint)
+            if totals:
+                self._previous_totals = totals
+        self._segment_start = time.perf_counter()
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        self.run_seconds = self._previous_totals["train_seconds"] + time.perf_counter() - self._segment_start
+        # `_finalize_training` has added the unlogged remainder of `_tr_loss` to `_total_loss_scalar`.
+        self._final_totals = {
+            "global_step": self.state.global_step,
+            "loss_sum": self._previous_totals["loss_sum"] + self._total_loss_scalar,
+            "train_seconds": self.run_seconds,
+        }
+        return output
+
+    def run_totals(self) -> dict:
+        """`{"global_step", "loss_sum", "train_seconds"}` of the whole run so far, earlier processes included."""
+        if self._final_totals is not None:
+            return dict(self._final_totals)
+        loss_sum = self._previous_totals["loss_sum"] + self._total_loss_scalar + float(self._tr_loss.item())
+        seconds = self._previous_totals["train_seconds"] + time.perf_counter() - (self._segment_start or time.perf_counter())
+        return {"global_step": self.state.global_step, "loss_sum": loss_sum, "train_seconds": seconds}
+
+    def whole_run_train_loss(self) -> float | None:
+        """The mean training loss over every step of the run (`train_loss` of a resumed run covers its own steps)."""
+        totals = self.run_totals()
+        return totals["loss_sum"] / totals["global_step"] if totals["global_step"] else None
+
+    def _save_checkpoint(self, model, trial):
+        """Writes the run totals first; the stock save then writes `trainer_state.json` last, which marks the
+        checkpoint complete (`ross.train.checkpoints.checkpoint_problem`)."""
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            write_run_totals(folder, self.run_totals())
+        super()._save_checkpoint(model, trial)
 
     def _get_train_sampler(self, train_dataset=None):
         """`group_by="length"` / `"modality_length"` use `ross.train.samplers`' seeded samplers on `dataset.lengths` /
