@@ -129,6 +129,13 @@ def _describe_image(image) -> str:
     return f"{image.format or 'image'} file {filename}" if filename else f"{image.format or 'in-memory'} image"
 
 
+def _flat(images) -> list:
+    """The leaves of a (nested) list of images, in order."""
+    if isinstance(images, (list, tuple)):
+        return [leaf for item in images for leaf in _flat(item)]
+    return [images]
+
+
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Pad to a centred square with `background` (the reference SFT setting uses the image processor's mean colour)."""
     width, height = image.size
@@ -200,21 +207,19 @@ class RossProcessor(ProcessorMixin):
             image_processor, tokenizer, chat_template, image_token=image_token, image_seq_length=grid * grid, **kwargs
         )
 
+    def prepare_inputs_layout(self, images=None, **kwargs):
+        """Checks that every image of the call is one (before transformers' `fetch_images` fails on it, unnamed)."""
+        if images is not None:
+            for index, image in enumerate(_flat(images)):
+                if not isinstance(image, (Image.Image, np.ndarray, str)) and not hasattr(image, "shape"):
+                    raise TypeError(
+                        f"images[{index}] is a {type(image).__name__}, not an image (expected a PIL image, a numpy "
+                        "array, a tensor, or a path or URL)"
+                    )
+        return super().prepare_inputs_layout(images=images, **kwargs)
+
     def _process_images(self, images, **kwargs):
-        try:
-            images = make_flat_list_of_images(images)
-        except ValueError:
-            flat = images if isinstance(images, (list, tuple)) else [images]
-            flat = [leaf for item in flat for leaf in (item if isinstance(item, (list, tuple)) else [item])]
-            index, bad = next(
-                ((i, x) for i, x in enumerate(flat) if not isinstance(x, (Image.Image, np.ndarray)) and not
-                 hasattr(x, "shape")),
-                (0, images),
-            )  # fmt: skip
-            raise TypeError(
-                f"images[{index}] is a {type(bad).__name__}, not an image (expected a PIL image, a numpy array or a "
-                "tensor)"
-            ) from None
+        images = make_flat_list_of_images(images)
         converted = []
         for index, image in enumerate(images):
             if isinstance(image, Image.Image):
