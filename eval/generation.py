@@ -291,6 +291,17 @@ def scores_markdown(scores: dict | Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results_file(path: Path, records: list[dict]) -> None:
+    """``records`` as JSON lines in ``path``, replaced atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
 def write_results(out_dir: str | Path, records: list[dict], scores: dict) -> Path:
     """Write ``predictions.jsonl``, ``scores.json`` and ``scores.md`` under ``out_dir``; return it.
 
@@ -298,12 +309,7 @@ def write_results(out_dir: str | Path, records: list[dict], scores: dict) -> Pat
     old file or the new one, never half of either.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / "predictions.jsonl.tmp"
-    with open(partial, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(partial, out / "predictions.jsonl")
+    write_results_file(out / "predictions.jsonl", records)
     (out / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "scores.md").write_text(scores_markdown(scores), encoding="utf-8")
     return out
@@ -412,13 +418,10 @@ def evaluate_model(
     config = greedy_config(processor, max_new_tokens)
     log = None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        log = open(out / "predictions.jsonl", "a" if resume else "w", encoding="utf-8")
-        if finished:  # a line cut short by a kill is dropped: rewrite what was kept, then append
-            log.close()
-            with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(records[i], ensure_ascii=False) + "\n" for i in sorted(finished))
-            log = open(out / "predictions.jsonl", "a", encoding="utf-8")
+        # The finished items first (replaced atomically: a line cut short by a kill is dropped), then one line per
+        # item as its batch finishes.
+        write_results_file(out / "predictions.jsonl", [records[i] for i in sorted(finished)])
+        log = open(out / "predictions.jsonl", "a", encoding="utf-8")
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(rows), initial=len(finished), desc=bench.name, unit="item", disable=not progress,
@@ -442,6 +445,7 @@ def evaluate_model(
                 continue
             answers = generate_batch(model, processor, items, config)
             for i, answer in zip(positions, answers):
+                rows[i]["images"] = None  # decoded pixels are not kept for the whole run
                 records[i]["prediction"] = answer
                 if log is not None:
                     log.write(json.dumps(records[i], ensure_ascii=False) + "\n")

@@ -75,6 +75,11 @@ def main(argv=None) -> int:
     except BenchmarkDataError as err:  # bad data, found at load or when its batch comes: one line, status 2
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        out = args.out or Path("runs") / "eval" / bench.name
+        print(f"interrupted: the finished items are in {out / 'predictions.jsonl'}; add --resume to continue",
+              file=sys.stderr)
+        return 130
     print(json.dumps(scores, ensure_ascii=False))
     return 0
 

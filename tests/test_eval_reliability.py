@@ -177,6 +177,25 @@ def test_interrupted_run_keeps_finished_items_and_resume_completes(loaded, pope_
     assert (out / "predictions.jsonl").read_text() == (tmp_path / "ref" / "predictions.jsonl").read_text()
 
 
+def test_ctrl_c_on_the_command_line_keeps_finished_items(model_dir, pope_dir, tmp_path, monkeypatch, capsys):
+    real, calls = generation.generate_batch, []
+
+    def interrupted_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_batch", interrupted_on_second_batch)
+    out = tmp_path / "out"
+    assert _cli(model_dir, pope_dir, out, "--no-progress") == 130
+    assert "--resume" in capsys.readouterr().err.splitlines()[-1]
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
+    monkeypatch.setattr(generation, "generate_batch", real)
+    assert _cli(model_dir, pope_dir, out, "--no-progress", "--resume") == 0
+    assert json.loads((out / "scores.json").read_text())["num_items"] == NUM_ITEMS
+
+
 def test_resume_from_another_run_is_an_error(model_dir, pope_dir, tmp_path, capsys):
     out = tmp_path / "out"
     (out).mkdir()
