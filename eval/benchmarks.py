@@ -17,7 +17,12 @@
 * a VLMEvalKit ``.tsv`` with base64 images, whose columns are renamed to lmms-lab's.
 
 Rows keep the lmms-lab field names (see ``bench.fields``); the image column(s) are
-replaced by ``images: list[PIL.Image]``. Errors name the file and the missing column.
+replaced by ``images: list[PIL.Image]`` (opened lazily: pixels are decoded, turned upright by their EXIF
+orientation and converted to RGB by :func:`decode_images`, batch by batch, with the rule every ROSS path shares,
+``modeling_ross.processing_ross.upright_rgb``). Bad data raises :class:`BenchmarkDataError` naming the file and
+the missing column; a row whose image cannot be opened raises :class:`BadItemError` naming the file, the row (index
+and id) and why, or, with ``load(path, defer_bad_images=True)``, keeps that error in place of the image for
+:func:`decode_images` to raise when the row's batch comes (so an evaluation can skip the row and go on).
 To add a benchmark (e.g. a synthetic one), build a :class:`Benchmark` with your own
 ``prompt_fn``/``score_fn`` and put it in ``BENCHMARKS``.
 """
@@ -35,6 +40,7 @@ from typing import Callable
 
 from PIL import Image
 
+from modeling_ross.processing_ross import upright_rgb
 from ross.eval import scoring
 from ross.eval.scoring._text import as_text, check_rules
 from ross.eval.scoring.choice import LETTERS, mmvp_options
@@ -45,6 +51,60 @@ from ross.eval.synthetic import CHANCE
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
 VLMEVALKIT_MCQ_TAIL = "Please select the correct answer from the options above. \n"
+
+
+ID_FIELDS = ("question_id", "questionId", "id", "index", "Index")  # the row id, where a benchmark has one
+
+
+class BenchmarkDataError(ValueError):
+    """The benchmark's data cannot be used (missing file or column, an unreadable image); the message says where."""
+
+
+class MissingDataError(BenchmarkDataError, FileNotFoundError):
+    """The ``--data`` path does not exist."""
+
+
+class BadItemError(BenchmarkDataError):
+    """One row that cannot be evaluated: the message names the file, the row (index, id) and what is wrong."""
+
+    def __init__(self, reason: str, index: int | None = None, item_id=None, source=None):
+        self.reason, self.index, self.item_id, self.source = reason, index, item_id, source
+        where = f"{source}: " if source else ""
+        row = f"row {index}" if index is not None else "a row"
+        row += f" (id {item_id})" if item_id is not None else ""
+        super().__init__(f"{where}{row}: {reason}")
+
+    def located(self, index: int, item_id, source=None) -> "BadItemError":
+        return BadItemError(self.reason, index, item_id, self.source or source)
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "id": None if self.item_id is None else str(self.item_id), "file": (
+            None if self.source is None else str(self.source)), "reason": self.reason}
+
+
+def item_id(row: dict, index: int | None = None) -> str | None:
+    """The row's id (its ``question_id``, ``questionId``, ``id``, ``index`` or ``Index``), None if it has none."""
+    for field in ID_FIELDS:
+        if row.get(field) is not None:
+            return str(row[field])
+    return None
+
+
+def decode_images(row: dict, index: int | None = None, source=None) -> list:
+    """The row's images decoded now (upright RGB, the processor's own rule), or :class:`BadItemError` naming the row."""
+    images = []
+    for number, image in enumerate(row.get("images") or []):
+        if isinstance(image, BadItemError):  # could not even be opened (load(..., defer_bad_images=True))
+            raise image.located(index, item_id(row), source)
+        try:
+            images.append(upright_rgb(image) if isinstance(image, Image.Image) else image)
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+            name = getattr(image, "filename", None)
+            raise BadItemError(
+                f"image {number}{f' ({name})' if name else ''} cannot be decoded: {type(err).__name__}: {err}",
+                index, item_id(row), source,
+            ) from err
+    return images
 
 
 @dataclass(frozen=True)
@@ -87,51 +147,61 @@ class Benchmark:
         """Metrics over ``rows`` (each with a ``prediction``), per ``rules``."""
         return self.score_fn(rows, check_rules(rules))
 
-    def load(self, path: str | Path) -> list[dict]:
-        """Rows of a local copy (see the module docstring), each with ``images``."""
+    def load(self, path: str | Path, defer_bad_images: bool = False) -> list[dict]:
+        """Rows of a local copy (see the module docstring), each with ``images``.
+
+        A row whose image cannot be opened raises :class:`BadItemError` (file, row index and id, reason); with
+        ``defer_bad_images`` the error takes the image's place, for :func:`decode_images` to raise later.
+        """
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or directory")
+            raise MissingDataError(f"{path}: no such file or directory")
         if path.suffix == ".tsv":
-            rows = [self._tsv_row(r, i, path) for i, r in enumerate(_read_tsv(path))]
+            raw, convert = _read_tsv(path), self._tsv_row
         else:
-            rows, path = _read_hf_or_parquet(path, self)
-            rows = [self._attach_images(r, path) for r in rows]
-            if self.images_joined:
-                _join_gqa_images(rows, path)
+            raw, path = _read_hf_or_parquet(path, self)
+            convert = self._attach_images
+        rows = []
+        for index, record in enumerate(raw):
+            try:
+                rows.append(convert(record, index, path, defer_bad_images))
+            except BadItemError as err:
+                raise err.located(index, item_id(record, index), path) from err
+        if self.images_joined:
+            _join_gqa_images(rows, path, defer_bad_images)
         if rows:
             missing = [f for f in self.fields if f not in rows[0]]
             if missing:
-                raise ValueError(
+                raise BenchmarkDataError(
                     f"{path}: missing column {missing[0]!r} for benchmark {self.name!r} "
                     f"(columns: {', '.join(sorted(k for k in rows[0] if k != 'images'))})"
                 )
         return self.filter_rows(rows) if self.filter_rows is not None else rows
 
-    def _attach_images(self, row: dict, source: Path) -> dict:
+    def _attach_images(self, row: dict, position: int, source: Path, defer: bool = False) -> dict:
         images = []
         present = [c for c in self.image_columns if c in row]
         if not present and not self.images_joined:
-            raise ValueError(f"{source}: missing image column {self.image_columns[0]!r} for benchmark {self.name!r}")
+            raise BenchmarkDataError(f"{source}: missing image column {self.image_columns[0]!r} for benchmark {self.name!r}")
         for column in present:
             value = row.pop(column)
             for item in value if isinstance(value, list) else [value]:
                 if item is not None:
-                    images.append(_to_image(item, source, column))
+                    images.append(_to_image(item, source, column, defer))
         row["images"] = images
         return row
 
-    def _tsv_row(self, raw: dict, position: int, source: Path) -> dict:
+    def _tsv_row(self, raw: dict, position: int, source: Path, defer: bool = False) -> dict:
         if "image" not in raw:
-            raise ValueError(f"{source}: missing column 'image' (base64) for benchmark {self.name!r}")
+            raise BenchmarkDataError(f"{source}: missing column 'image' (base64) for benchmark {self.name!r}")
         encoded = raw.pop("image")
         if isinstance(encoded, str) and encoded.startswith("["):
             encoded = json.loads(encoded.replace("'", '"'))
-        images = [_to_image(e, source, "image") for e in (encoded if isinstance(encoded, list) else [encoded])]
+        images = [_to_image(e, source, "image", defer) for e in (encoded if isinstance(encoded, list) else [encoded])]
         try:
             row = self.from_tsv(raw, position) if self.from_tsv else dict(raw)
         except KeyError as err:
-            raise ValueError(f"{source}: missing column {err.args[0]!r} for benchmark {self.name!r}") from None
+            raise BenchmarkDataError(f"{source}: missing column {err.args[0]!r} for benchmark {self.name!r}") from None
         row["images"] = images
         return row
 
@@ -141,18 +211,41 @@ class Benchmark:
 # ---------------------------------------------------------------------------------------
 
 
-def _to_image(value, source: Path, column: str):
+def _to_image(value, source: Path, column: str, defer: bool = False):
+    """A lazily opened image (pixels decoded later, by :func:`decode_images` or the processor), or BadItemError
+    (raised, or with ``defer`` returned in the image's place)."""
+    try:
+        return _open_image(value, source, column)
+    except BadItemError as err:
+        err = BadItemError(err.reason, source=source)
+        if defer:
+            return err
+        raise err from err.__cause__
+
+
+def _open_image(value, source: Path, column: str):
     if isinstance(value, Image.Image):
         return value
-    if isinstance(value, dict) and value.get("bytes") is not None:
-        return Image.open(io.BytesIO(value["bytes"]))
-    if isinstance(value, dict) and value.get("path"):
-        return Image.open(Path(source).parent / value["path"] if not Path(value["path"]).is_absolute() else value["path"])
-    if isinstance(value, str):
-        return Image.open(io.BytesIO(base64.b64decode(value)))
-    if isinstance(value, (bytes, bytearray)):
-        return Image.open(io.BytesIO(value))
-    raise ValueError(f"{source}: column {column!r} holds {type(value).__name__}, not an image")
+    where = f"column {column!r}"
+    try:
+        if isinstance(value, dict) and value.get("bytes") is not None:
+            return Image.open(io.BytesIO(value["bytes"]))
+        if isinstance(value, dict) and value.get("path"):
+            file = Path(value["path"])
+            file = file if file.is_absolute() else Path(source).parent / file
+            where = f"column {column!r} (file {file})"
+            if not file.is_file():
+                raise BadItemError(f"{where}: image file does not exist")
+            return Image.open(file)
+        if isinstance(value, str):
+            return Image.open(io.BytesIO(base64.b64decode(value, validate=False)))
+        if isinstance(value, (bytes, bytearray)):
+            return Image.open(io.BytesIO(value))
+    except BadItemError:
+        raise
+    except Exception as err:  # PIL's UnidentifiedImageError, binascii.Error, OSError, ...
+        raise BadItemError(f"{where}: cannot open the image: {type(err).__name__}: {err}") from err
+    raise BadItemError(f"{where} holds {type(value).__name__}, not an image")
 
 
 def _clean(value):
@@ -177,14 +270,19 @@ def _read_hf_or_parquet(path: Path, bench: Benchmark) -> tuple[list[dict], Path]
             elif len(data) == 1:
                 data = next(iter(data.values()))
             else:
-                raise ValueError(f"{path}: no split {bench.split!r} (splits: {', '.join(data)})")
+                raise BenchmarkDataError(f"{path}: no split {bench.split!r} (splits: {', '.join(data)})")
+        for column, feature in data.features.items():  # undecoded: a bad image is reported with its row, by _to_image
+            if isinstance(feature, datasets.Image):
+                data = data.cast_column(column, datasets.Image(decode=False))
+            elif isinstance(getattr(feature, "feature", None), datasets.Image):
+                data = data.cast_column(column, datasets.List(datasets.Image(decode=False)))
         return [dict(r) for r in data], path
     if path.suffix == ".parquet":
         files = [path]
     elif path.is_dir():
         files = _pick_parquet(path, bench)
     else:
-        raise ValueError(f"{path}: expected a save_to_disk folder, .parquet file/folder or .tsv file")
+        raise BenchmarkDataError(f"{path}: expected a save_to_disk folder, .parquet file/folder or .tsv file")
     import pyarrow.parquet as pq
 
     rows = []
@@ -196,7 +294,7 @@ def _read_hf_or_parquet(path: Path, bench: Benchmark) -> tuple[list[dict], Path]
 def _pick_parquet(root: Path, bench: Benchmark) -> list[Path]:
     files = sorted(root.rglob("*.parquet"))
     if not files:
-        raise ValueError(f"{root}: no .parquet files and no save_to_disk metadata")
+        raise BenchmarkDataError(f"{root}: no .parquet files and no save_to_disk metadata")
     if bench.config:
         in_config = [f for f in files if bench.config in f.relative_to(root).parts[:-1]]
         files = in_config or files
@@ -205,10 +303,10 @@ def _pick_parquet(root: Path, bench: Benchmark) -> list[Path]:
         return of_split
     if len(files) == 1:
         return files
-    raise ValueError(f"{root}: no parquet file for split {bench.split!r} among {', '.join(f.name for f in files[:5])}")
+    raise BenchmarkDataError(f"{root}: no parquet file for split {bench.split!r} among {', '.join(f.name for f in files[:5])}")
 
 
-def _join_gqa_images(rows: list[dict], source: Path) -> None:
+def _join_gqa_images(rows: list[dict], source: Path, defer: bool = False) -> None:
     """GQA questions carry ``imageId``; images live in the ``testdev_balanced_images`` config."""
     if not rows or rows[0].get("images"):
         return
@@ -217,17 +315,20 @@ def _join_gqa_images(rows: list[dict], source: Path) -> None:
         if candidates:
             break
     else:
-        raise ValueError(f"{source}: GQA rows have no 'image'; no testdev_balanced_images parquet found beside it")
+        raise BenchmarkDataError(f"{source}: GQA rows have no 'image'; no testdev_balanced_images parquet found beside it")
     import pyarrow.parquet as pq
 
     by_id = {}
     for file in candidates:
         for rec in pq.read_table(file).to_pylist():
             by_id[str(rec["id"])] = rec["image"]
-    for row in rows:
+    for index, row in enumerate(rows):
         if str(row.get("imageId")) not in by_id:
-            raise ValueError(f"{candidates[0]}: no image with id {row.get('imageId')!r}")
-        row["images"] = [_to_image(by_id[str(row["imageId"])], candidates[0], "image")]
+            raise BenchmarkDataError(f"{candidates[0]}: no image with id {row.get('imageId')!r}")
+        try:
+            row["images"] = [_to_image(by_id[str(row["imageId"])], candidates[0], "image", defer)]
+        except BadItemError as err:
+            raise err.located(index, item_id(row, index), candidates[0]) from err
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,7 +23,15 @@ Files written by :func:`evaluate_model` under ``out_dir`` (the model-card code r
   "metrics": {<the benchmark scorer's dict>}, "chance" (synthetic benchmarks, else null),
   "model", "data", "settings": {"batch_size", "max_new_tokens", "dtype", "device", "limit"},
   "seconds"}``. Metrics are fractions in [0, 1] (OCRBench's ``score`` is 0-1000).
+  With ``on_bad_item="skip"`` it also holds ``"skipped": {"count", "items": [{"index", "id", "file",
+  "reason"}]}``: the rows left out of ``num_items`` and of the metrics.
 * ``scores.md``: :func:`scores_markdown` of that dict: one table row per metric.
+
+Nothing finished is lost: ``predictions.jsonl`` is appended (and flushed) after every batch, in the order items
+finish, so a crash or Ctrl-C keeps the finished items; ``resume=True`` reads them back, generates only the rest,
+then rewrites the file in dataset order and scores all items. A row whose image cannot be read raises
+:class:`~ross.eval.benchmarks.BadItemError` naming the file and the row (index and id), at load or just before its
+batch is generated (images are decoded batch by batch); ``on_bad_item="skip"`` leaves such rows out and counts them.
 
 Synthetic benchmarks (``ross.eval.synthetic``) run through the same path: :func:`get_benchmark`
 adds them to the names of :data:`ross.eval.benchmarks.BENCHMARKS`, reusing POPE's prompt and
@@ -35,7 +43,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -43,12 +53,22 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
-from ross.eval.benchmarks import SYNTHETIC_BENCHMARKS, Benchmark, benchmark_names, get_benchmark
+from ross.eval.benchmarks import (
+    SYNTHETIC_BENCHMARKS,
+    BadItemError,
+    Benchmark,
+    BenchmarkDataError,
+    benchmark_names,
+    decode_images,
+    get_benchmark,
+)
 
 
 # ---------------------------------------------------------------------------------------
 # Benchmarks
 # ---------------------------------------------------------------------------------------
+
+ON_BAD_ITEM = ("error", "skip")
 
 
 def primary_metric(bench: Benchmark, metrics: dict) -> str | None:
@@ -173,22 +193,35 @@ def generate_answers(
 
     ``generation_overrides`` (e.g. ``do_sample=True, temperature=0.2``) update :func:`greedy_config`.
     """
+    config = greedy_config(processor, max_new_tokens, **generation_overrides)
+    answers: list[str | None] = [None] * len(items)
+    with tqdm(total=len(items), desc=description, unit="item", disable=not progress, dynamic_ncols=True) as bar:
+        for indices in batch_order(items, batch_size):
+            texts = generate_batch(model, processor, [items[i] for i in indices], config, stop)
+            for i, text in zip(indices, texts):
+                answers[i] = text
+            bar.update(len(indices))
+    return answers
+
+
+def batch_order(items: Sequence[tuple[list, str]], batch_size: int) -> list[list[int]]:
+    """Indices of ``items`` in batches, longest first (chars + images as a cheap proxy for tokens): little padding,
+    and an out-of-memory error shows up at once."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    config = greedy_config(processor, max_new_tokens, **generation_overrides)
-    # Longest first (chars + images as a cheap proxy for tokens): little padding, OOM shows up at once.
     order = sorted(range(len(items)), key=lambda i: -(len(items[i][1]) + 10_000 * len(items[i][0])))
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def generate_batch(model, processor, items: Sequence[tuple[list, str]], config, stop=None) -> list[str]:
+    """Greedy answers (per ``config``) to one batch of ``(images, prompt)``, stripped and cut at ``stop``."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    answers: list[str | None] = [None] * len(items)
-    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-    for indices in tqdm(batches, desc=description, unit="batch", disable=not progress):
-        batch = build_batch(processor, [items[i] for i in indices], device=model.device, dtype=dtype)
-        output = model.generate(**batch, generation_config=config)
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        for i, text in zip(indices, texts):
-            answers[i] = truncate_at(text, stop).strip()
-    return answers
+    batch = build_batch(processor, items, device=model.device, dtype=dtype)
+    output = model.generate(**batch, generation_config=config)
+    new_tokens = output[:, batch["input_ids"].shape[1] :]
+    texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [truncate_at(text, stop).strip() for text in texts]
 
 
 # ---------------------------------------------------------------------------------------
@@ -258,27 +291,91 @@ def scores_markdown(scores: dict | Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results_file(path: Path, records: list[dict]) -> None:
+    """``records`` as JSON lines in ``path``, replaced atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
 def write_results(out_dir: str | Path, records: list[dict], scores: dict) -> Path:
-    """Write ``predictions.jsonl``, ``scores.json`` and ``scores.md`` under ``out_dir``; return it."""
+    """Write ``predictions.jsonl``, ``scores.json`` and ``scores.md`` under ``out_dir``; return it.
+
+    ``predictions.jsonl`` is replaced atomically (a temporary file, then a rename): an interruption leaves the
+    old file or the new one, never half of either.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_results_file(out / "predictions.jsonl", records)
     (out / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "scores.md").write_text(scores_markdown(scores), encoding="utf-8")
     return out
 
 
-def load_items(benchmark: str | Benchmark, data_path: str | Path, rules: str = "lmms-eval", limit: int | None = None):
-    """``(bench, rows, prompts)``: the benchmark's rows from ``data_path`` (first ``limit``) and their prompts."""
+def load_items(
+    benchmark: str | Benchmark,
+    data_path: str | Path,
+    rules: str = "lmms-eval",
+    limit: int | None = None,
+    defer_bad_images: bool = False,
+):
+    """``(bench, rows, prompts)``: the benchmark's rows from ``data_path`` (first ``limit``) and their prompts.
+
+    ``defer_bad_images``: see :meth:`Benchmark.load`.
+    """
     bench = get_benchmark(benchmark)
-    rows = bench.load(data_path)
+    rows = bench.load(data_path, defer_bad_images=defer_bad_images)
     if limit is not None:
         rows = rows[:limit]
     if not rows:
-        raise ValueError(f"{data_path}: no rows for benchmark {bench.name!r}")
+        raise BenchmarkDataError(f"{data_path}: no rows for benchmark {bench.name!r}")
     return bench, rows, [bench.prompt(row, rules) for row in rows]
+
+
+def record_key(record: dict) -> str:
+    """What identifies a ``predictions.jsonl`` line across runs: every field but the prediction (ids included)."""
+    return json.dumps({k: v for k, v in record.items() if k != "prediction"}, sort_keys=True, ensure_ascii=False)
+
+
+def read_finished(path: Path, records: list[dict]) -> dict[int, dict]:
+    """The items of ``records`` (this run's rows, prediction still unset) already in ``path``, by position.
+
+    A last line cut short (the process was killed while writing it) is ignored; any other bad line, or a line that
+    matches no item of this run (other ``--data``, ``--rules`` or ``--limit``), is a :class:`BenchmarkDataError`.
+    """
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    positions: dict[str, list[int]] = {}
+    for position, record in enumerate(records):
+        positions.setdefault(record_key(record), []).append(position)
+    finished, unmatched = {}, Counter()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            done = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break  # cut short by a kill: that item is generated again
+            raise BenchmarkDataError(f"{path}:{number}: invalid JSON ({err.msg}); cannot resume from it") from None
+        if not isinstance(done, dict) or not isinstance(done.get("prediction"), str):
+            raise BenchmarkDataError(f"{path}:{number}: not a prediction record (no string 'prediction')")
+        free = positions.get(record_key(done))
+        if not free:
+            unmatched[number] += 1
+            continue
+        finished[free.pop(0)] = done
+    if unmatched:
+        first = min(unmatched)
+        raise BenchmarkDataError(
+            f"{path}:{first}: {len(unmatched)} finished prediction(s) match no item of this run (was it made with "
+            "another --data, --rules or --limit?); use another --out, or drop --resume to start over"
+        )
+    return finished
 
 
 def evaluate_model(
@@ -293,25 +390,77 @@ def evaluate_model(
     max_new_tokens: int | None = None,
     progress: bool = True,
     model_name: str | None = None,
+    on_bad_item: str = "error",
+    resume: bool = False,
 ) -> dict:
     """Generate answers for a benchmark, score them and (with ``out_dir``) write the three result files.
 
     Returns the ``scores.json`` dict (see the module docstring). ``max_new_tokens`` defaults to
-    the benchmark's (lmms-eval's) limit.
+    the benchmark's (lmms-eval's) limit. ``on_bad_item``: ``"error"`` raises :class:`BadItemError` on the first
+    row whose image cannot be read; ``"skip"`` leaves such rows out and lists them under ``"skipped"``.
+    ``resume``: keep the finished items of ``out_dir/predictions.jsonl`` and generate only the others.
     """
+    if on_bad_item not in ON_BAD_ITEM:
+        raise ValueError(f"on_bad_item must be one of {', '.join(ON_BAD_ITEM)}, got {on_bad_item!r}")
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir (the predictions.jsonl to continue)")
     start = time.perf_counter()
-    bench, rows, prompts = load_items(benchmark, data_path, rules, limit)
+    skipped: list[dict] | None = [] if on_bad_item == "skip" else None
+    bench, rows, prompts = load_items(benchmark, data_path, rules, limit, defer_bad_images=skipped is not None)
+    source = Path(data_path)
     max_new_tokens = max_new_tokens or bench.max_new_tokens
+    records: list[dict | None] = [prediction_record(row, p, None) for row, p in zip(rows, prompts)]
+    out = Path(out_dir) if out_dir is not None else None
+    finished = read_finished(out / "predictions.jsonl", records) if resume else {}
+    for position, record in finished.items():
+        records[position] = record
+    todo = [i for i in range(len(rows)) if i not in finished]
+    config = greedy_config(processor, max_new_tokens)
+    log = None
+    if out is not None:
+        # The finished items first (replaced atomically: a line cut short by a kill is dropped), then one line per
+        # item as its batch finishes.
+        write_results_file(out / "predictions.jsonl", [records[i] for i in sorted(finished)])
+        log = open(out / "predictions.jsonl", "a", encoding="utf-8")
     was_training = model.training
     model.eval()
+    bar = tqdm(total=len(rows), initial=len(finished), desc=bench.name, unit="item", disable=not progress,
+               dynamic_ncols=True)
     try:
-        predictions = generate_answers(
-            model, processor, [(row["images"], p) for row, p in zip(rows, prompts)], max_new_tokens, batch_size,
-            progress=progress, description=bench.name,
-        )
+        for batch in batch_order([(rows[i]["images"], prompts[i]) for i in todo], batch_size):
+            positions, items = [], []
+            for i in (todo[k] for k in batch):
+                try:
+                    images = decode_images(rows[i], i, source)
+                except BadItemError as err:
+                    if skipped is None:
+                        raise
+                    skipped.append(err.as_dict())
+                    records[i] = None
+                    bar.update(1)
+                    continue
+                positions.append(i)
+                items.append((images, prompts[i]))
+            if not items:
+                continue
+            answers = generate_batch(model, processor, items, config)
+            for i, answer in zip(positions, answers):
+                rows[i]["images"] = None  # decoded pixels are not kept for the whole run
+                records[i]["prediction"] = answer
+                if log is not None:
+                    log.write(json.dumps(records[i], ensure_ascii=False) + "\n")
+            if log is not None:
+                log.flush()
+                os.fsync(log.fileno())
+            bar.update(len(items))
     finally:
+        bar.close()
+        if log is not None:
+            log.close()
         model.train(was_training)
-    records = [prediction_record(row, p, pred) for row, p, pred in zip(rows, prompts, predictions)]
+    records = [r for r in records if r is not None]
+    if not records:
+        raise BenchmarkDataError(f"{data_path}: every row of benchmark {bench.name!r} was skipped as bad")
     metrics = bench.score(records, rules)
     key = primary_metric(bench, metrics)
     scores = {
@@ -333,8 +482,13 @@ def evaluate_model(
         },
         "seconds": round(time.perf_counter() - start, 3),
     }
-    if out_dir is not None:
-        write_results(out_dir, records, scores)
+    if skipped is not None:
+        skipped.sort(key=lambda item: item["index"])
+        scores["skipped"] = {"count": len(skipped), "items": skipped}
+    if resume:
+        scores["resumed_items"] = len(finished)
+    if out is not None:
+        write_results(out, records, scores)
     return scores
 
 
@@ -343,7 +497,9 @@ __all__ = [
     "benchmark_names",
     "build_batch",
     "chat_text",
+    "batch_order",
     "evaluate_model",
+    "generate_batch",
     "generate_answers",
     "get_benchmark",
     "greedy_config",

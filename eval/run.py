@@ -5,7 +5,14 @@ and ``AutoProcessor`` (bf16 on GPU, fp16 where bf16 is unsupported, fp32 on CPU 
 ``--dtype`` says otherwise), generates greedily in batches (left padding, KV cache), scores
 with the benchmark's rules, and writes ``predictions.jsonl``, ``scores.json`` and ``scores.md``
 under ``--out`` (default ``runs/eval/<benchmark>``; formats in :mod:`ross.eval.generation`).
-Prints the ``scores.json`` object. Bad input exits with status 2 and a one-line message.
+Prints the ``scores.json`` object, and a progress line (items done / total, items/s, ETA) on stderr
+unless ``--no-progress``.
+
+Bad input exits with status 2 and a one-line ``error: ...`` message naming the file (and the row: index and id),
+before or after the model loads: a missing column, an image that cannot be opened or decoded. ``--on-bad-item skip``
+leaves such rows out instead and lists them under ``"skipped"`` in ``scores.json`` (scores cover the other rows).
+``predictions.jsonl`` grows batch by batch, so a crash or Ctrl-C keeps the finished items; ``--resume`` generates
+only the rest and scores all of them.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ross.eval.generation import benchmark_names, evaluate_model, get_benchmark, load_model, resolve_dtype
+from ross.eval.benchmarks import BenchmarkDataError
+from ross.eval.generation import ON_BAD_ITEM, benchmark_names, evaluate_model, get_benchmark, load_model, resolve_dtype
 from ross.eval.scoring import RULES
 
 
@@ -34,7 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, default=0, help="seeds torch (generation is greedy anyway)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress line")
+    parser.add_argument("--on-bad-item", default="error", choices=ON_BAD_ITEM,
+                        help="a row whose image cannot be read: stop with status 2 (error, default) or leave it out "
+                             "and count it in scores.json's 'skipped' (skip)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished items of --out's predictions.jsonl and generate only the rest")
     return parser.parse_args(argv)
 
 
@@ -52,11 +65,21 @@ def main(argv=None) -> int:
         return 2
     torch.manual_seed(args.seed)
     model, processor = load_model(args.model, args.dtype, args.device)
-    scores = evaluate_model(
-        model, processor, bench, args.data, rules=args.rules, batch_size=args.batch_size, limit=args.limit,
-        out_dir=args.out or Path("runs") / "eval" / bench.name, max_new_tokens=args.max_new_tokens,
-        progress=not args.no_progress, model_name=str(args.model),
-    )
+    try:
+        scores = evaluate_model(
+            model, processor, bench, args.data, rules=args.rules, batch_size=args.batch_size, limit=args.limit,
+            out_dir=args.out or Path("runs") / "eval" / bench.name, max_new_tokens=args.max_new_tokens,
+            progress=not args.no_progress, model_name=str(args.model), on_bad_item=args.on_bad_item,
+            resume=args.resume,
+        )
+    except BenchmarkDataError as err:  # bad data, found at load or when its batch comes: one line, status 2
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        out = args.out or Path("runs") / "eval" / bench.name
+        print(f"interrupted: the finished items are in {out / 'predictions.jsonl'}; add --resume to continue",
+              file=sys.stderr)
+        return 130
     print(json.dumps(scores, ensure_ascii=False))
     return 0
 

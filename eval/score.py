@@ -4,6 +4,10 @@ Each line is one benchmark item with its fields named as in the lmms-lab dataset
 (no images) plus ``prediction``. Prints one JSON object: ``benchmark``, ``rules``,
 ``num_items`` and the metrics of :mod:`ross.eval.scoring`. Bad input exits with status 2 and
 a one-line message naming the file and line.
+
+A ``"prediction"`` that is ``null`` (no answer was made for that item) or not a string is an error naming the line:
+scoring it as wrong in silence would hide a broken run. With ``--missing-as-wrong`` each null prediction is scored as
+the empty answer (wrong) instead, and counted in the output's ``"missing": {"count", "lines"}``.
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ class InputError(Exception):
     """Bad command-line input; the message is shown as is."""
 
 
-def read_predictions(path: Path, fields: tuple[str, ...]) -> list[dict]:
-    """The JSONL rows, checked to be objects holding ``fields`` and ``prediction``."""
+def read_predictions(path: Path, fields: tuple[str, ...], missing: list[int] | None = None) -> list[dict]:
+    """The JSONL rows, checked to be objects holding ``fields`` and a string ``prediction``.
+
+    A null ``prediction`` is an :class:`InputError`, or, when ``missing`` is a list, scored as ``""`` with its line
+    number appended to ``missing``.
+    """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -42,6 +50,16 @@ def read_predictions(path: Path, fields: tuple[str, ...]) -> list[dict]:
         for field in (*fields, "prediction"):
             if field not in row:
                 raise InputError(f"{path}:{number}: missing field {field!r}")
+        if row["prediction"] is None:
+            if missing is None:
+                raise InputError(
+                    f"{path}:{number}: 'prediction' is null (no answer for this item); generate it again, or pass "
+                    "--missing-as-wrong to score null predictions as wrong and count them"
+                )
+            missing.append(number)
+            row = {**row, "prediction": ""}
+        elif not isinstance(row["prediction"], str):
+            raise InputError(f"{path}:{number}: 'prediction' is a {type(row['prediction']).__name__}, not a string")
         rows.append(row)
     if not rows:
         raise InputError(f"{path}: no predictions")
@@ -53,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(benchmark_names())}")
     parser.add_argument("--predictions", required=True, type=Path, help="JSONL file, one item per line")
     parser.add_argument("--rules", default="lmms-eval", help=f"scoring rules: {' or '.join(RULES)}")
+    parser.add_argument("--missing-as-wrong", action="store_true",
+                        help='score a null "prediction" as wrong and count it under "missing" (default: a null '
+                             "prediction is an error naming its line)")
     args = parser.parse_args(argv)
     try:
         if args.benchmark not in benchmark_names():
@@ -60,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rules not in RULES:
             raise InputError(f"unknown rules {args.rules!r} (known: {', '.join(RULES)})")
         bench = get_benchmark(args.benchmark)
-        rows = read_predictions(args.predictions, bench.fields)
+        missing = [] if args.missing_as_wrong else None
+        rows = read_predictions(args.predictions, bench.fields, missing)
         try:
             metrics = bench.score(rows, args.rules)
         except (KeyError, ValueError, TypeError, IndexError, SyntaxError) as err:
@@ -70,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = {"benchmark": bench.name, "rules": args.rules, "num_items": len(rows)}
     out.update({k: v for k, v in metrics.items() if k != "num_items"})
+    if missing is not None:
+        out["missing"] = {"count": len(missing), "lines": missing}
     print(json.dumps(out, ensure_ascii=False))
     return 0
 

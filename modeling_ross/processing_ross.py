@@ -3,7 +3,7 @@
 import json
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import MultiModalData, ProcessorMixin
@@ -108,6 +108,34 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
 
 
+EXIF_ORIENTATION = 0x0112  # PIL.ExifTags.Base.Orientation
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """The one image rule of every ROSS path (processor, training data, evaluation, Space): EXIF orientation applied,
+    then `to_rgb`.
+
+    A photo whose EXIF orientation tag is not 1 is turned the way the camera meant it, as browsers, Gradio and
+    transformers' `load_image` show it (`PIL.ImageOps.exif_transpose`, which also drops the tag, so applying the rule
+    twice changes nothing). Decodes the image: a corrupt or truncated file fails here.
+    """
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def _describe_image(image) -> str:
+    filename = getattr(image, "filename", None)
+    return f"{image.format or 'image'} file {filename}" if filename else f"{image.format or 'in-memory'} image"
+
+
+def _flat(images) -> list:
+    """The leaves of a (nested) list of images, in order."""
+    if isinstance(images, (list, tuple)):
+        return [leaf for item in images for leaf in _flat(item)]
+    return [images]
+
+
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Pad to a centred square with `background` (the reference SFT setting uses the image processor's mean colour)."""
     width, height = image.size
@@ -179,12 +207,29 @@ class RossProcessor(ProcessorMixin):
             image_processor, tokenizer, chat_template, image_token=image_token, image_seq_length=grid * grid, **kwargs
         )
 
+    def prepare_inputs_layout(self, images=None, **kwargs):
+        """Checks that every image of the call is one (before transformers' `fetch_images` fails on it, unnamed)."""
+        if images is not None:
+            for index, image in enumerate(_flat(images)):
+                if not isinstance(image, (Image.Image, np.ndarray, str)) and not hasattr(image, "shape"):
+                    raise TypeError(
+                        f"images[{index}] is a {type(image).__name__}, not an image (expected a PIL image, a numpy "
+                        "array, a tensor, or a path or URL)"
+                    )
+        return super().prepare_inputs_layout(images=images, **kwargs)
+
     def _process_images(self, images, **kwargs):
         images = make_flat_list_of_images(images)
         converted = []
-        for image in images:
+        for index, image in enumerate(images):
             if isinstance(image, Image.Image):
-                image = to_rgb(image)
+                try:
+                    image = upright_rgb(image)  # decodes: a truncated or corrupt file fails here, not inside numpy
+                except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+                    raise ValueError(
+                        f"images[{index}] ({_describe_image(image)}, {image.mode} {image.size[0]}x{image.size[1]}): "
+                        f"cannot decode the image: {type(error).__name__}: {error}"
+                    ) from error
                 if self.image_aspect_ratio == "pad":
                     mean = tuple(int(255 * m) for m in self.image_processor.image_mean)  # as LLaVA and the authors
                     image = expand_to_square(image, mean)

@@ -226,8 +226,12 @@ def build_demo(loaded: LoadedModel) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=5):
                 with gr.Row():
+                    # image_mode=None: the upload reaches the processor in its own mode (16-bit, palette, alpha,
+                    # CMYK), so the model's RGB conversion, the one training uses, sees the original pixels; Gradio's
+                    # default "RGB" would convert first (a 16-bit grayscale photo arrives almost white).
                     image = gr.Image(
-                        label="Image", type="pil", sources=["upload", "clipboard"], height=280, elem_id="input-image"
+                        label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"], height=280,
+                        elem_id="input-image",
                     )
                     reconstruction = gr.Image(
                         label="Reconstruction", type="pil", interactive=False, height=280,

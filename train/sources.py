@@ -6,8 +6,8 @@ HF chat messages, checked against the record's images::
     [{"role": "system"|"user"|"assistant", "content": [{"type": "image"} | {"type": "text", "text": str}]}]
 
 with one `{"type": "image"}` per image, in image order. The raw records are not kept. At fetch time a source only
-reads the sample's images (`load_images`), decoded and converted to RGB by :func:`decode_image`: the one RGB
-conversion of the data path (the processor's own `to_rgb` then sees RGB and returns the image unchanged).
+reads the sample's images (`load_images`), decoded, turned upright (EXIF) and converted to RGB by :func:`decode_image`
+(`upright_rgb`, the rule every ROSS path shares; the processor then sees upright RGB and changes nothing).
 
 Errors are :class:`BadSampleError` with a reason from `SKIP_REASONS`; the dataset adds the sample id and file.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from modeling_ross.processing_ross import to_rgb
+from modeling_ross.processing_ross import upright_rgb
 
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -173,7 +173,7 @@ def _check_files_exist(paths) -> None:
 # ----------------------------------------------------------------------------- image decoding
 def decode_image(image) -> Image.Image:
     """Open (path, `datasets` `{"bytes", "path"}` dict) or take (PIL) an image, decode it fully (so corrupt or
-    truncated files fail here, in the dataloader worker) and convert it to RGB."""
+    truncated files fail here, in the dataloader worker) and turn it upright (EXIF) in RGB (`upright_rgb`)."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.exists(path):
@@ -181,7 +181,7 @@ def decode_image(image) -> Image.Image:
         try:
             with Image.open(path) as opened:
                 opened.load()
-                return to_rgb(opened)
+                return upright_rgb(opened)
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
             raise BadSampleError("corrupt_image", f"cannot decode image file {path}: {error}") from error
     if isinstance(image, Mapping) and ("bytes" in image or "path" in image):  # datasets Image(decode=False)
@@ -192,7 +192,7 @@ def decode_image(image) -> Image.Image:
         raise BadSampleError("invalid_record", f"unsupported image value of type {type(image).__name__}")
     try:
         image.load()
-        return to_rgb(image)
+        return upright_rgb(image)
     except Exception as error:
         raise BadSampleError("corrupt_image", f"cannot decode image: {error}") from error
 
