@@ -1,12 +1,10 @@
 """Training under bad input and faults: model paths, image folder, bad-sample share, the length pre-pass, dropped
 bad samples, half-written checkpoints, progress lines (issue 13, training side)."""
 
-import io
 import json
 import logging
 import os
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
