@@ -40,7 +40,7 @@ from safetensors import safe_open
 from ross.eval.attention import VisualAttention, compare, visual_attention
 from ross.eval.generation import evaluate_model, get_benchmark, load_items, load_model
 from ross.train.demo import DemoSettings, StageSettings, benchmark_report, prepare_data, run_stage
-from ross.train.pretrain_components import ComponentSettings, component_paths, prepare_components
+from ross.train.pretrain_components import ComponentSettings, component_paths, format_detail, prepare_components
 
 
 PROTOCOL = Path(__file__).with_name("ablation.yaml")
@@ -155,6 +155,9 @@ def train_run(arm: str, seed: int, paths: dict, manifest: dict, data_root: Path,
     overrides = {**protocol["model_overrides"], **manifest["objective_overrides"]}
     stage1 = StageSettings(**{k: protocol["stage1"][k] for k in ("max_steps", "batch_size", "learning_rate")})
     stage2 = StageSettings(**{k: protocol["stage2"][k] for k in ("max_steps", "batch_size", "learning_rate")})
+    if protocol.get("latent_cache") and spec["objective"] != "none" and spec["target"] == "vae":
+        # the frozen teacher's (mean, std) per image, encoded once for every run of these components and data
+        common.update(latent_cache_dir=str(Path(paths["vision_model"]).parent / "latent_cache"), build_latent_cache="true")
     cpu = torch.device(device).type == "cpu"
     if not cpu:  # the tiny configs set use_cpu; on a GPU train in bf16 as the recipe does
         common.update(use_cpu="false", bf16="true")
@@ -203,7 +206,7 @@ def run_one(arm: str, seed: int, size: str, out: Path, protocol: dict, device: s
         "protocol_version": protocol["protocol_version"], "curve": curve, "final": curve[max(curve)],
         "shuffled": shuffled, "attention": attention_scores(model_dir, data_root, data, protocol, device),
         "parameters": parameter_counts(model_dir), "training": training,
-        "components": {"vision_tower": manifest["vision_tower"], "vae": manifest["vae"]},
+        "components": {k: manifest.get(k) for k in ("vision_tower", "vae", "detail_probe")},
         "seconds": round(time.perf_counter() - start, 1),
     }  # fmt: skip
     for checkpoint in (run_dir / "stage2").glob("checkpoint-*"):  # evaluated: the curve keeps what they showed
@@ -297,7 +300,8 @@ def markdown(protocol: dict, table: dict, verdict: dict | None, components: dict
     vae, tower = components["vae"], components["vision_tower"]
     lines = [f"Protocol v{protocol['protocol_version']} ({protocol['hash']}), mode `{protocol['mode']}`, "
              f"{protocol['stage2']['max_steps']} stage-2 steps. Tower colour probe {tower['probe_accuracy']:.3f} "
-             f"(majority {tower['probe_chance']:.3f}); teacher VAE PSNR {vae['psnr_db']:.1f} dB.", "",
+             f"(majority {tower['probe_chance']:.3f}); teacher VAE PSNR {vae['psnr_db']:.1f} dB.",
+             f"Components, {format_detail(components['detail_probe'])}." if "detail_probe" in components else "", "",
              "| arm @ data | denoiser / LLM | fine-grained (primary) | shuffled | "
              + " | ".join(short[n] for n in benchmarks) + " |",
              "|---|---|---|---|" + "---|" * len(benchmarks)]  # fmt: skip

@@ -81,6 +81,25 @@ def _objective_problem(model, missing_keys) -> str | None:
     return None
 
 
+def display_name(name: str) -> str:
+    """What the header calls the model: a Hub id as given; for a local folder the title of its model card
+    (`README.md`'s first `# ` heading) when it has one, else its path relative to the working directory, else the
+    folder's last two parts (never a long temporary path)."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return name
+    card = folder / "README.md"
+    if card.is_file():
+        for line in card.read_text(errors="replace").splitlines():
+            if line.startswith("# "):
+                return line[2:].strip()
+    resolved = folder.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd()))
+    except ValueError:
+        return str(Path(*resolved.parts[-2:]))
+
+
 def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
     """Load `name` (folder or Hub id) with its remote code; bf16 on CUDA, fp32 on CPU unless `dtype` says otherwise."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -98,7 +117,7 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
         problem = f"the reconstructive objective could not be loaded ({type(error).__name__}: {error})."
     processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
     model.to(device).eval()
-    return LoadedModel(model, processor, str(name), device, dtype, problem)
+    return LoadedModel(model, processor, display_name(str(name)), device, dtype, problem)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

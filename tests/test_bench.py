@@ -92,6 +92,7 @@ SMOKE_PROTOCOL = {
     "eval_batch_size": 16,
     "eval_max_new_tokens": 3,
     "attention_items": 4,
+    "latent_cache": True,
     "modes": {"quick": {"arms": ["baseline", "ross_d"], "seeds": [0], "data_sizes": ["large"]}},
 }  # fmt: skip
 
@@ -116,7 +117,9 @@ def test_ablation_runs_the_registered_runs_and_refuses_a_partial_table(tmp_path,
     ross = next(run for run in payload["runs"] if run["arm"] == "ross_d")
     assert ross["parameters"]["denoiser"] > 0 and ross["training"]["stage2"]["final_visual_loss"] is not None
     assert payload["claim"]["attention"]["welch_t"]["p_value"] is not None
-    assert "Claim (ross_d vs baseline)" in (out / "ablation_quick.md").read_text()
+    report = (out / "ablation_quick.md").read_text()
+    assert "Claim (ross_d vs baseline)" in report and "per-quadrant shape probe" in report
+    assert any((out / "components").glob("*/latent_cache/*/settings.json"))  # ROSS^D read cached VAE targets
 
     # A finished run is reused; a changed protocol makes every result stale, so no table is reported.
     capsys.readouterr()

@@ -31,7 +31,7 @@ def fast_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "runs"
     result = _run_demo(out)
     summary = json.loads((out / "demo" / "summary.json").read_text())
-    return out, summary, result.stdout
+    return out, summary, result.stdout + result.stderr  # progress lines go to stderr
 
 
 @pytest.mark.slow
@@ -44,6 +44,10 @@ def test_summary_has_every_phase_and_metric(fast_demo):
     assert components["cached"] is False
     assert 0.0 <= components["vision_tower"]["probe_accuracy"] <= 1.0
     assert components["vae"]["psnr_db"] > 0
+    probe = components["detail_probe"]  # what the tower and teacher keep of each quadrant's object
+    assert all(0.0 <= probe[f"{m}_{t}_{k}"] <= 1.0 for m in ("tower", "teacher") for t in ("shape", "colour")
+               for k in ("linear", "mlp"))  # fmt: skip
+    assert "per-quadrant shape probe" in stdout
     for stage in ("stage1", "stage2"):
         training = summary["training"][stage]
         assert training["global_step"] > 0
@@ -59,6 +63,10 @@ def test_summary_has_every_phase_and_metric(fast_demo):
     assert Path(summary["reconstruction"]["path"]).is_file()
     assert Path(summary["paths"]["model"]) == out.resolve() / "demo" / "model"
     assert "accuracy vs chance" in stdout and str(out.resolve() / "demo" / "model") in stdout
+    # live progress on the console for every long phase: both stages, each benchmark's eval, the reconstructions
+    assert "stage 1 step" in stdout and "stage 2 step" in stdout
+    assert all(f"{name}: 100%" in stdout for name in BENCHMARKS)
+    assert "reconstruct: 4 images, 5 denoising steps" in stdout
 
 
 @pytest.mark.slow

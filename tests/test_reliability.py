@@ -3,6 +3,7 @@ bad samples, half-written checkpoints, progress lines (issue 13, training side).
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -124,6 +125,34 @@ def test_undecodable_image_is_dropped_not_replaced(tmp_path, tiny_processor):
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate)
     rows = sum(batch["input_ids"].shape[0] for batch in loader)
     assert rows == 3 and sorted(seen) == ["one", "text", "two"]  # no sample trained twice
+    assert skipped_summary(dataset, collator) == {"corrupt_image": 1}
+
+
+def test_skip_mode_batch_of_one_bad_sample_trains_on(tmp_path, tiny_model, tiny_processor):
+    """Batch size 1 and a sample found bad at fetch: the step trains on a zero-weight placeholder, the run goes on."""
+    from ross.train.trainer import RossTrainer, RossTrainingArguments, apply_stage
+
+    records = _records(tmp_path)
+    path = _write(tmp_path, records[1:2] + [_bad_record("corrupt_image", tmp_path)] + records[1:2])
+    dataset = load_training_dataset(path, on_bad_sample="skip", max_bad_fraction=0.5)
+    collator = RossDataCollator(tiny_processor, max_length=512, on_bad_sample="skip")
+    apply_stage(tiny_model, 2)
+    args = RossTrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, max_steps=3, learning_rate=1e-3,
+        lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        dataloader_num_workers=0, seed=0,
+    )  # fmt: skip
+    trainer = RossTrainer(model=tiny_model, args=args, train_dataset=dataset, data_collator=collator)
+    placeholder = collator([None])
+    loss = trainer.compute_loss(tiny_model.train(), placeholder)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in tiny_model.parameters())
+    tiny_model.zero_grad(set_to_none=True)
+
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(math.isfinite(value) for value in losses)
     assert skipped_summary(dataset, collator) == {"corrupt_image": 1}
 
 

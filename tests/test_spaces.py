@@ -110,6 +110,17 @@ def test_model_is_chosen_by_flag_then_env_then_make_demo(monkeypatch, tmp_path):
     assert app.parse_args(["--model", "m", "--port", "7000"]).port == 7000
 
 
+def test_header_names_the_model_not_a_temporary_path(tmp_path, monkeypatch):
+    folder = tmp_path / "a" / "b" / "ross-tiny"
+    folder.mkdir(parents=True)
+    assert app.display_name("user/ross-qwen2-7b") == "user/ross-qwen2-7b"  # a Hub id as given
+    assert app.display_name(str(folder)) == str(Path("b", "ross-tiny"))  # outside the working directory
+    monkeypatch.chdir(tmp_path)
+    assert app.display_name(str(folder)) == str(Path("a", "b", "ross-tiny"))  # relative to it
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# ross-tiny-demo\n\nText.\n")
+    assert app.display_name(str(folder)) == "ross-tiny-demo"  # the model card's title
+
+
 def test_examples_are_synthetic_scenes():
     assert len(app.EXAMPLES) >= 3
     for path in app.EXAMPLES:

@@ -32,6 +32,8 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.integrations.integration_utils import default_logdir
 from transformers.utils import logging
 
+from ross.train.sources import decode_image
+
 
 logger = logging.get_logger(__name__)
 
@@ -207,7 +209,8 @@ class ReconstructionPreviewCallback(TrainerCallback):
         if self.images is not None:
             if processor is None or not hasattr(processor, "image_processor"):
                 raise ValueError("Preview `images` need a RossProcessor: pass `processor=` or `processing_class=`.")
-            images = [Image.open(i).convert("RGB") if isinstance(i, (str, os.PathLike)) else i for i in self.images]
+            # decoded by the data pipeline's rule (EXIF upright, then RGB; a bad file is named)
+            images = [decode_image(i) if isinstance(i, (str, os.PathLike)) else i for i in self.images]
             batch = processor(text=[self._prompt(processor)] * len(images), images=images, return_tensors="pt")
             inputs = {key: batch[key] for key in ("pixel_values", "input_ids", "attention_mask")}
         else:

@@ -76,7 +76,8 @@ class RossDataCollator:
 
     Never truncates. A sample longer than `max_length` after image expansion (or whose rendering supervises nothing)
     raises `ValueError` naming its id and file, or with `on_bad_sample="skip"` is dropped from the batch, logged and
-    counted in `skipped` (shared by dataloader workers). A batch left with no sample raises `ValueError`.
+    counted in `skipped` (shared by dataloader workers). A batch left with no sample becomes a one-token placeholder
+    marked `ross_empty_batch`, which `RossTrainer` trains at zero weight (`_placeholder_batch`).
     """
 
     def __init__(
@@ -239,8 +240,6 @@ class RossDataCollator:
                 raise ValueError(
                     f"could not encode sample id={feature.get('id')!r} ({feature.get('source')}): {error}"
                 ) from error
-        if not encoded:
-            raise ValueError(f"every sample of this batch was dropped ({len(features)} samples); see the warnings")
         return encoded, kept
 
     def _pad(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
@@ -258,12 +257,29 @@ class RossDataCollator:
             labels[row, : len(e["labels"])] = e["labels"]
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
+    def _placeholder_batch(self, num_drawn: int) -> dict[str, torch.Tensor]:
+        """Every sample of the batch was dropped (skip mode). Training cannot skip the step (on several processes
+        every rank must run the same forward, backward and collectives), so `RossTrainer` trains on a one-token
+        placeholder at zero weight, marked `ross_empty_batch`: no sample is repeated and nothing is learned."""
+        logger.warning("Every sample of this batch (%d) was dropped; this micro-batch trains on nothing", num_drawn)
+        pad = self.processor.tokenizer.pad_token_id
+        batch = {
+            "input_ids": torch.tensor([[pad]]),
+            "attention_mask": torch.ones(1, 1, dtype=torch.long),
+            "labels": torch.full((1, 1), IGNORE_INDEX, dtype=torch.long),
+            "ross_empty_batch": torch.tensor(True),
+        }
+        if self.latent_cache is not None:
+            batch["teacher_targets"] = self.latent_cache.targets_for([])
+        return batch
+
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         # `None`: a sample the dataset found bad at fetch (skip mode; counted there), dropped from the batch.
+        num_drawn = len(features)
         features = [feature for feature in features if feature is not None]
-        if not features:
-            raise ValueError("every sample of this batch failed to load (skip mode); see the warnings")
         encoded, kept = self._encode_or_skip(features)
+        if not encoded:
+            return self._placeholder_batch(num_drawn)
         batch = self._pad(encoded)
         pixel_values = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
         if pixel_values:

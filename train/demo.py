@@ -49,7 +49,13 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from ross.eval.generation import evaluate_model, get_benchmark, load_model  # noqa: E402
 from ross.eval.synthetic import chance_rate, write_benchmarks  # noqa: E402
 from modeling_ross import RossForConditionalGeneration  # noqa: E402
-from ross.train.pretrain_components import ComponentSettings, component_paths, prepare_components, psnr  # noqa: E402
+from ross.train.pretrain_components import (  # noqa: E402
+    ComponentSettings,
+    component_paths,
+    format_detail,
+    prepare_components,
+    psnr,
+)
 from ross.train.synthetic import write_llava_dataset  # noqa: E402
 
 
@@ -85,17 +91,19 @@ class DemoSettings:
     sft_images: int = 3000
     benchmark_items: int = 120
     image_size: int = 48
-    # the denoiser of ROSS^D (the reference is 1024 wide, 3 deep, 16 heads, 4 noise draws; its position table is
-    # stored, trained in stage 1 and frozen in stage 2, as in the recipe configs)
+    # the denoiser of ROSS^D: small next to the LLM as in the 7B recipe (there 65M of 7B; here 8 wide, 1 deep:
+    # 0.8% of the LLM), the settings of `bench/ablation.yaml`, so this run trains as that protocol's ROSS^D arm. Its
+    # position table is stored, trained in stage 1 and frozen in stage 2, as in the recipe configs.
     denoiser: dict = field(
         default_factory=lambda: {
-            "denoiser_hidden_size": 128,
-            "denoiser_depth": 2,
-            "denoiser_num_heads": 4,
+            "denoiser_hidden_size": 8,
+            "denoiser_depth": 1,
+            "denoiser_num_heads": 2,
             "num_noise_draws": 4,
             "denoiser_position_embedding": "learned",
         }
     )
+    latent_cache: bool = True  # ROSS reads the frozen teacher's targets from a cache built once per components
     stage1: StageSettings = field(default_factory=lambda: StageSettings(max_steps=120, batch_size=16, learning_rate=1e-3))
     stage2: StageSettings = field(default_factory=lambda: StageSettings(max_steps=1000, batch_size=16, learning_rate=1e-3))
     # evaluation: every answer of the synthetic benchmarks is at most 3 tokens + end of turn
@@ -256,9 +264,9 @@ def evaluate(model_dir: Path, data_root: Path, data: dict, out_dir: Path, settin
         bench = get_benchmark(name)
         scores = evaluate_model(
             model, processor, bench, data_root / rel_path, batch_size=settings.eval_batch_size,
-            out_dir=out_dir / name, max_new_tokens=settings.eval_max_new_tokens, progress=False,
+            out_dir=out_dir / name, max_new_tokens=settings.eval_max_new_tokens, progress=True,
             model_name=str(model_dir),
-        )  # fmt: skip
+        )  # fmt: skip  (progress: the eval runner's live line on stderr: items done, items/s, ETA)
         records = [json.loads(line) for line in (out_dir / name / "predictions.jsonl").read_text().splitlines()]
         results[name] = benchmark_report(bench, records, scores)
         log(
@@ -329,6 +337,7 @@ def save_reconstructions(model_dir: Path, data_root: Path, data: dict, path: Pat
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
     rows = get_benchmark("synthetic_colour").load(data_root / data["benchmarks"]["synthetic_colour"])
     images = [row["images"][0] for row in rows[: settings.num_reconstructions]]
+    log(f"reconstruct: {len(images)} images, {settings.reconstruction_steps} denoising steps each ...")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image briefly."}]}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     batch = processor(text=[text] * len(images), images=images, padding=True, return_tensors="pt")
@@ -353,6 +362,7 @@ def save_reconstructions(model_dir: Path, data_root: Path, data: dict, path: Pat
             grid.paste(tile, (label_width + c * cell, r * cell))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
+    log(f"reconstruct: wrote {path}")
     return {
         "path": str(path),
         "num_images": len(images),
@@ -433,6 +443,7 @@ def run_demo(out: Path, settings: DemoSettings, baseline: bool = False, stop_aft
         **paths,
         "vision_tower": manifest["vision_tower"],
         "vae": manifest["vae"],
+        "detail_probe": manifest["detail_probe"],
         "fit_seconds": manifest["seconds"],
     }
     if run.stops_after("components"):
@@ -481,6 +492,8 @@ def train_stages(run: _Run, paths: dict, manifest: dict, data_root: Path, data: 
         "disable_tqdm": "true",
         "dataloader_num_workers": 0,
     }
+    if settings.latent_cache and not run.baseline:  # the same posterior draw per step, without re-encoding
+        common.update(latent_cache_dir=str(Path(paths["vision_model"]).parent / "latent_cache"), build_latent_cache="true")
     stage1_dir, stage2_dir = run.run_dir / "stage1", run.run_dir / "stage2"
     stage1_overrides = {
         **common,
@@ -517,6 +530,26 @@ def train_stages(run: _Run, paths: dict, manifest: dict, data_root: Path, data: 
     return None if run.stops_after("stage2") else model_dir
 
 
+ABLATION_RESULT = REPO_ROOT / "bench" / "results" / "ablation_quick.json"
+
+
+def ablation_baseline(path: Path = ABLATION_RESULT) -> dict | None:
+    """The LLaVA baseline's accuracy per benchmark from the committed quick-ablation result (`bench/ablation.py
+    --mode quick`: the same components, data, steps and seed as this run, objective `none`), or None without it."""
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    runs = [r for r in payload["runs"] if r["arm"] == "baseline" and r["seed"] == 0]
+    if not runs:
+        return None
+    protocol = payload["protocol"]
+    return {
+        "label": f"LLaVA (objective none), seed 0, from {path.relative_to(REPO_ROOT)} (protocol "
+        f"v{protocol['protocol_version']}, {protocol['hash']}); rerun: python bench/ablation.py --mode quick",
+        "accuracy": {name: value["accuracy"] for name, value in runs[0]["final"].items() if isinstance(value, dict)},
+    }
+
+
 def format_report(summary: dict) -> str:
     """The short end-of-run report: where things went, what was measured, against chance."""
     lines = ["", f"ROSS demo: {summary['mode']}" + ("  [--fast smoke run: numbers mean nothing]" if summary["fast"] else "")]
@@ -531,6 +564,7 @@ def format_report(summary: dict) -> str:
         f" tower colour-presence probe accuracy {c['vision_tower']['probe_accuracy']:.3f}"
         f" (majority {c['vision_tower']['probe_chance']:.3f}); VAE reconstruction PSNR {c['vae']['psnr_db']:.1f} dB"
     )
+    lines.append(f"    {format_detail(c['detail_probe'])}")
     for stage, s in summary.get("training", {}).items():
         first = s.get("first_logged", {})
         lines.append(
@@ -543,11 +577,19 @@ def format_report(summary: dict) -> str:
             )
         )
     if "evaluation" in summary:
-        lines.append("  accuracy vs chance ('*' = above chance by > 2 standard errors):")
+        baseline = None if summary["objective"] == "none" or summary["fast"] else ablation_baseline()
+        lines.append("  accuracy vs chance ('*' = above chance by > 2 standard errors of a chance-level guesser):")
+        if baseline:
+            lines.append(f"    (baseline: {baseline['label']})")
         for name, r in summary["evaluation"].items():
             star = "*" if r["above_chance"] else " "
+            se = math.sqrt(r["chance"] * (1 - r["chance"]) / max(1, r["num_items"]))
             extra = f", pairs {r['pair_accuracy']:.3f} (chance {r['pair_chance']:.3f})" if "pair_accuracy" in r else ""
-            lines.append(f"   {star} {name:<19} {r['accuracy']:.3f} (chance {r['chance']:.3f}, n={r['num_items']}){extra}")
+            if baseline and name in baseline["accuracy"]:
+                extra += f"; baseline {baseline['accuracy'][name]:.3f}"
+            lines.append(
+                f"   {star} {name:<19} {r['accuracy']:.3f} (chance {r['chance']:.3f}, SE {se:.3f}, n={r['num_items']}){extra}"
+            )
             types = "; ".join(
                 f"{q}{'*' if v['above_chance'] else ''} {v['accuracy']:.2f}/{v['chance']:.2f}"
                 for q, v in r["question_types"].items()

@@ -58,7 +58,9 @@ def load_data(run_config, processor, collator=None):
 
 
 def check_data_paths(run_config) -> None:
-    """`data_path` and `image_folder` exist (a wrong `image_folder` would otherwise leave only text-only samples)."""
+    """`image_folder`, when set, is a folder: checked before the model loads, since a wrong one would otherwise leave
+    only the text-only samples (in skip mode). `data_path` itself is checked by `load_training_dataset`, which names a
+    missing or unreadable file."""
     image_folder = resolve_path(run_config.image_folder)
     if image_folder is not None and not Path(image_folder).is_dir():
         raise FileNotFoundError(

@@ -261,6 +261,12 @@ class RossTrainer(Trainer):
         DDP/DeepSpeed average gradients over ranks, as the stock Trainer does for the text loss).
         Without a token count (no accumulation bookkeeping) the per-batch means are divided by the GA steps instead.
         """
+        if inputs.get("ross_empty_batch") is not None:
+            # Every sample was dropped (skip mode, `RossDataCollator._placeholder_batch`): forward the placeholder so
+            # that every rank runs the same modules and collectives, at zero weight (no labels: no 0/0 text loss).
+            outputs = model(**{k: v for k, v in inputs.items() if k not in ("ross_empty_batch", "labels")})
+            loss = outputs.logits.sum() * 0.0
+            return (loss, outputs) if return_outputs else loss
         if num_items_in_batch is not None:
             inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
             if self._num_images_in_batch is not None:
