@@ -62,6 +62,8 @@ def test_summary_has_every_phase_and_metric(fast_demo):
     assert "pair_accuracy" in summary["evaluation"]["synthetic_mmvp"]
     assert Path(summary["reconstruction"]["path"]).is_file()
     assert Path(summary["paths"]["model"]) == out.resolve() / "demo" / "model"
+    card = (out / "demo" / "model" / "README.md").read_text()  # the card: the Space's header name, the scores
+    assert "\n# ross-tiny-demo\n" in card and "synthetic_pope" in card
     assert "accuracy vs chance" in stdout and str(out.resolve() / "demo" / "model") in stdout
     # live progress on the console for every long phase: both stages, each benchmark's eval, the reconstructions
     assert "stage 1 step" in stdout and "stage 2 step" in stdout

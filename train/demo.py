@@ -48,6 +48,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from ross.eval.generation import evaluate_model, get_benchmark, load_model  # noqa: E402
 from ross.eval.synthetic import chance_rate, write_benchmarks  # noqa: E402
+from ross.model_cards.card import build_model_card  # noqa: E402
 from modeling_ross import RossForConditionalGeneration  # noqa: E402
 from ross.train.pretrain_components import (  # noqa: E402
     ComponentSettings,
@@ -62,6 +63,10 @@ from ross.train.synthetic import write_llava_dataset  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("components", "data", "stage1", "stage2", "eval", "reconstruct")
 DATA_CACHE_VERSION = 1
+DEMO_NAMES = {False: "ross-tiny-demo", True: "ross-tiny-demo-baseline"}  # model card titles, by `--baseline`
+ABLATION_RESULT = REPO_ROOT / "bench" / "results" / "ablation_quick.json"  # the baseline printed next to ROSS
+
+
 @dataclass
 class StageSettings:
     """`train/sft.py` overrides of one stage (on top of its YAML config)."""
@@ -465,6 +470,9 @@ def run_demo(out: Path, settings: DemoSettings, baseline: bool = False, stop_aft
     eval_dir = run_dir / "eval"
     summary["evaluation"] = run.phase("eval", lambda: evaluate(model_dir, data_root, data, eval_dir, settings))
     summary["paths"]["eval"] = str(eval_dir)
+    # The model card, with these scores: what `publish` pushes, and the name the Space's header shows.
+    card = build_model_card(model_dir, eval_results=[eval_dir], model_name=DEMO_NAMES[baseline])
+    card.save(str(model_dir / "README.md"))
     if run.stops_after("eval"):
         return summary
 
@@ -528,9 +536,6 @@ def train_stages(run: _Run, paths: dict, manifest: dict, data_root: Path, data: 
     shutil.copytree(stage2_dir / "model", model_dir)
     summary["paths"].update(model=str(model_dir), stage1=str(stage1_dir), stage2=str(stage2_dir))
     return None if run.stops_after("stage2") else model_dir
-
-
-ABLATION_RESULT = REPO_ROOT / "bench" / "results" / "ablation_quick.json"
 
 
 def ablation_baseline(path: Path = ABLATION_RESULT) -> dict | None:
