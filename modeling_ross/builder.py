@@ -148,6 +148,9 @@ def _objective_and_teacher(objective, target, teacher, teacher_subfolder, image_
     )
     teacher_config, teacher_state, extra = load_teacher_source(RossObjectiveConfig(**objective_kwargs))
     if teacher_config is not None:
+        # The teacher's image processor gives its input size and statistics unless the caller set them (e.g. DINOv2
+        # at 378 = 27 x 14 pixels, so its patch grid is the SigLIP-384 token grid).
+        extra = {key: value for key, value in extra.items() if overrides.get(key) is None}
         objective_kwargs.update(teacher_config=teacher_config, **extra)
     return objective_kwargs, teacher_state or None
 

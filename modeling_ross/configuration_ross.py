@@ -66,6 +66,15 @@ class RossObjectiveConfig(PreTrainedConfig):
             Noise draws per image for the denoising loss (condition and target repeated along the batch).
         weight (`float`, defaults to 1.0):
             `loss = text_loss + weight * visual_loss`.
+        condition_layer (`int`, *optional*):
+            Which LLM hidden state conditions the objective (the "visual outputs", gathered at the image tokens).
+            `None` (the authors): the last hidden state after the LLM's final norm. An int `k` indexes the
+            `output_hidden_states` tuple of transformers, `(num_hidden_layers + 1)` tensors of shape
+            `(batch_size, sequence_length, hidden_size)`: `hidden_states[0]` is the input embeddings (not allowed
+            here), `hidden_states[k]` for `1 <= k < num_hidden_layers` the output of decoder layer `k` (before the
+            final norm), and `hidden_states[num_hidden_layers]` (= `-1`) the last hidden state after the final norm,
+            the same as `None` (transformers 5 `capture_outputs` puts `last_hidden_state` there). Negative values count from the end (`-1` is the last). Only layers `<= k` then get
+            the visual loss's gradient. VIRAL's representation alignment uses `16` (of Vicuna-7B's 32).
         num_train_timesteps, beta_schedule, prediction_type:
             Arguments of diffusers' `DDPMScheduler` (reference: 1000, `"squaredcos_cap_v2"`, `"epsilon"`).
         regress_loss (`str`, *optional*):
@@ -103,6 +112,7 @@ class RossObjectiveConfig(PreTrainedConfig):
     compute_dtype: Literal["float32", "weights"] = "float32"
     num_noise_draws: int = 4
     weight: float = 1.0
+    condition_layer: int | None = None
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
@@ -189,9 +199,31 @@ class RossConfig(PreTrainedConfig):
                 f"{self.grid_size}x{self.grid_size} (image_size={self.vision_config.image_size}, "
                 f"patch_size={self.vision_config.patch_size})."
             )
+        self.check_condition_layer()
         # Same workaround as LlavaConfig: some checkpoints keep the flag only in the text config.
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
+
+    def check_condition_layer(self) -> None:
+        """`objective_config.condition_layer` must name a decoder layer's output: `1..L` or `-L..-1` for an LLM of
+        `L = text_config.num_hidden_layers` layers (0, the embeddings, is not an LLM layer)."""
+        layer = self.objective_config.condition_layer
+        num_layers = self.text_config.num_hidden_layers
+        if layer is not None and not (1 <= layer <= num_layers or -num_layers <= layer <= -1):
+            raise ValueError(
+                f"objective_config.condition_layer={layer} is out of range for a language model with {num_layers} "
+                f"decoder layers: use 1..{num_layers} (the output of that layer) or -{num_layers}..-1 (counting from "
+                "the end), or None for the last hidden state after the final norm."
+            )
+
+    @property
+    def condition_hidden_states_index(self) -> int | None:
+        """`objective_config.condition_layer` as a non-negative index into the LLM's `hidden_states` tuple
+        (`1..num_hidden_layers`), or None for the default (the last hidden state after the final norm)."""
+        layer = self.objective_config.condition_layer
+        if layer is None:
+            return None
+        return layer % (self.text_config.num_hidden_layers + 1)
 
     @property
     def grid_size(self) -> int:

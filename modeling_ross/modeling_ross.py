@@ -2,9 +2,9 @@
 
 At inference ROSS is exactly LLaVA: vision tower -> projector -> visual tokens scattered into the
 text embeddings at the `<image>` positions -> causal LLM -> `lm_head`. In training, the LLM's last
-hidden states (after the final norm) at the image positions -- the *visual outputs* -- also
-condition a small denoiser that must recover the image's latent tokens from noise (see
-`objective.py`), and `loss = text_loss + weight * visual_loss`.
+hidden states (after the final norm; or those of `objective_config.condition_layer`) at the image
+positions -- the *visual outputs* -- also condition a small denoiser that must recover the image's
+latent tokens from noise (see `objective.py`), and `loss = text_loss + weight * visual_loss`.
 """
 
 import json
@@ -57,8 +57,9 @@ class RossCausalLMOutputWithPast(ModelOutput):
     logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
         Language-modelling scores.
     visual_outputs (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
-        The LLM's last hidden states (after the final norm) gathered at the image-token positions, image by image
-        in the order of `pixel_values`. This is the denoiser's condition.
+        The LLM's hidden states of `objective_config.condition_layer` (default: the last ones, after the final norm)
+        gathered at the image-token positions, image by image in the order of `pixel_values`. This is the denoiser's
+        condition. None at inference when `condition_layer` names a layer whose hidden states were not requested.
     """
 
     loss: torch.FloatTensor | None = None
@@ -291,17 +292,50 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
     def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         return self.model.get_image_features(pixel_values)
 
-    @staticmethod
-    def get_visual_outputs(outputs: RossModelOutputWithPast) -> torch.FloatTensor | None:
+    def get_visual_outputs(self, outputs: RossModelOutputWithPast) -> torch.FloatTensor | None:
         """
-        The LLM's last hidden states (after the final norm) at the image-token positions, `(num_images, N, D)`, or
-        None when the batch has no image. Boolean indexing is row-major: the order masked_scatter filled images in.
+        The LLM hidden states the objective is conditioned on, at the image-token positions, `(num_images, N, D)`, or
+        None when the batch has no image. `objective_config.condition_layer=None`: the last hidden state after the
+        final norm (`outputs.last_hidden_state`, the authors' choice); an int `k`: `outputs.hidden_states[k]`, which
+        `forward` / `reconstruct` request (see `condition_hidden_states_request`). Boolean indexing is row-major: the
+        order masked_scatter filled images in.
         """
         if outputs.image_token_mask is None:
             return None
-        hidden_states = outputs.last_hidden_state
+        hidden_states = self.get_condition_hidden_states(outputs)
         num_images = outputs.image_hidden_states.shape[0]
         return hidden_states[outputs.image_token_mask].view(num_images, -1, hidden_states.shape[-1])
+
+    def get_condition_hidden_states(self, outputs: RossModelOutputWithPast) -> torch.FloatTensor:
+        """The `(batch_size, sequence_length, D)` hidden states of the configured `condition_layer`."""
+        index = self.config.condition_hidden_states_index
+        if index is None:
+            return outputs.last_hidden_state
+        if outputs.hidden_states is None or outputs.hidden_states[index] is None:
+            raise ValueError(
+                f"objective_config.condition_layer={self.config.objective_config.condition_layer} needs the LLM's "
+                f"hidden_states[{index}]: call the model with `output_hidden_states=[{index}]` (or True)."
+            )
+        return outputs.hidden_states[index]
+
+    def condition_hidden_states_request(self, output_hidden_states: bool | int | list[int] | None = None):
+        """
+        The `output_hidden_states` to pass to the LLM so that it keeps the `condition_layer` hidden state, given the
+        caller's own request (None: the text config's). The default layer needs nothing (no extra memory); otherwise
+        `[index]` (transformers then keeps only that entry of the tuple), or `True` when the caller asked for hidden
+        states as well.
+        """
+        if output_hidden_states is None:
+            output_hidden_states = self.config.text_config.output_hidden_states
+        index = self.config.condition_hidden_states_index
+        if index is None:
+            return output_hidden_states
+        return True if _requested(output_hidden_states) else [index]
+
+    def has_condition_hidden_states(self, outputs: RossModelOutputWithPast) -> bool:
+        """Whether `outputs` hold the hidden states of the configured `condition_layer`."""
+        index = self.config.condition_hidden_states_index
+        return index is None or (outputs.hidden_states is not None and outputs.hidden_states[index] is not None)
 
     def forward(
         self,
@@ -329,6 +363,11 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
                 (`num_images / num_images_in_batch`), so the micro-batches of a step add up to one large batch.
                 Without it the visual term is the batch's plain mean.
         """
+        # Only the visual loss with a `condition_layer` needs an intermediate hidden state; nothing extra otherwise.
+        computes_visual_loss = labels is not None and self.training and self.objective is not None
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.text_config.output_hidden_states
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -336,13 +375,19 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
+            output_hidden_states=(
+                self.condition_hidden_states_request(output_hidden_states)
+                if computes_visual_loss
+                else output_hidden_states
+            ),
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # after the LLM's final norm
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
 
-        visual_outputs = self.get_visual_outputs(outputs)
+        # None at inference when `condition_layer` names a hidden state that was not kept.
+        visual_outputs = self.get_visual_outputs(outputs) if self.has_condition_hidden_states(outputs) else None
 
         loss = text_loss = visual_loss = None
         if labels is not None:
@@ -350,14 +395,14 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
             loss = text_loss
-            if self.training and self.objective is not None:
+            if computes_visual_loss:
                 visual_loss = self.objective(
                     visual_outputs,
                     pixel_values,
                     teacher_targets,
                     denoiser=self.denoiser,
                     teacher=self.teacher,
-                    hidden_states=hidden_states,
+                    hidden_states=self.get_condition_hidden_states(outputs),
                 )
                 visual_term = visual_loss
                 if num_images_in_batch is not None:
@@ -372,7 +417,8 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             visual_loss=visual_loss,
             logits=logits,
             past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
+            # Not the one the visual loss alone asked for.
+            hidden_states=outputs.hidden_states if _requested(output_hidden_states) else None,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
             visual_outputs=visual_outputs,
@@ -409,8 +455,13 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             input_ids = torch.full(
                 (pixel_values.shape[0], self.config.image_seq_length), self.config.image_token_id, device=self.device
             )
-        outputs = self.model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
-        condition = self.get_visual_outputs(outputs)
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            output_hidden_states=self.condition_hidden_states_request(),
+        )
+        condition = self.get_visual_outputs(outputs)  # the layer the objective was trained on
         tokens = self.objective.sample(
             condition,
             denoiser=self.denoiser,
@@ -473,6 +524,11 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         with torch.no_grad():
             for sub in reversed(list(module.modules())):
                 self._init_weights(sub)
+
+
+def _requested(output_hidden_states: bool | int | list[int] | None) -> bool:
+    """Whether an `output_hidden_states` value asks for hidden states (`True`, an index or a list of indices)."""
+    return output_hidden_states is not None and output_hidden_states is not False
 
 
 def _filled_by_loader(module: nn.Module) -> bool:

@@ -1,7 +1,8 @@
 """The ROSS visual loss: one `nn.Module` per reconstructive objective, as MAR's `DiffLoss`.
 
-visual outputs x (LLM last hidden states at the image positions) -> frozen teacher targets z0 = F(image)
--> repeat for several noise draws -> z_t = add_noise(z0, eps, t) -> denoiser(z_t, t, x) -> MSE to eps.
+visual outputs x (LLM hidden states at the image positions: the last ones, or `condition_layer`'s)
+-> frozen teacher targets z0 = F(image) -> repeat for several noise draws -> z_t = add_noise(z0, eps, t)
+-> denoiser(z_t, t, x) -> MSE to eps.
 ROSS^R variants replace the denoiser by an MLP head that regresses z0 (`regress`) or the decoded image
 (`latent2pixel`) directly.
 

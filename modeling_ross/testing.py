@@ -6,6 +6,7 @@
     root/vae-tiny/vae/  AutoencoderKL (FLUX-like: 16 channels, downsample 8) (like a diffusers pipeline repo)
 so `modeling_ross.from_components(root / "siglip-tiny", root / "qwen2-tiny",
 teacher=root / "vae-tiny", teacher_subfolder="vae")` runs offline. Sizes follow transformers' own tests.
+`write_tiny_dinov2(folder)` writes a `target="features"` teacher laid out like `facebook/dinov2-base`.
 """
 
 from pathlib import Path
@@ -14,6 +15,9 @@ import torch
 from diffusers import AutoencoderKL
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    BitImageProcessorPil,
+    Dinov2Config,
+    Dinov2Model,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -131,6 +135,31 @@ def write_tiny_vae(
         shift_factor=0.1159,
     )
     vae.save_pretrained(folder / subfolder)
+    return folder
+
+
+def write_tiny_dinov2(
+    folder, image_size: int = 32, patch_size: int = 4, hidden_size: int = 32, num_layers: int = 2, seed: int = 0
+) -> Path:
+    """Dinov2Model + its image processor (PIL backend, ImageNet statistics), saved like `facebook/dinov2-base`:
+    a `target="features"` teacher (VIRAL's alignment target)."""
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    config = Dinov2Config(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size + 5,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+    )
+    Dinov2Model(config).save_pretrained(folder)
+    BitImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder)
     return folder
 
 

@@ -371,7 +371,7 @@ def test_paper_configs_parse(tmp_path):
         overrides = {"use_cpu": True}
         if not stage1 and not path.name.startswith("tiny"):
             # Stage 2 continues from the stage-1 output and says so when it is missing.
-            with pytest.raises(ValueError, match="_stage1(_baseline)?/model does not exist. Run stage 1 first"):
+            with pytest.raises(ValueError, match="_stage1(_baseline|_viral)?/model does not exist. Run stage 1 first"):
                 load_config(str(path), overrides)
             overrides["model_name_or_path"] = str(stage1_model)
         run, _ = load_config(str(path), overrides)
@@ -390,10 +390,14 @@ def test_paper_configs_parse(tmp_path):
             # The authors' templates: `v1` for Vicuna, `qwen_2` for Qwen2 (saved with the stage-1 model).
             assert run.chat_template == ("v1" if "vicuna" in path.name else "qwen_2")
             # One LR for projector and denoiser except in the SigLIP scripts (mm_inv_projector_lr 1e-4).
-            siglip_ross = "siglip" in path.name and run.objective != "none"
+            siglip_ross = "siglip" in path.name and run.objective == "denoise"
             assert args.denoiser_lr == (1e-4 if siglip_ross else None), path.name
-            if run.objective != "none":
+            if run.objective == "denoise":
                 assert run.model_overrides["denoiser_position_embedding"] == "learned"
+            if "viral" in path.name:  # VIRAL: cosine to frozen DINOv2 features from LLM layer 16, weight 0.5
+                assert (run.objective, run.target, run.teacher) == ("regress", "features", "facebook/dinov2-base")
+                assert run.model_overrides["condition_layer"] == 16 and run.model_overrides["weight"] == 0.5
+                assert run.model_overrides["regress_loss"] == "cosine"
         else:
             assert run.model_name_or_path == str(stage1_model) and args.denoiser_lr is None
 
