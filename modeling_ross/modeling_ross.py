@@ -23,7 +23,7 @@ from transformers.utils import logging
 from .configuration_ross import RossConfig
 from .denoiser import RossDenoiser, RossMLPHead
 from .objective import build_objective
-from .teacher import build_teacher, freeze, protect_from_init
+from .teacher import build_teacher, freeze, protect_from_init, restore_non_persistent_buffers
 from .teacher_source import load_teacher_source
 
 
@@ -492,6 +492,8 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             missing = info["missing_keys"]
             if not model.config.objective_config.save_teacher or not _filled_by_loader(model.teacher):
                 model.load_teacher()
+            # Neither path fills the buffers no state dict holds (SigLIP / CLIP `position_ids`).
+            restore_non_persistent_buffers(model.teacher, model.config.objective_config, model.config.grid_size)
             missing_denoiser = [key for key in missing if key.startswith("denoiser.")]
             if missing_denoiser == ["denoiser.pos_embed"]:
                 # Saved before the table was stored (or with the fixed one): it starts as the sin-cos table, as then.

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from .configuration_ross import RossObjectiveConfig
 
@@ -40,6 +41,11 @@ try:  # diffusers is a training-time dependency: inference-only users can import
     from diffusers import AutoencoderKL
 except ImportError:  # pragma: no cover - exercised only without diffusers
     AutoencoderKL = None
+
+try:  # accelerate too (it builds the parameter-less copy of `restore_non_persistent_buffers`).
+    from accelerate import init_empty_weights
+except ImportError:  # pragma: no cover - exercised only without accelerate
+    init_empty_weights = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -447,6 +453,43 @@ def build_teacher(objective_config: RossObjectiveConfig, grid_size: int) -> nn.M
     return freeze(_TEACHER_CLASSES[objective_config.target](objective_config, grid_size))
 
 
+def non_persistent_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers of `module` that its state dict leaves out (e.g. SigLIP / CLIP `embeddings.position_ids`)."""
+    return {
+        f"{prefix}.{name}" if prefix else name: buffer
+        for prefix, submodule in module.named_modules()
+        for name, buffer in submodule.named_buffers(recurse=False)
+        if name in submodule._non_persistent_buffers_set
+    }
+
+
+def restore_non_persistent_buffers(
+    teacher: nn.Module, objective_config: RossObjectiveConfig, grid_size: int
+) -> nn.Module:
+    """Copy into a loaded `teacher` the non-persistent buffers of a freshly built one. No-op for a teacher without
+    any (the VAE, pixel and DINOv2 teachers).
+
+    transformers 5's `from_pretrained` builds the model on the meta device, replaces every non-persistent buffer by
+    uninitialised memory and leaves it to `_init_weights` to fill (`_move_missing_keys_from_meta_to_device`,
+    `_initialize_missing_keys`). That skips the teacher (`protect_from_init`), and no checkpoint holds these buffers.
+    The fresh copy has its parameters on the meta device: only its buffers are computed (by its constructor and its
+    model's own `_init_weights`), which costs a fraction of a second for a SigLIP-so400m, and no init code ever runs
+    on the loaded weights.
+    """
+    buffers = non_persistent_buffers(teacher)
+    # ZeRO-3 builds the model on the real device and keeps the buffers its constructor computed.
+    if not buffers or is_deepspeed_zero3_enabled():
+        return teacher
+    if init_empty_weights is None:
+        raise ImportError(f"Restoring the teacher's buffers {sorted(buffers)} needs accelerate.")
+    with init_empty_weights(include_buffers=False):
+        fresh = non_persistent_buffers(build_teacher(objective_config, grid_size))
+    with torch.no_grad():
+        for name, buffer in buffers.items():
+            buffer.copy_(fresh[name])
+    return teacher
+
+
 __all__ = [
     "RossFeatureTeacher",
     "RossPixelTeacher",
@@ -454,6 +497,8 @@ __all__ = [
     "RossVaeTeacher",
     "build_teacher",
     "freeze",
+    "non_persistent_buffers",
     "protect_from_init",
+    "restore_non_persistent_buffers",
     "sample_targets",
 ]

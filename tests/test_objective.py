@@ -7,6 +7,7 @@ from conftest import TINY_OBJECTIVE
 from PIL import Image
 
 from modeling_ross import RossForConditionalGeneration, from_components
+from modeling_ross.teacher import build_teacher, non_persistent_buffers
 
 
 def _image(seed: int, size: int = 32) -> Image.Image:
@@ -267,6 +268,33 @@ def test_save_teacher_checkpoint_without_teacher_falls_back_to_its_source(tiny_c
     loaded = RossForConditionalGeneration.from_pretrained(tmp_path, load_objective=True)
     for key, value in model.teacher.state_dict().items():
         assert torch.equal(loaded.teacher.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(
+    "target, save_teacher", [("features", False), ("features", True), ("vae", False), ("vae", True), ("pixel", False)]
+)
+def test_reloaded_teacher_has_a_fresh_teachers_buffers_and_the_same_loss(
+    tiny_components, tiny_processor, tmp_path, target, save_teacher
+):
+    """No checkpoint holds a non-persistent buffer (SigLIP's `embeddings.position_ids`), and transformers' loader
+    leaves it to `_init_weights`, which skips the protected teacher: both load paths must still restore it."""
+    if target == "features":  # a SigLIP teacher: the tiny vision tower's own repo
+        tiny_components = {**tiny_components, "teacher": tiny_components["vision_model"], "teacher_subfolder": None}
+    model = _model(tiny_components, target=target, save_teacher=save_teacher, pixel_patch_size=4).train()
+    assert (target == "features") == ("model.embeddings.position_ids" in non_persistent_buffers(model.teacher))
+    batch = _batch(tiny_processor, [[1], [2, 3]])
+    torch.manual_seed(0)
+    expected = model(**batch).visual_loss
+    model.save_pretrained(tmp_path)
+
+    loaded = RossForConditionalGeneration.from_pretrained(tmp_path, load_objective=True).train()
+    fresh = dict(build_teacher(loaded.config.objective_config, loaded.config.grid_size).named_buffers())
+    buffers = dict(loaded.teacher.named_buffers())
+    assert buffers.keys() == fresh.keys()
+    for name, buffer in buffers.items():
+        assert torch.equal(buffer, fresh[name]), name
+    torch.manual_seed(0)
+    assert torch.equal(loaded(**batch).visual_loss, expected)
 
 
 def test_num_images_in_batch_weights_the_visual_term(tiny_components, tiny_processor):
