@@ -253,7 +253,7 @@ def prediction_record(row: dict, prompt: str, prediction: str) -> dict:
     return record
 
 
-def _flat_metrics(metrics: dict) -> list[tuple[str, float | int]]:
+def flat_metrics(metrics: dict) -> list[tuple[str, float | int]]:
     """Top-level numbers, and numbers one level down (e.g. ``category_mean/f1``); deeper dicts are left out."""
     rows = []
     for key, value in metrics.items():
@@ -276,7 +276,7 @@ def scores_markdown(scores: dict | Sequence[dict]) -> str:
             "| Metric | Value |",
             "|---|---|",
         ]
-        for key, value in _flat_metrics(s["metrics"]):
+        for key, value in flat_metrics(s["metrics"]):
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
             mark = " (primary)" if key == s.get("primary_metric") else ""
             lines.append(f"| {key}{mark} | {shown} |")
@@ -499,6 +499,7 @@ __all__ = [
     "chat_text",
     "batch_order",
     "evaluate_model",
+    "flat_metrics",
     "generate_batch",
     "generate_answers",
     "get_benchmark",

@@ -1,5 +1,6 @@
 """Two-process runs on CPU, each compared with one process on the same global batch: plain DDP (gloo) gradients and
-logged losses; DeepSpeed ZeRO-2 (stage 1) weights and losses; ZeRO-3 (stage 2) with a text-only rank.
+logged losses; DeepSpeed ZeRO-2 (stage 1) weights and losses; ZeRO-3 (stage 2) with a text-only rank; benchmarks
+during training (DDP and ZeRO-3), evaluated once and logged alike on both ranks.
 
 How DeepSpeed runs on CPU here (no GPU, gloo):
 - launcher: `torchrun --nproc_per_node 2` (it sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT).
@@ -189,3 +190,61 @@ def test_zero3_two_processes_with_a_text_only_rank(tiny_root):
     assert two["images_seen_per_rank"] == [1, 0] and one["images_seen_per_rank"] == [1]
     assert two["final_text_loss"] == pytest.approx(one["final_text_loss"], rel=1e-5)
     torch.testing.assert_close(heads[2, 1]["lm_head.weight"], heads[1, 1]["lm_head.weight"], rtol=1e-5, atol=1e-6)
+
+
+# Runs sft.py with a callback that writes each rank's log history (the run's own files come from rank 0 only).
+_LOG_EVERY_RANK = """
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from transformers import TrainerCallback
+from ross.train.sft import main
+
+class DumpLogs(TrainerCallback):
+    def on_train_end(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"log_history_rank{{args.process_index}}.json"
+        path.write_text(json.dumps(state.log_history))
+
+main(sys.argv[1:], callbacks=[DumpLogs()])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", [None, "zero3"])
+def test_two_ranks_evaluate_benchmarks_once_and_log_the_same_scores(tiny_root, zero):
+    """BenchmarkEvalCallback on 2 processes: DDP (rank 0 alone generates, the others wait in the broadcast) and ZeRO-3
+    (both ranks generate: each forward all-gathers the shards; finishing within the timeout shows no rank skipped
+    one). Only rank 0 writes files; both ranks log the same values at the same steps."""
+    from ross.eval.synthetic import write_benchmarks
+
+    bench = tiny_root / "bench"
+    if not bench.exists():
+        write_benchmarks(str(bench), num_items=6, names=["synthetic_pope"])
+    script = tiny_root / "log_every_rank.py"
+    script.write_text(_LOG_EVERY_RANK.format(repo=str(REPO_ROOT)))
+    output_dir = tiny_root / f"bench_{zero or 'ddp'}"
+    sharding = []
+    if zero:
+        sharding = ["--use_cpu", "false", "--deepspeed", str(REPO_ROOT / "train" / "configs" / f"{zero}.json")]
+    result = _torchrun(
+        [
+            "--config", str(REPO_ROOT / "train" / "configs" / "tiny_stage2.yaml"),
+            "--prepare_tiny", f"{{root: {tiny_root / 'tiny'}, num_images: 8, stage: sft}}", *sharding,
+            "--output_dir", str(output_dir), "--max_steps", "2", "--per_device_train_batch_size", "1",
+            "--gradient_accumulation_steps", "1", "--benchmarks", f"[synthetic_pope={bench / 'synthetic_pope'}]",
+            "--benchmark_every_steps", "1", "--benchmark_limit", "4", "--benchmark_batch_size", "2",
+            "--benchmark_max_new_tokens", "4",
+        ],
+        cwd=tiny_root, script=str(script),
+    )  # fmt: skip
+    summary = _summary(result, output_dir)
+    assert summary["world_size"] == 2 and summary["benchmarks"]["step"] == 2
+    logs = [json.loads((output_dir / f"log_history_rank{r}.json").read_text()) for r in (0, 1)]
+    evals = [[h for h in log if "eval_synthetic_pope/accuracy" in h] for log in logs]
+    assert [h["step"] for h in evals[0]] == [1, 2] and evals[0] == evals[1]
+    assert all(any("loss" in h and h["step"] == s for h in logs[0]) for s in (1, 2))
+    files = sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("scores.json"))
+    assert files == ["eval/step-1/synthetic_pope/scores.json", "eval/step-2/synthetic_pope/scores.json",
+                     "model/eval/synthetic_pope/scores.json"]  # fmt: skip
+    scores = json.loads((output_dir / "eval" / "step-2" / "synthetic_pope" / "scores.json").read_text())
+    assert summary["benchmarks"]["eval_synthetic_pope/accuracy"] == scores["metrics"]["accuracy"]

@@ -15,10 +15,28 @@ Distributed runs:
 - DeepSpeed ZeRO-3 and FSDP (weights sharded): a forward all-gathers each module's parameters, which is a collective,
   so *every* rank runs the same reconstruction (same images, same seed) and only the main process writes it.
   Running it on rank 0 alone would hang the job. (ZeRO-3 is what the stage-2 recipe uses; FSDP is untested.)
+
+`BenchmarkEvalCallback`: every K optimizer steps and once at the end of training, evaluate the model being trained on
+one or more benchmarks with the batched greedy runner of `ross.eval.generation` (`evaluate_model`: the same prompts,
+greedy settings, scorer and files as `python -m ross.eval.run`) on a fixed subset (the first `limit` items, the same
+every time). Files go to `<output_dir>/eval/step-<N>/<benchmark>/` (`predictions.jsonl`, `scores.json`, `scores.md`),
+and the metrics are logged through `Trainer.log` as `eval_<benchmark>/<metric>` (TensorBoard: `eval/<benchmark>/
+<metric>`, next to `train/loss`; `trainer_state.json`'s `log_history` at the same step as `loss`). `write_final_scores`
+puts the last step's `scores.json` into the saved model folder (`<model>/eval/<benchmark>/`), where the model card
+(`ross.model_cards.card.find_scores`) finds them. Distributed runs, as for the previews:
+- DDP / ZeRO-1/2: the world main process alone generates and writes; the other ranks wait in the broadcast of its
+  metrics (`accelerate.utils.broadcast_object_list`), so every rank logs the same values. Their wait counts against
+  the process group's timeout (`ddp_timeout`, 30 min by default): keep `limit` small enough, or raise it.
+- ZeRO-3 / FSDP: every rank generates the same items (each forward all-gathers the shards; `generate` turns on
+  `synced_gpus` there, so a rank that reaches EOS early keeps joining the forwards until all are done); only the main
+  process writes files, and its metrics are broadcast as well. Gathering the full weights on rank 0 instead
+  (`deepspeed.zero.GatheredParameters`) would also be a collective, and would hold a full copy of a 7B model.
+An error on the main process is broadcast too, so that every rank stops with it instead of waiting.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -32,6 +50,8 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.integrations.integration_utils import default_logdir
 from transformers.utils import logging
 
+from ross.eval.benchmarks import BenchmarkDataError, benchmark_names, get_benchmark
+from ross.eval.generation import flat_metrics, evaluate_model, load_items, scores_markdown
 from ross.train.sources import decode_image
 
 
@@ -307,12 +327,223 @@ class ReconstructionPreviewCallback(TrainerCallback):
         return self._tb_writer
 
 
+def parse_benchmark_specs(benchmarks) -> list[tuple[str, str]]:
+    """`["pope=/data/POPE", ...]`, `[("pope", path), ...]` or `{"pope": path}` -> `[(name, path), ...]`; each name is
+    checked against the registry (`ross.eval.benchmarks`, synthetic ones included) and each path must exist."""
+    if isinstance(benchmarks, (str, os.PathLike)) or benchmarks is None:
+        raise ValueError(f"benchmarks must be a list of 'name=path' entries, got {benchmarks!r}.")
+    items = benchmarks.items() if isinstance(benchmarks, dict) else benchmarks
+    specs = []
+    for item in items:
+        if isinstance(item, str):
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"benchmark entry {item!r} is not 'name=path' (e.g. 'pope=/data/POPE').")
+        else:
+            name, path = item
+        name, path = str(name).strip(), str(path).strip()
+        try:
+            get_benchmark(name)
+        except KeyError:
+            raise ValueError(f"benchmark entry {name}={path}: unknown benchmark {name!r} "
+                             f"(known: {', '.join(benchmark_names())}).") from None  # fmt: skip
+        if not Path(path).exists():
+            raise FileNotFoundError(f"benchmark entry {name}={path}: {path} does not exist.")
+        specs.append((name, path))
+    if not specs:
+        raise ValueError("benchmarks is empty: give at least one 'name=path' entry.")
+    names = [name for name, _ in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"benchmark names must be unique (one output folder each), got {', '.join(names)}.")
+    return specs
+
+
+class BenchmarkEvalCallback(TrainerCallback):
+    r"""
+    Evaluates the model on benchmarks during training (see the module docstring).
+
+    Args:
+        benchmarks (`list`): `"name=path"` strings (as `python -m ross.eval.run --benchmark NAME --data PATH`),
+            `(name, path)` pairs or a `{name: path}` mapping; names from `ross.eval.benchmarks` (synthetic included).
+        every_steps (`int`, *optional*): evaluate at global steps K, 2K, ...; always once more at the end of
+            training (the last step), unless that step was just evaluated. `None`: only at the end.
+        limit (`int`, *optional*, defaults to 100): the first `limit` items of each benchmark (the same subset every
+            time); `None`: all of them.
+        batch_size (`int`, defaults to 8): generation batch size.
+        max_new_tokens (`int`, *optional*): defaults to each benchmark's own limit.
+        rules (`str`, defaults to `"lmms-eval"`): prompt and scoring rules.
+        output_dir (`str`, *optional*): defaults to `args.output_dir`; files go to `<output_dir>/eval/step-<N>/`.
+        trainer (`Trainer`): the trainer whose `log` receives the metrics (TRL's `WinRateCallback` takes it the same
+            way): `trainer.add_callback(BenchmarkEvalCallback(..., trainer=trainer))`, or set `callback.trainer`
+            before `train()`.
+        processor (*optional*): a `RossProcessor`; defaults to the Trainer's `processing_class`.
+
+    The benchmark data is read (every row of the subset, images decoded) at train begin on every rank, so a bad file
+    or column stops the run at once, with the file named. After each evaluation `self.history[step]` holds the
+    `scores.json` dicts by benchmark, and `self.logged[step]` the values that were logged.
+    """
+
+    def __init__(
+        self,
+        benchmarks,
+        every_steps: int | None = None,
+        limit: int | None = 100,
+        batch_size: int = 8,
+        max_new_tokens: int | None = None,
+        rules: str = "lmms-eval",
+        output_dir: str | None = None,
+        trainer=None,
+        processor=None,
+    ):
+        for key, value in (("every_steps", every_steps), ("limit", limit), ("max_new_tokens", max_new_tokens)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{key} must be >= 1 (or None), got {value}.")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.benchmarks = parse_benchmark_specs(benchmarks)
+        self.every_steps = None if every_steps is None else int(every_steps)
+        self.limit = None if limit is None else int(limit)
+        self.batch_size = int(batch_size)
+        self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
+        self.rules = rules
+        self.output_dir = output_dir
+        self.trainer = trainer
+        self.processor = processor
+        self.history: dict[int, dict[str, dict]] = {}  # step -> {benchmark: scores.json dict}
+        self.logged: dict[int, dict[str, float]] = {}  # step -> the values logged (identical on every rank)
+
+    # ---- checks ----
+    def check_data(self) -> dict[str, int]:
+        """Load each benchmark's subset (as the evaluation will); `{name: items}`. Errors name the file."""
+        counts = {}
+        for name, path in self.benchmarks:
+            try:
+                _, rows, _ = load_items(name, path, self.rules, self.limit)
+            except BenchmarkDataError:
+                raise
+            except Exception as error:  # an unreadable file: name it, keep the original as the cause
+                raise BenchmarkDataError(f"benchmark {name}={path}: cannot be loaded ({error!r})") from error
+            counts[name] = len(rows)
+        return counts
+
+    # ---- the evaluation ----
+    def step_dir(self, args, step: int) -> Path:
+        return Path(self.output_dir or args.output_dir) / "eval" / f"step-{step}"
+
+    def run(self, model, processor, args, step: int, write: bool) -> dict[str, dict]:
+        """`{benchmark: scores.json dict}` of the unwrapped `model` (eval mode for the run, every module's own mode
+        restored after); with `write`, the three files of each benchmark under `step_dir(args, step)/<benchmark>/`."""
+        model = unwrap_ross_model(model)
+        modes = {module: module.training for module in model.modules()}
+        model.eval()
+        results = {}
+        try:
+            for name, path in self.benchmarks:
+                results[name] = evaluate_model(
+                    model, processor, name, path, rules=self.rules, batch_size=self.batch_size, limit=self.limit,
+                    out_dir=self.step_dir(args, step) / name if write else None, max_new_tokens=self.max_new_tokens,
+                    progress=False, model_name=f"{self.output_dir or args.output_dir} at step {step}",
+                )  # fmt: skip
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        return results
+
+    @staticmethod
+    def metrics_to_log(results: dict[str, dict]) -> dict[str, float]:
+        """`eval_<benchmark>/<metric>` for every number of each `scores.json` (one level of nesting flattened)."""
+        return {f"eval_{name}/{key}": value for name, s in results.items() for key, value in flat_metrics(s["metrics"])}
+
+    def evaluate(self, args, state, model=None, processing_class=None) -> dict[str, float]:
+        """Run the benchmarks (main process, or every rank under sharded weights), broadcast the main process's
+        results, log them on every rank; returns what was logged."""
+        step = state.global_step
+        trainer = self.trainer
+        model = trainer.model if model is None else model
+        processor = self.processor or processing_class or getattr(trainer, "processing_class", None)
+        if processor is None:
+            raise ValueError("BenchmarkEvalCallback needs a processor: pass `processor=` or `processing_class=`.")
+        main = state.is_world_process_zero
+        results, error = None, None
+        if main or weights_are_sharded(args):
+            start = time.perf_counter()
+            try:
+                results = self.run(model, processor, args, step, write=main)
+            except Exception as err:
+                # Another rank's failure under sharded weights breaks the collectives anyway: it stops at once (the
+                # launcher ends the job). The main process's error is sent to the waiting ranks, raised everywhere.
+                if args.world_size <= 1 or not main:
+                    raise
+                error = f"{type(err).__name__}: {err}"
+            if main and results is not None:
+                logger.info(f"Benchmarks at step {step} took {time.perf_counter() - start:.1f}s")
+        if args.world_size > 1:
+            from accelerate.utils import broadcast_object_list
+
+            payload = [(results, error) if main else None]
+            broadcast_object_list(payload, from_process=0)
+            results, error = payload[0]
+        if error is not None:
+            raise RuntimeError(f"Benchmark evaluation at step {step} failed on the main process: {error}")
+        self.history[step] = results
+        logs = self.metrics_to_log(results)
+        self.logged[step] = dict(logs)
+        # Every rank: the same values in each log_history; TensorBoard on the main process. `on_log` clears
+        # `control.should_log`, which the step's own loss log (after `on_step_end`) still needs: keep it.
+        control = trainer.control
+        should_log = control.should_log
+        trainer.log(logs)
+        trainer.control.should_log = should_log
+        return logs
+
+    def write_final_scores(self, directory) -> list[Path]:
+        """The last evaluation's `scores.json` (+ `scores.md`) as `<directory>/eval/<benchmark>/`, with `model` set
+        to `directory`: call it (main process) on the saved model folder, for `build_model_card` to find them."""
+        if not self.history:
+            raise ValueError("No benchmark evaluation has run yet: nothing to write.")
+        directory = Path(directory)
+        written = []
+        for name, scores in self.history[max(self.history)].items():
+            scores = {**scores, "model": str(directory)}
+            out = directory / "eval" / name
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            (out / "scores.md").write_text(scores_markdown(scores), encoding="utf-8")
+            written.append(out / "scores.json")
+        return written
+
+    # ---- Trainer events ----
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer is None:
+            raise ValueError(
+                "BenchmarkEvalCallback logs through the Trainer: create it with `trainer=trainer` (e.g. "
+                "`trainer.add_callback(BenchmarkEvalCallback(..., trainer=trainer))`) or set `callback.trainer`."
+            )
+        counts = self.check_data()  # every rank: a bad file stops all of them now, not after hours of training
+        if state.is_world_process_zero:
+            listed = ", ".join(f"{name} ({n} items)" for name, n in counts.items())
+            logger.info(f"Benchmarks every {self.every_steps or 'end-of-training'} steps: {listed}")
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        step = state.global_step
+        due = self.every_steps is not None and step % self.every_steps == 0
+        if step > 0 and (due or step >= state.max_steps) and step not in self.history:
+            self.evaluate(args, state, model, processing_class)
+
+    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        # Training stopped before max_steps (a callback, a time limit): the final weights still get their scores.
+        if state.global_step > 0 and state.global_step not in self.history:
+            self.evaluate(args, state, model, processing_class)
+
+
 __all__ = [
+    "BenchmarkEvalCallback",
     "PROGRESS_PREFIX",
     "ProgressCallback",
     "ReconstructionPreviewCallback",
     "check_model",
     "make_preview_grid",
+    "parse_benchmark_specs",
     "preview_images_from_dataset",
     "unwrap_ross_model",
     "weights_are_sharded",

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from accelerate import PartialState
 
+from ross.eval.scoring import RULES
 from ross.train.trainer import RossTrainingArguments
 
 
@@ -83,6 +84,14 @@ class RossRunConfig(RossTrainingArguments):
     preview_every_n_steps: int | None = None  # write <output_dir>/previews/step_XXXXXX.png every K steps
     preview_images: list[str] | None = None  # image paths; None: the first 4 training images
     preview_num_inference_steps: int = 25
+    # ---- benchmarks during training (train/callbacks.py BenchmarkEvalCallback; greedy, ross.eval.generation) ----
+    # "name=path" entries, as `python -m ross.eval.run --benchmark NAME --data PATH`; None: no evaluation in training
+    benchmarks: list[str] | None = None
+    benchmark_every_steps: int | None = None  # evaluate every K steps; always once at the end (None: only then)
+    benchmark_limit: int | None = 100  # a fixed subset: the first N items of each benchmark (None: all)
+    benchmark_batch_size: int = 8
+    benchmark_max_new_tokens: int | None = None  # None: each benchmark's own limit
+    benchmark_rules: str = "lmms-eval"  # prompt and scoring rules (lmms-eval | vlmevalkit)
     # ---- tiny default run: write tiny components + synthetic data when missing ----
     prepare_tiny: dict | None = None  # {"root": "runs/tiny", "num_images": 64, "stage": "plain"|"sft"}
     # ---- outputs ----
@@ -312,6 +321,7 @@ def check_run_config(run_config: RossRunConfig, source: str) -> None:
         "image_aspect_ratio": ("pad", "resize"),
         "data_format": ("chat", "plain"),
         "on_bad_sample": ("error", "skip"),
+        "benchmark_rules": RULES,
     }
     for name, allowed in choices.items():
         value = getattr(run_config, name)

@@ -7,6 +7,8 @@ The model is built from components (`vision_model`, `language_model`, `teacher`)
 (`model_name_or_path`, loaded with its trained denoiser). The trained model is saved, Hub-ready, to
 `<output_dir>/model` (safetensors, processor + chat template, remote-code files, config, the resolved YAML and
 `training_args.json`), and a summary (throughput, peak memory, final losses) is printed and written as JSON.
+With `benchmarks`, the model is evaluated every `benchmark_every_steps` steps and at the end
+(`ross.train.callbacks.BenchmarkEvalCallback`); the last scores are saved with the model, for its card.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from transformers import set_seed
 
 from ross.model_cards.publish import push_from_trainer
 from ross.train.build import build_model_and_processor, prepare_tiny_run
-from ross.train.callbacks import ProgressCallback, ReconstructionPreviewCallback, preview_images_from_dataset
+from ross.train.callbacks import (
+    BenchmarkEvalCallback,
+    ProgressCallback,
+    ReconstructionPreviewCallback,
+    preview_images_from_dataset,
+)
 from ross.train.config import load_config, parse_overrides, resolve_path
 from ross.train.collator import RossDataCollator
 from ross.train.dataset import load_training_dataset, skipped_summary
@@ -67,6 +74,26 @@ def check_data_paths(run_config) -> None:
             f"image_folder {run_config.image_folder} does not exist (image paths of {run_config.data_path} are "
             "resolved against it)"
         )
+
+
+def make_benchmark_callback(run_config) -> BenchmarkEvalCallback | None:
+    """The `benchmarks` evaluation during training, or None without `benchmarks`. Built before the model loads, so a
+    wrong benchmark name or a missing data path stops the run at once (the data itself is read at train begin)."""
+    if not run_config.benchmarks:
+        return None
+    return BenchmarkEvalCallback(
+        benchmarks=[_resolve_spec(spec) for spec in run_config.benchmarks],
+        every_steps=run_config.benchmark_every_steps,
+        limit=run_config.benchmark_limit,
+        batch_size=run_config.benchmark_batch_size,
+        max_new_tokens=run_config.benchmark_max_new_tokens,
+        rules=run_config.benchmark_rules,
+    )
+
+
+def _resolve_spec(spec: str) -> str:
+    name, sep, path = spec.partition("=")
+    return f"{name}={resolve_path(path.strip())}" if sep else spec
 
 
 def make_collator(run_config, processor, latent_cache=None) -> RossDataCollator:
@@ -144,6 +171,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     if resume is not None:
         resolved["resume_from_checkpoint"] = resume
 
+    benchmark_callback = make_benchmark_callback(run_config)  # names and paths checked before anything is built
     # The training arguments exist before the model: under ZeRO-3 the loaders then partition weights while loading.
     if run_config.prepare_tiny is not None:
         prepare_tiny_run(run_config)
@@ -188,6 +216,9 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
         callbacks=callbacks,
         group_by=run_config.group_by,
     )
+    if benchmark_callback is not None:
+        benchmark_callback.trainer = trainer  # it logs through `trainer.log`
+        trainer.add_callback(benchmark_callback)
     if trainer.is_world_process_zero():
         print(f"[ross] stage {run_config.stage}: trainable parameters per module {counts}", flush=True)
 
@@ -199,7 +230,15 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
 
     output_dir = Path(run_config.output_dir)
     save_model(trainer, model, processor, run_config, resolved, output_dir / "model")
+    if benchmark_callback is not None and trainer.is_world_process_zero():
+        if run_config.load_best_model_at_end:  # the saved weights may be another step's than the last scores'
+            print("[ross] load_best_model_at_end: the final benchmark scores stay in eval/step-N only", flush=True)
+        else:  # the last step's scores, as the saved model's: the model card lists them (`find_scores`)
+            benchmark_callback.write_final_scores(output_dir / "model")
     summary = build_summary(trainer, result, elapsed, counts, dataset, collator)
+    if benchmark_callback is not None and benchmark_callback.logged:
+        last = max(benchmark_callback.logged)
+        summary["benchmarks"] = {"step": last, **benchmark_callback.logged[last]}  # the values logged at the end
     if trainer.is_world_process_zero():
         (output_dir / run_config.summary_file).write_text(json.dumps(summary, indent=2) + "\n")
         print("[ross] summary: " + json.dumps(summary), flush=True)
