@@ -7,10 +7,13 @@ training forward gives finite text + visual losses with gradients in the project
 with Qwen2.5 / Qwen3 tokenizers, and the refusal of SigLIP 2 NaFlex towers.
 """
 
+import json
+
 import numpy as np
 import pytest
-from conftest import TINY_OBJECTIVE
+from conftest import REPO_ROOT, TINY_OBJECTIVE
 import torch
+import yaml
 from PIL import Image
 
 from modeling_ross import RossProcessor, from_components
@@ -244,3 +247,33 @@ def test_lora_24gb_recipe_settings_train_a_step(repos, language):
     merged = peft_model.merge_and_unload()
     assert type(merged).__name__ == "RossForConditionalGeneration"
     assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+@pytest.mark.slow
+def test_lora_24gb_recipe_runs_through_sft(tmp_path):
+    """train/sft.py with the LoRA-24GB recipe's own settings (read from its YAML: bf16 weights, LoRA, latent cache
+    built before training, gradient checkpointing, batch 1 + accumulation, per-module lrs) on the tiny default
+    components and synthetic data: two steps, finite losses, the teacher run once per image (cache), merged output."""
+    from ross.train.sft import main
+
+    recipe = yaml.safe_load((REPO_ROOT / "train" / "configs" / "siglip2_qwen2.5_stage2_lora24gb.yaml").read_text())
+    keys = ["weights_dtype", "lora", "lora_r", "lora_alpha", "lora_dropout", "build_latent_cache", "bf16",
+            "gradient_checkpointing", "per_device_train_batch_size", "projector_lr", "denoiser_lr", "on_bad_sample"]
+    argv = [
+        "--config", str(REPO_ROOT / "train" / "configs" / "tiny_stage2.yaml"),
+        "--prepare_tiny", f"{{root: {tmp_path / 'tiny'}, num_images: 12, stage: sft}}",
+        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--gradient_accumulation_steps", "2",
+        "--latent_cache_dir", str(tmp_path / "cache"), "--save_strategy", '"no"',
+    ]  # fmt: skip
+    for key in keys:
+        value = recipe[key]
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    summary = main(argv)
+    assert summary["global_step"] == 2 and np.isfinite(summary["final_text_loss"])
+    assert np.isfinite(summary["final_visual_loss"]) and summary["final_visual_loss"] > 0
+    counts = summary["trainable_parameters"]
+    assert counts["vision_tower"] == counts["teacher"] == 0 and counts["projector"] > 0 and counts["denoiser"] > 0
+    settings = json.loads(next((tmp_path / "cache").glob("*/settings.json")).read_text())
+    assert settings  # the cache was built
+    model = tmp_path / "out" / "model"
+    assert (model / "model.safetensors").is_file() and not list(model.glob("adapter_*"))  # adapters merged
