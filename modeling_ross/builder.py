@@ -35,6 +35,7 @@ from .processing_ross import (
     add_image_token,
     load_image_processor,
     resolve_chat_template,
+    vision_grid,
 )
 from .teacher import freeze
 from .teacher_source import load_teacher_source
@@ -66,6 +67,7 @@ def from_components(
     """
     vision_config = AutoConfig.from_pretrained(vision_model)
     vision_config = getattr(vision_config, "vision_config", vision_config)  # full CLIP/SigLIP repos
+    vision_grid(vision_config, repr(vision_model))  # refuses SigLIP 2 NaFlex towers (no fixed token grid)
     tokenizer = AutoTokenizer.from_pretrained(language_model)
     image_token_id = add_image_token(tokenizer, image_token)
     image_processor = load_image_processor(vision_model)

@@ -87,6 +87,24 @@ def add_image_token(tokenizer, image_token: str = "<image>") -> int:
     return tokenizer.convert_tokens_to_ids(image_token)
 
 
+NAFLEX_MODEL_TYPES = ("siglip2", "siglip2_vision_model")
+
+
+def vision_grid(vision_config, name: str = "the vision tower") -> int:
+    """Patches per side of a fixed-resolution tower (`image_size // patch_size`); the number of visual tokens per
+    image is its square. A SigLIP 2 NaFlex tower (`model_type: siglip2`) has no fixed grid: it takes patchified
+    pixels with `pixel_attention_mask` / `spatial_shapes` and a variable token count, which `RossConfig`
+    (one `image_seq_length`) and the denoiser (one square latent grid) cannot express; it is refused here."""
+    if vision_config.model_type in NAFLEX_MODEL_TYPES:
+        raise ValueError(
+            f"{name} is a SigLIP 2 NaFlex model (model_type={vision_config.model_type!r}: variable resolution, "
+            "patchified pixel_values with pixel_attention_mask / spatial_shapes). ROSS needs a fixed token grid: use "
+            "a fixed-resolution SigLIP 2 checkpoint, published as model_type 'siglip' (e.g. "
+            "google/siglip2-so400m-patch14-384)."
+        )
+    return vision_config.image_size // vision_config.patch_size
+
+
 def load_image_processor(path: str, **kwargs):
     """The vision repo's image processor with the PIL backend (no torchvision dependency)."""
     return AutoImageProcessor.from_pretrained(path, backend="pil", **kwargs)
@@ -197,10 +215,10 @@ class RossProcessor(ProcessorMixin):
         add_image_token(tokenizer, image_token)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or "<|endoftext|>"
-        image_processor = load_image_processor(vision_model)
         vision_config = AutoConfig.from_pretrained(vision_model)
         vision_config = getattr(vision_config, "vision_config", vision_config)
-        grid = vision_config.image_size // vision_config.patch_size
+        grid = vision_grid(vision_config, repr(vision_model))
+        image_processor = load_image_processor(vision_model)
         text_type = getattr(AutoConfig.from_pretrained(language_model), "model_type", None)
         chat_template = resolve_chat_template(chat_template, tokenizer, text_type)
         return cls(

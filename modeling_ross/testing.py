@@ -7,6 +7,15 @@
 so `modeling_ross.from_components(root / "siglip-tiny", root / "qwen2-tiny",
 teacher=root / "vae-tiny", teacher_subfolder="vae")` runs offline. Sizes follow transformers' own tests.
 `write_tiny_dinov2(folder)` writes a `target="features"` teacher laid out like `facebook/dinov2-base`.
+
+Newer backbones (tests/test_backbones.py), the same way:
+    `write_tiny_qwen25(folder)`  Qwen2ForCausalLM, Qwen2.5-style tokenizer        (like Qwen/Qwen2.5-7B-Instruct)
+    `write_tiny_qwen3(folder)`   Qwen3ForCausalLM (q/k-norm, explicit head_dim)  (like Qwen/Qwen3-8B)
+    `write_tiny_siglip2(folder)` a full SiglipModel repo, `model_type: siglip`
+                                 (like google/siglip2-so400m-patch14-384: the fixed-resolution SigLIP 2
+                                 checkpoints are published as SigLIP v1 graphs)
+    `write_tiny_siglip2_naflex(folder)` Siglip2VisionModel, `model_type: siglip2`
+                                 (like google/siglip2-base-patch16-naflex; `from_components` refuses it)
 """
 
 from pathlib import Path
@@ -21,13 +30,31 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Siglip2VisionConfig,
+    Siglip2VisionModel,
+    SiglipConfig,
     SiglipImageProcessorPil,
+    SiglipModel,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
 
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2.5 adds these after Qwen2's three (tokenizer_config.json `added_tokens_decoder`, ids 151646-151664): eleven
+# special tokens, then eight that are not (`special: false`, so `decode(skip_special_tokens=True)` keeps them).
+QWEN25_SPECIAL_TOKENS = [
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+QWEN25_ADDED_TOKENS = [
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>",
+]
+# Qwen3 keeps Qwen2.5's tokens and adds four more (ids 151665-151668), none of them special.
+QWEN3_ADDED_TOKENS = QWEN25_ADDED_TOKENS + ["<tool_response>", "</tool_response>", "<think>", "</think>"]
 
 # A small corpus so the byte-level BPE learns merges for the words the default run uses.
 _CORPUS_WORDS = (
@@ -42,8 +69,10 @@ _CORPUS_WORDS = (
 )
 
 
-def build_tiny_tokenizer(vocab_size: int = 1024):
-    """A real `PreTrainedTokenizerFast` (byte-level BPE trained with `tokenizers`) with Qwen2's chat special tokens."""
+def build_tiny_tokenizer(vocab_size: int = 1024, extra_special_tokens=(), added_tokens=()):
+    """A real `PreTrainedTokenizerFast` (byte-level BPE trained with `tokenizers`) with Qwen2's chat special tokens;
+    `extra_special_tokens` / `added_tokens` are appended after the learned vocabulary, as the Qwen2.5 / Qwen3
+    tokenizers list them (special / not special)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -54,7 +83,7 @@ def build_tiny_tokenizer(vocab_size: int = 1024):
         show_progress=False,
     )
     tokenizer.train_from_iterator([_CORPUS_WORDS] * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -63,6 +92,11 @@ def build_tiny_tokenizer(vocab_size: int = 1024):
         model_max_length=2048,
         padding_side="right",
     )
+    if extra_special_tokens:
+        fast.add_tokens(list(extra_special_tokens), special_tokens=True)
+    if added_tokens:
+        fast.add_tokens(list(added_tokens), special_tokens=False)
+    return fast
 
 
 def write_tiny_vision_tower(
@@ -87,30 +121,109 @@ def write_tiny_vision_tower(
     return folder
 
 
-def write_tiny_language_model(
-    folder, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, seed: int = 0
-) -> Path:
-    """Qwen2ForCausalLM + tokenizer, saved like `Qwen/Qwen2-7B-Instruct` (embedding rows padded past the vocab)."""
+def _write_causal_lm(folder, model_class, config_class, tokenizer, seed: int, hidden_size: int, num_layers: int,
+                     num_heads: int, **config_kwargs) -> Path:
+    """`model_class` with a tiny `config_class` and `tokenizer`, saved like a Qwen Hub repo. Like the Qwen
+    checkpoints, the embedding keeps spare rows past the tokenizer, so adding `<image>` needs no resize."""
     folder = Path(folder)
-    tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
-    # Like Qwen2, keep spare embedding rows so adding `<image>` needs no resize.
-    vocab_size = (len(tokenizer) // 64 + 1) * 64
-    config = Qwen2Config(
-        vocab_size=vocab_size,
+    config = config_class(
+        vocab_size=(len(tokenizer) // 64 + 1) * 64,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size + 5,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads // 2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
+        **config_kwargs,
     )
-    Qwen2ForCausalLM(config).save_pretrained(folder)
+    model_class(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_tiny_language_model(
+    folder, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, seed: int = 0
+) -> Path:
+    """Qwen2ForCausalLM + tokenizer, saved like `Qwen/Qwen2-7B-Instruct` (embedding rows padded past the vocab)."""
+    return _write_causal_lm(
+        folder, Qwen2ForCausalLM, Qwen2Config, build_tiny_tokenizer(), seed, hidden_size, num_layers, num_heads,
+        max_position_embeddings=2048, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def write_tiny_qwen25(
+    folder, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, tie_word_embeddings: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Qwen2ForCausalLM + a Qwen2.5-style tokenizer, saved like `Qwen/Qwen2.5-7B-Instruct`.
+
+    Qwen2.5 is the qwen2 architecture (`model_type: qwen2`, biased q/k/v); what differs from Qwen2 is the tokenizer
+    (19 more added tokens: vision/box/tool/FIM markers), RoPE base 1e6 and a 32768 context in `config.json`, and
+    `tie_word_embeddings: true` for the 0.5B / 1.5B / 3B sizes (`tie_word_embeddings=True` here writes that variant).
+    """
+    tokenizer = build_tiny_tokenizer(extra_special_tokens=QWEN25_SPECIAL_TOKENS, added_tokens=QWEN25_ADDED_TOKENS)
+    return _write_causal_lm(
+        folder, Qwen2ForCausalLM, Qwen2Config, tokenizer, seed, hidden_size, num_layers, num_heads,
+        max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        use_sliding_window=False, tie_word_embeddings=tie_word_embeddings,
+    )  # fmt: skip
+
+
+def write_tiny_qwen3(
+    folder, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, head_dim: int = 24,
+    tie_word_embeddings: bool = False, seed: int = 0,
+) -> Path:
+    """Qwen3ForCausalLM + a Qwen3-style tokenizer, saved like `Qwen/Qwen3-8B`.
+
+    Qwen3 is its own architecture (`model_type: qwen3`): RMS-norm on q and k per head, no q/k/v bias, and an explicit
+    `head_dim` that need not be hidden_size / heads (Qwen3-0.6B: 1024 wide, 16 heads of 128); 24 here so a code path
+    that assumes hidden_size / heads fails. Tokenizer: Qwen2.5's plus `<tool_response>`, `</tool_response>`,
+    `<think>`, `</think>`. `tie_word_embeddings=True` writes the 0.6B / 1.7B / 4B variant.
+    """
+    tokenizer = build_tiny_tokenizer(extra_special_tokens=QWEN25_SPECIAL_TOKENS, added_tokens=QWEN3_ADDED_TOKENS)
+    return _write_causal_lm(
+        folder, Qwen3ForCausalLM, Qwen3Config, tokenizer, seed, hidden_size, num_layers, num_heads,
+        head_dim=head_dim, max_position_embeddings=40960,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=tie_word_embeddings,
+    )  # fmt: skip
+
+
+def write_tiny_siglip2(
+    folder, image_size: int = 32, patch_size: int = 4, hidden_size: int = 32, num_layers: int = 2, seed: int = 0
+) -> Path:
+    """A full SiglipModel repo (text + vision towers, `model_type: siglip`) + its image processor, saved like the
+    fixed-resolution SigLIP 2 checkpoints (`google/siglip2-so400m-patch14-384`): those are SigLIP v1 graphs with
+    SigLIP 2 weights, so `from_components` takes the vision config out of the full config and loads a
+    SiglipVisionModel. The vision head is kept in the config (`vision_use_head: true`, as on the Hub)."""
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    config = SiglipConfig(
+        text_config={"vocab_size": 64, "hidden_size": 16, "intermediate_size": 37, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16},
+        vision_config={"image_size": image_size, "patch_size": patch_size, "hidden_size": hidden_size,
+                       "intermediate_size": 2 * hidden_size + 5, "num_hidden_layers": num_layers,
+                       "num_attention_heads": 4},
+    )
+    SiglipModel(config).save_pretrained(folder)
+    SiglipImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(folder)
+    return folder
+
+
+def write_tiny_siglip2_naflex(folder, patch_size: int = 4, hidden_size: int = 32, seed: int = 0) -> Path:
+    """Siglip2VisionModel (`model_type: siglip2_vision_model`), the NaFlex variant: patchified pixel values with
+    `pixel_attention_mask` and `spatial_shapes`, a variable token count per image. Only to check the refusal."""
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    config = Siglip2VisionConfig(
+        patch_size=patch_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size + 5, num_hidden_layers=1,
+        num_attention_heads=4, num_patches=64,
+    )
+    Siglip2VisionModel(config).save_pretrained(folder)
     return folder
 
 

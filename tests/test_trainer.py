@@ -378,14 +378,22 @@ def test_paper_configs_parse(tmp_path):
         args = run  # one dataclass: the run's keys and the training arguments
         if path.name.startswith("tiny"):
             continue
-        world = 8
+        # The single-GPU LoRA recipe: LLM frozen in bf16 + adapters, batch 1 x GA 128, no DeepSpeed, latent cache.
+        lora24 = "lora24gb" in path.name
+        world = 1 if lora24 else 8
         assert world * args.per_device_train_batch_size * args.gradient_accumulation_steps == (256 if stage1 else 128)
-        assert args.learning_rate == (1e-3 if stage1 else 2e-5) and args.weight_decay == 0.0
+        assert args.learning_rate == (2e-4 if lora24 else 1e-3 if stage1 else 2e-5) and args.weight_decay == 0.0
         assert args.warmup_steps == 0.03 and args.lr_scheduler_type.value == "cosine" and args.bf16
-        assert args.deepspeed.endswith("zero2.json" if stage1 else "zero3.json")
+        if lora24:
+            assert args.deepspeed is None and args.per_device_train_batch_size == 1 and args.gradient_checkpointing
+            assert run.lora and run.weights_dtype == "bfloat16" and run.model_max_length <= 2048
+            assert run.latent_cache_dir and run.build_latent_cache
+        else:
+            assert args.deepspeed.endswith("zero2.json" if stage1 else "zero3.json")
+            assert run.weights_dtype == "float32" and not run.lora
         assert run.stage == (1 if stage1 else 2)
         assert (run.objective == "none") == ("baseline" in path.name)
-        assert run.weights_dtype == "float32" and run.image_placement == "front"
+        assert run.image_placement == "front"
         if stage1:
             # The authors' templates: `v1` for Vicuna, `qwen_2` for Qwen2 (saved with the stage-1 model).
             assert run.chat_template == ("v1" if "vicuna" in path.name else "qwen_2")
@@ -399,7 +407,8 @@ def test_paper_configs_parse(tmp_path):
                 assert run.model_overrides["condition_layer"] == 16 and run.model_overrides["weight"] == 0.5
                 assert run.model_overrides["regress_loss"] == "cosine"
         else:
-            assert run.model_name_or_path == str(stage1_model) and args.denoiser_lr is None
+            assert run.model_name_or_path == str(stage1_model)
+            assert args.denoiser_lr == (2e-5 if lora24 else None) and args.projector_lr == (2e-5 if lora24 else None)
 
 
 def test_stage2_needs_a_stage1_checkpoint_unless_told(tmp_path):
