@@ -14,7 +14,8 @@ of the protocol: `none` = LLaVA, ROSS^R-Pixel, ROSS^R-Latent, ROSS^D-Pixel, ROSS
   forward hook on the projector, one permutation per seed); an answer that survives it is not fine-grained;
 - the last prompt token's attention to the visual tokens on `attention_items` MMVP items (`ross.eval.attention`).
 
-A finished run is not run again (its result records the protocol's hash; a changed protocol reruns it). The report
+A finished run is not run again (its result records the protocol's hash; a changed protocol reruns it, and so does a
+mode with curve steps the stored run was not evaluated at). The report
 (`ablation_<mode>.md` / `.json`) is refused while any run the mode registers lacks a result: no table from a subset.
 It gives mean +/- std over seeds per arm, the shuffle drop, learning curves, the data-size sweep (full mode), the
 attention comparison (Welch t and Mann-Whitney U on per-item scores, seeds pooled), and the protocol's claim checked.
@@ -77,6 +78,16 @@ def load_protocol(path: Path, mode: str) -> dict:
 
 def run_id(arm: str, seed: int, size: str) -> str:
     return f"{arm}-s{seed}-{size}"
+
+
+def is_current(result: dict | None, protocol: dict) -> bool:
+    """Whether a stored result counts for this protocol and mode: the same protocol file (hash) and a learning curve
+    at every curve step of the mode (a quick-mode run, evaluated only at its last step, is rerun for the full table)."""
+    return (
+        result is not None
+        and result.get("protocol_hash") == protocol["hash"]
+        and all(str(step) in result.get("curve", {}) for step in protocol["curve_steps"])
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -179,7 +190,7 @@ def run_one(arm: str, seed: int, size: str, out: Path, protocol: dict, device: s
     result_file = run_dir / "result.json"
     if result_file.is_file():
         result = json.loads(result_file.read_text())
-        if result.get("protocol_hash") == protocol["hash"]:
+        if is_current(result, protocol):
             log(f"{run_id(arm, seed, size)}: done earlier, reusing {result_file}")
             return result
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -235,7 +246,7 @@ def collect(protocol: dict, out: Path) -> dict:
     for arm, seed, size in protocol["runs"]:
         file = out / "runs" / run_id(arm, seed, size) / "result.json"
         result = json.loads(file.read_text()) if file.is_file() else None
-        if result is None or result.get("protocol_hash") != protocol["hash"]:
+        if not is_current(result, protocol):
             missing.append(run_id(arm, seed, size))
         else:
             results[(arm, seed, size)] = result

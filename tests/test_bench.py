@@ -98,6 +98,16 @@ SMOKE_PROTOCOL = {
 
 
 @pytest.mark.slow
+def test_a_run_without_the_modes_curve_steps_is_not_reused():
+    ablation = load_script("ablation")
+    protocol = {"hash": "abc", "curve_steps": [250, 500, 1000]}
+    quick_run = {"protocol_hash": "abc", "curve": {"1000": {}}}  # the quick mode evaluates only the last step
+    assert not ablation.is_current(quick_run, protocol)
+    assert ablation.is_current({"protocol_hash": "abc", "curve": {"250": {}, "500": {}, "1000": {}}}, protocol)
+    assert not ablation.is_current({"protocol_hash": "other", "curve": {"250": {}, "500": {}, "1000": {}}}, protocol)
+    assert ablation.is_current(quick_run, {"hash": "abc", "curve_steps": [1000]})
+
+
 def test_ablation_runs_the_registered_runs_and_refuses_a_partial_table(tmp_path, capsys):
     ablation = load_script("ablation")
     protocol_file = tmp_path / "protocol.yaml"
