@@ -4,8 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ross-installed
+# lmms-eval lives in a venv of its own: a plain install of it replaces torch, and importing it changes global state
+# (Pillow's LOAD_TRUNCATED_IMAGES) that the main suite tests.
+LMMS_VENV := .venv-lmms
+LMMS_PY := $(LMMS_VENV)/bin/python
+LMMS_STAMP := $(LMMS_VENV)/.ross-installed
+LMMS_PINS := eval/lmms-eval-requirements.txt
+LMMS_CONSTRAINTS := eval/lmms-eval-constraints.txt
 
-.PHONY: demo test venv browser clean
+.PHONY: demo test test-main test-lmms venv venv-lmms browser clean
 
 venv: $(STAMP)
 
@@ -25,8 +32,27 @@ browser:
 	      || echo "warning: could not install chromium; the browser test will be skipped"; \
 	  fi; }
 
-test: venv browser
+# torch 2.13 + `.[dev]` as in .venv (filelock < 4 kept), then lmms-eval and the few packages it imports, pinned,
+# with --no-deps (its full dependency list is ~50 packages and a different torch).
+venv-lmms: $(LMMS_STAMP)
+
+$(LMMS_STAMP): setup.cfg pyproject.toml $(LMMS_PINS) $(LMMS_CONSTRAINTS)
+	test -x $(LMMS_PY) || $(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_PY) -m pip install -q --upgrade pip
+	$(LMMS_PY) -m pip install -q -c $(LMMS_CONSTRAINTS) torch==2.13.0 -e ".[dev]"
+	$(LMMS_PY) -m pip install -q --no-deps -c $(LMMS_CONSTRAINTS) -r $(LMMS_PINS)
+	touch $(LMMS_STAMP)
+
+# The main suite (lmms-eval absent: its tests skip), then the tests that need lmms-eval, in .venv-lmms and a process
+# of their own: the plugin (the real `lmms-eval eval` CLI included) and the scoring cross-check.
+test: test-main test-lmms
+
+test-main: venv browser
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests
+
+test-lmms: venv-lmms
+	HF_HUB_OFFLINE=1 $(LMMS_VENV)/bin/pytest -q tests/test_lmms_plugin.py \
+	  tests/test_scoring.py::test_cross_check_with_lmms_eval
 
 demo: venv
 	HF_HUB_OFFLINE=1 $(PY) -m ross.train.demo

@@ -132,12 +132,15 @@ def load_model(
 # ---------------------------------------------------------------------------------------
 
 
-def chat_text(processor, prompt: str, num_images: int) -> str:
+def chat_text(processor, prompt: str | list[dict], num_images: int) -> str:
     """One user turn (``num_images`` images, then ``prompt``) + the generation prompt, in the chat template.
 
     A prompt that already holds exactly ``num_images`` image tokens (some lmms-eval tasks write
-    ``<image>`` themselves) is used as it is.
+    ``<image>`` themselves) is used as it is. A list is a whole conversation (``[{"role", "content": [{"type":
+    "image"} | {"type": "text", "text"}, ...]}, ...]``, as lmms-eval's chat models get it), rendered as it is.
     """
+    if not isinstance(prompt, str):
+        return processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     image_token = getattr(processor, "image_token", "<image>")
     if num_images and prompt.count(image_token) == num_images:
         content = [{"type": "text", "text": prompt}]
@@ -148,7 +151,8 @@ def chat_text(processor, prompt: str, num_images: int) -> str:
 
 
 def build_batch(processor, items: Sequence[tuple[list, str]], device=None, dtype=None) -> dict:
-    """Left-padded processor output for ``items`` = ``[(images, prompt), ...]`` (images: a list, may be empty)."""
+    """Left-padded processor output for ``items`` = ``[(images, prompt), ...]`` (images: a list, may be empty;
+    prompt: a string or a conversation, see :func:`chat_text`)."""
     texts = [chat_text(processor, prompt, len(images)) for images, prompt in items]
     images = [image for item_images, _ in items for image in item_images]
     batch = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
@@ -209,7 +213,7 @@ def batch_order(items: Sequence[tuple[list, str]], batch_size: int) -> list[list
     and an out-of-memory error shows up at once."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(items)), key=lambda i: -(len(items[i][1]) + 10_000 * len(items[i][0])))
+    order = sorted(range(len(items)), key=lambda i: -(len(str(items[i][1])) + 10_000 * len(items[i][0])))
     return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
 
 

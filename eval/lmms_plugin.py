@@ -1,26 +1,35 @@
-"""lmms-eval adapter: ``lmms-eval --model ross --model_args pretrained=PATH --tasks pope ...``.
+"""lmms-eval adapter: ``lmms-eval eval --model ross --model_args pretrained=PATH --tasks pope ...``.
 
 lmms-eval (>= 0.7) finds out-of-tree models through the ``lmms_eval.models`` entry-point
 group; this package declares (setup.cfg)::
 
     [options.entry_points]
     lmms_eval.models =
-        ross = eval.lmms_plugin:lmms_eval_manifest
+        ross = ross.eval.lmms_plugin:lmms_eval_manifest
 
-``RossLmms`` is a *simple* lmms-eval model (``is_simple = True``): each request's ``args`` are
-``(context, gen_kwargs, doc_to_visual, doc_id, task, split)``; the images come from
-``doc_to_visual(self.task_dict[task][split][doc_id])``. The context (the task's prompt,
-suffixes included) is placed after the image(s) in the model's chat template and answered by
-:func:`ross.eval.generation.generate_answers`, the same batched greedy path as ``python -m ross.eval.run``
-(``batch_size`` requests at a time, left padding, KV cache). ``gen_kwargs`` are honoured:
-``until`` (output cut before the first stop string), ``max_new_tokens`` (default 1024, as in
-lmms-eval's ``llava_hf``), ``temperature`` (> 0 samples), ``top_p``, ``num_beams``.
+The manifest names two classes, as lmms-eval 0.7's own models do:
 
-``model_args``: ``pretrained`` (required), ``device`` (default: CUDA if available), ``dtype``
-(``auto``: bf16/fp16 on GPU, fp32 on CPU), ``batch_size`` (default 1), ``attn_implementation``.
+* ``RossLmmsChat`` (``is_simple = False``), what ``--model ross`` resolves to (lmms-eval 0.7 prefers the chat
+  interface): each request's ``args`` are ``(context, doc_to_messages, gen_kwargs, doc_id, task, split)`` and
+  ``doc_to_messages(doc)`` is a conversation (``lmms_eval.protocol.ChatMessages``: system/user/assistant turns of
+  image and text parts). It is rendered by the model's chat template as it is, images at their places.
+* ``RossLmms`` (``is_simple = True``), with ``--force_simple``: ``args`` are ``(context, gen_kwargs,
+  doc_to_visual, doc_id, task, split)``; the images come from ``doc_to_visual(self.task_dict[task][split][doc_id])``
+  and the context (the task's prompt, suffixes included) is placed after them as one user turn.
 
-lmms-eval is optional: without it this module still imports (``lmms_eval_manifest`` and the
-helpers work) and only ``RossLmms`` is missing, with an ImportError that says so.
+For a single-turn task both give the same prompt as ``python -m ross.eval.run``, and both answer through
+:func:`ross.eval.generation.generate_answers`, the same batched greedy path (``--batch_size N`` requests at a
+time, left padding, KV cache; on CPU in fp32 a batch gives the answers of batch size 1). ``gen_kwargs`` are
+honoured: ``until`` (output cut before the first stop string), ``max_new_tokens`` (default 1024, as in
+lmms-eval's ``llava_hf``), ``temperature`` (> 0 samples), ``top_p``, ``num_beams``; requests with different
+``gen_kwargs`` are never batched together.
+
+``model_args``: ``pretrained`` (required), ``dtype`` (``auto``: bf16/fp16 on GPU, fp32 on CPU),
+``attn_implementation``; lmms-eval passes ``--batch_size`` (an integer; default 1) and ``--device`` (default:
+CUDA if available). Image parts only: a video or audio part is an error naming the task and doc.
+
+lmms-eval is optional: without it this module still imports, ``lmms_eval_manifest()`` returns the manifest's
+fields as a dict and the helpers work; only the two classes are missing, with an ImportError that says so.
 """
 
 from __future__ import annotations
@@ -41,14 +50,21 @@ else:
 
 MODEL_ID = "ross"
 CLASS_PATH = "ross.eval.lmms_plugin.RossLmms"
+CHAT_CLASS_PATH = "ross.eval.lmms_plugin.RossLmmsChat"
+MANIFEST = {"model_id": MODEL_ID, "simple_class_path": CLASS_PATH, "chat_class_path": CHAT_CLASS_PATH}
 DEFAULT_MAX_NEW_TOKENS = 1024
 
 
 def lmms_eval_manifest():
-    """The entry point's payload: ``ModelManifest("ross", simple_class_path="ross.eval.lmms_plugin.RossLmms")``."""
-    from lmms_eval.models.registry_v2 import ModelManifest  # called by lmms-eval only, so it is importable here
+    """The entry point's payload: ``ModelManifest(**MANIFEST)`` (chat and simple class paths).
 
-    return ModelManifest(model_id=MODEL_ID, simple_class_path=CLASS_PATH)
+    Without lmms-eval importable, the same fields as a plain dict (nothing else could use a ``ModelManifest``).
+    """
+    try:
+        from lmms_eval.models.registry_v2 import ModelManifest
+    except ImportError:
+        return dict(MANIFEST)
+    return ModelManifest(**MANIFEST)
 
 
 def generation_settings(gen_kwargs: dict | None) -> tuple[int, list[str], dict]:
@@ -87,13 +103,44 @@ def _as_images(visuals) -> list:
     return images
 
 
-if _LmmsBase is not None:
-    try:
-        from lmms_eval.api.registry import register_model
-    except ImportError:  # pragma: no cover
+def _open_image(url, where: str) -> Image.Image:
+    if isinstance(url, Image.Image):
+        return url
+    if isinstance(url, str):
+        try:
+            with Image.open(url) as image:
+                return image.convert("RGB")
+        except OSError as err:
+            raise ValueError(f"{where}: cannot open image {url!r}: {err}") from None
+    raise ValueError(f"{where}: an image part must be a PIL image or a file path, got {type(url).__name__}")
 
-        def register_model(*names):
-            return lambda cls: cls
+
+def chat_conversation(messages: list[dict], where: str = "request") -> tuple[list, list[dict]]:
+    """lmms-eval chat messages -> ``(images, conversation)`` for :func:`ross.eval.generation.chat_text`.
+
+    ``messages``: ``[{"role", "content": [{"type": "text", "text"} | {"type": "image", "url": PIL or path}]}]``
+    (``ChatMessages.model_dump()``); each image part becomes an ``{"type": "image"}`` placeholder, and the images
+    are returned in the order of their placeholders. ``where`` names the request in errors.
+    """
+    images, conversation = [], []
+    for message in messages:
+        content = []
+        for part in message["content"]:
+            kind = part["type"]
+            if kind == "text":
+                content.append({"type": "text", "text": part["text"]})
+            elif kind == "image":
+                images.append(_open_image(part["url"], where))
+                content.append({"type": "image"})
+            else:
+                raise ValueError(f"{where}: ROSS takes images and text only, got a {kind!r} part")
+        conversation.append({"role": message["role"], "content": content})
+    return images, conversation
+
+
+if _LmmsBase is not None:
+    from lmms_eval.api.registry import register_model
+    from lmms_eval.protocol import ChatMessages
 
     @register_model(MODEL_ID)
     class RossLmms(_LmmsBase):
@@ -113,11 +160,13 @@ if _LmmsBase is not None:
         ) -> None:
             super().__init__()
             if kwargs:
-                raise TypeError(f"RossLmms got unknown model_args: {', '.join(sorted(kwargs))}")
+                raise TypeError(f"{type(self).__name__} got unknown model_args: {', '.join(sorted(kwargs))}")
             try:
                 self.batch_size_per_gpu = int(batch_size)
             except (TypeError, ValueError):
                 raise ValueError(f"batch_size must be an integer for ross, got {batch_size!r}") from None
+            if self.batch_size_per_gpu < 1:
+                raise ValueError(f"batch_size must be >= 1 for ross, got {batch_size!r}")
             self.pretrained = pretrained
             self._model, self.processor = load_model(pretrained, dtype, device, attn_implementation)
             self._rank, self._world_size = 0, 1
@@ -138,30 +187,29 @@ if _LmmsBase is not None:
         def device(self):
             return self._model.device
 
-        def _visuals(self, doc_to_visual, doc_id, task, split) -> list:
-            if doc_to_visual is None:
-                return []
-            return _as_images(doc_to_visual(self.task_dict[task][split][doc_id]))
+        def parse_request(self, request) -> tuple[str, dict | None, list, str | list[dict]]:
+            """``(context, gen_kwargs, images, prompt)``: images from ``doc_to_visual``; the prompt is the context."""
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            doc = self.task_dict[task][split][doc_id]
+            images = _as_images(doc_to_visual(doc)) if doc_to_visual is not None else []
+            return context, gen_kwargs, images, context
 
         def generate_until(self, requests) -> list[str]:
             """One answer per request, in request order; requests with equal ``gen_kwargs`` are batched."""
+            parsed = [self.parse_request(request) for request in requests]
             groups: dict[str, list[int]] = defaultdict(list)
-            for i, request in enumerate(requests):
-                groups[repr(sorted((request.args[1] or {}).items(), key=lambda kv: kv[0]))].append(i)
+            for i, (_, gen_kwargs, _, _) in enumerate(parsed):
+                groups[repr(sorted((gen_kwargs or {}).items(), key=lambda kv: kv[0]))].append(i)
             answers: list[str | None] = [None] * len(requests)
             for indices in groups.values():
-                max_new_tokens, until, overrides = generation_settings(requests[indices[0]].args[1])
-                items = []
-                for i in indices:
-                    context, _, doc_to_visual, doc_id, task, split = requests[i].args
-                    items.append((self._visuals(doc_to_visual, doc_id, task, split), context))
+                max_new_tokens, until, overrides = generation_settings(parsed[indices[0]][1])
                 texts = generate_answers(
-                    self._model, self.processor, items, max_new_tokens, self.batch_size, stop=until,
-                    progress=self.rank == 0, description="ross", **overrides,
+                    self._model, self.processor, [parsed[i][2:] for i in indices], max_new_tokens, self.batch_size,
+                    stop=until, progress=self.rank == 0, description="ross", **overrides,
                 )
                 for i, text in zip(indices, texts):
                     answers[i] = text
-                    self.cache_hook.add_partial("generate_until", requests[i].args[:2], text)
+                    self.cache_hook.add_partial("generate_until", parsed[i][:2], text)
             return answers
 
         def loglikelihood(self, requests):
@@ -175,16 +223,31 @@ if _LmmsBase is not None:
                 "The ross lmms-eval model does not implement multi-round generation; use single-turn tasks."
             )
 
+    class RossLmmsChat(RossLmms):
+        """The chat interface of :class:`RossLmms`: the task's ``doc_to_messages`` conversation, rendered as it is."""
+
+        is_simple = False
+
+        def parse_request(self, request) -> tuple[str, dict | None, list, str | list[dict]]:
+            """``(context, gen_kwargs, images, conversation)`` from ``doc_to_messages(doc)``."""
+            context, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
+            where = f"task {task!r} split {split!r} doc {doc_id}"
+            try:
+                messages = ChatMessages(messages=doc_to_messages(self.task_dict[task][split][doc_id]))
+            except ValueError as err:  # pydantic's ValidationError is a ValueError
+                raise ValueError(f"{where}: doc_to_messages did not give lmms-eval chat messages: {err}") from None
+            images, conversation = chat_conversation(messages.model_dump()["messages"], where)
+            return context, gen_kwargs, images, conversation
+
 
 def __getattr__(name):
-    if name == "RossLmms":
+    if name in ("RossLmms", "RossLmmsChat"):
         raise ImportError(
-            "ross.eval.lmms_plugin.RossLmms needs lmms-eval (pip install lmms-eval); importing it failed: "
-            f"{_IMPORT_ERROR}"
+            f"ross.eval.lmms_plugin.{name} needs lmms-eval (see README, Evaluate: eval/lmms-eval-requirements.txt); "
+            f"importing it failed: {_IMPORT_ERROR}"
         )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["CLASS_PATH", "MODEL_ID", "generation_settings", "lmms_eval_manifest"] + (
-    ["RossLmms"] if _LmmsBase is not None else []
-)
+__all__ = ["CHAT_CLASS_PATH", "CLASS_PATH", "MANIFEST", "MODEL_ID", "chat_conversation", "generation_settings",
+           "lmms_eval_manifest"] + (["RossLmms", "RossLmmsChat"] if _LmmsBase is not None else [])
