@@ -43,9 +43,10 @@ $(LMMS_STAMP): setup.cfg pyproject.toml $(LMMS_PINS) $(LMMS_CONSTRAINTS)
 	$(LMMS_PY) -m pip install -q --no-deps -c $(LMMS_CONSTRAINTS) -r $(LMMS_PINS)
 	touch $(LMMS_STAMP)
 
-# The main suite (lmms-eval absent: its tests skip), then the tests that need lmms-eval, in .venv-lmms and a process
-# of their own: the plugin (the real `lmms-eval eval` CLI included) and the scoring cross-check.
-test: test-main test-lmms
+# The tests that need lmms-eval, in .venv-lmms and a process of their own (the plugin, the real `lmms-eval eval` CLI
+# included, and the scoring cross-check), then the main suite (lmms-eval absent: those tests skip), whose summary line
+# is the last one printed.
+test: test-lmms test-main
 
 test-main: venv browser
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests
