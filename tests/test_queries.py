@@ -17,6 +17,7 @@ from transformers import LlavaForConditionalGeneration
 
 from modeling_ross import RossConfig, RossForConditionalGeneration, RossProcessor, from_components
 from modeling_ross.export_llava import export_llava
+from ross.train.callbacks import check_model
 from ross.train.collator import IGNORE_INDEX, RossDataCollator
 from ross.train.dataset import load_training_dataset
 from ross.train.sources import BadSampleError, is_creation
@@ -297,6 +298,8 @@ def test_inference_is_unchanged_and_the_queries_round_trip(tiny_components, quer
 
     reloaded = RossForConditionalGeneration.from_pretrained(tmp_path / "ross", load_objective=True)
     assert torch.equal(reloaded.queries.weight, model.queries.weight)
+    processor = RossProcessor.from_pretrained(tmp_path / "ross")
+    assert processor.query_token == "<query>" and processor.query_token_id == model.config.query_token_id
     inference, info = RossForConditionalGeneration.from_pretrained(tmp_path / "ross", output_loading_info=True)
     assert inference.queries is None and not info["missing_keys"]
     # The same inference weights in a model that never had queries.
@@ -323,6 +326,8 @@ def test_reconstruct_creates_from_a_creation_prompt(tiny_components, query_proce
     assert images.shape == (2, 3, side, side) and images.min() >= 0 and images.max() <= 1
     with pytest.raises(ValueError, match="creation prompt"):
         model.reconstruct(query_processor.preprocess_targets([_image(1)]))
+    with pytest.raises(ValueError, match="creates images from captions"):
+        check_model(model)  # the reconstruction preview of input images
 
 
 def test_trainer_counts_creation_targets(tiny_components, query_processor):
