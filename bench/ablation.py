@@ -96,7 +96,7 @@ def add_extra_arms(protocol: dict, path: Path, spec: dict) -> None:
     arms = (yaml.safe_load(text) or {}).get("arms") or {}
     for name, arm in arms.items():
         if name in protocol["arms"]:
-            raise SystemExit(f"error: {path}: arm {name!r} is registered by the protocol; give the extra arm its own name")
+            raise SystemExit(f"error: {path}: arm {name!r} is registered by the protocol; name the extra arm otherwise")
         unknown = sorted(set(arm) - EXTRA_ARM_KEYS)
         if unknown or not {"objective", "target"} <= set(arm):
             raise SystemExit(f"error: {path}: arm {name!r} needs objective and target and may have "

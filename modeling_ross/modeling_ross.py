@@ -183,7 +183,9 @@ class RossModel(RossPreTrainedModel):
             )
         return mask
 
-    def get_query_mask(self, input_ids: torch.LongTensor | None, queries: torch.Tensor | None) -> torch.BoolTensor | None:
+    def get_query_mask(
+        self, input_ids: torch.LongTensor | None, queries: torch.Tensor | None
+    ) -> torch.BoolTensor | None:
         """
         The `(batch_size, sequence_length)` mask of `<query>` tokens (`config.query_token_id`), or None when there is
         none. Each creation sample must hold whole spans of `image_seq_length` queries, and the model must have the

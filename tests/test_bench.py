@@ -158,8 +158,8 @@ def test_ablation_runs_the_registered_runs_and_refuses_a_partial_table(tmp_path,
     # An extra, non-registered arm (the generative variant) runs next to them; the registered runs are reused and
     # their report is left as it was.
     extra = tmp_path / "extra.yaml"
-    extra.write_text(yaml.safe_dump({"arms": {"generative": {
-        "objective": "denoise", "target": "vae", "model_overrides": {"condition": "queries"}, "creation_fraction": 0.5}}}))  # fmt: skip
+    arm = {"objective": "denoise", "target": "vae", "model_overrides": {"condition": "queries"}, "creation_fraction": 0.5}
+    extra.write_text(yaml.safe_dump({"arms": {"generative": arm}}))
     capsys.readouterr()
     assert ablation.main(["--protocol", str(protocol_file), "--out", str(out), "--extra", str(extra)]) == 0
     assert capsys.readouterr().out.count("done earlier") == 2

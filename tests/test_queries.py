@@ -93,7 +93,8 @@ def test_processor_inserts_exactly_n_query_tokens(query_processor, tiny_componen
     )  # fmt: skip
     ids, mask = out["input_ids"][0], out["assistant_masks"][0].bool()
     is_query = ids == query_processor.query_token_id
-    assert int(is_query.sum()) == n and torch.equal(is_query.nonzero().flatten(), is_query.nonzero()[0] + torch.arange(n))
+    positions = is_query.nonzero().flatten()
+    assert len(positions) == n and torch.equal(positions, positions[0] + torch.arange(n))  # one span
     # The assistant turn: its queries and the end of turn; the prompt (with the caption) is not.
     assert mask[is_query].all() and query_processor.tokenizer.decode(ids[mask & ~is_query]).strip() == "<|im_end|>"
     # A generation prompt never holds a query.
