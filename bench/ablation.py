@@ -2,6 +2,7 @@
 under the pre-registered protocol `bench/ablation.yaml`.
 
     python bench/ablation.py --mode quick|full|cuda [--device cpu|cuda] [--out runs/ablation] [--report-only]
+                             [--extra bench/ablation_extra.yaml]
 
 Every run trains the default run's two stages (`train/sft.py` via `train/demo.py`'s stage runner) on the same
 fitted components (a SigLIP tower fitted with a coarse colour-presence objective, a KL autoencoder fitted on the
@@ -19,6 +20,12 @@ mode with curve steps the stored run was not evaluated at). The report
 (`ablation_<mode>.md` / `.json`) is refused while any run the mode registers lacks a result: no table from a subset.
 It gives mean +/- std over seeds per arm, the shuffle drop, learning curves, the data-size sweep (full mode), the
 attention comparison (Welch t and Mann-Whitney U on per-item scores, seeds pooled), and the protocol's claim checked.
+
+`--extra FILE` adds arms that the protocol does not register (`bench/ablation_extra.yaml`: the generative variant,
+`condition: queries`): each runs with the mode's seeds and data sizes next to the registered runs, records the
+protocol's hash plus the file's, and the report is written as `ablation_<mode>_extra` with those arms marked. An extra
+arm may give `model_overrides` (added to the protocol's) and `creation_fraction` (caption -> image records added to
+stage 2's data). The registered protocol, its runs and their reports are untouched.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from ross.eval.attention import VisualAttention, compare, visual_attention
 from ross.eval.generation import evaluate_model, get_benchmark, load_items, load_model
 from ross.train.demo import DemoSettings, StageSettings, benchmark_report, prepare_data, run_stage
 from ross.train.pretrain_components import ComponentSettings, component_paths, format_detail, prepare_components
+from ross.train.synthetic import write_llava_dataset
 
 
 PROTOCOL = Path(__file__).with_name("ablation.yaml")
@@ -56,8 +64,12 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def load_protocol(path: Path, mode: str) -> dict:
-    """The protocol with the mode's settings applied, its hash, and the runs the mode registers."""
+EXTRA_ARM_KEYS = {"objective", "target", "model_overrides", "creation_fraction"}
+
+
+def load_protocol(path: Path, mode: str, extra: Path | None = None) -> dict:
+    """The protocol with the mode's settings applied, its hash, and the runs the mode registers (then those of the
+    `extra` file's arms, which the protocol does not register)."""
     text = path.read_text()
     protocol = yaml.safe_load(text)
     if mode not in protocol["modes"]:
@@ -72,8 +84,34 @@ def load_protocol(path: Path, mode: str) -> dict:
     if "sweep" in spec:
         sweep = spec["sweep"]
         runs += [(arm, seed, size) for size in sweep["data_sizes"] for arm in sweep["arms"] for seed in spec["seeds"]]
-    protocol.update(mode=mode, runs=runs, hash=hashlib.sha256(text.encode()).hexdigest()[:12])
+    protocol.update(mode=mode, runs=runs, hash=hashlib.sha256(text.encode()).hexdigest()[:12], extra_arms=[])
+    if extra is not None:
+        add_extra_arms(protocol, extra, spec)
     return protocol
+
+
+def add_extra_arms(protocol: dict, path: Path, spec: dict) -> None:
+    """The arms of an extra file, run with the mode's seeds and data sizes; their hash covers both files."""
+    text = path.read_text()
+    arms = (yaml.safe_load(text) or {}).get("arms") or {}
+    for name, arm in arms.items():
+        if name in protocol["arms"]:
+            raise SystemExit(f"error: {path}: arm {name!r} is registered by the protocol; name the extra arm otherwise")
+        unknown = sorted(set(arm) - EXTRA_ARM_KEYS)
+        if unknown or not {"objective", "target"} <= set(arm):
+            raise SystemExit(f"error: {path}: arm {name!r} needs objective and target and may have "
+                             f"{sorted(EXTRA_ARM_KEYS)}; unknown keys: {unknown}")  # fmt: skip
+    protocol["arms"].update(arms)
+    protocol["extra_arms"] = list(arms)
+    protocol["extra_hash"] = hashlib.sha256(text.encode()).hexdigest()[:12]
+    protocol["runs"] += [(arm, seed, size) for size in spec["data_sizes"] for arm in arms for seed in spec["seeds"]]
+
+
+def run_hash(protocol: dict, arm: str | None) -> str:
+    """The hash a run's result records: the protocol's, plus the extra file's for an extra arm."""
+    if arm in protocol.get("extra_arms", ()):
+        return f"{protocol['hash']}+{protocol['extra_hash']}"
+    return protocol["hash"]
 
 
 def run_id(arm: str, seed: int, size: str) -> str:
@@ -85,7 +123,7 @@ def is_current(result: dict | None, protocol: dict) -> bool:
     at every curve step of the mode (a quick-mode run, evaluated only at its last step, is rerun for the full table)."""
     return (
         result is not None
-        and result.get("protocol_hash") == protocol["hash"]
+        and result.get("protocol_hash") == run_hash(protocol, result.get("arm"))
         and all(str(step) in result.get("curve", {}) for step in protocol["curve_steps"])
     )
 
@@ -143,14 +181,17 @@ def attention_scores(model_dir: Path, data_root: Path, data: dict, protocol: dic
 
 
 def parameter_counts(model_dir: Path) -> dict:
-    """Parameters of the LLM and of the denoiser, read from the safetensors headers."""
-    counts = {"language_model": 0, "denoiser": 0}
+    """Parameters of the LLM, of the denoiser and of the learnable queries (`condition: queries` only), read from the
+    safetensors headers."""
+    counts = {"language_model": 0, "denoiser": 0, "queries": 0}
     for file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(file), "pt") as handle:
             for key in handle.keys():
                 size = math.prod(handle.get_slice(key).get_shape())
                 if key.startswith("denoiser."):
                     counts["denoiser"] += size
+                elif key.startswith("queries."):
+                    counts["queries"] += size
                 elif key.startswith("model.language_model."):
                     counts["language_model"] += size
     return counts
@@ -163,10 +204,11 @@ def train_run(arm: str, seed: int, paths: dict, manifest: dict, data_root: Path,
     common = {"prepare_tiny": "null", "image_folder": str(data_root / data["image_folder"]), "seed": seed,
               "objective": spec["objective"], "target": spec["target"], "disable_tqdm": "true",
               "dataloader_num_workers": 0, "logging_steps": max(1, min(10, protocol["stage2"]["max_steps"] // 20))}
-    overrides = {**protocol["model_overrides"], **manifest["objective_overrides"]}
+    overrides = {**protocol["model_overrides"], **manifest["objective_overrides"], **spec.get("model_overrides", {})}
     stage1 = StageSettings(**{k: protocol["stage1"][k] for k in ("max_steps", "batch_size", "learning_rate")})
     stage2 = StageSettings(**{k: protocol["stage2"][k] for k in ("max_steps", "batch_size", "learning_rate")})
-    if protocol.get("latent_cache") and spec["objective"] != "none" and spec["target"] == "vae":
+    queries = overrides.get("condition") == "queries"  # its targets are creation images, which the cache lacks
+    if protocol.get("latent_cache") and spec["objective"] != "none" and spec["target"] == "vae" and not queries:
         # the frozen teacher's (mean, std) per image, encoded once for every run of these components and data
         common.update(latent_cache_dir=str(Path(paths["vision_model"]).parent / "latent_cache"), build_latent_cache="true")
     cpu = torch.device(device).type == "cpu"
@@ -182,6 +224,21 @@ def train_run(arm: str, seed: int, paths: dict, manifest: dict, data_root: Path,
         "save_strategy": "steps", "save_steps": every, "save_only_model": "true", **stage2.overrides(),
     }, run_dir / "stage2" / "train.log", cpu=cpu)  # fmt: skip
     return {"stage1": first, "stage2": second}
+
+
+def with_creation_data(spec: dict, data_root: Path, data: dict, settings: DemoSettings) -> dict:
+    """The data manifest, its stage-2 data replaced for an arm with `creation_fraction` by the same records plus
+    caption -> image creation records (written once beside them: the same instruction scenes, the creation scenes
+    from their own random stream; the JSON, written last, marks a complete set)."""
+    fraction = spec.get("creation_fraction")
+    if not fraction:
+        return data
+    name = f"synthetic_sft_create{fraction:g}"
+    path = data_root / data["image_folder"] / f"{name}.json"
+    if not path.is_file():
+        write_llava_dataset(str(path.parent), settings.sft_images, seed=0, size=settings.image_size, stage="sft",
+                            name=name, creation_fraction=fraction)  # fmt: skip
+    return {**data, "stage2_data": str(path.relative_to(data_root))}
 
 
 def run_one(arm: str, seed: int, size: str, out: Path, protocol: dict, device: str) -> dict:
@@ -202,6 +259,7 @@ def run_one(arm: str, seed: int, size: str, out: Path, protocol: dict, device: s
                             benchmark_items=protocol["benchmark_items"])  # fmt: skip
     data = prepare_data(out / "data", settings)
     data_root = out / "data" / data["key"]
+    data = with_creation_data(protocol["arms"][arm], data_root, data, settings)
 
     log(f"{run_id(arm, seed, size)}: training ({protocol['stage2']['max_steps']} stage-2 steps)")
     training = train_run(arm, seed, paths, manifest, data_root, data, run_dir, protocol, device)
@@ -213,7 +271,8 @@ def run_one(arm: str, seed: int, size: str, out: Path, protocol: dict, device: s
     model_dir = run_dir / "stage2" / "model"
     shuffled = evaluate_folder(model_dir, data_root, data, run_dir / "eval" / "shuffled", protocol, device, seed)
     result = {
-        "run": run_id(arm, seed, size), "arm": arm, "seed": seed, "data_size": size, "protocol_hash": protocol["hash"],
+        "run": run_id(arm, seed, size), "arm": arm, "seed": seed, "data_size": size,
+        "protocol_hash": run_hash(protocol, arm),
         "protocol_version": protocol["protocol_version"], "curve": curve, "final": curve[max(curve)],
         "shuffled": shuffled, "attention": attention_scores(model_dir, data_root, data, protocol, device),
         "parameters": parameter_counts(model_dir), "training": training,
@@ -321,12 +380,13 @@ def markdown(protocol: dict, table: dict, verdict: dict | None, components: dict
         ratio = params["denoiser"] / params["language_model"] if params["language_model"] else 0
         cells = [_cell(row["fine_grained_accuracy"]), _cell(row["fine_grained_accuracy:shuffled"])]
         cells += [_cell(row[n]) for n in benchmarks]
-        lines.append(f"| {name} | {ratio:.1%} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(protocol, name)} | {ratio:.1%} | " + " | ".join(cells) + " |")
     lines += ["", "Learning curves (fine-grained accuracy, mean over seeds):", "",
               "| arm @ data | " + " | ".join(f"step {s}" for s in protocol["curve_steps"]) + " |",
               "|---|" + "---|" * len(protocol["curve_steps"])]  # fmt: skip
     for name, row in table.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(row["curve"][s]) for s in protocol["curve_steps"]) + " |")
+        lines.append(f"| {_label(protocol, name)} | "
+                     + " | ".join(_cell(row["curve"][s]) for s in protocol["curve_steps"]) + " |")  # fmt: skip
     if verdict:
         a = verdict["attention"]
         lines += ["", f"Claim ({protocol['compare'][1]} vs {protocol['compare'][0]}): difference "
@@ -338,6 +398,11 @@ def markdown(protocol: dict, table: dict, verdict: dict | None, components: dict
     return "\n".join(lines) + "\n"
 
 
+def _label(protocol: dict, name: str) -> str:
+    """`arm@size`, marked when the protocol does not register the arm."""
+    return f"{name} (extra)" if name.split("@")[0] in protocol.get("extra_arms", ()) else name
+
+
 def report(protocol: dict, out: Path) -> dict:
     results = collect(protocol, out)
     table = summarize(protocol, results)
@@ -346,8 +411,9 @@ def report(protocol: dict, out: Path) -> dict:
     text = markdown(protocol, table, verdict, components)
     payload = {"protocol": {k: v for k, v in protocol.items() if k != "runs"}, "runs": [r for r in results.values()],
                "table": table, "claim": verdict}  # fmt: skip
-    (out / f"ablation_{protocol['mode']}.json").write_text(json.dumps(payload, indent=1, default=str))
-    (out / f"ablation_{protocol['mode']}.md").write_text(text)
+    stem = f"ablation_{protocol['mode']}" + ("_extra" if protocol.get("extra_arms") else "")
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str))
+    (out / f"{stem}.md").write_text(text)
     print(text)
     return payload
 
@@ -359,8 +425,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--report-only", action="store_true", help="report the runs already there; train nothing")
+    parser.add_argument("--extra", type=Path, default=None,
+                        help="extra, non-registered arms (bench/ablation_extra.yaml: the generative variant)")
     args = parser.parse_args(argv)
-    protocol = load_protocol(args.protocol, args.mode)
+    protocol = load_protocol(args.protocol, args.mode, args.extra)
     out = args.out.resolve()
     if not args.report_only:
         for number, (arm, seed, size) in enumerate(protocol["runs"], 1):

@@ -2,7 +2,7 @@
 of the real 7B recipe spends its arithmetic.
 
     python bench/train_step.py [--device cpu|cuda] [--dtype float32|bfloat16] [--configs tiny scaled] [--repeats 6]
-                               [--out runs/bench/train_step]
+                               [--arms none ross ross+cache queries] [--out runs/bench/train_step]
 
 Measured part. For each configuration one ROSS^D model is built from tiny component repos (`modeling_ross.testing`)
 and a baseline copy with `objective: none` shares its weights. Three arms run interleaved in one process, A/B/C/A/B/C,
@@ -11,6 +11,11 @@ each a full optimizer step of the stage-2 recipe (vision tower and teacher froze
 - `none`: the LLaVA baseline (text loss only);
 - `ross`: ROSS^D with the teacher run on every step (the VAE encoder is part of the step);
 - `ross+cache`: ROSS^D with cached teacher targets (`teacher_targets`, as `train/latent_cache.py` provides).
+
+`--arms` adds an arm that is off by default: `queries`, the generative variant (`condition="queries"`, paper Table 2)
+on creation samples of the same length (each sample's image tokens become `image_seq_length` query tokens at the end
+of its answer, and its image the target the queries reconstruct; one newline token fewer); it shares the ROSS^D model's weights. Its row also
+gives `x ROSS^D`, the paired time ratio to the `ross` arm.
 
 Time is the median over `--repeats` steps after warm-up; peak memory is `torch.cuda.max_memory_allocated` per arm
 (CUDA only: CPU allocations are not tracked per arm). The FLOPs of each arm's step are counted once by
@@ -65,6 +70,7 @@ CONFIGS = {
                    text_tokens=120, batch_size=2),
 }  # fmt: skip
 ARMS = ("none", "ross", "ross+cache")
+EXTRA_ARMS = ("queries",)  # measured with `--arms`: the generative variant (condition="queries")
 REFERENCE_7B = dict(
     llm=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
              num_key_value_heads=4, vocab_size=152064),
@@ -81,8 +87,9 @@ REFERENCE_7B = dict(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_arms(name: str, root: Path, device, dtype) -> tuple[dict, RossProcessor]:
-    """`{"none": baseline, "ross": ROSS^D}` sharing every non-objective weight, and their processor."""
+def build_arms(name: str, root: Path, device, dtype, queries: bool = False) -> tuple[dict, dict]:
+    """`{"none": baseline, "ross": ROSS^D}` (and `"queries"`: the generative variant) sharing every weight they have in
+    common, and their processors (`"queries"`'s adds the `<query>` token)."""
     spec = CONFIGS[name]
     paths = write_tiny_components(root / name, vision_kwargs=spec["vision"], language_kwargs=spec["language"])
     torch.manual_seed(0)
@@ -90,25 +97,41 @@ def build_arms(name: str, root: Path, device, dtype) -> tuple[dict, RossProcesso
     baseline = from_components(paths["vision_model"], paths["language_model"], objective="none")
     missing, unexpected = baseline.load_state_dict(ross.state_dict(), strict=False)
     assert not missing and all(k.startswith(("denoiser.", "teacher.")) for k in unexpected), (missing, unexpected)
-    processor = RossProcessor.from_components(paths["vision_model"], paths["language_model"])
-    return {"none": baseline.to(device, dtype), "ross": ross.to(device, dtype)}, processor
+    models = {"none": baseline.to(device, dtype), "ross": ross.to(device, dtype)}
+    processors = {"ross": RossProcessor.from_components(paths["vision_model"], paths["language_model"])}
+    if queries:
+        generative = from_components(**paths, objective="denoise", num_noise_draws=4, condition="queries",
+                                     **spec["objective"])  # fmt: skip
+        missing, _ = generative.load_state_dict(ross.state_dict(), strict=False)
+        assert missing == ["queries.weight"], missing
+        models["queries"] = generative.to(device, dtype)
+        processors["queries"] = RossProcessor.from_components(
+            paths["vision_model"], paths["language_model"], query_token="<query>"
+        )
+    return models, processors
 
 
-def make_batch(processor, spec: dict, device, dtype) -> dict:
-    """`batch_size` one-image conversations of about `text_tokens` text tokens; labels on the answers only."""
+def make_batch(processor, spec: dict, device, dtype, creation: bool = False) -> dict:
+    """`batch_size` one-image conversations of about `text_tokens` text tokens; labels on the answers only.
+    `creation`: the same conversations with the image as a creation target instead (`<query>` tokens at the end of
+    the answer, the image in `target_pixel_values`): the same length but for the image's newline."""
     images, texts = noise_images(spec["batch_size"], processor_side(processor)), []
     for i in range(spec["batch_size"]):
         words = " ".join(["colour shape count position"] * (spec["text_tokens"] // 8))
+        question = [{"type": "text", "text": f"Describe {i}: {words}"}]
+        answer = [{"type": "text", "text": words}]
         messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Describe {i}: {words}"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": words}]},
+            {"role": "user", "content": question if creation else [{"type": "image"}, *question]},
+            {"role": "assistant", "content": [*answer, {"type": "query"}] if creation else answer},
         ]
         texts.append(processor.apply_chat_template(messages, tokenize=False))
-    batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    batch = processor(text=texts, images=None if creation else images, return_tensors="pt", padding=True)
+    placeholder = processor.query_token_id if creation else processor.image_token_id
     labels = batch["input_ids"].clone()
-    labels[(batch["attention_mask"] == 0) | (labels == processor.image_token_id)] = -100
+    labels[(batch["attention_mask"] == 0) | (labels == placeholder)] = -100
     batch["labels"] = labels
-    batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    key = "target_pixel_values" if creation else "pixel_values"
+    batch[key] = (processor.preprocess_targets(images) if creation else batch["pixel_values"]).to(dtype)
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -121,7 +144,7 @@ def cached_targets(model, batch) -> dict:
 
 def make_step(arm: str, models: dict, batch: dict):
     """A closure running one optimizer step of `arm` (stage 2: vision tower and teacher frozen)."""
-    model = models["none" if arm == "none" else "ross"]
+    model = models[{"ross+cache": "ross"}.get(arm, arm)]
     model.train()
     model.model.vision_tower.requires_grad_(False)
     inputs = dict(batch)
@@ -151,15 +174,19 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def measure_config(name: str, root: Path, device, dtype, repeats: int) -> dict:
-    """Interleaved step times, peak memory and FLOPs of the three arms of one configuration."""
-    models, processor = build_arms(name, root, device, dtype)
+def measure_config(name: str, root: Path, device, dtype, repeats: int, arms=ARMS) -> dict:
+    """Interleaved step times, peak memory and FLOPs of the arms of one configuration."""
+    models, processors = build_arms(name, root, device, dtype, queries="queries" in arms)
+    processor = processors["ross"]
     batch = make_batch(processor, CONFIGS[name], device, dtype)
-    steps = {arm: make_step(arm, models, batch) for arm in ARMS}
-    flops = {arm: count_flops(steps[arm]) for arm in ARMS}  # also the warm-up step
-    times, peaks = {arm: [] for arm in ARMS}, {arm: 0 for arm in ARMS}
+    batches = {arm: batch for arm in arms}
+    if "queries" in arms:
+        batches["queries"] = make_batch(processors["queries"], CONFIGS[name], device, dtype, creation=True)
+    steps = {arm: make_step(arm, models, batches[arm]) for arm in arms}
+    flops = {arm: count_flops(steps[arm]) for arm in arms}  # also the warm-up step
+    times, peaks = {arm: [] for arm in arms}, {arm: 0 for arm in arms}
     for _ in range(repeats):
-        for arm in ARMS:
+        for arm in arms:
             if torch.device(device).type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             synchronize(device)
@@ -177,7 +204,7 @@ def measure_config(name: str, root: Path, device, dtype, repeats: int) -> dict:
         "image_tokens": image_tokens, "llm_parameters": llm, "denoiser_parameters": denoiser,
         "denoiser_to_llm": denoiser / llm,
         "arms": {arm: {"median_s": statistics.median(times[arm]), "times_s": times[arm], "flops": flops[arm],
-                       "peak_memory_bytes": peaks[arm] or None} for arm in ARMS},
+                       "peak_memory_bytes": peaks[arm] or None} for arm in arms},
     }  # fmt: skip
 
 
@@ -185,16 +212,25 @@ def overheads(result: dict) -> dict:
     """Per ROSS arm: measured time ratio to `none`, FLOP ratio, and waste = measured overhead / FLOP overhead."""
     base = result["arms"]["none"]
     rows = {}
-    for arm in ARMS[1:]:
+    for arm in [arm for arm in result["arms"] if arm != "none"]:
         run = result["arms"][arm]
-        # Paired ratios of the interleaved steps: the machine's drift cancels within a pair.
-        paired = sorted(a / b for a, b in zip(run["times_s"], base["times_s"]))
-        time_ratio, flop_ratio = statistics.median(paired), run["flops"] / base["flops"]
+        time_ratio, time_range = paired_ratio(run, base)
+        flop_ratio = run["flops"] / base["flops"]
         memory = run["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] else None
         waste = (time_ratio - 1) / (flop_ratio - 1) if flop_ratio > 1 else None
-        rows[arm] = {"time_ratio": time_ratio, "time_ratio_range": [paired[0], paired[-1]], "flop_ratio": flop_ratio,
+        rows[arm] = {"time_ratio": time_ratio, "time_ratio_range": time_range, "flop_ratio": flop_ratio,
                      "memory_ratio": memory, "waste": waste}
+        if arm in EXTRA_ARMS and "ross" in result["arms"]:
+            ratio, ratio_range = paired_ratio(run, result["arms"]["ross"])
+            rows[arm].update(ross_time_ratio=ratio, ross_time_ratio_range=ratio_range,
+                             ross_flop_ratio=run["flops"] / result["arms"]["ross"]["flops"])
     return rows
+
+
+def paired_ratio(run: dict, base: dict) -> tuple[float, list[float]]:
+    """Median and range of the paired ratios of the interleaved steps: the machine's drift cancels within a pair."""
+    paired = sorted(a / b for a, b in zip(run["times_s"], base["times_s"]))
+    return statistics.median(paired), [paired[0], paired[-1]]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -250,9 +286,10 @@ def markdown(results: list[dict], account: list[dict], args) -> str:
     lines = [f"Device {args.device}, dtype {args.dtype}, {args.repeats} interleaved steps per arm (median).", "",
              "| config | seq (image tokens) | denoiser / LLM | arm | step s | TFLOP/s (MFU) | x none (min-max) | "
              "FLOPs x none | waste | memory x none |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    extra = []
     for result in results:
         ratios = overheads(result)
-        for arm in ARMS:
+        for arm in result["arms"]:
             r = ratios.get(arm, {})
             spread = " ({:.2f}-{:.2f})".format(*r["time_ratio_range"]) if r else ""
             run = result["arms"][arm]
@@ -264,6 +301,12 @@ def markdown(results: list[dict], account: list[dict], args) -> str:
                 f"{_fmt(r.get('time_ratio', 1.0))}{spread} | {_fmt(r.get('flop_ratio', 1.0))} | {_fmt(r.get('waste'))} | "
                 f"{_fmt(r.get('memory_ratio'))} |"
             )
+            if "ross_time_ratio" in r:
+                extra.append(f"| {result['config']} | {arm} | {r['ross_time_ratio']:.2f} "
+                             "({:.2f}-{:.2f}) | {:.2f} |".format(*r["ross_time_ratio_range"], r["ross_flop_ratio"]))
+    if extra:
+        lines += ["", "Extra arms against ROSS^D (paired time ratio, its range, FLOP ratio):", "",
+                  "| config | arm | x ROSS^D (min-max) | FLOPs x ROSS^D |", "|---|---|---|---|", *extra]
     lines += ["", f"7B recipe, one sample of {args.sft_length} tokens (729 image tokens): FLOPs per training step",
               "", "| module | forward TFLOPs | step TFLOPs | share | share with latent cache |", "|---|---|---|---|---|"]
     for row in account:
@@ -278,6 +321,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=[*ARMS, *EXTRA_ARMS],
+                        help="arms to measure (`none`, the baseline, always is); `queries` is the generative variant")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s at --dtype, for the MFU column (e.g. 989 for H100/H200 bf16)")
     parser.add_argument("--sft-length", type=int, default=1152, help="tokens of one SFT sample of the 7B account")
@@ -288,8 +333,9 @@ def main(argv=None) -> int:
     if args.sft_length <= REFERENCE_7B["image_tokens"]:
         parser.error(f"--sft-length must exceed the {REFERENCE_7B['image_tokens']} image tokens")
     dtype = getattr(torch, args.dtype)
+    arms = ["none", *[arm for arm in dict.fromkeys(args.arms) if arm != "none"]]
     with tempfile.TemporaryDirectory() as tmp:
-        results = [measure_config(name, Path(tmp), args.device, dtype, args.repeats) for name in args.configs]
+        results = [measure_config(name, Path(tmp), args.device, dtype, args.repeats, arms) for name in args.configs]
     account = flop_account_7b(args.sft_length)
     report = markdown(results, account, args)
     payload = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "configs": results,

@@ -33,6 +33,7 @@ from .processing_ross import (
     VICUNA_V1_CHAT_TEMPLATE,
     RossProcessor,
     add_image_token,
+    add_query_token,
     load_image_processor,
     resolve_chat_template,
     vision_grid,
@@ -53,6 +54,7 @@ def from_components(
     teacher_subfolder: str | None = None,
     image_token: str = "<image>",
     dtype: torch.dtype | None = None,
+    query_token: str = "<query>",
     **config_overrides,
 ) -> RossForConditionalGeneration:
     """
@@ -64,6 +66,8 @@ def from_components(
     `config_overrides` go to `RossConfig` (e.g. `vision_feature_layer`, `projector_type`) or, for the fields of
     `RossObjectiveConfig` (e.g. `denoiser_depth`, `num_noise_draws`, `weight`), to the objective section.
     `dtype`: of the loaded and the fresh weights (default float32).
+    `condition="queries"` (the generative variant) adds `query_token` to the tokenizer after `image_token` and sets
+    `query_token_id`; build its processor with `RossProcessor.from_components(..., query_token=query_token)`.
     """
     vision_config = AutoConfig.from_pretrained(vision_model)
     vision_config = getattr(vision_config, "vision_config", vision_config)  # full CLIP/SigLIP repos
@@ -73,6 +77,8 @@ def from_components(
     image_processor = load_image_processor(vision_model)
 
     objective_overrides = {k: config_overrides.pop(k) for k in list(config_overrides) if k in OBJECTIVE_FIELDS}
+    if objective_overrides.get("condition") == "queries":
+        config_overrides["query_token_id"] = add_query_token(tokenizer, query_token)
     objective_kwargs, teacher_state = _objective_and_teacher(
         objective, target, teacher, teacher_subfolder, image_processor.image_mean, image_processor.image_std,
         objective_overrides,
@@ -183,8 +189,10 @@ def _assemble(
     model.model.projector = projector
     if config.objective_config.enabled:
         model._build_objective()
-        model.initialize_weights_of(model.denoiser)
-        model.denoiser.to(dtype)
+        for trained in (model.denoiser, model.queries):  # the queries exist for condition="queries" only
+            if trained is not None:
+                model.initialize_weights_of(trained)
+                trained.to(dtype)
         if teacher_state:
             model.teacher.load_state_dict(teacher_state)
         freeze(model.teacher)

@@ -75,6 +75,18 @@ class RossObjectiveConfig(PreTrainedConfig):
             final norm), and `hidden_states[num_hidden_layers]` (= `-1`) the last hidden state after the final norm,
             the same as `None` (transformers 5 `capture_outputs` puts `last_hidden_state` there). Negative values count from the end (`-1` is the last). Only layers `<= k` then get
             the visual loss's gradient. VIRAL's representation alignment uses `16` (of Vicuna-7B's 32).
+        condition (`str`, defaults to `"visual_outputs"`):
+            What conditions the objective. `"visual_outputs"` (ROSS, the reconstructive variant): the hidden states at
+            the image tokens of the input image. `"queries"` (the paper's generative variant, Table 2 "reconstructive
+            vs generative", in the style of Emu / DreamLLM): `image_seq_length` learnable query embeddings (the
+            model's `queries`, trained with the denoiser, saved with it) are inserted after the prompt of a
+            *creation* sample (a caption -> image turn, see `ross.train.sources`) at the positions of the processor's
+            `<query>` tokens; their hidden states (of `condition_layer`) condition the head that reconstructs the
+            sample's target image (`target_pixel_values`, never shown to the LLM), query `i` aligned with latent
+            token `i`. Only creation samples get a visual loss; comprehension samples train the text loss alone, as
+            in the paper, where the generative loss comes from the added text-to-image data. Generation never sees
+            the queries (they are inserted only where `<query>` tokens are). Needs `RossConfig.query_token_id`; the
+            latent cache is not supported.
         num_train_timesteps, beta_schedule, prediction_type:
             Arguments of diffusers' `DDPMScheduler` (reference: 1000, `"squaredcos_cap_v2"`, `"epsilon"`).
         regress_loss (`str`, *optional*):
@@ -113,6 +125,7 @@ class RossObjectiveConfig(PreTrainedConfig):
     num_noise_draws: int = 4
     weight: float = 1.0
     condition_layer: int | None = None
+    condition: Literal["visual_outputs", "queries"] = "visual_outputs"
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
@@ -123,6 +136,11 @@ class RossObjectiveConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.objective == "none" or not self.enabled:
             self.objective, self.enabled = "none", False
+        if self.condition == "queries" and not self.enabled:
+            raise ValueError(
+                "objective_config.condition='queries' conditions the objective's head on learnable queries, but "
+                "objective='none' has no head: use objective='denoise' (the paper's generative variant) or another one."
+            )
         if self.regress_loss is None:
             self.regress_loss = "mse" if self.target == "pixel" else "cosine"
         if self.image_mean is None:
@@ -149,6 +167,10 @@ class RossConfig(PreTrainedConfig):
             Id of the `<image>` token; each image occupies `image_seq_length` consecutive such tokens.
         image_seq_length (`int`):
             Number of visual tokens per image (`grid_size ** 2`, e.g. 729 for SigLIP-384/14).
+        query_token_id (`int`, *optional*):
+            Id of the `<query>` token (`objective_config.condition="queries"` only, required there): each creation
+            sample holds `image_seq_length` consecutive such tokens, replaced by the learnable queries. Never needs an
+            embedding row (the model replaces those positions before the embedding lookup).
         vision_feature_layer (`int`, defaults to -2):
             Hidden-state index of the vision tower fed to the projector (reference: the penultimate layer).
         vision_feature_select_strategy (`str`, defaults to `"full"`):
@@ -183,6 +205,7 @@ class RossConfig(PreTrainedConfig):
     objective_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 151646
     image_seq_length: int | None = None
+    query_token_id: int | None = None
     vision_feature_layer: int = -2
     vision_feature_select_strategy: Literal["default", "full"] = "full"
     projector_type: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
@@ -200,6 +223,7 @@ class RossConfig(PreTrainedConfig):
                 f"patch_size={self.vision_config.patch_size})."
             )
         self.check_condition_layer()
+        self.check_queries()
         # Same workaround as LlavaConfig: some checkpoints keep the flag only in the text config.
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
@@ -215,6 +239,23 @@ class RossConfig(PreTrainedConfig):
                 f"decoder layers: use 1..{num_layers} (the output of that layer) or -{num_layers}..-1 (counting from "
                 "the end), or None for the last hidden state after the final norm."
             )
+
+    def check_queries(self) -> None:
+        """`condition="queries"` needs its own placeholder token, distinct from the image token."""
+        if self.objective_config.condition != "queries":
+            return
+        if self.query_token_id is None:
+            raise ValueError(
+                "objective_config.condition='queries' needs query_token_id, the id of the `<query>` placeholder: "
+                "`from_components(..., condition='queries')` adds the token to the tokenizer and sets it."
+            )
+        if self.query_token_id == self.image_token_id:
+            raise ValueError(f"query_token_id and image_token_id are both {self.image_token_id}: use two tokens.")
+
+    @property
+    def uses_queries(self) -> bool:
+        """Whether the objective is conditioned on learnable queries (the generative variant), not visual outputs."""
+        return self.objective_config.enabled and self.objective_config.condition == "queries"
 
     @property
     def condition_hidden_states_index(self) -> int | None:

@@ -3,7 +3,8 @@
     python -m modeling_ross.export_llava --src ROSS_DIR --dst LLAVA_DIR [--dtype bf16|fp32|auto]
 
 At inference ROSS *is* LLaVA (vision tower -> Linear-GELU-Linear projector -> LLM), so the export is a renaming of the
-inference weights; the training-only `denoiser.*` and `teacher.*` tensors are dropped. The result has no remote code
+inference weights; the training-only `denoiser.*`, `teacher.*` (and the generative variant's `queries.*`) tensors are
+dropped. The result has no remote code
 (`model_type: llava`), loads with `AutoModelForImageTextToText.from_pretrained(DST)` and can be served by engines that
 support LLaVA (e.g. `vllm serve DST`). Tensors are streamed shard by shard, as in `convert_official`.
 
@@ -55,7 +56,7 @@ class ExportReport:
 
 def ross_key_to_llava(key: str) -> str | None:
     """Our key -> the llava-hf checkpoint key; None for training-only tensors."""
-    if key.startswith(("denoiser.", "teacher.")):
+    if key.startswith(("denoiser.", "teacher.", "queries.")):  # queries: the generative variant's, training-only
         return None
     if key.startswith("model.language_model."):
         return "language_model.model." + key[len("model.language_model."):]

@@ -5,6 +5,8 @@ text embeddings at the `<image>` positions -> causal LLM -> `lm_head`. In traini
 hidden states (after the final norm; or those of `objective_config.condition_layer`) at the image
 positions -- the *visual outputs* -- also condition a small denoiser that must recover the image's
 latent tokens from noise (see `objective.py`), and `loss = text_loss + weight * visual_loss`.
+The generative variant (`objective_config.condition="queries"`) conditions it instead on the hidden states of
+learnable queries inserted at the `<query>` tokens of caption -> image "creation" samples.
 """
 
 import json
@@ -37,10 +39,13 @@ class RossModelOutputWithPast(BaseModelOutputWithPast):
         Projected vision features that were scattered into the input embeddings.
     image_token_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
         Where the image tokens are.
+    query_token_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`, *optional*):
+        Where the learnable queries were inserted (`<query>` tokens; None when there are none).
     """
 
     image_hidden_states: torch.FloatTensor | None = None
     image_token_mask: torch.BoolTensor | None = None
+    query_token_mask: torch.BoolTensor | None = None
 
 
 @dataclass
@@ -60,6 +65,8 @@ class RossCausalLMOutputWithPast(ModelOutput):
         The LLM's hidden states of `objective_config.condition_layer` (default: the last ones, after the final norm)
         gathered at the image-token positions, image by image in the order of `pixel_values`. This is the denoiser's
         condition. None at inference when `condition_layer` names a layer whose hidden states were not requested.
+        With `condition="queries"`: gathered at the query positions instead, `(num_creations, image_seq_length,
+        hidden_size)` in the order of `target_pixel_values` (None without creation samples).
     """
 
     loss: torch.FloatTensor | None = None
@@ -105,7 +112,7 @@ class RossPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     # Training-only modules found in a checkpoint are expected when the model is loaded for inference.
-    _keys_to_ignore_on_load_unexpected = [r"^denoiser\.", r"^teacher\."]
+    _keys_to_ignore_on_load_unexpected = [r"^denoiser\.", r"^teacher\.", r"^queries\."]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -176,6 +183,33 @@ class RossModel(RossPreTrainedModel):
             )
         return mask
 
+    def get_query_mask(
+        self, input_ids: torch.LongTensor | None, queries: torch.Tensor | None
+    ) -> torch.BoolTensor | None:
+        """
+        The `(batch_size, sequence_length)` mask of `<query>` tokens (`config.query_token_id`), or None when there is
+        none. Each creation sample must hold whole spans of `image_seq_length` queries, and the model must have the
+        learnable `queries` (`(image_seq_length, D)`) to put there.
+        """
+        if input_ids is None or self.config.query_token_id is None:
+            return None
+        mask = input_ids == self.config.query_token_id
+        if not mask.any():
+            return None
+        if queries is None:
+            raise ValueError(
+                f"input_ids contain {int(mask.sum())} <query> tokens but the model has no learnable queries: they "
+                "exist only in training with objective_config.condition='queries' (load_objective=True); a prompt "
+                "for generation has no <query> token."
+            )
+        per_row = mask.sum(-1)
+        if bool((per_row % self.config.image_seq_length != 0).any()):
+            raise ValueError(
+                f"<query> tokens per sample: {per_row.tolist()}; each creation sample must hold image_seq_length="
+                f"{self.config.image_seq_length} of them (expanded by the processor, not cut by truncation)."
+            )
+        return mask
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -184,12 +218,27 @@ class RossModel(RossPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        queries: torch.FloatTensor | None = None,
         **kwargs,
     ) -> RossModelOutputWithPast:
+        r"""
+        queries (`torch.FloatTensor` of shape `(image_seq_length, hidden_size)`, *optional*):
+            The learnable queries (`condition="queries"`), inserted at every span of `<query>` tokens.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        query_mask = self.get_query_mask(input_ids, queries)
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
+            # The <query> id needs no embedding row: those positions are overwritten by the queries.
+            ids = input_ids if query_mask is None else input_ids.masked_fill(query_mask, 0)
+            inputs_embeds = self.get_input_embeddings()(ids)
+        if query_mask is not None:
+            num_spans = int(query_mask.sum()) // self.config.image_seq_length
+            query_embeds = queries.to(inputs_embeds.dtype).unsqueeze(0).expand(num_spans, -1, -1)
+            inputs_embeds = inputs_embeds.masked_scatter(query_mask.unsqueeze(-1), query_embeds)
+        elif queries is not None and self.training:
+            # A batch without creation samples keeps the queries in the graph (DDP expects a gradient for each).
+            inputs_embeds = inputs_embeds + 0.0 * queries.sum()
 
         image_features = image_mask = None
         if pixel_values is not None:
@@ -222,6 +271,7 @@ class RossModel(RossPreTrainedModel):
             attentions=outputs.attentions,
             image_hidden_states=image_features,
             image_token_mask=image_mask,
+            query_token_mask=query_mask,
         )
 
 
@@ -231,7 +281,9 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
 
     Modules: `model.vision_tower`, `model.projector`, `model.language_model`, `lm_head` (inference), and, with
     `load_objective=True`, the training-only `teacher` (frozen target tokenizer), `denoiser` (ROSS^D denoiser, or the
-    MLP head of ROSS^R) and `objective` (the loss and sampling maths, see `objective.py`; no parameters of its own).
+    MLP head of ROSS^R) and `objective` (the loss and sampling maths, see `objective.py`; no parameters of its own),
+    plus, for the generative variant (`condition="queries"`), the learnable `queries` (`nn.Embedding(image_seq_length,
+    D)`, key `queries.weight`), training-only as well.
 
     Args:
         config (`RossConfig`): The model configuration.
@@ -249,7 +301,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = RossModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        self.objective = self.teacher = self.denoiser = None
+        self.objective = self.teacher = self.denoiser = self.queries = None
         if load_objective and config.objective_config.enabled:
             self._build_objective()
         self.post_init()
@@ -260,6 +312,9 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         self.objective = build_objective(self.config)
         self.teacher = protect_from_init(build_teacher(self.config.objective_config, self.config.grid_size))
         self.denoiser = self.objective.build_head(self.teacher.num_channels)
+        if self.config.uses_queries:
+            # The generic init draws them as token embeddings (normal, std = initializer_range).
+            self.queries = nn.Embedding(self.config.image_seq_length, self.config.text_config.hidden_size)
 
     @property
     def can_reconstruct(self) -> bool:
@@ -298,13 +353,14 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         None when the batch has no image. `objective_config.condition_layer=None`: the last hidden state after the
         final norm (`outputs.last_hidden_state`, the authors' choice); an int `k`: `outputs.hidden_states[k]`, which
         `forward` / `reconstruct` request (see `condition_hidden_states_request`). Boolean indexing is row-major: the
-        order masked_scatter filled images in.
+        order masked_scatter filled images in. `condition="queries"`: the same hidden states at the query positions,
+        `(num_creations, N, D)`, or None without creation samples.
         """
-        if outputs.image_token_mask is None:
+        mask = outputs.query_token_mask if self.config.uses_queries else outputs.image_token_mask
+        if mask is None:
             return None
         hidden_states = self.get_condition_hidden_states(outputs)
-        num_images = outputs.image_hidden_states.shape[0]
-        return hidden_states[outputs.image_token_mask].view(num_images, -1, hidden_states.shape[-1])
+        return hidden_states[mask].view(-1, self.config.image_seq_length, hidden_states.shape[-1])
 
     def get_condition_hidden_states(self, outputs: RossModelOutputWithPast) -> torch.FloatTensor:
         """The `(batch_size, sequence_length, D)` hidden states of the configured `condition_layer`."""
@@ -349,6 +405,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         teacher_targets: dict[str, torch.Tensor] | tuple | None = None,
         num_images_in_batch: int | torch.Tensor | None = None,
+        target_pixel_values: torch.FloatTensor | None = None,
         **kwargs,
     ) -> RossCausalLMOutputWithPast:
         r"""
@@ -361,8 +418,12 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             num_images_in_batch: images in the whole accumulation step (summed over ranks), the image analogue of
                 `num_items_in_batch`. The visual term is then weighted by this batch's share of them
                 (`num_images / num_images_in_batch`), so the micro-batches of a step add up to one large batch.
-                Without it the visual term is the batch's plain mean.
+                Without it the visual term is the batch's plain mean. With `condition="queries"` it counts the
+                creation targets (`target_pixel_values`) instead.
+            target_pixel_values: `(num_creations, 3, H, W)`, `condition="queries"` only: the image each creation
+                sample's queries must reconstruct, in row-major order of the query spans. Only the teacher sees them.
         """
+        self.check_visual_inputs(target_pixel_values, teacher_targets)
         # Only the visual loss with a `condition_layer` needs an intermediate hidden state; nothing extra otherwise.
         computes_visual_loss = labels is not None and self.training and self.objective is not None
         output_hidden_states = kwargs.pop("output_hidden_states", None)
@@ -375,6 +436,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
+            queries=None if self.queries is None else self.queries.weight,
             output_hidden_states=(
                 self.condition_hidden_states_request(output_hidden_states)
                 if computes_visual_loss
@@ -396,9 +458,12 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             )
             loss = text_loss
             if computes_visual_loss:
+                # The images the objective reconstructs: the inputs (ROSS), or the creation targets (queries).
+                target_images = target_pixel_values if self.config.uses_queries else pixel_values
+                check_targets_match(visual_outputs, target_images)
                 visual_loss = self.objective(
                     visual_outputs,
-                    pixel_values,
+                    target_images,
                     teacher_targets,
                     denoiser=self.denoiser,
                     teacher=self.teacher,
@@ -406,7 +471,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
                 )
                 visual_term = visual_loss
                 if num_images_in_batch is not None:
-                    num_images = 0 if pixel_values is None else pixel_values.shape[0]
+                    num_images = 0 if target_images is None else target_images.shape[0]
                     images_in_step = torch.as_tensor(num_images_in_batch, device=visual_loss.device)
                     visual_term = visual_loss * (num_images / images_in_step.clamp(min=1).to(torch.float32))
                 loss = text_loss + self.config.objective_config.weight * visual_term
@@ -424,10 +489,21 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             visual_outputs=visual_outputs,
         )
 
+    def check_visual_inputs(self, target_pixel_values, teacher_targets) -> None:
+        """Creation targets exist only for the generative variant, which cannot use the latent cache (cached per input
+        image, not per creation target)."""
+        if target_pixel_values is not None and not self.config.uses_queries:
+            raise ValueError(
+                f"target_pixel_values ({target_pixel_values.shape[0]} creation targets) need "
+                "objective_config.condition='queries'; this model reconstructs its input images."
+            )
+        if teacher_targets is not None and self.config.uses_queries:
+            raise ValueError("condition='queries' does not support cached teacher targets (the latent cache).")
+
     @torch.no_grad()
     def reconstruct(
         self,
-        pixel_values: torch.FloatTensor,
+        pixel_values: torch.FloatTensor | None,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         num_inference_steps: int = 50,
@@ -442,7 +518,9 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         Args:
             pixel_values: `(num_images, 3, H, W)` as produced by the processor.
             input_ids: optional prompt ids containing the image tokens (e.g. from the chat template); by default each
-                image is fed alone as `image_seq_length` image tokens.
+                image is fed alone as `image_seq_length` image tokens. `condition="queries"`: required, a creation
+                prompt holding the `<query>` spans (`pixel_values` may then be None): the images are created from the
+                captions.
             scheduler: `"ddpm"`, `"ddim"` or any diffusers scheduler instance.
             output_type: `"pil"` (list of `PIL.Image`) or `"pt"` (`(num_images, 3, S, S)` in [0, 1]).
         """
@@ -450,6 +528,11 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             raise ValueError(
                 "reconstruct() needs the trained denoiser and a decodable teacher (target 'vae' or 'pixel'): load the "
                 "model with `from_pretrained(path, load_objective=True)`."
+            )
+        if input_ids is None and self.config.uses_queries:
+            raise ValueError(
+                "condition='queries' reconstructs from the queries: pass input_ids of a creation prompt holding the "
+                "<query> tokens (the processor's chat template of a caption -> image turn)."
             )
         if input_ids is None:
             input_ids = torch.full(
@@ -459,9 +542,12 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
+            queries=None if self.queries is None else self.queries.weight,
             output_hidden_states=self.condition_hidden_states_request(),
         )
         condition = self.get_visual_outputs(outputs)  # the layer the objective was trained on
+        if condition is None:
+            raise ValueError("reconstruct() found no <query> span in input_ids to create an image from.")
         tokens = self.objective.sample(
             condition,
             denoiser=self.denoiser,
@@ -526,6 +612,18 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         with torch.no_grad():
             for sub in reversed(list(module.modules())):
                 self._init_weights(sub)
+
+
+def check_targets_match(visual_outputs: torch.Tensor | None, target_images: torch.Tensor | None) -> None:
+    """One target image per condition span (per image, or per creation sample's queries)."""
+    num_conditions = 0 if visual_outputs is None else visual_outputs.shape[0]
+    num_targets = 0 if target_images is None else target_images.shape[0]
+    if num_conditions != num_targets:
+        raise ValueError(
+            f"The objective got {num_conditions} condition spans but {num_targets} target images: with "
+            "condition='queries' each creation sample needs one image in target_pixel_values and one span of <query> "
+            "tokens."
+        )
 
 
 def _requested(output_hidden_states: bool | int | list[int] | None) -> bool:

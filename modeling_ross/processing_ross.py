@@ -1,6 +1,11 @@
-"""Processor for ROSS: image processor (SigLIP/CLIP preprocessing) + tokenizer + `<image>` expansion + chat template."""
+"""Processor for ROSS: image processor (SigLIP/CLIP preprocessing) + tokenizer + `<image>` expansion + chat template.
+
+For the generative variant (`objective_config.condition="queries"`) it also expands each `<query>` placeholder (a
+`{"type": "query"}` content item of a creation turn) to `image_seq_length` query tokens.
+"""
 
 import json
+import re
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -14,7 +19,8 @@ from transformers.processing_utils import MultiModalData, ProcessorMixin
 # in `qwen_2`, "user" in `v1`. Each answer ends with the tokenizer's EOS token (`<|im_end|>` for Qwen2-Instruct,
 # `</s>` for Vicuna: the `sep2` of each template). The {% generation %} markers make `return_assistant_tokens_mask`
 # mark each answer and its end-of-turn token; the space after "ASSISTANT:" is inside them because BPE may keep it as
-# a token of its own, which the model must then learn to generate.
+# a token of its own, which the model must then learn to generate. A `{"type": "query"}` item (the image an assistant
+# creates, training only) renders as `<query>`, which the processor expands.
 SYSTEM_PROMPTS = {
     "qwen_2": "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions.",
@@ -30,7 +36,8 @@ def _vicuna_style_template(system_prompt: str) -> str:
         "{%- if content is string -%}{{- content -}}"
         "{%- else -%}{%- for item in content -%}"
         "{%- if item['type'] == 'image' -%}{{- '<image>\\n' -}}"
-        "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+        "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}"
+        "{%- elif item['type'] == 'query' -%}{{- '<query>' -}}{%- endif -%}"
         "{%- endfor -%}{%- endif -%}"
         "{%- endmacro -%}"
         "{%- if messages[0]['role'] == 'system' -%}"
@@ -85,6 +92,11 @@ def add_image_token(tokenizer, image_token: str = "<image>") -> int:
     if image_token not in tokenizer.get_vocab():
         tokenizer.add_tokens([image_token], special_tokens=True)
     return tokenizer.convert_tokens_to_ids(image_token)
+
+
+def add_query_token(tokenizer, query_token: str = "<query>") -> int:
+    """Add the generative variant's `query_token` as a special token if the tokenizer lacks it; return its id."""
+    return add_image_token(tokenizer, query_token)
 
 
 NAFLEX_MODEL_TYPES = ("siglip2", "siglip2_vision_model")
@@ -178,6 +190,8 @@ class RossProcessor(ProcessorMixin):
         image_token (`str`, defaults to `"<image>"`).
         image_seq_length (`int`): visual tokens per image (`grid_size ** 2`).
         image_aspect_ratio (`str`, defaults to `"pad"`): `"pad"` or `"resize"`.
+        query_token (`str`, *optional*): the generative variant's placeholder (`"<query>"`, already in the
+            tokenizer); each one in the text is expanded to `image_seq_length` of them. None (default): no expansion.
     """
 
     def __init__(
@@ -188,6 +202,7 @@ class RossProcessor(ProcessorMixin):
         image_token="<image>",
         image_seq_length=None,
         image_aspect_ratio="pad",
+        query_token=None,
         **kwargs,
     ):
         if image_aspect_ratio not in ("pad", "resize"):
@@ -198,11 +213,25 @@ class RossProcessor(ProcessorMixin):
             raise ValueError(f"The tokenizer has no {image_token!r} token; add it with `add_image_token(tokenizer)`.")
         self.image_seq_length = image_seq_length
         self.image_aspect_ratio = image_aspect_ratio
+        self.query_token = query_token
+        self.query_token_id = None
+        if query_token is not None:
+            self.query_token_id = tokenizer.convert_tokens_to_ids(query_token)
+            if self.query_token_id is None or self.query_token_id == tokenizer.unk_token_id:
+                raise ValueError(
+                    f"The tokenizer has no {query_token!r} token; add it with `add_query_token(tokenizer)`."
+                )
         super().__init__(image_processor, tokenizer, chat_template=chat_template or VICUNA_QWEN2_CHAT_TEMPLATE)
 
     @classmethod
     def from_components(
-        cls, vision_model: str, language_model: str, image_token: str = "<image>", chat_template="auto", **kwargs
+        cls,
+        vision_model: str,
+        language_model: str,
+        image_token: str = "<image>",
+        chat_template="auto",
+        query_token: str | None = None,
+        **kwargs,
     ) -> "RossProcessor":
         """
         Build the processor of `modeling_ross.from_components(vision_model, language_model)`.
@@ -210,9 +239,13 @@ class RossProcessor(ProcessorMixin):
         `chat_template`: `"auto"` (default: the authors' template for this LLM, `v1` for Vicuna/llama, `qwen_2`
         otherwise), `"qwen_2"`, `"v1"`, `"llm"` (the language model's own template, which needs `{% generation %}`
         markers for assistant-only masks), or a Jinja string (see `resolve_chat_template`).
+        `query_token`: `"<query>"` for a model built with `condition="queries"` (added after `image_token`, as
+        `modeling_ross.from_components` adds it, so both get the same id).
         """
         tokenizer = AutoTokenizer.from_pretrained(language_model)
         add_image_token(tokenizer, image_token)
+        if query_token is not None:
+            add_query_token(tokenizer, query_token)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or "<|endoftext|>"
         vision_config = AutoConfig.from_pretrained(vision_model)
@@ -222,7 +255,13 @@ class RossProcessor(ProcessorMixin):
         text_type = getattr(AutoConfig.from_pretrained(language_model), "model_type", None)
         chat_template = resolve_chat_template(chat_template, tokenizer, text_type)
         return cls(
-            image_processor, tokenizer, chat_template, image_token=image_token, image_seq_length=grid * grid, **kwargs
+            image_processor,
+            tokenizer,
+            chat_template,
+            image_token=image_token,
+            image_seq_length=grid * grid,
+            query_token=query_token,
+            **kwargs,
         )
 
     def prepare_inputs_layout(self, images=None, **kwargs):
@@ -253,6 +292,50 @@ class RossProcessor(ProcessorMixin):
                     image = expand_to_square(image, mean)
             converted.append(image)
         return super()._process_images(converted, **kwargs)
+
+    def get_text_with_replacements(self, text, images_replacements=(), videos_replacements=(), audio_replacements=()):
+        """transformers' `<image>` expansion, then each `query_token` expanded to `image_seq_length` of them. The
+        offsets returned cover both, in the original text's coordinates, so the assistant mask and the collator's
+        answer spans map through the queries as through the images."""
+        text, image_offsets = super().get_text_with_replacements(
+            text, list(images_replacements), list(videos_replacements), list(audio_replacements)
+        )
+        if self.query_token is None or not any(self.query_token in sample for sample in text):
+            return text, image_offsets
+        image_offsets = image_offsets or [[] for _ in text]
+        replacement = self.query_token * self.image_seq_length
+        expanded, offsets = [], []
+        for sample, images in zip(text, image_offsets):
+            pieces, entries, last, query_gain = [], [], 0, 0
+            for match in re.finditer(re.escape(self.query_token), sample):
+                start, end = match.span()
+                # Characters the image expansions before this query added: back to the original text's position.
+                image_gain = sum(len(r["replacement"]) - len(r["text"]) for r in images if r["new_span"][1] <= start)
+                original = start - image_gain
+                new_start = start + query_gain
+                entries.append(
+                    {
+                        "type": "query",
+                        "span": (original, original + len(self.query_token)),
+                        "new_span": (new_start, new_start + len(replacement)),
+                        "text": self.query_token,
+                        "replacement": replacement,
+                    }
+                )
+                pieces += [sample[last:start], replacement]
+                last, query_gain = end, query_gain + len(replacement) - len(self.query_token)
+            pieces.append(sample[last:])
+            for r in images:  # shift each image's new span past the queries expanded before it
+                gain = sum(len(e["replacement"]) - len(e["text"]) for e in entries if e["span"][1] <= r["span"][0])
+                entries.append({**r, "new_span": (r["new_span"][0] + gain, r["new_span"][1] + gain)})
+            expanded.append("".join(pieces))
+            offsets.append(sorted(entries, key=lambda e: e["span"][0]))
+        return expanded, offsets
+
+    def preprocess_targets(self, images):
+        """Creation targets (`condition="queries"`) -> `(num_images, 3, H, W)` pixel values, preprocessed exactly as
+        input images (RGB, padding, the image processor), since the teacher reads both the same way."""
+        return self(images=images, return_tensors="pt")["pixel_values"]
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.image_seq_length

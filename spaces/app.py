@@ -76,6 +76,8 @@ def _objective_problem(model, missing_keys) -> str | None:
         if not objective.enabled:
             return f"the model has no denoiser (objective `{objective.objective}`: a baseline without the visual loss)."
         return f"target `{objective.target}` has no decoder back to pixels."
+    if model.config.uses_queries:
+        return "the model is the generative variant (`condition: queries`): it creates images from captions."
     if any(key.startswith("denoiser.") for key in missing_keys):
         return "the checkpoint holds no trained denoiser weights."
     return None

@@ -42,6 +42,20 @@ def test_train_step_counts_flops_and_reports_every_arm(tmp_path):
     assert "| tiny |" in (tmp_path / "train_step.md").read_text()
 
 
+def test_train_step_measures_the_generative_variant_on_request(tmp_path):
+    train_step = load_script("train_step")
+    args = ["--configs", "tiny", "--repeats", "1", "--arms", "ross", "queries", "--out", str(tmp_path)]
+    assert train_step.main(args) == 0
+    payload = json.loads((tmp_path / "train_step.json").read_text())
+    arms = payload["configs"][0]["arms"]
+    assert list(arms) == ["none", "ross", "queries"]
+    # The queries replace the image tokens one for one: the LLM's work is the same, the denoiser's and teacher's too.
+    assert arms["none"]["flops"] < arms["queries"]["flops"]
+    row = payload["overheads"]["tiny"]["queries"]
+    assert row["ross_time_ratio"] > 0 and 0.8 < row["ross_flop_ratio"] < 1.2
+    assert "| tiny | queries |" in (tmp_path / "train_step.md").read_text()
+
+
 def test_inference_matches_transformers_llava_token_for_token(tmp_path):
     inference = load_script("inference")
     args = ["--config", "tiny", "--repeats", "1", "--new-tokens", "3", "--batch-size", "2", "--out", str(tmp_path)]
@@ -108,6 +122,16 @@ def test_a_run_without_the_modes_curve_steps_is_not_reused():
     assert ablation.is_current(quick_run, {"hash": "abc", "curve_steps": [1000]})
 
 
+def test_extra_arms_leave_the_registered_protocol_alone():
+    ablation = load_script("ablation")
+    registered = ablation.load_protocol(ablation.PROTOCOL, "quick")
+    extra = ablation.load_protocol(ablation.PROTOCOL, "quick", ablation.PROTOCOL.with_name("ablation_extra.yaml"))
+    assert extra["hash"] == registered["hash"] and extra["runs"][: len(registered["runs"])] == registered["runs"]
+    assert extra["runs"][len(registered["runs"]) :] == [("ross_d_generative", 0, "large")]
+    assert extra["arms"]["ross_d_generative"]["model_overrides"] == {"condition": "queries"}
+    assert ablation.run_hash(extra, "ross_d") == registered["hash"] != ablation.run_hash(extra, "ross_d_generative")
+
+
 def test_ablation_runs_the_registered_runs_and_refuses_a_partial_table(tmp_path, capsys):
     ablation = load_script("ablation")
     protocol_file = tmp_path / "protocol.yaml"
@@ -130,6 +154,21 @@ def test_ablation_runs_the_registered_runs_and_refuses_a_partial_table(tmp_path,
     report = (out / "ablation_quick.md").read_text()
     assert "Claim (ross_d vs baseline)" in report and "per-quadrant shape probe" in report
     assert any((out / "components").glob("*/latent_cache/*/settings.json"))  # ROSS^D read cached VAE targets
+
+    # An extra, non-registered arm (the generative variant) runs next to them; the registered runs are reused and
+    # their report is left as it was.
+    extra = tmp_path / "extra.yaml"
+    arm = {"objective": "denoise", "target": "vae", "model_overrides": {"condition": "queries"}, "creation_fraction": 0.5}
+    extra.write_text(yaml.safe_dump({"arms": {"generative": arm}}))
+    capsys.readouterr()
+    assert ablation.main(["--protocol", str(protocol_file), "--out", str(out), "--extra", str(extra)]) == 0
+    assert capsys.readouterr().out.count("done earlier") == 2
+    assert (out / "ablation_quick.md").read_text() == report
+    payload = json.loads((out / "ablation_quick_extra.json").read_text())
+    generative = next(run for run in payload["runs"] if run["arm"] == "generative")
+    assert generative["parameters"]["queries"] > 0 and generative["training"]["stage2"]["final_visual_loss"] is not None
+    assert generative["protocol_hash"] == payload["protocol"]["hash"] + "+" + payload["protocol"]["extra_hash"]
+    assert "| generative@large (extra) |" in (out / "ablation_quick_extra.md").read_text()
 
     # A finished run is reused; a changed protocol makes every result stale, so no table is reported.
     capsys.readouterr()

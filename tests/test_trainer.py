@@ -220,6 +220,7 @@ def test_stage_presets_count_parameters(tiny_model, stage):
         "language_model": llm if stage == 2 else 0,
         # The stored position table trains in stage 1 only (the authors' behaviour).
         "denoiser": _numel(model.denoiser) - (model.denoiser.pos_embed.numel() if stage == 2 else 0),
+        "queries": 0,  # condition="queries" only
         "teacher": 0,
         "other": 0,
     }

@@ -127,6 +127,13 @@ def _build_model_and_processor(run_config: RossRunConfig):
             resolve_path(run_config.language_model),
             chat_template=run_config.chat_template,
             image_aspect_ratio=run_config.image_aspect_ratio,
+            # The generative variant (`model_overrides: {condition: queries}`) needs the same <query> token.
+            query_token="<query>" if model.config.uses_queries else None,
+        )
+    if model.config.uses_queries and getattr(processor, "query_token_id", None) != model.config.query_token_id:
+        raise ValueError(
+            f"The model's query_token_id is {model.config.query_token_id} but the processor's <query> token is "
+            f"{getattr(processor, 'query_token_id', None)}: save the processor with the model (or rebuild both)."
         )
     if getattr(processor, "image_aspect_ratio", None) is not None:
         processor.image_aspect_ratio = run_config.image_aspect_ratio

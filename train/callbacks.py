@@ -87,6 +87,11 @@ def check_model(model):
             "ReconstructionPreviewCallback needs a model with its reconstructive objective and a decodable teacher "
             f"(target 'vae' or 'pixel'); this one has objective {objective.objective!r}, target {objective.target!r}."
         )
+    if model.config.uses_queries:
+        raise ValueError(
+            "ReconstructionPreviewCallback reconstructs input images from their visual outputs; a model with "
+            "condition='queries' creates images from captions (reconstruct(None, input_ids=<creation prompt>))."
+        )
     return model
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from ross.train.dataset import check_on_bad_sample
-from ross.train.sources import SKIP_REASONS, BadSampleError
+from ross.train.sources import SKIP_REASONS, BadSampleError, is_creation
 
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,12 @@ class RossDataCollator:
     raises `ValueError` naming its id and file, or with `on_bad_sample="skip"` is dropped from the batch, logged and
     counted in `skipped` (shared by dataloader workers). A batch left with no sample becomes a one-token placeholder
     marked `ross_empty_batch`, which `RossTrainer` trains at zero weight (`_placeholder_batch`).
+
+    Creation samples (caption -> image, `ross.train.sources.is_creation`; for `condition="queries"`): the processor
+    (built with `query_token`) expands the query item to `image_seq_length` query tokens, labelled -100 like image
+    tokens; the sample's image is not an input but its target, and goes to `target_pixel_values`
+    (`(num_creations, 3, H, W)`, row-major, preprocessed as input images). A creation sample raises `BadSampleError`
+    (`template`) with a processor without `query_token`, in `format="plain"`, or with the latent cache.
     """
 
     def __init__(
@@ -108,6 +114,7 @@ class RossDataCollator:
         self.plain_end = processor.tokenizer.eos_token if plain_end is None else plain_end
         self.pad_to_multiple_of = pad_to_multiple_of
         self.image_token_id = processor.image_token_id
+        self.query_token_id = getattr(processor, "query_token_id", None)
         self.latent_cache = latent_cache
         self._skips = _EventCounter()
 
@@ -205,22 +212,51 @@ class RossDataCollator:
         images = [Image.new("RGB", (8, 8))] * num_images
         return len(self._encode_any_length({"messages": messages, "images": images})["input_ids"])
 
+    def _check_creation(self) -> None:
+        if self.query_token_id is None:
+            raise BadSampleError(
+                "template",
+                "a creation sample (<query>) needs a processor with query_token='<query>', for a model built with "
+                "condition='queries'",
+            )
+        if self.format == "plain":
+            raise BadSampleError("template", "plain format (stage 1 captions) has no creation turns; use format='chat'")
+        if self.latent_cache is not None:
+            raise BadSampleError("template", "the latent cache does not cover creation targets (condition='queries')")
+
     def _encode_any_length(self, feature) -> dict:
         images = feature["images"]
-        out, mask = self._tokenize(feature["messages"], images)
+        creation = is_creation(feature["messages"])
+        if creation:
+            self._check_creation()
+        inputs = [] if creation else images  # a creation sample's image is its target, not shown to the LLM
+        out, mask = self._tokenize(feature["messages"], inputs)
         input_ids = out["input_ids"][0]
         # The one count of image tokens on the data path: checked against the parsed image count, reused below.
         is_image = input_ids == self.image_token_id
-        num_image_tokens, expected = int(is_image.sum()), len(images) * self.processor.image_seq_length
+        num_image_tokens, expected = int(is_image.sum()), len(inputs) * self.processor.image_seq_length
         if num_image_tokens != expected:  # e.g. a literal image token inside the text
             raise BadSampleError(
                 "image_count_mismatch", f"{num_image_tokens} image tokens in the text, expected {expected}"
             )
-        labels = input_ids.masked_fill(~mask | is_image, IGNORE_INDEX)
+        is_query = input_ids == self.query_token_id if self.query_token_id is not None else torch.zeros_like(is_image)
+        num_query_tokens, expected = int(is_query.sum()), self.processor.image_seq_length if creation else 0
+        if num_query_tokens != expected:  # e.g. a literal query token inside the text
+            raise BadSampleError(
+                "image_count_mismatch", f"{num_query_tokens} query tokens in the text, expected {expected}"
+            )
+        labels = input_ids.masked_fill(~mask | is_image | is_query, IGNORE_INDEX)
         if not (labels != IGNORE_INDEX).any():
             raise BadSampleError("template", "the rendered conversation supervises no token")
-        pixel_values = out.get("pixel_values") if images else None
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values, "num_image_tokens": num_image_tokens}
+        pixel_values = out.get("pixel_values") if inputs else None
+        target_pixel_values = self.processor.preprocess_targets(images) if creation else None
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "pixel_values": pixel_values,
+            "target_pixel_values": target_pixel_values,
+            "num_image_tokens": num_image_tokens,
+        }
 
     # -- the batch
     def _encode_or_skip(self, features: Sequence[dict]) -> tuple[list[dict], list[dict]]:
@@ -284,6 +320,9 @@ class RossDataCollator:
         pixel_values = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values, dim=0)
+        targets = [e["target_pixel_values"] for e in encoded if e["target_pixel_values"] is not None]
+        if targets:
+            batch["target_pixel_values"] = torch.cat(targets, dim=0)
         # Cached teacher (mean, std) per image, in pixel_values order; also (empty) for a batch without images, so
         # every rank skips the teacher. A miss raises LatentCacheMiss.
         if self.latent_cache is not None:

@@ -8,6 +8,9 @@ Items are::
      "messages": [{"role": "system"|"user"|"assistant", "content": [{"type": "image"} | {"type": "text", ...}]}],
      "images": [PIL.Image in RGB, in the order of the {"type": "image"} items]}
 
+(a creation sample, `condition="queries"`: one `{"type": "query"}` item in an assistant turn instead of image items,
+and its one image is the target; see `train/sources.py`.)
+
 Bad data (``on_bad_sample="error"`` raises ``ValueError`` naming the sample id and its file; ``"skip"`` logs, counts
 and drops the sample; nothing else is lost):
 

@@ -5,7 +5,20 @@ HF chat messages, checked against the record's images::
 
     [{"role": "system"|"user"|"assistant", "content": [{"type": "image"} | {"type": "text", "text": str}]}]
 
-with one `{"type": "image"}` per image, in image order. The raw records are not kept. At fetch time a source only
+with one `{"type": "image"}` per image, in image order. The raw records are not kept.
+
+A *creation* sample (caption -> image, the text-to-image data of the generative variant,
+`objective_config.condition="queries"`) holds one `{"type": "query"}` item in an assistant turn instead: the image the
+assistant creates, which the processor expands to the learnable queries. Its one image is the target, never shown to
+the LLM, so it has no `<image>` placeholder. In LLaVA JSON the gpt turn is the placeholder `"<query>"`, in messages
+format the item (or the same placeholder in a string)::
+
+    {"id": "c1", "image": "cat.png", "conversations": [
+        {"from": "human", "value": "Create an image of: a cat on a mat."}, {"from": "gpt", "value": "<query>"}]}
+    {"id": "c1", "images": ["cat.png"], "messages": [
+        {"role": "user", "content": "Create an image of: a cat on a mat."},
+        {"role": "assistant", "content": [{"type": "query"}]}]}
+ At fetch time a source only
 reads the sample's images (`load_images`), decoded, turned upright (EXIF) and converted to RGB by :func:`decode_image`
 (`upright_rgb`, the rule every ROSS path shares; the processor then sees upright RGB and changes nothing).
 
@@ -17,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +41,8 @@ from modeling_ross.processing_ross import upright_rgb
 
 
 IMAGE_PLACEHOLDER = "<image>"
+QUERY_PLACEHOLDER = "<query>"
+_PLACEHOLDERS = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(QUERY_PLACEHOLDER)})")
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 MESSAGE_ROLES = ("system", "user", "assistant")
 # Every reason a sample can be bad for; the first four are found at load, the corrupt / missing image at fetch, the
@@ -51,6 +67,7 @@ __all__ = [
     "open_source",
     "llava_to_messages",
     "decode_image",
+    "is_creation",
 ]
 
 
@@ -75,7 +92,8 @@ class ParsedSample:
 
 # ----------------------------------------------------------------------------- record -> messages
 def _content_items(content, image_placement: str = "inplace") -> list[dict]:
-    """A string (with `<image>` placeholders) or a list of items/strings -> a list of image/text items.
+    """A string (with `<image>` / `<query>` placeholders) or a list of items/strings -> a list of image/query/text
+    items.
 
     A newline right after a placeholder belongs to the placeholder (the template renders an image item as
     `<image>\\n`); all other text is kept verbatim, empty pieces are dropped. With `image_placement="front"` a
@@ -88,13 +106,17 @@ def _content_items(content, image_placement: str = "inplace") -> list[dict]:
     if isinstance(content, str):
         if image_placement == "front" and content.count(IMAGE_PLACEHOLDER) == 1:
             content = IMAGE_PLACEHOLDER + "\n" + content.replace(IMAGE_PLACEHOLDER, "").strip()
-        items = []
-        for k, piece in enumerate(content.split(IMAGE_PLACEHOLDER)):
-            if k > 0:
+        items, after_image = [], False
+        for piece in _PLACEHOLDERS.split(content):  # text, placeholder, text, ...
+            if piece == IMAGE_PLACEHOLDER:
                 items.append({"type": "image"})
-                piece = piece[1:] if piece.startswith("\n") else piece
-            if piece:
-                items.append({"type": "text", "text": piece})
+            elif piece == QUERY_PLACEHOLDER:
+                items.append({"type": "query"})
+            else:
+                piece = piece[1:] if after_image and piece.startswith("\n") else piece
+                if piece:
+                    items.append({"type": "text", "text": piece})
+            after_image = piece == IMAGE_PLACEHOLDER
         return items
     if not isinstance(content, (list, tuple)):
         raise BadSampleError(
@@ -104,13 +126,14 @@ def _content_items(content, image_placement: str = "inplace") -> list[dict]:
     for item in content:
         if isinstance(item, str):
             items += _content_items(item)
-        elif isinstance(item, Mapping) and item.get("type") == "image":
-            items.append({"type": "image"})
+        elif isinstance(item, Mapping) and item.get("type") in ("image", "query"):
+            items.append({"type": item["type"]})
         elif isinstance(item, Mapping) and item.get("type") == "text" and isinstance(item.get("text"), str):
             items += _content_items(item["text"])  # a placeholder inside a text item is an image too
         else:
             raise BadSampleError("invalid_record", f"unsupported content item {item!r}")
-    if image_placement == "front" and sum(item["type"] == "image" for item in items) == 1:
+    has_query = any(item["type"] == "query" for item in items)  # kept for `_check_creation` to refuse
+    if image_placement == "front" and sum(item["type"] == "image" for item in items) == 1 and not has_query:
         text = "".join(item["text"] for item in items if item["type"] == "text").strip()
         items = [{"type": "image"}] + ([{"type": "text", "text": text}] if text else [])
     return items
@@ -144,10 +167,42 @@ def _normalize_messages(messages, image_placement: str = "front") -> list[dict]:
     return out
 
 
+def is_creation(messages: list[dict]) -> bool:
+    """Whether parsed messages are a creation sample (a `{"type": "query"}` item: its image is the target)."""
+    return any(item["type"] == "query" for m in messages for item in m["content"])
+
+
+def _check_creation(messages: list[dict], num_images: int) -> None:
+    """A creation sample: one query item, in an assistant turn, no `<image>` placeholder, one (target) image."""
+    roles = [m["role"] for m in messages for item in m["content"] if item["type"] == "query"]
+    if roles != ["assistant"]:
+        where = ", ".join(f"a {role} turn" for role in roles)
+        raise BadSampleError(
+            "invalid_record",
+            f"a creation sample needs exactly one {QUERY_PLACEHOLDER} placeholder, in an assistant turn (the image it "
+            f"creates); found {len(roles)}: in {where}",
+        )
+    placeholders = sum(item["type"] == "image" for m in messages for item in m["content"])
+    if placeholders:
+        raise BadSampleError(
+            "invalid_record",
+            f"a creation sample ({QUERY_PLACEHOLDER}) has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s): its image "
+            "is the target the queries reconstruct, not an input; write comprehension turns as separate samples",
+        )
+    if num_images != 1:
+        raise BadSampleError(
+            "image_count_mismatch", f"a creation sample needs exactly one (target) image, got {num_images}"
+        )
+
+
 def _check_against_images(messages: list[dict], num_images: int) -> ParsedSample:
-    """Check the conversation against its images; with no placeholder at all, put the images first (as LLaVA does)."""
+    """Check the conversation against its images; with no placeholder at all, put the images first (as LLaVA does).
+    A creation sample is checked by `_check_creation` instead."""
     if not any(m["role"] == "assistant" for m in messages):
         raise BadSampleError("no_assistant_turn", "the conversation has no assistant turn, nothing to supervise")
+    if is_creation(messages):
+        _check_creation(messages, num_images)
+        return ParsedSample(messages, num_images)
     for m in messages:
         if m["role"] == "assistant" and any(item["type"] == "image" for item in m["content"]):
             raise BadSampleError("image_count_mismatch", "an assistant turn contains an <image> placeholder")

@@ -1,5 +1,6 @@
 """Training data from the synthetic world (``synthetic/world.py``): LLaVA-format JSON for stage 1 (captions) and
-stage 2 (questions about colour, shape, count, position and existence, plus text-only turns).
+stage 2 (questions about colour, shape, count, position and existence, plus text-only turns), optionally with
+caption -> image "creation" samples for the generative variant (`condition="queries"`, `--creation-fraction`).
 
     python -m ross.train.synthetic --out DIR --num-images N --stage {plain,sft}
 
@@ -28,7 +29,10 @@ from ross.synthetic.world import (
     scene_questions,
 )
 
-__all__ = ["load_scenes", "write_llava_dataset", "main"]
+__all__ = ["CREATION_PROMPT", "load_scenes", "write_llava_dataset", "main"]
+
+# The user turn of a creation sample; the assistant turn is the image, reconstructed from the queries.
+CREATION_PROMPT = "Create an image of {caption}."
 
 
 def _sft_answer(qa: dict) -> str:
@@ -121,7 +125,7 @@ def _conversation(turns: Sequence[tuple[str, str]], with_image: bool) -> list[di
 
 def write_llava_dataset(out_dir: str, num_images: int = 1000, seed: int = 0, size: int = 48,
                         stage: str = "sft", name: str | None = None,
-                        text_only_fraction: float = 0.1) -> str:
+                        text_only_fraction: float = 0.1, creation_fraction: float = 0.0) -> str:
     """Write ``num_images`` PNGs to ``out_dir/images/`` and ``out_dir/<name>.json`` (LLaVA
     format); return the JSON path. ``name`` defaults to ``synthetic_<stage>``.
 
@@ -129,13 +133,18 @@ def write_llava_dataset(out_dir: str, num_images: int = 1000, seed: int = 0, siz
     * ``stage="sft"``: 1-3 short-answer QA turns per image (the first human turn starts
       with ``"<image>\\n"``; questions end with :data:`SHORT_ANSWER_PROMPT`, or are two-option
       MCQs ending with :data:`MCQ_PROMPT`), plus ``round(num_images * f / (1 - f))``
-      text-only records (no ``image`` key), ``f = text_only_fraction``.
+      text-only records (no ``image`` key), ``f = text_only_fraction``, and
+      ``round(num_images * creation_fraction)`` creation records (generative variant, ``condition="queries"``): a new
+      scene each, human :data:`CREATION_PROMPT` with its caption, gpt ``"<query>"``, the scene's image as the target.
+      Creation scenes come from their own random stream, so the other records do not depend on it.
 
     Also writes ``out_dir/<name>_scenes.jsonl`` (one line per image: id, image, scene,
-    colour_labels), read back by :func:`load_scenes`.
+    colour_labels; comprehension images only), read back by :func:`load_scenes`.
     """
     if stage not in ("plain", "sft"):
         raise ValueError(f"stage must be 'plain' or 'sft', got {stage!r}")
+    if creation_fraction and stage != "sft":
+        raise ValueError(f"creation samples are chat turns: creation_fraction needs stage='sft', got {stage!r}")
     name = name or f"synthetic_{stage}"
     img_dir = os.path.join(out_dir, "images")
     os.makedirs(img_dir, exist_ok=True)
@@ -163,6 +172,17 @@ def write_llava_dataset(out_dir: str, num_images: int = 1000, seed: int = 0, siz
             # spread text-only records evenly through the file
             pos = min(len(records), round((j + 0.5) * len(records) / max(n_text, 1)) + j)
             records.insert(pos, rec)
+    n_create = round(num_images * float(creation_fraction))
+    crng = make_rng(seed, f"train:create:{size}")
+    for j in range(n_create):
+        scene = make_scene(crng, size)
+        rid = f"{name}_{seed}_create_{j:06d}"
+        rel = f"images/{rid}.png"
+        render(scene).save(os.path.join(out_dir, rel), format="PNG")
+        conv = [{"from": "human", "value": CREATION_PROMPT.format(caption=caption(scene))},
+                {"from": "gpt", "value": "<query>"}]
+        pos = min(len(records), round((j + 0.5) * len(records) / max(n_create, 1)) + j)
+        records.insert(pos, {"id": rid, "image": rel, "conversations": conv})
     path = os.path.join(out_dir, f"{name}.json")
     with open(path, "w") as f:
         json.dump(records, f, indent=1)
@@ -180,8 +200,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--stage", choices=("plain", "sft"), default="sft")
     p.add_argument("--name", default=None)
     p.add_argument("--text-only-fraction", type=float, default=0.1)
+    p.add_argument("--creation-fraction", type=float, default=0.0,
+                   help="caption -> image creation records per image (generative variant, condition='queries')")
     a = p.parse_args(argv)
-    path = write_llava_dataset(a.out, a.num_images, a.seed, a.size, a.stage, a.name, a.text_only_fraction)
+    path = write_llava_dataset(a.out, a.num_images, a.seed, a.size, a.stage, a.name, a.text_only_fraction,
+                               a.creation_fraction)
     print(path)
     return path
 

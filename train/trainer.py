@@ -41,11 +41,13 @@ MODULE_PREFIXES = {
     "projector": ("model.projector.",),
     "language_model": ("model.language_model.", "lm_head."),
     "denoiser": ("denoiser.",),
+    "queries": ("queries.",),  # the generative variant's learnable queries (condition="queries")
     "teacher": ("teacher.",),
 }
+# The queries, where they exist, train with the denoiser they condition.
 STAGE_TRAINABLE = {
-    1: ("projector", "denoiser"),  # alignment: vision tower, LLM and teacher frozen
-    2: ("projector", "language_model", "denoiser"),  # instruction tuning: vision tower and teacher frozen
+    1: ("projector", "denoiser", "queries"),  # alignment: vision tower, LLM and teacher frozen
+    2: ("projector", "language_model", "denoiser", "queries"),  # instruction tuning: vision tower and teacher frozen
 }
 
 
@@ -90,7 +92,7 @@ def apply_stage(model: nn.Module, stage: int, train_position_embedding: bool | N
     Set `requires_grad` for a training stage of the recipe (paper Table 6) and return the trainable parameter counts
     per module group.
 
-    stage 1: projector + denoiser.  stage 2: projector + LLM (with `lm_head`) + denoiser.
+    stage 1: projector + denoiser (+ queries).  stage 2: projector + LLM (with `lm_head`) + denoiser (+ queries).
     The vision tower and the teacher are always frozen. Any other parameter is frozen too.
     A learned denoiser position table follows the authors (trained in stage 1, frozen in stage 2) unless
     `train_position_embedding` says otherwise.
@@ -118,7 +120,9 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 
     names = target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     # Only the LLM's layers: a regex keeps LoRA off the vision tower and the denoiser, which share layer names.
     pattern = r"model\.language_model\..*\.(" + "|".join(map(re.escape, names)) + r")"
-    modules_to_save = ["projector"] + (["denoiser"] if getattr(model, "denoiser", None) is not None else [])
+    modules_to_save = ["projector"] + [
+        name for name in ("denoiser", "queries") if getattr(model, name, None) is not None
+    ]
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, modules_to_save=modules_to_save
     )
@@ -174,7 +178,7 @@ class RossTrainer(Trainer):
         # The model takes **kwargs, so the Trainer passes `num_items_in_batch`; the exact GA weighting relies on it.
         self.model_accepts_loss_kwargs = True
         self._num_images_in_batch = None  # images in the current accumulation step, summed over ranks
-        self.images_seen = 0  # images this rank trained on (summed per rank into the run summary)
+        self.images_seen = 0  # images the visual loss covered on this rank (summed per rank into the run summary)
         # Loss components of each micro-batch since the last log, per mode; averaged over ranks and cleared in `log`.
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         # Totals of the run's earlier processes (from the checkpoint resumed from) and when this process started.
@@ -244,7 +248,7 @@ class RossTrainer(Trainer):
     # ---- gradient accumulation ----
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        num_images = sum(_num_images(batch) for batch in batch_samples)
+        num_images = sum(_num_images(batch, self.model) for batch in batch_samples)
         self.images_seen += num_images
         num_images = torch.tensor(num_images, device=device, dtype=torch.long)
         if self.args.world_size > 1 and self.args.average_tokens_across_devices:
@@ -308,7 +312,7 @@ class RossTrainer(Trainer):
             images_in_step = int(inputs["num_images_in_batch"])
             if images_in_step == 0:
                 return
-            visual_loss = visual_loss.detach() * (_num_images(inputs) / images_in_step)
+            visual_loss = visual_loss.detach() * (_num_images(inputs, model) / images_in_step)
         self._metrics[mode]["visual_loss"].append(float(visual_loss) * scale)
 
     # ---- logging ----
@@ -372,8 +376,12 @@ def images_seen_per_rank(trainer: RossTrainer) -> list[int]:
     return trainer.accelerator.gather(local).tolist()
 
 
-def _num_images(batch) -> int:
-    pixel_values = batch.get("pixel_values") if hasattr(batch, "get") else None
+def _num_images(batch, model) -> int:
+    """The images a batch's visual loss averages over: its input images, or its creation targets when the model is
+    conditioned on queries (`condition="queries"`), as the model counts them."""
+    uses_queries = getattr(getattr(model, "config", None), "uses_queries", False)
+    key = "target_pixel_values" if uses_queries else "pixel_values"
+    pixel_values = batch.get(key) if hasattr(batch, "get") else None
     return 0 if pixel_values is None else int(pixel_values.shape[0])
 
 
