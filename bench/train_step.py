@@ -2,7 +2,7 @@
 of the real 7B recipe spends its arithmetic.
 
     python bench/train_step.py [--device cpu|cuda] [--dtype float32|bfloat16] [--configs tiny scaled] [--repeats 6]
-                               [--out runs/bench/train_step]
+                               [--depth] [--out runs/bench/train_step]
 
 Measured part. For each configuration one ROSS^D model is built from tiny component repos (`modeling_ross.testing`)
 and a baseline copy with `objective: none` shares its weights. Three arms run interleaved in one process, A/B/C/A/B/C,
@@ -11,6 +11,11 @@ each a full optimizer step of the stage-2 recipe (vision tower and teacher froze
 - `none`: the LLaVA baseline (text loss only);
 - `ross`: ROSS^D with the teacher run on every step (the VAE encoder is part of the step);
 - `ross+cache`: ROSS^D with cached teacher targets (`teacher_targets`, as `train/latent_cache.py` provides).
+
+With `--depth` two RGB-D arms join them (the paper's Table 5, SpatialBot's layout): every sample holds an RGB image
+and its depth map (a 16-bit map turned into 3 channels by `depth_to_rgb`), each reconstructed by ROSS with its own
+visual-loss term. `none+depth` (baseline) and `ross+depth` (ROSS^D, teacher run) are also compared with their
+one-image arms (`x 1 image`: `none` and `ross`), so the report says what the depth map costs per step.
 
 Time is the median over `--repeats` steps after warm-up; peak memory is `torch.cuda.max_memory_allocated` per arm
 (CUDA only: CPU allocations are not tracked per arm). The FLOPs of each arm's step are counted once by
@@ -43,14 +48,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from _common import noise_images, processor_side, synchronize, write_outputs
 from modeling_ross import RossProcessor, from_components
 from modeling_ross.denoiser import RossDenoiser
+from modeling_ross.processing_ross import depth_to_rgb
 from modeling_ross.testing import write_tiny_components
 
 
@@ -65,6 +73,8 @@ CONFIGS = {
                    text_tokens=120, batch_size=2),
 }  # fmt: skip
 ARMS = ("none", "ross", "ross+cache")
+DEPTH_ARMS = ("none+depth", "ross+depth")  # with --depth: two images per sample (RGB + depth map)
+ONE_IMAGE_ARM = {"none+depth": "none", "ross+depth": "ross"}
 REFERENCE_7B = dict(
     llm=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
              num_key_value_heads=4, vocab_size=152064),
@@ -94,13 +104,23 @@ def build_arms(name: str, root: Path, device, dtype) -> tuple[dict, RossProcesso
     return {"none": baseline.to(device, dtype), "ross": ross.to(device, dtype)}, processor
 
 
-def make_batch(processor, spec: dict, device, dtype) -> dict:
-    """`batch_size` one-image conversations of about `text_tokens` text tokens; labels on the answers only."""
-    images, texts = noise_images(spec["batch_size"], processor_side(processor)), []
+def depth_maps(num: int, side: int, seed: int = 0) -> list[Image.Image]:
+    """`num` random 16-bit depth maps (millimetres) in the 3 channels the depth rule gives them."""
+    rng = np.random.default_rng(seed)
+    return [depth_to_rgb(Image.fromarray(rng.integers(300, 5000, (side, side), dtype=np.uint16))) for _ in range(num)]
+
+
+def make_batch(processor, spec: dict, device, dtype, depth: bool = False) -> dict:
+    """`batch_size` one-image conversations of about `text_tokens` text tokens; labels on the answers only. With
+    `depth`, each sample's image is followed by a depth map (two images per sample, row-major in `pixel_values`)."""
+    side = processor_side(processor)
+    rgb, texts = noise_images(spec["batch_size"], side), []
+    images = [image for pair in zip(rgb, depth_maps(len(rgb), side)) for image in pair] if depth else rgb
     for i in range(spec["batch_size"]):
         words = " ".join(["colour shape count position"] * (spec["text_tokens"] // 8))
+        content = [{"type": "image"}] * (2 if depth else 1) + [{"type": "text", "text": f"Describe {i}: {words}"}]
         messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Describe {i}: {words}"}]},
+            {"role": "user", "content": content},
             {"role": "assistant", "content": [{"type": "text", "text": words}]},
         ]
         texts.append(processor.apply_chat_template(messages, tokenize=False))
@@ -121,7 +141,7 @@ def cached_targets(model, batch) -> dict:
 
 def make_step(arm: str, models: dict, batch: dict):
     """A closure running one optimizer step of `arm` (stage 2: vision tower and teacher frozen)."""
-    model = models["none" if arm == "none" else "ross"]
+    model = models["none" if arm.startswith("none") else "ross"]
     model.train()
     model.model.vision_tower.requires_grad_(False)
     inputs = dict(batch)
@@ -151,15 +171,19 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def measure_config(name: str, root: Path, device, dtype, repeats: int) -> dict:
-    """Interleaved step times, peak memory and FLOPs of the three arms of one configuration."""
+def measure_config(name: str, root: Path, device, dtype, repeats: int, depth: bool = False) -> dict:
+    """Interleaved step times, peak memory and FLOPs of the three arms (five with `depth`) of one configuration."""
     models, processor = build_arms(name, root, device, dtype)
-    batch = make_batch(processor, CONFIGS[name], device, dtype)
-    steps = {arm: make_step(arm, models, batch) for arm in ARMS}
-    flops = {arm: count_flops(steps[arm]) for arm in ARMS}  # also the warm-up step
-    times, peaks = {arm: [] for arm in ARMS}, {arm: 0 for arm in ARMS}
+    arms = ARMS + (DEPTH_ARMS if depth else ())
+    batches = {False: make_batch(processor, CONFIGS[name], device, dtype)}
+    if depth:
+        batches[True] = make_batch(processor, CONFIGS[name], device, dtype, depth=True)
+    batch = batches[False]
+    steps = {arm: make_step(arm, models, batches[arm in DEPTH_ARMS]) for arm in arms}
+    flops = {arm: count_flops(steps[arm]) for arm in arms}  # also the warm-up step
+    times, peaks = {arm: [] for arm in arms}, {arm: 0 for arm in arms}
     for _ in range(repeats):
-        for arm in ARMS:
+        for arm in arms:
             if torch.device(device).type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             synchronize(device)
@@ -177,24 +201,28 @@ def measure_config(name: str, root: Path, device, dtype, repeats: int) -> dict:
         "image_tokens": image_tokens, "llm_parameters": llm, "denoiser_parameters": denoiser,
         "denoiser_to_llm": denoiser / llm,
         "arms": {arm: {"median_s": statistics.median(times[arm]), "times_s": times[arm], "flops": flops[arm],
-                       "peak_memory_bytes": peaks[arm] or None} for arm in ARMS},
+                       "peak_memory_bytes": peaks[arm] or None} for arm in arms},
     }  # fmt: skip
 
 
 def overheads(result: dict) -> dict:
     """Per ROSS arm: measured time ratio to `none`, FLOP ratio, and waste = measured overhead / FLOP overhead."""
-    base = result["arms"]["none"]
     rows = {}
-    for arm in ARMS[1:]:
-        run = result["arms"][arm]
-        # Paired ratios of the interleaved steps: the machine's drift cancels within a pair.
-        paired = sorted(a / b for a, b in zip(run["times_s"], base["times_s"]))
-        time_ratio, flop_ratio = statistics.median(paired), run["flops"] / base["flops"]
-        memory = run["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] else None
-        waste = (time_ratio - 1) / (flop_ratio - 1) if flop_ratio > 1 else None
-        rows[arm] = {"time_ratio": time_ratio, "time_ratio_range": [paired[0], paired[-1]], "flop_ratio": flop_ratio,
-                     "memory_ratio": memory, "waste": waste}
+    for arm in list(result["arms"])[1:]:
+        rows[arm] = _ratios(result["arms"][arm], result["arms"]["none"])
+        if arm in ONE_IMAGE_ARM:  # what the depth map adds to the same objective's one-image step
+            rows[arm]["one_image"] = _ratios(result["arms"][arm], result["arms"][ONE_IMAGE_ARM[arm]])
     return rows
+
+
+def _ratios(run: dict, base: dict) -> dict:
+    # Paired ratios of the interleaved steps: the machine's drift cancels within a pair.
+    paired = sorted(a / b for a, b in zip(run["times_s"], base["times_s"]))
+    time_ratio, flop_ratio = statistics.median(paired), run["flops"] / base["flops"]
+    memory = run["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] else None
+    waste = (time_ratio - 1) / (flop_ratio - 1) if flop_ratio > 1 else None
+    return {"time_ratio": time_ratio, "time_ratio_range": [paired[0], paired[-1]], "flop_ratio": flop_ratio,
+            "memory_ratio": memory, "waste": waste}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -252,7 +280,7 @@ def markdown(results: list[dict], account: list[dict], args) -> str:
              "FLOPs x none | waste | memory x none |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for result in results:
         ratios = overheads(result)
-        for arm in ARMS:
+        for arm in result["arms"]:
             r = ratios.get(arm, {})
             spread = " ({:.2f}-{:.2f})".format(*r["time_ratio_range"]) if r else ""
             run = result["arms"][arm]
@@ -264,6 +292,16 @@ def markdown(results: list[dict], account: list[dict], args) -> str:
                 f"{_fmt(r.get('time_ratio', 1.0))}{spread} | {_fmt(r.get('flop_ratio', 1.0))} | {_fmt(r.get('waste'))} | "
                 f"{_fmt(r.get('memory_ratio'))} |"
             )
+    depth_rows = [(result, arm, overheads(result)[arm]) for result in results for arm in DEPTH_ARMS
+                  if arm in result["arms"]]  # fmt: skip
+    if depth_rows:
+        lines += ["", "RGB + depth map (two images per sample) against the same objective with one image:", "",
+                  "| config | arm | x 1 image (min-max) | FLOPs x 1 image | memory x 1 image |", "|---|---|---|---|---|"]
+        for result, arm, r in depth_rows:
+            one = r["one_image"]
+            lines.append(f"| {result['config']} | {arm} vs {ONE_IMAGE_ARM[arm]} | {_fmt(one['time_ratio'])} "
+                         "({:.2f}-{:.2f}) | ".format(*one["time_ratio_range"])
+                         + f"{_fmt(one['flop_ratio'])} | {_fmt(one['memory_ratio'])} |")  # fmt: skip
     lines += ["", f"7B recipe, one sample of {args.sft_length} tokens (729 image tokens): FLOPs per training step",
               "", "| module | forward TFLOPs | step TFLOPs | share | share with latent cache |", "|---|---|---|---|---|"]
     for row in account:
@@ -281,6 +319,7 @@ def main(argv=None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s at --dtype, for the MFU column (e.g. 989 for H100/H200 bf16)")
     parser.add_argument("--sft-length", type=int, default=1152, help="tokens of one SFT sample of the 7B account")
+    parser.add_argument("--depth", action="store_true", help="add the RGB + depth-map arms (two images per sample)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train_step"))
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -289,7 +328,8 @@ def main(argv=None) -> int:
         parser.error(f"--sft-length must exceed the {REFERENCE_7B['image_tokens']} image tokens")
     dtype = getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        results = [measure_config(name, Path(tmp), args.device, dtype, args.repeats) for name in args.configs]
+        results = [measure_config(name, Path(tmp), args.device, dtype, args.repeats, args.depth)
+                   for name in args.configs]  # fmt: skip
     account = flop_account_7b(args.sft_length)
     report = markdown(results, account, args)
     payload = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "configs": results,
