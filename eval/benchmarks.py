@@ -197,7 +197,8 @@ class Benchmark:
             value = row.pop(column)
             for item in value if isinstance(value, list) else [value]:
                 if item is not None:
-                    depth += [len(images)] if column in self.depth_columns else []
+                    if column in self.depth_columns:
+                        depth.append(len(images))
                     images.append(_to_image(item, source, column, defer))
         row["images"] = images
         if self.depth_columns:
