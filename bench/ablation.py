@@ -3,6 +3,12 @@ under the pre-registered protocol `bench/ablation.yaml`.
 
     python bench/ablation.py --mode quick|full|cuda [--device cpu|cuda] [--out runs/ablation] [--report-only]
                              [--extra bench/ablation_extra.yaml]
+    python bench/ablation.py --protocol bench/ablation_depth.yaml --mode quick --out runs/ablation_depth
+
+RGB-D (the paper's Table 5; `bench/ablation_depth.yaml`): a protocol with `depth: true` trains on the depth world's
+data, and an arm with `inputs: rgbd` gets every stage-2 sample as RGB + depth map (SpatialBot's layout, both images
+reconstructed by ROSS) and is evaluated on `synthetic_depth` with the depth map (`synthetic_depth_rgbd`); the other
+benchmarks have RGB images only, for every arm.
 
 Every run trains the default run's two stages (`train/sft.py` via `train/demo.py`'s stage runner) on the same
 fitted components (a SigLIP tower fitted with a coarse colour-presence objective, a KL autoencoder fitted on the
@@ -46,6 +52,7 @@ import yaml
 from safetensors import safe_open
 
 from ross.eval.attention import VisualAttention, compare, visual_attention
+from ross.eval.benchmarks import benchmark_names
 from ross.eval.generation import evaluate_model, get_benchmark, load_items, load_model
 from ross.train.demo import DemoSettings, StageSettings, benchmark_report, prepare_data, run_stage
 from ross.train.pretrain_components import ComponentSettings, component_paths, format_detail, prepare_components
@@ -148,15 +155,21 @@ class PatchShuffle:
         self.handle.remove()
 
 
+def benchmark_for(name: str, inputs: str) -> str:
+    """The registry entry an arm is evaluated with: its `_rgbd` variant (depth map as a second image) if it has one
+    and the arm's inputs are `rgbd`, else `name`."""
+    return f"{name}_rgbd" if inputs == "rgbd" and f"{name}_rgbd" in benchmark_names() else name
+
+
 def evaluate_folder(model_dir: Path, data_root: Path, data: dict, out_dir: Path, protocol: dict, device: str,
-                    shuffle_seed: int | None = None) -> dict:  # fmt: skip
+                    shuffle_seed: int | None = None, inputs: str = "rgb") -> dict:  # fmt: skip
     """Every synthetic benchmark, per question type (as `make demo` reports them); optionally patch-shuffled."""
     model, processor = load_model(model_dir, dtype="auto", device=device)
     shuffle = PatchShuffle(model, shuffle_seed) if shuffle_seed is not None else None
     results = {}
     try:
         for name, rel_path in data["benchmarks"].items():
-            bench = get_benchmark(name)
+            bench = get_benchmark(benchmark_for(name, inputs))  # results keep the plain name: one column per arm
             scores = evaluate_model(
                 model, processor, bench, data_root / rel_path, batch_size=protocol["eval_batch_size"],
                 out_dir=out_dir / name, max_new_tokens=protocol["eval_max_new_tokens"], progress=False,
@@ -214,13 +227,14 @@ def train_run(arm: str, seed: int, paths: dict, manifest: dict, data_root: Path,
     cpu = torch.device(device).type == "cpu"
     if not cpu:  # the tiny configs set use_cpu; on a GPU train in bf16 as the recipe does
         common.update(use_cpu="false", bf16="true")
+    stage2_data = data["stage2_data_rgbd"] if spec.get("inputs", "rgb") == "rgbd" else data["stage2_data"]
     first = run_stage(1, run_dir / "stage1", {
         **common, **paths, "model_overrides": overrides, "data_path": str(data_root / data["stage1_data"]),
         "output_dir": str(run_dir / "stage1"), **stage1.overrides()}, run_dir / "stage1" / "train.log", cpu=cpu)
     every = math.gcd(*protocol["curve_steps"])
     second = run_stage(2, run_dir / "stage2", {
         **common, "model_name_or_path": str(run_dir / "stage1" / "model"),
-        "data_path": str(data_root / data["stage2_data"]), "output_dir": str(run_dir / "stage2"),
+        "data_path": str(data_root / stage2_data), "output_dir": str(run_dir / "stage2"),
         "save_strategy": "steps", "save_steps": every, "save_only_model": "true", **stage2.overrides(),
     }, run_dir / "stage2" / "train.log", cpu=cpu)  # fmt: skip
     return {"stage1": first, "stage2": second}
@@ -256,20 +270,21 @@ def run_one(arm: str, seed: int, size: str, out: Path, protocol: dict, device: s
     manifest = prepare_components(components_root, ComponentSettings(**protocol["components"]), log=log)
     paths = component_paths(components_root, manifest)
     settings = DemoSettings(plain_images=protocol["plain_images"], sft_images=protocol["data_sizes"][size],
-                            benchmark_items=protocol["benchmark_items"])  # fmt: skip
+                            benchmark_items=protocol["benchmark_items"], depth=protocol.get("depth", False))  # fmt: skip
     data = prepare_data(out / "data", settings)
     data_root = out / "data" / data["key"]
     data = with_creation_data(protocol["arms"][arm], data_root, data, settings)
 
     log(f"{run_id(arm, seed, size)}: training ({protocol['stage2']['max_steps']} stage-2 steps)")
     training = train_run(arm, seed, paths, manifest, data_root, data, run_dir, protocol, device)
-    curve = {}
+    curve, inputs = {}, protocol["arms"][arm].get("inputs", "rgb")
     for step in protocol["curve_steps"]:
         folder = run_dir / "stage2" / f"checkpoint-{step}"
-        curve[step] = evaluate_folder(folder, data_root, data, run_dir / "eval" / f"step{step}", protocol, device)
+        curve[step] = evaluate_folder(folder, data_root, data, run_dir / "eval" / f"step{step}", protocol, device,
+                                      inputs=inputs)  # fmt: skip
         log(f"{run_id(arm, seed, size)}: step {step}: fine-grained accuracy {curve[step]['fine_grained_accuracy']:.3f}")
     model_dir = run_dir / "stage2" / "model"
-    shuffled = evaluate_folder(model_dir, data_root, data, run_dir / "eval" / "shuffled", protocol, device, seed)
+    shuffled = evaluate_folder(model_dir, data_root, data, run_dir / "eval" / "shuffled", protocol, device, seed, inputs)
     result = {
         "run": run_id(arm, seed, size), "arm": arm, "seed": seed, "data_size": size,
         "protocol_hash": run_hash(protocol, arm),

@@ -2,7 +2,8 @@
 of the real 7B recipe spends its arithmetic.
 
     python bench/train_step.py [--device cpu|cuda] [--dtype float32|bfloat16] [--configs tiny scaled] [--repeats 6]
-                               [--arms none ross ross+cache queries] [--out runs/bench/train_step]
+                               [--arms none ross ross+cache queries none+depth ross+depth] [--depth]
+                               [--out runs/bench/train_step]
 
 Measured part. For each configuration one ROSS^D model is built from tiny component repos (`modeling_ross.testing`)
 and a baseline copy with `objective: none` shares its weights. Three arms run interleaved in one process, A/B/C/A/B/C,
@@ -16,6 +17,11 @@ each a full optimizer step of the stage-2 recipe (vision tower and teacher froze
 on creation samples of the same length (each sample's image tokens become `image_seq_length` query tokens at the end
 of its answer, and its image the target the queries reconstruct; one newline token fewer); it shares the ROSS^D model's weights. Its row also
 gives `x ROSS^D`, the paired time ratio to the `ross` arm.
+
+`none+depth` and `ross+depth` (`--depth` adds both) are the RGB-D arms (the paper's Table 5, SpatialBot's layout):
+every sample holds an RGB image and its depth map (a 16-bit map turned into 3 channels by `depth_to_rgb`), each
+reconstructed by ROSS with its own visual-loss term. They are also compared with their one-image arms (`x 1 image`:
+`none` and `ross`), so the report says what the depth map costs per step; `ross+depth` also gets `x ROSS^D`.
 
 Time is the median over `--repeats` steps after warm-up; peak memory is `torch.cuda.max_memory_allocated` per arm
 (CUDA only: CPU allocations are not tracked per arm). The FLOPs of each arm's step are counted once by
@@ -48,14 +54,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from _common import noise_images, processor_side, synchronize, write_outputs
 from modeling_ross import RossProcessor, from_components
 from modeling_ross.denoiser import RossDenoiser
+from modeling_ross.processing_ross import depth_to_rgb
 from modeling_ross.testing import write_tiny_components
 
 
@@ -70,7 +79,10 @@ CONFIGS = {
                    text_tokens=120, batch_size=2),
 }  # fmt: skip
 ARMS = ("none", "ross", "ross+cache")
-EXTRA_ARMS = ("queries",)  # measured with `--arms`: the generative variant (condition="queries")
+# Measured with `--arms`: the generative variant (condition="queries") and the RGB-D arms (two images per sample).
+EXTRA_ARMS = ("queries", "none+depth", "ross+depth")
+DEPTH_ARMS = ("none+depth", "ross+depth")
+ONE_IMAGE_ARM = {"none+depth": "none", "ross+depth": "ross"}
 REFERENCE_7B = dict(
     llm=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
              num_key_value_heads=4, vocab_size=152064),
@@ -111,17 +123,27 @@ def build_arms(name: str, root: Path, device, dtype, queries: bool = False) -> t
     return models, processors
 
 
-def make_batch(processor, spec: dict, device, dtype, creation: bool = False) -> dict:
+def depth_maps(num: int, side: int, seed: int = 0) -> list[Image.Image]:
+    """`num` random 16-bit depth maps (millimetres) in the 3 channels the depth rule gives them."""
+    rng = np.random.default_rng(seed)
+    return [depth_to_rgb(Image.fromarray(rng.integers(300, 5000, (side, side), dtype=np.uint16))) for _ in range(num)]
+
+
+def make_batch(processor, spec: dict, device, dtype, creation: bool = False, depth: bool = False) -> dict:
     """`batch_size` one-image conversations of about `text_tokens` text tokens; labels on the answers only.
     `creation`: the same conversations with the image as a creation target instead (`<query>` tokens at the end of
-    the answer, the image in `target_pixel_values`): the same length but for the image's newline."""
-    images, texts = noise_images(spec["batch_size"], processor_side(processor)), []
+    the answer, the image in `target_pixel_values`): the same length but for the image's newline. `depth`: each
+    sample's image is followed by a depth map (two images per sample, row-major in `pixel_values`)."""
+    side = processor_side(processor)
+    rgb, texts = noise_images(spec["batch_size"], side), []
+    images = [image for pair in zip(rgb, depth_maps(len(rgb), side)) for image in pair] if depth else rgb
     for i in range(spec["batch_size"]):
         words = " ".join(["colour shape count position"] * (spec["text_tokens"] // 8))
         question = [{"type": "text", "text": f"Describe {i}: {words}"}]
         answer = [{"type": "text", "text": words}]
+        placeholders = [{"type": "image"}] * (2 if depth else 1)
         messages = [
-            {"role": "user", "content": question if creation else [{"type": "image"}, *question]},
+            {"role": "user", "content": question if creation else [*placeholders, *question]},
             {"role": "assistant", "content": [*answer, {"type": "query"}] if creation else answer},
         ]
         texts.append(processor.apply_chat_template(messages, tokenize=False))
@@ -131,7 +153,7 @@ def make_batch(processor, spec: dict, device, dtype, creation: bool = False) -> 
     labels[(batch["attention_mask"] == 0) | (labels == placeholder)] = -100
     batch["labels"] = labels
     key = "target_pixel_values" if creation else "pixel_values"
-    batch[key] = (processor.preprocess_targets(images) if creation else batch["pixel_values"]).to(dtype)
+    batch[key] = (processor.preprocess_targets(rgb) if creation else batch["pixel_values"]).to(dtype)
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -144,7 +166,7 @@ def cached_targets(model, batch) -> dict:
 
 def make_step(arm: str, models: dict, batch: dict):
     """A closure running one optimizer step of `arm` (stage 2: vision tower and teacher frozen)."""
-    model = models[{"ross+cache": "ross"}.get(arm, arm)]
+    model = models[{"ross+cache": "ross", **ONE_IMAGE_ARM}.get(arm, arm)]
     model.train()
     model.model.vision_tower.requires_grad_(False)
     inputs = dict(batch)
@@ -182,6 +204,9 @@ def measure_config(name: str, root: Path, device, dtype, repeats: int, arms=ARMS
     batches = {arm: batch for arm in arms}
     if "queries" in arms:
         batches["queries"] = make_batch(processors["queries"], CONFIGS[name], device, dtype, creation=True)
+    if any(arm in DEPTH_ARMS for arm in arms):
+        depth_batch = make_batch(processor, CONFIGS[name], device, dtype, depth=True)
+        batches.update({arm: depth_batch for arm in arms if arm in DEPTH_ARMS})
     steps = {arm: make_step(arm, models, batches[arm]) for arm in arms}
     flops = {arm: count_flops(steps[arm]) for arm in arms}  # also the warm-up step
     times, peaks = {arm: [] for arm in arms}, {arm: 0 for arm in arms}
@@ -220,10 +245,16 @@ def overheads(result: dict) -> dict:
         waste = (time_ratio - 1) / (flop_ratio - 1) if flop_ratio > 1 else None
         rows[arm] = {"time_ratio": time_ratio, "time_ratio_range": time_range, "flop_ratio": flop_ratio,
                      "memory_ratio": memory, "waste": waste}
-        if arm in EXTRA_ARMS and "ross" in result["arms"]:
+        if arm in EXTRA_ARMS and arm != "none+depth" and "ross" in result["arms"]:
             ratio, ratio_range = paired_ratio(run, result["arms"]["ross"])
             rows[arm].update(ross_time_ratio=ratio, ross_time_ratio_range=ratio_range,
                              ross_flop_ratio=run["flops"] / result["arms"]["ross"]["flops"])
+        if ONE_IMAGE_ARM.get(arm) in result["arms"]:  # what the depth map adds to the same objective's step
+            one = result["arms"][ONE_IMAGE_ARM[arm]]
+            ratio, ratio_range = paired_ratio(run, one)
+            memory = run["peak_memory_bytes"] / one["peak_memory_bytes"] if one["peak_memory_bytes"] else None
+            rows[arm]["one_image"] = {"time_ratio": ratio, "time_ratio_range": ratio_range,
+                                      "flop_ratio": run["flops"] / one["flops"], "memory_ratio": memory}
     return rows
 
 
@@ -307,6 +338,16 @@ def markdown(results: list[dict], account: list[dict], args) -> str:
     if extra:
         lines += ["", "Extra arms against ROSS^D (paired time ratio, its range, FLOP ratio):", "",
                   "| config | arm | x ROSS^D (min-max) | FLOPs x ROSS^D |", "|---|---|---|---|", *extra]
+    depth_rows = [(result, arm, overheads(result)[arm]) for result in results for arm in DEPTH_ARMS
+                  if "one_image" in overheads(result).get(arm, {})]  # fmt: skip
+    if depth_rows:
+        lines += ["", "RGB + depth map (two images per sample) against the same objective with one image:", "",
+                  "| config | arm | x 1 image (min-max) | FLOPs x 1 image | memory x 1 image |", "|---|---|---|---|---|"]
+        for result, arm, r in depth_rows:
+            one = r["one_image"]
+            lines.append(f"| {result['config']} | {arm} vs {ONE_IMAGE_ARM[arm]} | {_fmt(one['time_ratio'])} "
+                         "({:.2f}-{:.2f}) | ".format(*one["time_ratio_range"])
+                         + f"{_fmt(one['flop_ratio'])} | {_fmt(one['memory_ratio'])} |")  # fmt: skip
     lines += ["", f"7B recipe, one sample of {args.sft_length} tokens (729 image tokens): FLOPs per training step",
               "", "| module | forward TFLOPs | step TFLOPs | share | share with latent cache |", "|---|---|---|---|---|"]
     for row in account:
@@ -326,6 +367,7 @@ def main(argv=None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s at --dtype, for the MFU column (e.g. 989 for H100/H200 bf16)")
     parser.add_argument("--sft-length", type=int, default=1152, help="tokens of one SFT sample of the 7B account")
+    parser.add_argument("--depth", action="store_true", help="add the RGB + depth-map arms (two images per sample)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train_step"))
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -333,7 +375,8 @@ def main(argv=None) -> int:
     if args.sft_length <= REFERENCE_7B["image_tokens"]:
         parser.error(f"--sft-length must exceed the {REFERENCE_7B['image_tokens']} image tokens")
     dtype = getattr(torch, args.dtype)
-    arms = ["none", *[arm for arm in dict.fromkeys(args.arms) if arm != "none"]]
+    requested = [*args.arms, *(DEPTH_ARMS if args.depth else ())]
+    arms = ["none", *[arm for arm in dict.fromkeys(requested) if arm != "none"]]
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure_config(name, Path(tmp), args.device, dtype, args.repeats, arms) for name in args.configs]
     account = flop_account_7b(args.sft_length)

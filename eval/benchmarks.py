@@ -19,7 +19,9 @@
 Rows keep the lmms-lab field names (see ``bench.fields``); the image column(s) are
 replaced by ``images: list[PIL.Image]`` (opened lazily: pixels are decoded, turned upright by their EXIF
 orientation and converted to RGB by :func:`decode_images`, batch by batch, with the rule every ROSS path shares,
-``modeling_ross.processing_ross.upright_rgb``). Bad data raises :class:`BenchmarkDataError` naming the file and
+``modeling_ross.processing_ross.upright_rgb``; images of a benchmark's ``depth_columns`` are depth maps, listed in the
+row's ``depth_images`` and turned into 3 channels by the depth rule ``depth_to_rgb``, as in training). Bad data raises
+:class:`BenchmarkDataError` naming the file and
 the missing column; a row whose image cannot be opened raises :class:`BadItemError` naming the file, the row (index
 and id) and why, or, with ``load(path, defer_bad_images=True)``, keeps that error in place of the image for
 :func:`decode_images` to raise when the row's batch comes (so an evaluation can skip the row and go on).
@@ -40,7 +42,7 @@ from typing import Callable
 
 from PIL import Image
 
-from modeling_ross.processing_ross import upright_rgb
+from modeling_ross.processing_ross import depth_to_rgb, upright_rgb
 from ross.eval import scoring
 from ross.eval.scoring._text import as_text, check_rules
 from ross.eval.scoring.choice import LETTERS, mmvp_options
@@ -91,13 +93,15 @@ def item_id(row: dict, index: int | None = None) -> str | None:
 
 
 def decode_images(row: dict, index: int | None = None, source=None) -> list:
-    """The row's images decoded now (upright RGB, the processor's own rule), or :class:`BadItemError` naming the row."""
-    images = []
+    """The row's images decoded now (upright RGB, the processor's own rule; the depth rule for the positions in
+    ``row["depth_images"]``), or :class:`BadItemError` naming the row."""
+    images, depth = [], row.get("depth_images") or ()
     for number, image in enumerate(row.get("images") or []):
         if isinstance(image, BadItemError):  # could not even be opened (load(..., defer_bad_images=True))
             raise image.located(index, item_id(row), source)
+        rule = depth_to_rgb if number in depth else upright_rgb
         try:
-            images.append(upright_rgb(image) if isinstance(image, Image.Image) else image)
+            images.append(rule(image) if isinstance(image, Image.Image) else image)
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
             name = getattr(image, "filename", None)
             raise BadItemError(
@@ -138,6 +142,8 @@ class Benchmark:
     chance: dict[str, float] | None = None
     type_column: str | None = None
     report_metrics: tuple[str, ...] = ()
+    # Image columns that hold depth maps (decoded with the depth rule; their positions go in ``row["depth_images"]``).
+    depth_columns: tuple[str, ...] = ()
 
     def prompt(self, row: dict, rules: str = "lmms-eval") -> str:
         """The text that follows the image(s) for this row, per ``rules``."""
@@ -183,12 +189,20 @@ class Benchmark:
         present = [c for c in self.image_columns if c in row]
         if not present and not self.images_joined:
             raise BenchmarkDataError(f"{source}: missing image column {self.image_columns[0]!r} for benchmark {self.name!r}")
+        for column in self.depth_columns:
+            if row.get(column) is None:
+                raise BenchmarkDataError(f"{source}: missing depth-map column {column!r} for benchmark {self.name!r}")
+        depth = []
         for column in present:
             value = row.pop(column)
             for item in value if isinstance(value, list) else [value]:
                 if item is not None:
+                    if column in self.depth_columns:
+                        depth.append(len(images))
                     images.append(_to_image(item, source, column, defer))
         row["images"] = images
+        if self.depth_columns:
+            row["depth_images"] = depth
         return row
 
     def _tsv_row(self, raw: dict, position: int, source: Path, defer: bool = False) -> dict:
@@ -597,6 +611,12 @@ SYNTHETIC_BENCHMARKS: dict[str, Benchmark] = {
         *(_synthetic(n, "gqa", fields=("question_id", "question", "answer"), primary_metric="exact_match",
                      chance={"accuracy": CHANCE[n]}, type_column="question_type")
           for n in ("synthetic_count", "synthetic_colour", "synthetic_position")),
+        # "Which object is closer?" on the RGB image alone, and with its depth map as a second image (SpatialBot's
+        # layout): the same saved folder (eval/synthetic.py `make_depth`), scored like MMVP.
+        *(_synthetic(n, "mmvp", primary_metric="accuracy", type_column="pair_type", image_columns=columns,
+                     depth_columns=columns[1:], report_metrics=("pair_accuracy",),
+                     chance={"accuracy": CHANCE["synthetic_depth"], "pair_accuracy": CHANCE["synthetic_depth_pair"]})
+          for n, columns in (("synthetic_depth", ("image",)), ("synthetic_depth_rgbd", ("image", "depth")))),
     )
 }  # fmt: skip
 

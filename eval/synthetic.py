@@ -15,6 +15,14 @@ real loaders read them with ``datasets.load_from_disk``):
   ``question_id, question, answer, image`` (+ ``question_type``, ``scene_json``), lowercase
   answers ("2", "red", "top left"), scored by (case-insensitive) exact match like GQA.
 
+* ``synthetic_depth`` (not in :data:`BENCHMARKS`, the set the v2 protocol writes; ask for it by name): "Which
+  object is closer to the camera?" in MMVP's layout, plus a ``depth`` column (the scene's 16-bit depth map, PNG
+  bytes, millimetres). Rows 2k and 2k+1 are a pair: the SAME RGB image, question and options, and two depth maps
+  in which the two asked objects swap depths, so opposite answers. The RGB image carries no depth cue (depths are
+  drawn apart from size and position, see ``synthetic/world.py``): any model that does not read the depth map gives
+  both rows the same answer and scores exactly 0.5 per question and 0 per pair (uniform chance: 0.5 / 0.25). The
+  registry reads it as ``synthetic_depth`` (RGB only) and ``synthetic_depth_rgbd`` (RGB + depth map).
+
 ``question``/``Question`` hold the bare question; the evaluation prompt suffixes (as in
 lmms-eval) are added by the loaders. Chance rates are stored as JSON in the dataset's
 ``info.description`` and in ``out_dir/<name>/chance.json`` (see :func:`read_benchmark_info`);
@@ -39,6 +47,8 @@ from ross.synthetic.world import (
     POSITIONS,
     SHAPES,
     all_objects,
+    assign_depths,
+    closer_question,
     colour_questions,
     count_questions,
     existence_text,
@@ -49,6 +59,7 @@ from ross.synthetic.world import (
     position_questions,
     present_objects,
     render,
+    render_depth,
     restyle_object,
     SHAPE_PLURAL,
     sort_objects,
@@ -63,12 +74,15 @@ __all__ = [
     "make_pope",
     "make_mmvp",
     "make_short_answer",
+    "make_depth",
+    "DEPTH_BENCHMARKS",
     "write_benchmarks",
     "main",
 ]
 
 BENCHMARKS = ("synthetic_pope", "synthetic_mmvp", "synthetic_count", "synthetic_colour",
               "synthetic_position")
+DEPTH_BENCHMARKS = ("synthetic_depth",)  # written only when asked for (RGB-D data, bench/ablation_depth.yaml)
 
 # Accuracy of a uniform random guess over each question type's answer set.
 QUESTION_TYPE_CHANCE: dict[str, float] = {
@@ -84,12 +98,15 @@ CHANCE: dict[str, float] = {
     "synthetic_pope": 0.5,
     "synthetic_mmvp": 0.5,
     "synthetic_mmvp_pair": 0.25,
+    "synthetic_depth": 0.5,
+    "synthetic_depth_pair": 0.25,
     # synthetic_count / _colour / _position: set below from their subtypes' answer sets
 }
 _METRIC = {"synthetic_pope": "pope (accuracy / F1, 'yes' positive)",
            "synthetic_mmvp": "mmvp (per-question and pair accuracy)",
            "synthetic_count": "exact_match", "synthetic_colour": "exact_match",
-           "synthetic_position": "exact_match"}
+           "synthetic_position": "exact_match",
+           "synthetic_depth": "mmvp (per-question and pair accuracy)"}
 _SHORT_FAMILY = {"synthetic_count": "count", "synthetic_colour": "colour",
                  "synthetic_position": "position"}
 
@@ -135,7 +152,7 @@ def _majority(answers: Sequence[str]) -> float:
 def _save(rows: dict[str, list], path: str, info: dict) -> str:
     from datasets import Dataset, DatasetInfo, Features, Image, Value  # optional (`eval` extra): only writing needs it
 
-    feats = {k: (Image() if k == "image" else Value("int64") if k == "Index" else Value("string"))
+    feats = {k: (Image() if k in ("image", "depth") else Value("int64") if k == "Index" else Value("string"))
              for k in rows}
     features = Features(feats)
     desc = json.dumps(info, sort_keys=True)
@@ -361,6 +378,57 @@ def make_mmvp(num_items: int = 300, seed: int = 1, size: int = 48) -> tuple[dict
     return rows, info
 
 
+# ----------------------------------------------------------------------------- depth
+def _png_bytes(image) -> dict:
+    """An ``Image()`` cell holding the PNG itself: a 16-bit depth map stays 16-bit (``datasets`` would store a
+    PIL ``I;16`` image as TIFF)."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def make_depth(num_items: int = 300, seed: int = 1, size: int = 48) -> tuple[dict[str, list], dict]:
+    """"Which object is closer?" rows (see the module docstring): ``max(1, num_items // 2)`` pairs, each one RGB
+    scene of 2-4 objects with two depth maps in which the two asked objects swap depths. Which row comes first and
+    which option is (a) are random."""
+    rng = make_rng(seed, f"eval:depth:{size}")
+    rows: dict[str, list] = {k: [] for k in ("Index", "Question", "Options", "Correct Answer", "image", "depth",
+                                             "pair_type", "scene_json")}
+    for _ in range(max(1, num_items // 2)):
+        while True:
+            scene = assign_depths(make_scene(rng, size, num_objects=rng.randint(2, 4)), rng)
+            qa = closer_question(scene, rng)
+            if qa is not None:
+                break
+        near, far = (next(o for o in scene["objects"] if f"{o['colour']} {o['shape']}" == name)
+                     for name in (qa["answer"], qa["other"]))
+        i, j = scene["objects"].index(near), scene["objects"].index(far)
+        swapped = copy.deepcopy(scene)  # the same objects, the asked two at each other's depth
+        swapped["objects"][i]["depth"], swapped["objects"][j]["depth"] = far["depth"], near["depth"]
+        opts = [qa["answer"], qa["other"]]
+        rng.shuffle(opts)
+        items = [(scene, qa["answer"]), (swapped, qa["other"])]
+        rng.shuffle(items)
+        image = render(scene)  # one RGB image for both rows: render() ignores depth
+        for sc, ans in items:
+            rows["Index"].append(len(rows["Index"]) + 1)
+            rows["Question"].append(qa["question"])
+            rows["Options"].append(f"(a) {opts[0]} (b) {opts[1]}")
+            rows["Correct Answer"].append("(a)" if opts.index(ans) == 0 else "(b)")
+            rows["image"].append(image)
+            rows["depth"].append(_png_bytes(render_depth(sc)))
+            rows["pair_type"].append("closer")
+            rows["scene_json"].append(_scene_json(sc))
+    info = _info("synthetic_depth", seed, size, rows["Correct Answer"],
+                 keys=[q + " " + o for q, o in zip(rows["Question"], rows["Options"])],
+                 chance_pair=CHANCE["synthetic_depth_pair"], num_pairs=len(rows["Index"]) // 2,
+                 rgb_only=("every pair shares its RGB image: a model that ignores the depth map scores exactly 0.5 "
+                           "per question and 0 per pair"))  # fmt: skip
+    return rows, info
+
+
 # ----------------------------------------------------------------------------- short answer
 def _other(rng: random.Random, values: Sequence[str], exclude: str) -> str:
     return rng.choice([v for v in values if v != exclude])
@@ -486,7 +554,7 @@ def write_benchmarks(out_dir: str, num_items: int = 300, seed: int = 1, size: in
     Also writes ``out_dir/chance.json`` (``{name: info}`` for all benchmarks written).
     """
     paths, infos = {}, {}
-    makers = {"synthetic_pope": make_pope, "synthetic_mmvp": make_mmvp,
+    makers = {"synthetic_pope": make_pope, "synthetic_mmvp": make_mmvp, "synthetic_depth": make_depth,
               **{n: functools.partial(make_short_answer, n) for n in _SHORT_FAMILY}}  # fmt: skip
     for name in names:
         if name not in makers:
@@ -505,7 +573,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     p.add_argument("--num-items", type=int, default=300)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--size", type=int, default=48)
-    p.add_argument("--names", nargs="*", default=list(BENCHMARKS))
+    p.add_argument("--names", nargs="*", default=list(BENCHMARKS), help=f"default: {' '.join(BENCHMARKS)}; also "
+                   f"{' '.join(DEPTH_BENCHMARKS)}")
     a = p.parse_args(argv)
     paths = write_benchmarks(a.out, a.num_items, a.seed, a.size, a.names)
     for name, path in paths.items():

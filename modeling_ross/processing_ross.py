@@ -154,6 +154,29 @@ def upright_rgb(image: Image.Image) -> Image.Image:
     return to_rgb(image)
 
 
+DEPTH_MODES = ("L", "I;16", "I;16B", "I;16L", "I", "F")
+
+
+def depth_to_rgb(image: Image.Image) -> Image.Image:
+    """The one depth-map rule of every ROSS path (training data, evaluation, Space): SpatialBot's encoding.
+
+    A single-channel depth map in millimetres (8-bit `L`, 16-bit `I;16` PNG, 32-bit `I`, float `F`; values clipped to
+    SpatialBot's uint16 range 0..65535, floats rounded) -> RGB by packing the 16 bits into the three channels as
+    SpatialBot does (`three_channel_array` in its README and data loader): R = (d >> 10) << 2, G = ((d >> 5) & 31) << 3,
+    B = (d & 31) << 3. Lossless, but G wraps every 1024 mm and B every 32 mm. A depth map that already has 3 channels
+    is taken as encoded (SpatialBot keeps it as is) and goes through `upright_rgb`. EXIF orientation is applied first.
+    """
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if len(image.getbands()) != 1:
+        return upright_rgb(image)
+    if image.mode not in DEPTH_MODES:
+        raise ValueError(f"a depth map must be single-channel {', '.join(DEPTH_MODES)} (millimetres), got mode {image.mode}")
+    depth = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 65535).astype(np.uint16)
+    rgb = np.stack([(depth >> 10) << 2, ((depth >> 5) & 31) << 3, (depth & 31) << 3], axis=-1).astype(np.uint8)
+    return Image.fromarray(rgb, mode="RGB")
+
+
 def _describe_image(image) -> str:
     filename = getattr(image, "filename", None)
     return f"{image.format or 'image'} file {filename}" if filename else f"{image.format or 'in-memory'} image"
@@ -352,4 +375,4 @@ class RossProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values"]
 
 
-__all__ = ["RossProcessor"]
+__all__ = ["RossProcessor", "depth_to_rgb"]

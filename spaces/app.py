@@ -12,11 +12,17 @@ Answers are streamed (`TextIteratorStreamer`, `generate` in a thread). The recon
 teacher's decoder); it needs the model loaded with `load_objective=True`. When that fails (a baseline model without a
 denoiser, a teacher that cannot be fetched, a target that has no decoder), the model is loaded for chat only and the
 panel says why.
+
+An optional depth map (SpatialBot's RGB-D layout, the paper's Table 5) goes in as a second image after the RGB one: a
+single-channel map in millimetres (a 16-bit PNG) is turned into 3 channels by the model's own depth rule
+(`depth_to_rgb` in the checkpoint's `processing_ross.py`, the rule training and evaluation use); the reconstruction
+panel shows the RGB image's.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import threading
 from dataclasses import dataclass
@@ -136,23 +142,45 @@ def _text(content) -> str:
     return "".join(_text(part) for part in content or [])
 
 
-def to_model_messages(history: list[dict], with_image: bool) -> list[dict]:
-    """Gradio chat history -> chat-template messages; the image goes at the start of the first user turn."""
+def to_model_messages(history: list[dict], with_image: bool, num_images: int = 1) -> list[dict]:
+    """Gradio chat history -> chat-template messages; the image(s) go at the start of the first user turn."""
     messages = []
     for turn in history:
         content = [{"type": "text", "text": _text(turn["content"])}]
         if with_image and turn["role"] == "user" and not any(m["role"] == "user" for m in messages):
-            content.insert(0, {"type": "image"})
+            content[:0] = [{"type": "image"} for _ in range(num_images)]
         messages.append({"role": turn["role"], "content": content})
     return messages
 
 
-def stream_answer(loaded: LoadedModel, image: Image.Image | None, history: list[dict], max_new_tokens: int = 64):
+def depth_image(loaded: LoadedModel, depth: Image.Image) -> Image.Image:
+    """An uploaded depth map -> the 3-channel image the model was trained on, by the model's own depth rule."""
+    rule = getattr(inspect.getmodule(type(loaded.processor)), "depth_to_rgb", None)
+    if rule is None:
+        raise gr.Error("This model's processor code has no depth rule (depth_to_rgb): it cannot take a depth map.")
+    try:
+        return rule(depth)
+    except ValueError as error:
+        raise gr.Error(f"Depth map: {error}") from error
+
+
+def model_images(loaded: LoadedModel, image: Image.Image | None, depth: Image.Image | None = None) -> list:
+    """The images of the first user turn: the RGB image, then the depth map if one was uploaded."""
+    if image is None:
+        if depth is not None:
+            raise gr.Error("A depth map goes with an RGB image: upload the image too.")
+        return []
+    return [image] if depth is None else [image, depth_image(loaded, depth)]
+
+
+def stream_answer(loaded: LoadedModel, image: Image.Image | None, history: list[dict], max_new_tokens: int = 64,
+                  depth: Image.Image | None = None):  # fmt: skip
     """Yield the history with the assistant's answer growing as tokens arrive (greedy decoding)."""
     processor, model = loaded.processor, loaded.model
-    messages = to_model_messages(history, with_image=image is not None)
+    images = model_images(loaded, image, depth)
+    messages = to_model_messages(history, with_image=bool(images), num_images=len(images))
     prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[prompt], images=[image] if image is not None else None, return_tensors="pt")
+    inputs = processor(text=[prompt], images=images or None, return_tensors="pt")
     inputs = inputs.to(loaded.device)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     failure = []
@@ -214,7 +242,7 @@ def reconstruct(loaded: LoadedModel, image: Image.Image | None, steps: int = 25,
 # ---------------------------------------------------------------------------------------------------------------------
 
 CSS = """
-#input-image img, #reconstruction img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+#input-image img, #input-depth img, #reconstruction img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 """
 DESCRIPTION = """# ROSS: Reconstructive Visual Instruction Tuning
 Upload an image and ask about it. On the right of the image: what the model's **visual outputs** (the LLM's hidden
@@ -235,11 +263,11 @@ def build_demo(loaded: LoadedModel) -> gr.Blocks:
             return question, history
         return "", (history or []) + [{"role": "user", "content": question.strip()}]
 
-    def respond(image, history, max_new_tokens):
+    def respond(image, depth, history, max_new_tokens):
         if not history or history[-1]["role"] != "user":
             yield history
             return
-        yield from stream_answer(loaded, image, history, max_new_tokens)
+        yield from stream_answer(loaded, image, history, max_new_tokens, depth)
 
     with gr.Blocks(title="ROSS demo", analytics_enabled=False) as demo:
         gr.Markdown(DESCRIPTION)
@@ -259,6 +287,11 @@ def build_demo(loaded: LoadedModel) -> gr.Blocks:
                         elem_id="reconstruction",
                     )  # fmt: skip
                 reconstruction_info = gr.Markdown(reconstruct(loaded, None)[1], elem_id="reconstruction-info")
+                # Optional second image (SpatialBot's RGB-D layout): image_mode=None keeps a 16-bit depth PNG 16-bit.
+                depth = gr.Image(
+                    label="Depth map (optional, millimetres, e.g. a 16-bit PNG)", type="pil", image_mode=None,
+                    sources=["upload", "clipboard"], height=140, elem_id="input-depth",
+                )  # fmt: skip
                 if EXAMPLES:
                     gr.Examples(
                         examples=[[str(path)] for path in EXAMPLES], inputs=[image],
@@ -281,10 +314,11 @@ def build_demo(loaded: LoadedModel) -> gr.Blocks:
                 gr.ClearButton([chatbot, question], value="Clear chat", size="sm")
 
         image.change(on_image, [image, steps, seed], [reconstruction, reconstruction_info, chatbot])
+        depth.change(lambda _: [], [depth], [chatbot])  # a new depth map starts a new conversation too
         redo.click(on_reconstruct, [image, steps, seed], [reconstruction, reconstruction_info])
         for trigger in (question.submit, send.click):
             trigger(add_question, [question, chatbot], [question, chatbot], queue=False).then(
-                respond, [image, chatbot, max_new_tokens], chatbot
+                respond, [image, depth, chatbot, max_new_tokens], chatbot
             )
     return demo
 

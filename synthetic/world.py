@@ -17,6 +17,13 @@ Scene dict::
                   "center": [x, y]},              # a pixel guaranteed inside the shape
                  ...]}                            # objects in reading (quadrant) order
 
+Depth (optional, SpatialBot-style RGB-D): :func:`assign_depths` gives every object a distance to the camera in
+millimetres (``"depth"``, distinct per scene, one of :data:`DEPTH_LEVELS_MM`) and the scene a background depth;
+:func:`render_depth` draws the single-channel 16-bit depth map (nearer objects over farther ones). Depth is drawn
+independently of an object's size and position, and :func:`render` ignores it, so the RGB image says nothing about
+which object is nearer: only the depth map does. Levels are multiples of 32 mm below 1024 mm, so SpatialBot's
+3-channel packing (``modeling_ross.processing_ross.depth_to_rgb``) orders them by its green channel alone.
+
 This module is the world only (scenes, rendering, questions with exact answers); it imports nothing of ours, so
 both sides use it without depending on each other: ``train/synthetic.py`` writes training data in the LLaVA JSON
 format from it, ``eval/synthetic.py`` builds the held-out benchmarks.
@@ -57,6 +64,11 @@ __all__ = [
     "colour_presence_labels",
     "iter_scenes",
     "as_mcq",
+    "DEPTH_LEVELS_MM",
+    "BACKGROUND_DEPTH_MM",
+    "assign_depths",
+    "render_depth",
+    "closer_question",
 ]
 
 # ----------------------------------------------------------------------------- the world
@@ -85,6 +97,10 @@ SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 MCQ_PROMPT = "Answer with the option's letter from the given choices directly."
 
 MIN_SIZE = 16
+
+# Depth (millimetres): multiples of 32 below 1024, so the 3-channel packing is monotonic in its green channel.
+DEPTH_LEVELS_MM: tuple[int, ...] = tuple(range(320, 993, 32))
+BACKGROUND_DEPTH_MM = 1023  # a wall behind every object
 
 
 def make_rng(seed: int | str | random.Random, stream: str = "") -> random.Random:
@@ -189,17 +205,44 @@ def render(scene: dict) -> Image.Image:
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
     for o in scene["objects"]:
-        x0, y0, x1, y1 = o["bbox"]
-        fill = COLOUR_RGB[o["colour"]]
-        if o["shape"] == "square":
-            draw.rectangle([x0, y0, x1, y1], fill=fill)
-        elif o["shape"] == "circle":
-            draw.ellipse([x0, y0, x1, y1], fill=fill)
-        elif o["shape"] == "triangle":
-            draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=fill)
-        else:
-            raise ValueError(f"unknown shape {o['shape']!r}")
+        _draw_shape(draw, o, COLOUR_RGB[o["colour"]])
     return img
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, o: dict, fill) -> None:
+    x0, y0, x1, y1 = o["bbox"]
+    if o["shape"] == "square":
+        draw.rectangle([x0, y0, x1, y1], fill=fill)
+    elif o["shape"] == "circle":
+        draw.ellipse([x0, y0, x1, y1], fill=fill)
+    elif o["shape"] == "triangle":
+        draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {o['shape']!r}")
+
+
+# ----------------------------------------------------------------------------- depth
+def assign_depths(scene: dict, rng: random.Random) -> dict:
+    """Give every object a distinct ``"depth"`` (mm, from :data:`DEPTH_LEVELS_MM`, drawn with ``rng`` independently
+    of size and position) and the scene its ``"background_depth"``; in place, returns ``scene``."""
+    for o, depth in zip(scene["objects"], rng.sample(DEPTH_LEVELS_MM, len(scene["objects"]))):
+        o["depth"] = depth
+    scene["background_depth"] = BACKGROUND_DEPTH_MM
+    return scene
+
+
+def render_depth(scene: dict) -> Image.Image:
+    """The scene's depth map: a ``size x size`` 16-bit single-channel image (``I;16``, millimetres, as SpatialBot
+    stores depth), every object's pixels at its depth, farther objects drawn first. Needs :func:`assign_depths`."""
+    if "background_depth" not in scene or any("depth" not in o for o in scene["objects"]):
+        raise ValueError("the scene has no depths: call assign_depths(scene, rng) first")
+    size = scene["size"]
+    depth = np.full((size, size), scene["background_depth"], dtype=np.uint16)
+    for o in sorted(scene["objects"], key=lambda o: -o["depth"]):
+        mask = Image.new("L", (size, size), 0)
+        _draw_shape(ImageDraw.Draw(mask), o, 255)  # the very pixels render() colours
+        depth[np.asarray(mask) > 0] = o["depth"]
+    return Image.fromarray(depth)
 
 
 # ----------------------------------------------------------------------------- questions
@@ -306,6 +349,21 @@ def position_questions(scene: dict) -> list[dict]:
     return out
 
 
+CLOSER_QUESTION = "Which object is closer to the camera?"
+
+
+def closer_question(scene: dict, rng: random.Random) -> dict | None:
+    """"Which object is closer to the camera?" between two objects named by colour and shape (each unique in the
+    scene), or None when fewer than two are. The answer is the nearer one's name (e.g. ``"red circle"``); ``other``
+    is the farther one's. Needs :func:`assign_depths`."""
+    keys = Counter(object_key(o) for o in scene["objects"])
+    named = [o for o in scene["objects"] if keys[object_key(o)] == 1]
+    if len(named) < 2:
+        return None
+    a, b = sorted(rng.sample(named, 2), key=lambda o: o["depth"])
+    return _qa("closer", CLOSER_QUESTION, f"{a['colour']} {a['shape']}", other=f"{b['colour']} {b['shape']}")
+
+
 ANSWER_VOCAB: dict[str, tuple[str, ...]] = {
     "exist": ("yes", "no"),
     "colour": COLOURS,
@@ -335,8 +393,10 @@ def scene_questions(scene: dict, rng: random.Random, families: Sequence[str] | N
 def as_mcq(qa: dict, rng: random.Random) -> dict:
     """Two-option multiple choice in the lmms-eval MMVP prompt format:
     "Q\\nA. x\\nB. y\\nAnswer with the option's letter..." -> "A"/"B"."""
-    vocab = ANSWER_VOCAB[qa["type"]]
-    wrong = rng.choice([v for v in vocab if v != qa["answer"]])
+    if "other" in qa:  # a comparison: the other option is given
+        wrong = qa["other"]
+    else:
+        wrong = rng.choice([v for v in ANSWER_VOCAB[qa["type"]] if v != qa["answer"]])
     opts = [qa["answer"], wrong]
     rng.shuffle(opts)
     letter = "AB"[opts.index(qa["answer"])]

@@ -29,12 +29,17 @@ def load_script(name: str):
 
 def test_train_step_counts_flops_and_reports_every_arm(tmp_path):
     train_step = load_script("train_step")
-    assert train_step.main(["--configs", "tiny", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    assert train_step.main(["--configs", "tiny", "--repeats", "1", "--depth", "--out", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "train_step.json").read_text())
     arms = payload["configs"][0]["arms"]
-    assert set(arms) == {"none", "ross", "ross+cache"}
+    assert set(arms) == {"none", "ross", "ross+cache", "none+depth", "ross+depth"}
     # The cache removes the teacher's FLOPs, the denoiser adds its own: none < ross+cache < ross.
     assert arms["none"]["flops"] < arms["ross+cache"]["flops"] < arms["ross"]["flops"]
+    # A depth map per sample: more image tokens for the LLM, a second image for teacher and denoiser.
+    depth = payload["overheads"]["tiny"]["ross+depth"]["one_image"]
+    assert arms["ross+depth"]["flops"] > arms["ross"]["flops"] and depth["flop_ratio"] > 1
+    assert arms["none+depth"]["flops"] > arms["none"]["flops"]
+    assert "ross+depth vs ross" in (tmp_path / "train_step.md").read_text()
     account = {row["module"]: row for row in payload["flop_account_7b"]}
     assert abs(sum(row["share"] for row in account.values()) - 1) < 1e-9
     llm = next(row for name, row in account.items() if name.startswith("LLM"))
@@ -109,6 +114,43 @@ SMOKE_PROTOCOL = {
     "latent_cache": True,
     "modes": {"quick": {"arms": ["baseline", "ross_d"], "seeds": [0], "data_sizes": ["large"]}},
 }  # fmt: skip
+
+
+def test_rgbd_ablation_trains_and_evaluates_each_arm_on_its_inputs(tmp_path):
+    """bench/ablation_depth.yaml at smoke size: an `inputs: rgbd` arm trains on [RGB, depth map] samples and answers
+    synthetic_depth with the depth map; an `rgb` arm sees the RGB image only. The registered protocol loads."""
+    ablation = load_script("ablation")
+    registered = ablation.load_protocol(BENCH / "ablation_depth.yaml", "quick")
+    assert registered["depth"] and {arm for arm, _, _ in registered["runs"]} == set(registered["arms"])
+    assert {spec["inputs"] for spec in registered["arms"].values()} == {"rgb", "rgbd"}
+    assert registered["hash"] != ablation.load_protocol(ablation.PROTOCOL, "quick")["hash"]
+
+    protocol = {**SMOKE_PROTOCOL, "depth": True, "fine_grained": ["synthetic_depth"],
+                "controls": ["synthetic_pope", "synthetic_mmvp", "synthetic_count", "synthetic_position",
+                             "synthetic_colour"],
+                "compare": ["baseline_rgb", "ross_d_rgbd"],
+                "arms": {"baseline_rgb": {"objective": "none", "target": "vae", "inputs": "rgb"},
+                         "ross_d_rgbd": {"objective": "denoise", "target": "vae", "inputs": "rgbd"}},
+                "curve_steps": [4],
+                "modes": {"quick": {"arms": ["baseline_rgb", "ross_d_rgbd"], "seeds": [0], "data_sizes": ["large"]}}}
+    protocol_file = tmp_path / "protocol.yaml"
+    protocol_file.write_text(yaml.safe_dump(protocol))
+    out = tmp_path / "out"
+    assert ablation.main(["--protocol", str(protocol_file), "--out", str(out)]) == 0
+    payload = json.loads((out / "ablation_quick.json").read_text())
+    assert {run["run"] for run in payload["runs"]} == {"baseline_rgb-s0-large", "ross_d_rgbd-s0-large"}
+    (data,) = [json.loads(f.read_text()) for f in (out / "data").glob("*/data.json")]
+    assert data["benchmarks"]["synthetic_depth"] and data["stage2_data_rgbd"] != data["stage2_data"]
+    for run, images in (("baseline_rgb-s0-large", 1), ("ross_d_rgbd-s0-large", 2)):
+        log = (out / "runs" / run / "stage2" / "train.log").read_text()
+        assert Path(data["stage2_data_rgbd" if images == 2 else "stage2_data"]).name in log
+        predictions = (out / "runs" / run / "eval" / "step4" / "synthetic_depth" / "predictions.jsonl").read_text()
+        rows = [json.loads(line) for line in predictions.splitlines()]
+        assert len(rows) == 12 and all(r.get("depth_images", []) == ([1] if images == 2 else []) for r in rows)
+        assert all(r["prompt"].count("<image>") <= 1 or images == 2 for r in rows)
+    ross = next(run for run in payload["runs"] if run["arm"] == "ross_d_rgbd")
+    assert ross["training"]["stage2"]["final_visual_loss"] is not None
+    assert "synthetic_depth" in ross["final"] and "depth" in (out / "ablation_quick.md").read_text()
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Every path feeds the model the same pixels: the processor, a training item, the evaluation loader and the Space
-(Gradio upload), for unusual modes (16-bit grey, palette, alpha, CMYK) and for EXIF orientation; and the processor
-names the image of a call that cannot be decoded."""
+(Gradio upload), for unusual modes (16-bit grey, palette, alpha, CMYK), for EXIF orientation and for depth maps (the
+depth rule, 16-bit and 8-bit); and the processor names the image of a call that cannot be decoded."""
 
 import base64
 import importlib.util
@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from modeling_ross.processing_ross import upright_rgb
-from ross.eval.benchmarks import BENCHMARKS, decode_images
+from modeling_ross.processing_ross import depth_to_rgb, upright_rgb
+from ross.eval.benchmarks import BENCHMARKS, decode_images, get_benchmark
 from ross.train.dataset import load_training_dataset
 
 
@@ -133,6 +133,53 @@ def test_exif_orientation_is_applied_on_every_path(space, tiny_processor, tmp_pa
         torch.testing.assert_close(_pixels(tiny_processor, image), from_processor, rtol=0, atol=0)
     # Applying the rule twice changes nothing (Gradio already turned the upload; the tag is gone).
     assert np.array_equal(np.asarray(upright_rgb(upright_rgb(Image.open(path)))), upright)
+
+
+@pytest.mark.parametrize("bits", [16, 8])
+def test_a_depth_map_reaches_the_model_as_the_same_pixels_on_every_path(tiny_model, tiny_processor, tmp_path, bits):
+    pytest.importorskip("gradio", reason="gradio is not installed (demo extra)")
+    from datasets import Dataset, Features, Image as ImageFeature, Value
+    from gradio.data_classes import ImageData
+
+    rgb_path, depth_path = tmp_path / "rgb.png", tmp_path / "depth.png"
+    Image.fromarray(_pattern()).save(rgb_path)
+    values = _pattern()[..., 0].astype(np.uint16) * 9 + 300  # millimetres: 300..2595, every bit of the packing used
+    Image.fromarray(values if bits == 16 else (values % 256).astype(np.uint8)).save(depth_path)
+    with Image.open(depth_path) as raw:
+        assert raw.mode == ("I;16" if bits == 16 else "L")
+        expected = np.asarray(depth_to_rgb(raw))
+        expected_pixels = _pixels(tiny_processor, depth_to_rgb(raw))
+    assert len(np.unique(expected.reshape(-1, 3), axis=0)) > 1
+
+    # Training: an RGB-D record ([rgb, depth], depth_images [1]).
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"id": "s", "image": [rgb_path.name, depth_path.name], "depth_images": [1],
+                                 "conversations": [{"from": "human", "value": "<image>\n<image>\nWhich is closer?"},
+                                                   {"from": "gpt", "value": "A"}]}]))  # fmt: skip
+    training_rgb, training_depth = load_training_dataset(data, image_folder=str(tmp_path))[0]["images"]
+    # Evaluation: the RGB-D benchmark's loader reads the stored PNG bytes.
+    features = Features({"Index": Value("int64"), "Question": Value("string"), "Options": Value("string"),
+                         "Correct Answer": Value("string"), "image": ImageFeature(), "depth": ImageFeature()})
+    Dataset.from_dict({"Index": [1], "Question": ["Which object is closer to the camera?"],
+                       "Options": ["(a) x (b) y"], "Correct Answer": ["(a)"],
+                       "image": [{"bytes": rgb_path.read_bytes(), "path": None}],
+                       "depth": [{"bytes": depth_path.read_bytes(), "path": None}]},
+                      features=features).save_to_disk(str(tmp_path / "bench"))  # fmt: skip
+    (row,) = get_benchmark("synthetic_depth_rgbd").load(tmp_path / "bench")
+    eval_rgb, eval_depth = decode_images(row, 0)
+    # The Space: its depth component hands over the upload, the app applies the model's own depth rule.
+    app = _load_app()
+    loaded = app.LoadedModel(tiny_model, tiny_processor, "tiny", torch.device("cpu"), torch.float32)
+    demo = app.build_demo(loaded)
+    component = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "input-depth")
+    uploaded = component.preprocess(ImageData(path=str(depth_path), orig_name=depth_path.name))
+    space_rgb, space_depth = app.model_images(loaded, Image.open(rgb_path), uploaded)
+
+    for depth in (training_depth, eval_depth, space_depth):
+        assert np.array_equal(np.asarray(depth), expected)
+        torch.testing.assert_close(_pixels(tiny_processor, depth), expected_pixels, rtol=0, atol=0)
+    for image in (training_rgb, eval_rgb, space_rgb):
+        assert np.array_equal(np.asarray(upright_rgb(image)), _pattern())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

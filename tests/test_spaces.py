@@ -181,6 +181,35 @@ def test_image_goes_in_the_first_user_turn_only():
     assert all(part["type"] == "text" for m in app.to_model_messages(history, False) for part in m["content"])
 
 
+def test_a_depth_map_is_the_second_image_of_the_first_turn(loaded):
+    """SpatialBot's layout: [RGB, depth map]; the map goes through the model's own depth rule (a 16-bit map here)."""
+    import numpy as np
+
+    from modeling_ross.processing_ross import depth_to_rgb
+
+    image = Image.open(_example())
+    depth = Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 3 + 400))
+    assert app.to_model_messages([{"role": "user", "content": "Q"}], True, num_images=2)[0]["content"] == [
+        {"type": "image"}, {"type": "image"}, {"type": "text", "text": "Q"}]  # fmt: skip
+    rgb, encoded = app.model_images(loaded, image, depth)
+    assert rgb is image and np.array_equal(np.asarray(encoded), np.asarray(depth_to_rgb(depth)))
+
+    question = "Which object is closer to the camera?"
+    history = list(app.stream_answer(loaded, image, [{"role": "user", "content": question}], 8, depth))[-1]
+    processor = loaded.processor
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[image, depth_to_rgb(depth)], return_tensors="pt")
+    with torch.no_grad():
+        output = loaded.model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    expected = processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert history[-1]["content"] == (expected if expected.strip() else "(empty answer)")
+    with pytest.raises(gradio.Error, match="goes with an RGB image"):
+        app.model_images(loaded, None, depth)
+    with pytest.raises(gradio.Error, match="got mode P"):
+        app.model_images(loaded, image, Image.new("P", (8, 8)))
+
+
 def test_baseline_model_chats_and_the_panel_says_why(tiny_components, tmp_path):
     loaded = app.load_model(str(_save_model(tiny_components, tmp_path / "baseline", objective="none")))
     assert "no denoiser" in loaded.reconstruction_error

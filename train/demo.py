@@ -47,7 +47,7 @@ from transformers import AutoProcessor  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from ross.eval.generation import evaluate_model, get_benchmark, load_model  # noqa: E402
-from ross.eval.synthetic import chance_rate, write_benchmarks  # noqa: E402
+from ross.eval.synthetic import BENCHMARKS, DEPTH_BENCHMARKS, chance_rate, write_benchmarks  # noqa: E402
 from ross.model_cards.card import build_model_card  # noqa: E402
 from modeling_ross import RossForConditionalGeneration  # noqa: E402
 from ross.train.pretrain_components import (  # noqa: E402
@@ -96,6 +96,9 @@ class DemoSettings:
     sft_images: int = 3000
     benchmark_items: int = 120
     image_size: int = 48
+    # RGB-D (bench/ablation_depth.yaml): stage-2 data of the depth world ("which object is closer?" turns) written
+    # twice from the same scenes, RGB only (`stage2_data`) and RGB + depth map (`stage2_data_rgbd`), + synthetic_depth
+    depth: bool = False
     # the denoiser of ROSS^D: small next to the LLM as in the 7B recipe (there 65M of 7B; here 8 wide, 1 deep:
     # 0.8% of the LLM), the settings of `bench/ablation.yaml`, so this run trains as that protocol's ROSS^D arm. Its
     # position table is stored, trained in stage 1 and frozen in stage 2, as in the recipe configs.
@@ -143,6 +146,7 @@ class DemoSettings:
                 "sft": self.sft_images,
                 "bench": self.benchmark_items,
                 "size": self.image_size,
+                **({"depth": True} if self.depth else {}),  # the keys of RGB-only data stay as they were
             },
             sort_keys=True,
         )
@@ -172,8 +176,11 @@ def prepare_data(root: Path, settings: DemoSettings) -> dict:
     log(f"data: writing {settings.plain_images} caption + {settings.sft_images} instruction images and benchmarks")
     train_dir = tmp / "train"
     plain = write_llava_dataset(str(train_dir), settings.plain_images, seed=0, size=settings.image_size, stage="plain")
-    sft = write_llava_dataset(str(train_dir), settings.sft_images, seed=0, size=settings.image_size, stage="sft")
-    benchmarks = write_benchmarks(str(tmp / "benchmarks"), settings.benchmark_items, seed=1, size=settings.image_size)
+    depth = {"depth_questions": True} if settings.depth else {}
+    sft = write_llava_dataset(str(train_dir), settings.sft_images, seed=0, size=settings.image_size, stage="sft", **depth)
+    names = BENCHMARKS + (DEPTH_BENCHMARKS if settings.depth else ())
+    benchmarks = write_benchmarks(str(tmp / "benchmarks"), settings.benchmark_items, seed=1, size=settings.image_size,
+                                  names=names)  # fmt: skip
     with open(sft) as f:
         sft_records = len(json.load(f))
 
@@ -191,6 +198,9 @@ def prepare_data(root: Path, settings: DemoSettings) -> dict:
         "benchmarks": {name: rel(path) for name, path in benchmarks.items()},
         "benchmark_items": settings.benchmark_items,
     }
+    if settings.depth:
+        manifest["stage2_data_rgbd"] = rel(write_llava_dataset(
+            str(train_dir), settings.sft_images, seed=0, size=settings.image_size, stage="sft", with_depth=True))
     (tmp / "data.json").write_text(json.dumps(manifest, indent=1) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

@@ -20,7 +20,9 @@ format the item (or the same placeholder in a string)::
         {"role": "assistant", "content": [{"type": "query"}]}]}
  At fetch time a source only
 reads the sample's images (`load_images`), decoded, turned upright (EXIF) and converted to RGB by :func:`decode_image`
-(`upright_rgb`, the rule every ROSS path shares; the processor then sees upright RGB and changes nothing).
+(`upright_rgb`, the rule every ROSS path shares; the processor then sees upright RGB and changes nothing). The images
+a record lists in `depth_images` (0-based positions in its images, e.g. `[1]` for SpatialBot's `[rgb, depth]`) are
+depth maps, turned into 3 channels by the depth rule `depth_to_rgb` instead.
 
 Errors are :class:`BadSampleError` with a reason from `SKIP_REASONS`; the dataset adds the sample id and file.
 """
@@ -37,7 +39,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from modeling_ross.processing_ross import upright_rgb
+from modeling_ross.processing_ross import depth_to_rgb, upright_rgb
 
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -226,9 +228,11 @@ def _check_files_exist(paths) -> None:
 
 
 # ----------------------------------------------------------------------------- image decoding
-def decode_image(image) -> Image.Image:
+def decode_image(image, depth: bool = False) -> Image.Image:
     """Open (path, `datasets` `{"bytes", "path"}` dict) or take (PIL) an image, decode it fully (so corrupt or
-    truncated files fail here, in the dataloader worker) and turn it upright (EXIF) in RGB (`upright_rgb`)."""
+    truncated files fail here, in the dataloader worker) and turn it upright (EXIF) in RGB (`upright_rgb`; a depth map
+    with `depth=True`: `depth_to_rgb`)."""
+    rule = depth_to_rgb if depth else upright_rgb
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.exists(path):
@@ -236,18 +240,18 @@ def decode_image(image) -> Image.Image:
         try:
             with Image.open(path) as opened:
                 opened.load()
-                return upright_rgb(opened)
+                return rule(opened)
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
             raise BadSampleError("corrupt_image", f"cannot decode image file {path}: {error}") from error
     if isinstance(image, Mapping) and ("bytes" in image or "path" in image):  # datasets Image(decode=False)
         if image.get("bytes") is None:
-            return decode_image(image["path"])
+            return decode_image(image["path"], depth)
         image = Image.open(io.BytesIO(image["bytes"]))
     if not isinstance(image, Image.Image):
         raise BadSampleError("invalid_record", f"unsupported image value of type {type(image).__name__}")
     try:
         image.load()
-        return upright_rgb(image)
+        return rule(image)
     except Exception as error:
         raise BadSampleError("corrupt_image", f"cannot decode image: {error}") from error
 
@@ -270,6 +274,7 @@ class JsonSource:
             str(r["id"]) if isinstance(r, Mapping) and r.get("id") is not None else None for r in self._records
         ]
         self.image_paths: list[list[str]] = [[] for _ in self._records]
+        self.depth_images: list[tuple[int, ...]] = [() for _ in self._records]
 
     def __len__(self):
         return len(self.locations)
@@ -302,9 +307,10 @@ class JsonSource:
             raise BadSampleError("invalid_record", f"a sample must be a JSON object, got {type(record).__name__}")
         paths = self._image_refs(record)
         parsed = _check_against_images(self._messages(record), len(paths))
+        depth = _depth_positions(record.get("depth_images"), len(paths))
         if check_files:
             _check_files_exist(paths)
-        self.image_paths[index] = paths
+        self.image_paths[index], self.depth_images[index] = paths, depth
         return parsed
 
     def parse_all(self, check_files: bool) -> Iterator[tuple[int, ParsedSample | BadSampleError]]:
@@ -317,7 +323,19 @@ class JsonSource:
         self._records = None
 
     def load_images(self, index: int) -> list[Image.Image]:
-        return [decode_image(path) for path in self.image_paths[index]]
+        depth = self.depth_images[index]
+        return [decode_image(path, k in depth) for k, path in enumerate(self.image_paths[index])]
+
+
+def _depth_positions(value, num_images: int) -> tuple[int, ...]:
+    """A record's `depth_images` -> the positions of its depth maps, checked against its image count."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(type(k) is int and 0 <= k < num_images for k in value):
+        raise BadSampleError(
+            "invalid_record", f"'depth_images' must be a list of image positions in 0..{num_images - 1}, got {value!r}"
+        )
+    return tuple(value)
 
 
 def _read_json_records(path: str) -> tuple[list, list[str]]:
@@ -340,8 +358,9 @@ def _read_json_records(path: str) -> tuple[list, list[str]]:
 
 
 class HFSource:
-    """A `datasets.Dataset` with a `messages` column and an optional `images` column (PIL images or paths). The
-    messages are parsed once at load; images stay in the (memory-mapped) dataset until `load_images`."""
+    """A `datasets.Dataset` with a `messages` column, an optional `images` column (PIL images or paths) and an
+    optional `depth_images` column (which of them are depth maps). The messages are parsed once at load; images stay
+    in the (memory-mapped) dataset until `load_images`."""
 
     def __init__(self, dataset, name: str, image_folder: str | None, image_placement: str = "front"):
         if "messages" not in dataset.column_names:
@@ -350,6 +369,7 @@ class HFSource:
         self.image_placement = image_placement
         # Only this column is read at fetch time: the messages were parsed at load.
         self._images = dataset.select_columns(["images"]) if "images" in dataset.column_names else None
+        self._depth = dataset.select_columns(["depth_images"]) if "depth_images" in dataset.column_names else None
         self.locations = _LazyLocations(name)
         self.ids = [str(i) for i in dataset.select_columns(["id"])["id"]] if "id" in dataset.column_names else None
 
@@ -392,7 +412,8 @@ class HFSource:
 
     def load_images(self, index: int) -> list[Image.Image]:
         images = (self._images[index]["images"] or []) if self._images is not None else []
-        return [decode_image(self._resolve(image)) for image in images]
+        depth = _depth_positions(self._depth[index]["depth_images"], len(images)) if self._depth is not None else ()
+        return [decode_image(self._resolve(image), k in depth) for k, image in enumerate(images)]
 
 
 class _LazyLocations:

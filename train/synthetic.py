@@ -2,7 +2,11 @@
 stage 2 (questions about colour, shape, count, position and existence, plus text-only turns), optionally with
 caption -> image "creation" samples for the generative variant (`condition="queries"`, `--creation-fraction`).
 
-    python -m ross.train.synthetic --out DIR --num-images N --stage {plain,sft}
+    python -m ross.train.synthetic --out DIR --num-images N --stage {plain,sft} [--depth-questions] [--with-depth]
+
+With ``--with-depth`` every image record is an RGB-D pair in SpatialBot's layout: ``"image": [rgb, depth]`` with two
+``<image>`` placeholders and ``"depth_images": [1]`` (the depth map, a 16-bit PNG in millimetres, is read with the depth
+rule ``depth_to_rgb``); ROSS reconstructs both images.
 
 Benchmarks built on held-out scenes of the same world live in ``eval/synthetic.py``.
 """
@@ -20,12 +24,15 @@ from ross.synthetic.world import (
     SHAPES,
     SHORT_ANSWER_PROMPT,
     as_mcq,
+    assign_depths,
     caption,
+    closer_question,
     colour_presence_labels,
     existence_question,
     make_rng,
     make_scene,
     render,
+    render_depth,
     scene_questions,
 )
 
@@ -45,7 +52,8 @@ def _sft_answer(qa: dict) -> str:
 
 def load_scenes(json_path: str) -> list[dict]:
     """Read the ``<name>_scenes.jsonl`` written beside a LLaVA JSON by
-    :func:`write_llava_dataset`: ``[{"id", "image" (absolute path), "scene", "colour_labels"}]``."""
+    :func:`write_llava_dataset`: ``[{"id", "image" (absolute path), "scene", "colour_labels"}]`` (+ ``"depth"``, an
+    absolute path, for RGB-D data)."""
     base = json_path[:-5] if json_path.endswith(".json") else json_path
     root = os.path.dirname(os.path.abspath(base))
     out = []
@@ -53,6 +61,8 @@ def load_scenes(json_path: str) -> list[dict]:
         for line in f:
             rec = json.loads(line)
             rec["image"] = os.path.join(root, rec["image"])
+            if "depth" in rec:
+                rec["depth"] = os.path.join(root, rec["depth"])
             out.append(rec)
     return out
 
@@ -82,10 +92,12 @@ def _text_only_turns(rng: random.Random) -> list[tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------- LLaVA json
-def _sft_turns(scene: dict, rng: random.Random) -> list[tuple[str, str]]:
+def _sft_turns(scene: dict, rng: random.Random, depth_questions: bool = False) -> list[tuple[str, str]]:
     n_turns = rng.randint(1, 3)
     families = ["exist", "colour", "shape", "count", "position", "mcq", "describe"]
     weights = [3, 2, 1, 2, 2, 1, 0.5]
+    if depth_questions:  # "which object is closer?" (two-option MCQ), as often as the other frequent families
+        families, weights = families + ["closer"], weights + [3]
     chosen: list[str] = []
     while len(chosen) < n_turns:
         f = rng.choices(families, weights=weights)[0]
@@ -95,6 +107,12 @@ def _sft_turns(scene: dict, rng: random.Random) -> list[tuple[str, str]]:
     for fam in chosen:
         if fam == "describe":
             turns.append(("Describe the image briefly.", caption(scene).capitalize() + "."))
+            continue
+        if fam == "closer":
+            qa = closer_question(scene, rng)
+            if qa is not None:
+                qa = as_mcq(qa, rng)
+                turns.append((qa["question"], qa["answer"]))
             continue
         if fam == "mcq":
             base = scene_questions(scene, rng, [rng.choice(("exist", "colour", "count", "position"))])
@@ -113,11 +131,12 @@ def _sft_turns(scene: dict, rng: random.Random) -> list[tuple[str, str]]:
     return turns
 
 
-def _conversation(turns: Sequence[tuple[str, str]], with_image: bool) -> list[dict]:
+def _conversation(turns: Sequence[tuple[str, str]], with_image: bool, num_images: int = 1) -> list[dict]:
     conv = []
     for i, (q, a) in enumerate(turns):
         if i == 0 and with_image:
-            q = "<image>\n" + q if q else "<image>"
+            images = "\n".join(["<image>"] * num_images)
+            q = images + "\n" + q if q else images
         conv.append({"from": "human", "value": q})
         conv.append({"from": "gpt", "value": a})
     return conv
@@ -125,7 +144,8 @@ def _conversation(turns: Sequence[tuple[str, str]], with_image: bool) -> list[di
 
 def write_llava_dataset(out_dir: str, num_images: int = 1000, seed: int = 0, size: int = 48,
                         stage: str = "sft", name: str | None = None,
-                        text_only_fraction: float = 0.1, creation_fraction: float = 0.0) -> str:
+                        text_only_fraction: float = 0.1, creation_fraction: float = 0.0,
+                        with_depth: bool = False, depth_questions: bool | None = None) -> str:
     """Write ``num_images`` PNGs to ``out_dir/images/`` and ``out_dir/<name>.json`` (LLaVA
     format); return the JSON path. ``name`` defaults to ``synthetic_<stage>``.
 
@@ -138,30 +158,55 @@ def write_llava_dataset(out_dir: str, num_images: int = 1000, seed: int = 0, siz
       scene each, human :data:`CREATION_PROMPT` with its caption, gpt ``"<query>"``, the scene's image as the target.
       Creation scenes come from their own random stream, so the other records do not depend on it.
 
+    Depth (SpatialBot-style RGB-D, the paper's Table 5):
+
+    * ``depth_questions`` (default: ``with_depth``): every scene gets object depths (:func:`assign_depths`, drawn
+      from their own random stream) and stage-2 records can ask "Which object is closer to the camera?" (two-option
+      MCQ). The scene stream also draws the questions, so stage-2 scenes differ from those written without it.
+    * ``with_depth``: every image record also carries the scene's depth map (:func:`render_depth`, a 16-bit PNG
+      ``images/<id>_depth.png``): ``"image": [rgb, depth]``, ``"depth_images": [1]`` and two ``<image>``
+      placeholders. The same arguments without ``with_depth`` give the same conversations on the RGB image only.
+
+    ``name`` then defaults to ``synthetic_<stage>_depth_rgbd`` / ``synthetic_<stage>_depth_rgb``.
+
     Also writes ``out_dir/<name>_scenes.jsonl`` (one line per image: id, image, scene,
-    colour_labels; comprehension images only), read back by :func:`load_scenes`.
+    colour_labels, and ``depth`` when written; comprehension images only), read back by :func:`load_scenes`.
     """
     if stage not in ("plain", "sft"):
         raise ValueError(f"stage must be 'plain' or 'sft', got {stage!r}")
     if creation_fraction and stage != "sft":
         raise ValueError(f"creation samples are chat turns: creation_fraction needs stage='sft', got {stage!r}")
-    name = name or f"synthetic_{stage}"
+    depth_questions = with_depth if depth_questions is None else depth_questions
+    if with_depth and not depth_questions:
+        raise ValueError("with_depth=True needs depth_questions (the depth map is drawn from the scene's depths)")
+    suffix = ("_depth_rgbd" if with_depth else "_depth_rgb") if depth_questions else ""
+    name = name or f"synthetic_{stage}{suffix}"
     img_dir = os.path.join(out_dir, "images")
     os.makedirs(img_dir, exist_ok=True)
     rng = make_rng(seed, f"train:{stage}:{size}")
+    depth_rng = make_rng(seed, f"train:depth:{size}")  # its own stream: with or without the map, the same scenes
     records, scene_lines = [], []
     for i in range(num_images):
         scene = make_scene(rng, size)
+        if depth_questions:
+            assign_depths(scene, depth_rng)
         rid = f"{name}_{seed}_{i:06d}"
         rel = f"images/{rid}.png"
         render(scene).save(os.path.join(out_dir, rel), format="PNG")
+        num_images_here = 2 if with_depth else 1
         if stage == "plain":
-            conv = [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": caption(scene)}]
+            conv = _conversation([("", caption(scene))], with_image=True, num_images=num_images_here)
         else:
-            conv = _conversation(_sft_turns(scene, rng), with_image=True)
-        records.append({"id": rid, "image": rel, "conversations": conv})
-        scene_lines.append(json.dumps({"id": rid, "image": rel, "scene": scene,
-                                       "colour_labels": colour_presence_labels(scene)}))
+            conv = _conversation(_sft_turns(scene, rng, depth_questions), with_image=True, num_images=num_images_here)
+        record = {"id": rid, "image": rel, "conversations": conv}
+        line = {"id": rid, "image": rel, "scene": scene, "colour_labels": colour_presence_labels(scene)}
+        if with_depth:
+            depth_rel = f"images/{rid}_depth.png"
+            render_depth(scene).save(os.path.join(out_dir, depth_rel), format="PNG")
+            record.update(image=[rel, depth_rel], depth_images=[1])
+            line["depth"] = depth_rel
+        records.append(record)
+        scene_lines.append(json.dumps(line))
     if stage == "sft" and text_only_fraction > 0:
         f = float(text_only_fraction)
         n_text = round(num_images * f / (1.0 - f))
@@ -202,9 +247,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--text-only-fraction", type=float, default=0.1)
     p.add_argument("--creation-fraction", type=float, default=0.0,
                    help="caption -> image creation records per image (generative variant, condition='queries')")
+    p.add_argument("--depth-questions", action="store_true", help="scenes with depths, 'which is closer?' turns")
+    p.add_argument("--with-depth", action="store_true", help="RGB + depth map per record (SpatialBot layout)")
     a = p.parse_args(argv)
     path = write_llava_dataset(a.out, a.num_images, a.seed, a.size, a.stage, a.name, a.text_only_fraction,
-                               a.creation_fraction)
+                               a.creation_fraction, with_depth=a.with_depth,
+                               depth_questions=a.depth_questions or a.with_depth)
     print(path)
     return path
 
