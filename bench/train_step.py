@@ -2,7 +2,7 @@
 of the real 7B recipe spends its arithmetic.
 
     python bench/train_step.py [--device cpu|cuda] [--dtype float32|bfloat16] [--configs tiny scaled] [--repeats 6]
-                               [--arms none ross ross+cache queries none+depth ross+depth] [--depth]
+                               [--arms none ross ross+cache queries none+depth ross+depth viral] [--depth]
                                [--out runs/bench/train_step]
 
 Measured part. For each configuration one ROSS^D model is built from tiny component repos (`modeling_ross.testing`)
@@ -22,6 +22,11 @@ gives `x ROSS^D`, the paired time ratio to the `ross` arm.
 every sample holds an RGB image and its depth map (a 16-bit map turned into 3 channels by `depth_to_rgb`), each
 reconstructed by ROSS with its own visual-loss term. They are also compared with their one-image arms (`x 1 image`:
 `none` and `ross`), so the report says what the depth map costs per step; `ross+depth` also gets `x ROSS^D`.
+
+`viral` is the VIRAL-style alignment of `train/configs/siglip_qwen2_stage{1,2}_viral.yaml`: an MLP head on a middle
+decoder layer (`condition_layer` = 16/28 of the layers, as layer 16 of Qwen2-7B's 28) regresses a frozen DINOv2's
+patch features (a tiny `Dinov2Model`, cosine loss, weight 0.5); it shares every LLM weight with ROSS^D and gets
+`x ROSS^D` as well.
 
 Time is the median over `--repeats` steps after warm-up; peak memory is `torch.cuda.max_memory_allocated` per arm
 (CUDA only: CPU allocations are not tracked per arm). The FLOPs of each arm's step are counted once by
@@ -65,7 +70,7 @@ from _common import noise_images, processor_side, synchronize, write_outputs
 from modeling_ross import RossProcessor, from_components
 from modeling_ross.denoiser import RossDenoiser
 from modeling_ross.processing_ross import depth_to_rgb
-from modeling_ross.testing import write_tiny_components
+from modeling_ross.testing import write_tiny_components, write_tiny_dinov2
 
 
 CONFIGS = {
@@ -80,7 +85,7 @@ CONFIGS = {
 }  # fmt: skip
 ARMS = ("none", "ross", "ross+cache")
 # Measured with `--arms`: the generative variant (condition="queries") and the RGB-D arms (two images per sample).
-EXTRA_ARMS = ("queries", "none+depth", "ross+depth")
+EXTRA_ARMS = ("queries", "none+depth", "ross+depth", "viral")
 DEPTH_ARMS = ("none+depth", "ross+depth")
 ONE_IMAGE_ARM = {"none+depth": "none", "ross+depth": "ross"}
 REFERENCE_7B = dict(
@@ -99,9 +104,10 @@ REFERENCE_7B = dict(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_arms(name: str, root: Path, device, dtype, queries: bool = False) -> tuple[dict, dict]:
-    """`{"none": baseline, "ross": ROSS^D}` (and `"queries"`: the generative variant) sharing every weight they have in
-    common, and their processors (`"queries"`'s adds the `<query>` token)."""
+def build_arms(name: str, root: Path, device, dtype, queries: bool = False, viral: bool = False) -> tuple[dict, dict]:
+    """`{"none": baseline, "ross": ROSS^D}` (and `"queries"`: the generative variant; `"viral"`: DINOv2 alignment at a
+    middle layer) sharing every weight they have in common, and their processors (`"queries"`'s adds the `<query>`
+    token)."""
     spec = CONFIGS[name]
     paths = write_tiny_components(root / name, vision_kwargs=spec["vision"], language_kwargs=spec["language"])
     torch.manual_seed(0)
@@ -120,6 +126,16 @@ def build_arms(name: str, root: Path, device, dtype, queries: bool = False) -> t
         processors["queries"] = RossProcessor.from_components(
             paths["vision_model"], paths["language_model"], query_token="<query>"
         )
+    if viral:
+        num_layers = ross.config.text_config.num_hidden_layers
+        aligned = from_components(paths["vision_model"], paths["language_model"], objective="regress",
+                                  target="features", teacher=str(write_tiny_dinov2(root / name / "dinov2-tiny")),
+                                  teacher_subfolder=None, regress_loss="cosine", weight=0.5,
+                                  condition_layer=max(1, round(num_layers * 16 / 28)))  # fmt: skip
+        shared = {k: v for k, v in ross.state_dict().items() if not k.startswith(("denoiser.", "teacher."))}
+        missing, _ = aligned.load_state_dict(shared, strict=False)
+        assert all(k.startswith(("denoiser.", "teacher.")) for k in missing), missing
+        models["viral"] = aligned.to(device, dtype)
     return models, processors
 
 
@@ -198,7 +214,7 @@ def count_flops(fn) -> int:
 
 def measure_config(name: str, root: Path, device, dtype, repeats: int, arms=ARMS) -> dict:
     """Interleaved step times, peak memory and FLOPs of the arms of one configuration."""
-    models, processors = build_arms(name, root, device, dtype, queries="queries" in arms)
+    models, processors = build_arms(name, root, device, dtype, queries="queries" in arms, viral="viral" in arms)
     processor = processors["ross"]
     batch = make_batch(processor, CONFIGS[name], device, dtype)
     batches = {arm: batch for arm in arms}
@@ -363,7 +379,8 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=[*ARMS, *EXTRA_ARMS],
-                        help="arms to measure (`none`, the baseline, always is); `queries` is the generative variant")
+                        help="arms to measure (`none`, the baseline, always is); `queries` is the generative variant, "
+                        "`none+depth` / `ross+depth` the RGB-D arms, `viral` the DINOv2 alignment")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s at --dtype, for the MFU column (e.g. 989 for H100/H200 bf16)")
     parser.add_argument("--sft-length", type=int, default=1152, help="tokens of one SFT sample of the 7B account")

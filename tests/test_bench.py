@@ -47,13 +47,17 @@ def test_train_step_counts_flops_and_reports_every_arm(tmp_path):
     assert "| tiny |" in (tmp_path / "train_step.md").read_text()
 
 
-def test_train_step_measures_the_generative_variant_on_request(tmp_path):
+def test_train_step_measures_the_generative_and_viral_arms_on_request(tmp_path):
     train_step = load_script("train_step")
-    args = ["--configs", "tiny", "--repeats", "1", "--arms", "ross", "queries", "--out", str(tmp_path)]
+    args = ["--configs", "tiny", "--repeats", "1", "--arms", "ross", "queries", "viral", "--out", str(tmp_path)]
     assert train_step.main(args) == 0
     payload = json.loads((tmp_path / "train_step.json").read_text())
     arms = payload["configs"][0]["arms"]
-    assert list(arms) == ["none", "ross", "queries"]
+    assert list(arms) == ["none", "ross", "queries", "viral"]
+    # VIRAL: the DINOv2 teacher and the MLP head add work to the baseline step; its row is also against ROSS^D.
+    assert arms["none"]["flops"] < arms["viral"]["flops"]
+    assert payload["overheads"]["tiny"]["viral"]["ross_time_ratio"] > 0
+    assert "| tiny | viral |" in (tmp_path / "train_step.md").read_text()
     # The queries replace the image tokens one for one: the LLM's work is the same, the denoiser's and teacher's too.
     assert arms["none"]["flops"] < arms["queries"]["flops"]
     row = payload["overheads"]["tiny"]["queries"]
