@@ -333,7 +333,7 @@ def markdown(results: list[dict], account: list[dict], args) -> str:
     lines = [f"Device {args.device}, dtype {args.dtype}, {args.repeats} interleaved steps per arm (median).", "",
              "| config | seq (image tokens) | denoiser / LLM | arm | step s | TFLOP/s (MFU) | x none (min-max) | "
              "FLOPs x none | waste | memory x none |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    extra = []
+    extra, depth = [], []
     for result in results:
         ratios = overheads(result)
         for arm in result["arms"]:
@@ -351,19 +351,18 @@ def markdown(results: list[dict], account: list[dict], args) -> str:
             if "ross_time_ratio" in r:
                 extra.append(f"| {result['config']} | {arm} | {r['ross_time_ratio']:.2f} "
                              "({:.2f}-{:.2f}) | {:.2f} |".format(*r["ross_time_ratio_range"], r["ross_flop_ratio"]))
+            if "one_image" in r:
+                one = r["one_image"]
+                depth.append(f"| {result['config']} | {arm} vs {ONE_IMAGE_ARM[arm]} | {_fmt(one['time_ratio'])} "
+                             "({:.2f}-{:.2f}) | ".format(*one["time_ratio_range"])
+                             + f"{_fmt(one['flop_ratio'])} | {_fmt(one['memory_ratio'])} |")  # fmt: skip
     if extra:
         lines += ["", "Extra arms against ROSS^D (paired time ratio, its range, FLOP ratio):", "",
                   "| config | arm | x ROSS^D (min-max) | FLOPs x ROSS^D |", "|---|---|---|---|", *extra]
-    depth_rows = [(result, arm, overheads(result)[arm]) for result in results for arm in DEPTH_ARMS
-                  if "one_image" in overheads(result).get(arm, {})]  # fmt: skip
-    if depth_rows:
+    if depth:
         lines += ["", "RGB + depth map (two images per sample) against the same objective with one image:", "",
-                  "| config | arm | x 1 image (min-max) | FLOPs x 1 image | memory x 1 image |", "|---|---|---|---|---|"]
-        for result, arm, r in depth_rows:
-            one = r["one_image"]
-            lines.append(f"| {result['config']} | {arm} vs {ONE_IMAGE_ARM[arm]} | {_fmt(one['time_ratio'])} "
-                         "({:.2f}-{:.2f}) | ".format(*one["time_ratio_range"])
-                         + f"{_fmt(one['flop_ratio'])} | {_fmt(one['memory_ratio'])} |")  # fmt: skip
+                  "| config | arm | x 1 image (min-max) | FLOPs x 1 image | memory x 1 image |", "|---|---|---|---|---|",
+                  *depth]  # fmt: skip
     lines += ["", f"7B recipe, one sample of {args.sft_length} tokens (729 image tokens): FLOPs per training step",
               "", "| module | forward TFLOPs | step TFLOPs | share | share with latent cache |", "|---|---|---|---|---|"]
     for row in account:
