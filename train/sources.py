@@ -18,8 +18,8 @@ format the item (or the same placeholder in a string)::
     {"id": "c1", "images": ["cat.png"], "messages": [
         {"role": "user", "content": "Create an image of: a cat on a mat."},
         {"role": "assistant", "content": [{"type": "query"}]}]}
- At fetch time a source only
-reads the sample's images (`load_images`), decoded, turned upright (EXIF) and converted to RGB by :func:`decode_image`
+
+At fetch time a source only reads the sample's images (`load_images`), decoded, turned upright (EXIF) and converted to RGB by :func:`decode_image`
 (`upright_rgb`, the rule every ROSS path shares; the processor then sees upright RGB and changes nothing). The images
 a record lists in `depth_images` (0-based positions in its images, e.g. `[1]` for SpatialBot's `[rgb, depth]`) are
 depth maps, turned into 3 channels by the depth rule `depth_to_rgb` instead.
