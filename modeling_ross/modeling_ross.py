@@ -19,8 +19,10 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.utils import logging
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import select_hidden_states
 
 from .configuration_ross import RossConfig
 from .denoiser import RossDenoiser, RossMLPHead
@@ -138,27 +140,46 @@ class RossModel(RossPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+    @merge_with_config_defaults
+    @can_return_tuple
+    @select_hidden_states("vision_feature_layer")
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
         """
         Args:
             pixel_values: `(num_images, 3, image_size, image_size)`, normalised as the vision tower expects.
+            vision_feature_layer, vision_feature_select_strategy: default to the config's (as in `LlavaModel`).
+            kwargs: `output_hidden_states` / `output_attentions` of the vision tower, `return_dict`.
         Returns:
-            Visual tokens `(num_images, image_seq_length, text_hidden_size)`.
+            The vision tower's `BaseModelOutputWithPooling` (`last_hidden_state` `(num_images, num_patches,
+            vision_hidden_size)`, the requested `hidden_states` / `attentions`) whose `pooler_output` is the visual
+            tokens, one `(image_seq_length, text_hidden_size)` tensor per image (a list, as llava's).
         """
         # A frozen tower (the recipe's default) needs no autograd graph.
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_tower.parameters())
         with torch.set_grad_enabled(needs_grad):
             pixel_values = pixel_values.to(self.vision_tower.dtype)
-            outputs = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
-            features = outputs.hidden_states[self.config.vision_feature_layer]
-            if self.config.vision_feature_select_strategy == "default":
+            image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
+            features = image_outputs.hidden_states[vision_feature_layer]
+            if vision_feature_select_strategy == "default":
                 features = features[:, 1:]  # drop CLS
         if features.shape[1] != self.config.image_seq_length:
             raise ValueError(
                 f"The vision tower returned {features.shape[1]} tokens per image but the config expects "
                 f"image_seq_length={self.config.image_seq_length}; check image_size and vision_feature_select_strategy."
             )
-        return self.projector(features)
+        image_outputs.pooler_output = list(self.projector(features))
+        return image_outputs
+
+    def project_images(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """The visual tokens `(num_images, image_seq_length, text_hidden_size)` of `pixel_values` (what `forward`
+        scatters into the text embeddings)."""
+        return torch.stack(self.get_image_features(pixel_values, return_dict=True).pooler_output)
 
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, image_features: torch.FloatTensor
@@ -210,6 +231,7 @@ class RossModel(RossPreTrainedModel):
             )
         return mask
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -242,10 +264,16 @@ class RossModel(RossPreTrainedModel):
 
         image_features = image_mask = None
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values).to(inputs_embeds.device, inputs_embeds.dtype)
+            image_features = self.project_images(pixel_values).to(inputs_embeds.device, inputs_embeds.dtype)
             image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
-        elif input_ids is not None and (input_ids == self.config.image_token_id).any():
+        elif (
+            input_ids is not None
+            and (past_key_values is None or past_key_values.get_seq_length() == 0)
+            and (input_ids == self.config.image_token_id).any()
+        ):
+            # Only a prompt must come with its images: a decode step (a filled cache) may generate the image token id,
+            # which is then embedded as any token (llava merges image features only when pixel values are given).
             raise ValueError(
                 f"input_ids contain {int((input_ids == self.config.image_token_id).sum())} image tokens "
                 "but no pixel_values were given."
@@ -255,7 +283,7 @@ class RossModel(RossPreTrainedModel):
             # every rank must call the same modules or the parameter all-gathers hang.
             size = self.config.vision_config.image_size
             dummy = inputs_embeds.new_zeros(1, 3, size, size)
-            inputs_embeds = inputs_embeds + 0.0 * self.get_image_features(dummy).sum()
+            inputs_embeds = inputs_embeds + 0.0 * self.project_images(dummy).sum()
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -293,6 +321,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # as llava: the LLM's own plan covers model.language_model
     # A checkpoint never needs to hold the frozen teacher: `from_pretrained` restores it from its own source when the
     # checkpoint has no copy (`save_teacher=False`).
     _keys_to_ignore_on_load_missing = [r"^teacher\."]
@@ -344,8 +373,20 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """`RossModel.get_image_features`: the tower's outputs, the visual tokens in `pooler_output`."""
+        return self.model.get_image_features(
+            pixel_values,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            **kwargs,
+        )
 
     def get_visual_outputs(self, outputs: RossModelOutputWithPast) -> torch.FloatTensor | None:
         """
@@ -393,6 +434,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         index = self.config.condition_hidden_states_index
         return index is None or (outputs.hidden_states is not None and outputs.hidden_states[index] is not None)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -437,6 +479,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             queries=None if self.queries is None else self.queries.weight,
+            return_dict=True,  # the fields are read below, whatever config.return_dict
             output_hidden_states=(
                 self.condition_hidden_states_request(output_hidden_states)
                 if computes_visual_loss
@@ -544,6 +587,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             attention_mask=attention_mask,
             queries=None if self.queries is None else self.queries.weight,
             output_hidden_states=self.condition_hidden_states_request(),
+            return_dict=True,
         )
         condition = self.get_visual_outputs(outputs)  # the layer the objective was trained on
         if condition is None:
