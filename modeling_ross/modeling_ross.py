@@ -69,6 +69,10 @@ class RossCausalLMOutputWithPast(ModelOutput):
         condition. None at inference when `condition_layer` names a layer whose hidden states were not requested.
         With `condition="queries"`: gathered at the query positions instead, `(num_creations, image_seq_length,
         hidden_size)` in the order of `target_pixel_values` (None without creation samples).
+    visual_term (`torch.FloatTensor` of shape `()`, *optional*):
+        The visual term of the loss before the objective's `weight`: `visual_loss` weighted by this batch's share of
+        the step's images (`num_images / num_images_in_batch`), or `visual_loss` itself without `num_images_in_batch`;
+        `loss = text_loss + weight * visual_term`. What the trainer logs as `visual_loss`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -80,6 +84,7 @@ class RossCausalLMOutputWithPast(ModelOutput):
     attentions: tuple[torch.FloatTensor] | None = None
     image_hidden_states: torch.FloatTensor | None = None
     visual_outputs: torch.FloatTensor | None = None
+    visual_term: torch.FloatTensor | None = None
 
 
 class RossProjector(nn.Module):
@@ -494,7 +499,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
         # None at inference when `condition_layer` names a hidden state that was not kept.
         visual_outputs = self.get_visual_outputs(outputs) if self.has_condition_hidden_states(outputs) else None
 
-        loss = text_loss = visual_loss = None
+        loss = text_loss = visual_loss = visual_term = None
         if labels is not None:
             text_loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
@@ -530,6 +535,7 @@ class RossForConditionalGeneration(RossPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
             visual_outputs=visual_outputs,
+            visual_term=visual_term,
         )
 
     def check_visual_inputs(self, target_pixel_values, teacher_targets) -> None:

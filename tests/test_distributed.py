@@ -7,7 +7,7 @@ How DeepSpeed runs on CPU here (no GPU, gloo):
   `accelerate launch --cpu --num_processes 2` is not usable: with `--cpu` it starts one process, and accelerate
   disables DeepSpeed whenever `cpu=True`.
 - `DS_ACCELERATOR=cpu`: DeepSpeed's CPU accelerator (communication falls back to gloo without oneCCL).
-- `use_cpu` must stay unset (accelerate would silently drop DeepSpeed); `ross.train.config.setup_cpu_deepspeed` then
+- `use_cpu` must stay unset (accelerate would silently drop DeepSpeed); `ross.train.sft.setup_cpu_deepspeed` then
   creates accelerate's `PartialState` with the gloo backend and DeepSpeed flagged before `TrainingArguments`, and sets
   `accelerator_config.use_configured_state` so the Trainer reuses it.
 - `OMP_NUM_THREADS=1` keeps two processes from oversubscribing the cores.

@@ -1,6 +1,6 @@
 """Build what a run trains from its run config: tiny components and synthetic data for the default run
-(`prepare_tiny_run`), and the model and processor (`build_model_and_processor`), either from components
-(`vision_model`, `language_model`, `teacher`) or from a ROSS checkpoint (`model_name_or_path`, trained denoiser
+(`prepare_tiny_run`, which writes the files the loaded config points at), and the model and processor
+(`build_model_and_processor`), either from components (`vision_model`, `language_model`, `teacher`) or from a ROSS checkpoint (`model_name_or_path`, trained denoiser
 included). Used by `train/sft.py` and `train/latent_cache.py`.
 """
 
@@ -20,31 +20,20 @@ from transformers.integrations.deepspeed import (
 
 from modeling_ross import RossForConditionalGeneration, RossProcessor, from_components
 from modeling_ross.testing import write_tiny_components
-from ross.train.config import RossRunConfig, looks_like_hub_id, resolve_path
+from ross.train.config import RossRunConfig, looks_like_hub_id
 from ross.train.synthetic import write_llava_dataset
 
 
 def prepare_tiny_run(run_config: RossRunConfig) -> None:
-    """Write tiny components and synthetic LLaVA data under `prepare_tiny["root"]` if missing; point the config there."""
-    spec = dict(run_config.prepare_tiny)
-    root = Path(resolve_path(spec.get("root", "runs/tiny")))
-    components, data = root / "components", root / "data"
-    stage = spec.get("stage", "sft")
-    name = f"synthetic_{stage}"
+    """Write the tiny components and synthetic LLaVA data of `prepare_tiny` under its `root` when missing. The run
+    config already points at them (`ross.train.config.resolve_paths` derives those paths when it is loaded)."""
+    tiny = run_config.prepare_tiny
+    components, data = Path(tiny.root) / "components", Path(tiny.root) / "data"
     with run_config.main_process_first(desc="writing tiny components and synthetic data"):
         if not (components / "qwen2-tiny" / "config.json").exists():
             write_tiny_components(components)
-        if not (data / f"{name}.json").exists():
-            write_llava_dataset(
-                str(data), num_images=int(spec.get("num_images", 64)), seed=int(spec.get("seed", 0)),
-                size=int(spec.get("size", 48)), stage=stage,
-            )
-    run_config.vision_model = run_config.vision_model or str(components / "siglip-tiny")
-    run_config.language_model = run_config.language_model or str(components / "qwen2-tiny")
-    if run_config.objective != "none" and run_config.target == "vae" and run_config.teacher is None:
-        run_config.teacher, run_config.teacher_subfolder = str(components / "vae-tiny"), "vae"
-    run_config.data_path = run_config.data_path or str(data / f"{name}.json")
-    run_config.image_folder = run_config.image_folder or str(data)
+        if not (data / f"synthetic_{tiny.stage}.json").exists():
+            write_llava_dataset(str(data), num_images=tiny.num_images, seed=tiny.seed, size=tiny.size, stage=tiny.stage)
 
 
 def build_model_and_processor(run_config: RossRunConfig):
@@ -73,7 +62,7 @@ def _offline() -> bool:
 def check_model_sources(run_config: RossRunConfig) -> None:
     """
     Before anything is loaded: every model path of the run (`model_name_or_path`, `vision_model`, `language_model`,
-    `teacher`) is an existing local folder or a Hub id, and offline (`HF_HUB_OFFLINE`) a Hub id must be in the local
+    `teacher`; resolved when the config was loaded) is an existing local folder or a Hub id, and offline (`HF_HUB_OFFLINE`) a Hub id must be in the local
     Hub cache. Otherwise one `ValueError` naming each key, its value and what is wrong (instead of huggingface_hub's
     "Repo id must be in the form ...").
     """
@@ -82,10 +71,9 @@ def check_model_sources(run_config: RossRunConfig) -> None:
         value = getattr(run_config, key)
         if not value:
             continue
-        resolved = resolve_path(value)
-        if Path(resolved).is_dir():
+        if Path(value).is_dir():
             continue
-        if Path(resolved).exists():
+        if Path(value).exists():
             problems.append(f"{key}: {value} is a file, not a model folder")
         elif not looks_like_hub_id(value):
             problems.append(f"{key}: the local folder {value} does not exist")
@@ -108,23 +96,26 @@ def _build_model_and_processor(run_config: RossRunConfig):
     # DeepSpeed's bf16 engine); updating bf16 weights directly would round lr-2e-5 steps away.
     dtype = None if run_config.weights_dtype == "auto" else getattr(torch, run_config.weights_dtype)
     if run_config.model_name_or_path:
-        path = resolve_path(run_config.model_name_or_path)
+        path = run_config.model_name_or_path
         model = RossForConditionalGeneration.from_pretrained(path, load_objective=True, dtype=dtype or "auto")
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+        # The run's aspect ratio (stage 1 resizes, stage 2 pads) over the one saved with the checkpoint.
+        processor = AutoProcessor.from_pretrained(
+            path, trust_remote_code=True, image_aspect_ratio=run_config.image_aspect_ratio
+        )
     else:
         model = from_components(
-            resolve_path(run_config.vision_model),
-            resolve_path(run_config.language_model),
+            run_config.vision_model,
+            run_config.language_model,
             objective=run_config.objective,
             target=run_config.target,
-            teacher=resolve_path(run_config.teacher),
+            teacher=run_config.teacher,
             teacher_subfolder=run_config.teacher_subfolder,
             dtype=dtype,
             **run_config.model_overrides,
         )
         processor = RossProcessor.from_components(
-            resolve_path(run_config.vision_model),
-            resolve_path(run_config.language_model),
+            run_config.vision_model,
+            run_config.language_model,
             chat_template=run_config.chat_template,
             image_aspect_ratio=run_config.image_aspect_ratio,
             # The generative variant (`model_overrides: {condition: queries}`) needs the same <query> token.
@@ -135,8 +126,6 @@ def _build_model_and_processor(run_config: RossRunConfig):
             f"The model's query_token_id is {model.config.query_token_id} but the processor's <query> token is "
             f"{getattr(processor, 'query_token_id', None)}: save the processor with the model (or rebuild both)."
         )
-    if getattr(processor, "image_aspect_ratio", None) is not None:
-        processor.image_aspect_ratio = run_config.image_aspect_ratio
     return model, processor
 
 

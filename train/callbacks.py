@@ -378,9 +378,9 @@ class BenchmarkEvalCallback(TrainerCallback):
         max_new_tokens (`int`, *optional*): defaults to each benchmark's own limit.
         rules (`str`, defaults to `"lmms-eval"`): prompt and scoring rules.
         output_dir (`str`, *optional*): defaults to `args.output_dir`; files go to `<output_dir>/eval/step-<N>/`.
-        trainer (`Trainer`): the trainer whose `log` receives the metrics (TRL's `WinRateCallback` takes it the same
-            way): `trainer.add_callback(BenchmarkEvalCallback(..., trainer=trainer))`, or set `callback.trainer`
-            before `train()`.
+        trainer (`Trainer`, *optional*): the trainer whose `log` receives the metrics. A `RossTrainer` hands itself
+            to its callbacks' events (`trainer=`), taken at `on_train_begin`; with another `Trainer` pass
+            `trainer=trainer` (as TRL's `WinRateCallback` takes it).
         processor (*optional*): a `RossProcessor`; defaults to the Trainer's `processing_class`.
 
     The benchmark data is read (every row of the subset, images decoded) at train begin on every rank, so a bad file
@@ -518,11 +518,13 @@ class BenchmarkEvalCallback(TrainerCallback):
         return written
 
     # ---- Trainer events ----
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, trainer=None, **kwargs):
+        self.trainer = self.trainer or trainer  # a RossTrainer hands itself to every event
         if self.trainer is None:
             raise ValueError(
-                "BenchmarkEvalCallback logs through the Trainer: create it with `trainer=trainer` (e.g. "
-                "`trainer.add_callback(BenchmarkEvalCallback(..., trainer=trainer))`) or set `callback.trainer`."
+                "BenchmarkEvalCallback logs through the Trainer: train with a RossTrainer (it hands itself to its "
+                "callbacks) or create it with `trainer=trainer` (e.g. "
+                "`trainer.add_callback(BenchmarkEvalCallback(..., trainer=trainer))`)."
             )
         counts = self.check_data()  # every rank: a bad file stops all of them now, not after hours of training
         if state.is_world_process_zero:

@@ -14,10 +14,12 @@ With `benchmarks`, the model is evaluated every `benchmark_every_steps` steps an
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 if __package__ in (None, ""):  # `python train/sft.py` / `accelerate launch train/sft.py`
@@ -25,6 +27,7 @@ if __package__ in (None, ""):  # `python train/sft.py` / `accelerate launch trai
 
 import torch
 import yaml
+from accelerate import PartialState
 from transformers import set_seed
 
 from ross.model_cards.publish import push_from_trainer
@@ -35,7 +38,7 @@ from ross.train.callbacks import (
     ReconstructionPreviewCallback,
     preview_images_from_dataset,
 )
-from ross.train.config import load_config, parse_overrides, resolve_path
+from ross.train.config import ConfigError, build_parser, make_run_config, parse_overrides, read_config, resolve_path
 from ross.train.collator import RossDataCollator
 from ross.train.dataset import load_training_dataset, skipped_summary
 from ross.train.latent_cache import LatentCache, build_latent_cache
@@ -68,7 +71,7 @@ def check_data_paths(run_config) -> None:
     """`image_folder`, when set, is a folder: checked before the model loads, since a wrong one would otherwise leave
     only the text-only samples (in skip mode). `data_path` itself is checked by `load_training_dataset`, which names a
     missing or unreadable file."""
-    image_folder = resolve_path(run_config.image_folder)
+    image_folder = run_config.image_folder  # resolved when the config was loaded
     if image_folder is not None and not Path(image_folder).is_dir():
         raise FileNotFoundError(
             f"image_folder {run_config.image_folder} does not exist (image paths of {run_config.data_path} are "
@@ -82,18 +85,13 @@ def make_benchmark_callback(run_config) -> BenchmarkEvalCallback | None:
     if not run_config.benchmarks:
         return None
     return BenchmarkEvalCallback(
-        benchmarks=[_resolve_spec(spec) for spec in run_config.benchmarks],
+        benchmarks=run_config.benchmarks,  # paths resolved when the config was loaded
         every_steps=run_config.benchmark_every_steps,
         limit=run_config.benchmark_limit,
         batch_size=run_config.benchmark_batch_size,
         max_new_tokens=run_config.benchmark_max_new_tokens,
         rules=run_config.benchmark_rules,
     )
-
-
-def _resolve_spec(spec: str) -> str:
-    name, sep, path = spec.partition("=")
-    return f"{name}={resolve_path(path.strip())}" if sep else spec
 
 
 def make_collator(run_config, processor, latent_cache=None) -> RossDataCollator:
@@ -121,7 +119,7 @@ def prepare_latent_cache(run_config, teacher, processor, dataset):
         raise ValueError("latent_cache_dir needs a teacher: the objective is disabled (objective='none').")
     if run_config.objective == "latent2pixel":
         raise ValueError("objective='latent2pixel' compares pixels: the latent cache does not apply, unset it.")
-    cache_dir = resolve_path(run_config.latent_cache_dir)
+    cache_dir = run_config.latent_cache_dir
     dtype = run_config.latent_cache_dtype
     with run_config.main_process_first(local=False, desc="building the latent cache"):
         if run_config.build_latent_cache and run_config.process_index == 0:
@@ -159,17 +157,39 @@ def save_model(trainer, model, processor, run_config, resolved: dict, directory:
             yaml.safe_dump(public, f, sort_keys=True)
 
 
+def setup_cpu_deepspeed(values: dict[str, Any]) -> dict[str, Any]:
+    """
+    DeepSpeed on CPU (tests, no GPU): launch with `torchrun --nproc_per_node N` (or `accelerate launch
+    --num_processes N --multi_gpu`) and `DS_ACCELERATOR=cpu`. accelerate only starts DeepSpeed on an accelerator
+    device (with `use_cpu` it silently falls back to plain CPU DDP), so here the process group is created first with
+    gloo and DeepSpeed flagged, and the returned values tell `TrainingArguments` to reuse that state
+    (`accelerator_config.use_configured_state`). Part of starting the run (it has side effects), before the run config
+    is built. The values unchanged unless `deepspeed` is set, `DS_ACCELERATOR=cpu`, and the process was started by a
+    distributed launcher.
+    """
+    if not values.get("deepspeed") or os.environ.get("DS_ACCELERATOR") != "cpu" or "LOCAL_RANK" not in os.environ:
+        return values
+    if values.get("use_cpu"):
+        raise ConfigError("With DS_ACCELERATOR=cpu leave `use_cpu` unset: accelerate disables DeepSpeed with use_cpu.")
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    accelerator_config = {**(values.get("accelerator_config") or {}), "use_configured_state": True}
+    return {**values, "accelerator_config": accelerator_config}
+
+
+USAGE = "python train/sft.py [--config FILE.yaml] [--key value ...]   (or: accelerate launch train/sft.py ...)"
+
+
 def main(argv: list[str] | None = None, callbacks=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
-    config_path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        config_path, argv = argv[i + 1], argv[:i] + argv[i + 2 :]
+    if "-h" in argv or "--help" in argv:  # every key with its type, default and meaning; exits
+        build_parser(prog="train/sft.py", usage=USAGE, description=__doc__.split("\n\n")[0]).parse_args(["--help"])
     overrides = parse_overrides(argv)
+    config_path = overrides.pop("config", None)
     resume = overrides.pop("resume_from_checkpoint", None)
-    run_config, resolved = load_config(config_path, overrides)
-    if resume is not None:
-        resolved["resume_from_checkpoint"] = resume
+    values = setup_cpu_deepspeed(read_config(config_path, overrides))
+    run_config = make_run_config(values, config_path)
+    resolved = {**values, "resume_from_checkpoint": resume} if resume is not None else values
 
     benchmark_callback = make_benchmark_callback(run_config)  # names and paths checked before anything is built
     # The training arguments exist before the model: under ZeRO-3 the loaders then partition weights while loading.
@@ -193,12 +213,13 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
             # Frozen LLM: checkpointed blocks need an input that requires grad for the backward to reach the projector.
             model.enable_input_require_grads()
 
-    collator = make_collator(run_config, processor)
-    dataset = load_data(run_config, processor, collator)
-    collator.latent_cache = prepare_latent_cache(run_config, teacher, processor, dataset)
+    # The length pre-pass encodes with a cacheless collator; training's collator gets the latent cache it reads.
+    dataset = load_data(run_config, processor, make_collator(run_config, processor))
+    latent_cache = prepare_latent_cache(run_config, teacher, processor, dataset)
+    collator = make_collator(run_config, processor, latent_cache=latent_cache)
     callbacks = [ProgressCallback(label=f"stage {run_config.stage}"), *(callbacks or [])]
     if run_config.preview_every_n_steps:
-        images = [resolve_path(p) for p in run_config.preview_images or []] or preview_images_from_dataset(dataset, 4)
+        images = run_config.preview_images or preview_images_from_dataset(dataset, 4)
         callbacks.append(
             ReconstructionPreviewCallback(
                 images=images,
@@ -207,6 +228,8 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
                 processor=processor,
             )
         )
+    if benchmark_callback is not None:
+        callbacks.append(benchmark_callback)  # it takes the trainer, which it logs through, at train begin
     trainer = RossTrainer(
         model=model,
         args=run_config,
@@ -216,9 +239,6 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
         callbacks=callbacks,
         group_by=run_config.group_by,
     )
-    if benchmark_callback is not None:
-        benchmark_callback.trainer = trainer  # it logs through `trainer.log`
-        trainer.add_callback(benchmark_callback)
     if trainer.is_world_process_zero():
         print(f"[ross] stage {run_config.stage}: trainable parameters per module {counts}", flush=True)
 
@@ -287,5 +307,14 @@ def build_summary(trainer, result, elapsed: float, counts: dict, dataset=None, c
     }
 
 
+def cli() -> None:
+    """`python train/sft.py ...`: a config problem is one line on stderr and exit code 2, not a traceback."""
+    try:
+        main()
+    except ConfigError as error:
+        print(f"train/sft.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

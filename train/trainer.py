@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_callback import CallbackHandler
 from transformers.utils import logging
 
 from ross.train.checkpoints import checkpoint_problem, latest_complete_checkpoint, read_run_totals, write_run_totals
@@ -173,6 +174,7 @@ class RossTrainer(Trainer):
             raise ValueError(f"group_by must be None, 'length' or 'modality_length', got {group_by!r}")
         self.group_by = group_by
         super().__init__(*args, **kwargs)
+        self.callback_handler = TrainerCallbackHandler(self.callback_handler, self)
         if self.args.remove_unused_columns:
             raise ValueError("RossTrainer needs remove_unused_columns=False (the collator reads raw columns).")
         # The model takes **kwargs, so the Trainer passes `num_items_in_batch`; the exact GA weighting relies on it.
@@ -306,14 +308,10 @@ class RossTrainer(Trainer):
             if self.args.average_tokens_across_devices:
                 scale *= self.accelerator.num_processes
         self._metrics[mode]["text_loss"].append(float(text_loss) * scale)
-        if visual_loss is None:
+        if visual_loss is None or int(inputs.get("num_images_in_batch", 1)) == 0:
             return
-        if "num_images_in_batch" in inputs:
-            images_in_step = int(inputs["num_images_in_batch"])
-            if images_in_step == 0:
-                return
-            visual_loss = visual_loss.detach() * (_num_images(inputs, model) / images_in_step)
-        self._metrics[mode]["visual_loss"].append(float(visual_loss) * scale)
+        # The model's visual term: the visual loss weighted by this micro-batch's share of the step's images.
+        self._metrics[mode]["visual_loss"].append(float(outputs.visual_term.detach()) * scale)
 
     # ---- logging ----
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
@@ -370,6 +368,19 @@ class RossTrainer(Trainer):
         return self.optimizer
 
 
+class TrainerCallbackHandler(CallbackHandler):
+    """The Trainer's `CallbackHandler`, which also hands every event the trainer (`trainer=`): a callback that logs
+    through `Trainer.log` (`BenchmarkEvalCallback`, as TRL's `WinRateCallback`) takes it at `on_train_begin`, so it is
+    complete when constructed instead of being given the trainer afterwards."""
+
+    def __init__(self, handler: CallbackHandler, trainer: Trainer):
+        vars(self).update(vars(handler))  # the callbacks and the references the Trainer gave the stock handler
+        self.trainer = trainer
+
+    def call_event(self, event, args, state, control, **kwargs):
+        return super().call_event(event, args, state, control, trainer=self.trainer, **kwargs)
+
+
 def images_seen_per_rank(trainer: RossTrainer) -> list[int]:
     """Images each rank trained on, in rank order (a collective: call it on every rank)."""
     local = torch.tensor([trainer.images_seen], device=trainer.args.device, dtype=torch.long)
@@ -388,6 +399,7 @@ def _num_images(batch, model) -> int:
 __all__ = [
     "RossTrainer",
     "RossTrainingArguments",
+    "TrainerCallbackHandler",
     "apply_lora",
     "apply_stage",
     "count_trainable_parameters",
