@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import re
 import typing
 from dataclasses import dataclass, field
@@ -193,6 +194,11 @@ def build_parser(dataclass_type=RossRunConfig, **kwargs) -> HfArgumentParser:
             action.metavar = _metavar(hints[action.dest])
     if dataclass_type is RossRunConfig:
         parser.add_argument("--config", metavar="YAML", help="YAML file of run keys; --key value pairs override it.")
+        nested = {"prepare_tiny": _field_types(PrepareTiny), "model_overrides": model_override_types()}
+        parser.epilog = " ".join(
+            f"{key} keys: " + ", ".join(f"{name} ({_metavar(annotation)})" for name, annotation in types_.items()) + "."
+            for key, types_ in nested.items()
+        )
     return parser
 
 
@@ -230,13 +236,22 @@ _STRUCTURAL = {"vision_config", "text_config", "objective_config", "image_token_
 
 
 def model_override_types() -> dict[str, Any]:
-    """The keys `model_overrides` accepts and their types (the model configs' own)."""
+    """The keys `model_overrides` accepts and their types: the fields `RossConfig` and `RossObjectiveConfig` declare
+    (not those of `PreTrainedConfig`, nor those the run's own keys or the builder set)."""
     types_ = {}
     for config_class, excluded in ((RossConfig, _STRUCTURAL), (RossObjectiveConfig, _SET_BY_THE_RUN)):
-        for f in dataclasses.fields(config_class):
-            if f.init and f.name not in excluded:
-                types_[f.name] = Any if isinstance(f.type, str) else f.type
+        for name in config_class.__annotations__:
+            if name not in excluded and name in config_class.__dataclass_fields__:
+                types_[name] = config_class.__dataclass_fields__[name].type
     return types_
+
+
+@functools.cache
+def model_overrides_dataclass() -> type:
+    """A dataclass of the `model_overrides` keys (all optional), so that `HfArgumentParser` types them as it types the
+    run's own keys."""
+    fields_ = [(name, annotation, field(default=None)) for name, annotation in model_override_types().items()]
+    return dataclasses.make_dataclass("ModelOverrides", fields_)
 
 
 def _unknown_keys_message(unknown, valid, source: str) -> str:
@@ -319,7 +334,9 @@ def coerce_values(values: dict[str, Any], source: str) -> dict[str, Any]:
             converted, "prepare_tiny", _field_types(PrepareTiny), _actions(PrepareTiny), source
         )
     if converted.get("model_overrides"):
-        converted["model_overrides"] = _nested(converted, "model_overrides", model_override_types(), {}, source)
+        converted["model_overrides"] = _nested(
+            converted, "model_overrides", model_override_types(), _actions(model_overrides_dataclass()), source
+        )
     return converted
 
 
