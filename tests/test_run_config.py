@@ -94,9 +94,8 @@ def test_unknown_nested_keys_are_errors_with_a_hint(tmp_path):
 
 def test_nested_values_are_typed_like_top_level_keys(tmp_path):
     config = _write(tmp_path, BASE)
-    run, _ = load_config(
-        str(config), {"model_overrides": {"denoiser_depth": 2.0, "weight": "0.5", "denoiser_position_embedding": "sincos"}}
-    )
+    overrides = {"denoiser_depth": 2.0, "weight": "0.5", "denoiser_position_embedding": "sincos"}
+    run, _ = load_config(str(config), {"model_overrides": overrides})
     assert run.model_overrides == {"denoiser_depth": 2, "weight": 0.5, "denoiser_position_embedding": "sincos"}
     with pytest.raises(ConfigError) as error:
         load_config(str(config), {"model_overrides": {"denoiser_depth": "deep", "denoiser_position_embedding": "x"}})
@@ -235,7 +234,8 @@ def test_checkpoint_processor_gets_the_runs_aspect_ratio_at_construction(tmp_pat
     tiny_model.save_pretrained(tmp_path / "ckpt")
     tiny_processor.save_pretrained(tmp_path / "ckpt")
     assert tiny_processor.image_aspect_ratio == "pad"
-    run, _ = load_config(None, {"output_dir": str(tmp_path / "o"), "model_name_or_path": str(tmp_path / "ckpt"),
-                                "data_path": "d", "stage": 1, "image_aspect_ratio": "resize", "use_cpu": True})  # fmt: skip
+    values = {"output_dir": str(tmp_path / "o"), "model_name_or_path": str(tmp_path / "ckpt"), "data_path": "d",
+              "stage": 1, "image_aspect_ratio": "resize", "use_cpu": True}  # fmt: skip
+    run, _ = load_config(None, values)
     _, processor = build_model_and_processor(run)
     assert processor.image_aspect_ratio == "resize"

@@ -1,7 +1,7 @@
 """Build what a run trains from its run config: tiny components and synthetic data for the default run
 (`prepare_tiny_run`, which writes the files the loaded config points at), and the model and processor
-(`build_model_and_processor`), either from components (`vision_model`, `language_model`, `teacher`) or from a ROSS checkpoint (`model_name_or_path`, trained denoiser
-included). Used by `train/sft.py` and `train/latent_cache.py`.
+(`build_model_and_processor`), either from components (`vision_model`, `language_model`, `teacher`) or from a ROSS
+checkpoint (`model_name_or_path`, trained denoiser included). Used by `train/sft.py` and `train/latent_cache.py`.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import dataclasses
 import difflib
 import functools
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,13 +69,16 @@ class PrepareTiny:
 
 @dataclass
 class RossRunConfig(RossTrainingArguments):
-    """A run: model, data and stage settings, plus every `RossTrainingArguments` field (the Trainer gets this object)."""
+    """A run: model, data and stage settings, plus every `RossTrainingArguments` field (the Trainer gets this
+    object)."""
 
     # ---- model: either components (new model) or a ROSS checkpoint (continue training) ----
     model_name_or_path: str | None = _help(
         "A ROSS checkpoint (folder or Hub id) to continue from, loaded with its trained denoiser.", default=None
     )
-    vision_model: str | None = _help("Vision tower for a new model, e.g. google/siglip-so400m-patch14-384.", default=None)
+    vision_model: str | None = _help(
+        "Vision tower for a new model, e.g. google/siglip-so400m-patch14-384.", default=None
+    )
     language_model: str | None = _help("Causal LM for a new model, e.g. Qwen/Qwen2-7B-Instruct.", default=None)
     teacher: str | None = _help("Teacher of the visual targets, e.g. black-forest-labs/FLUX.1-dev.", default=None)
     teacher_subfolder: str | None = _help("Subfolder of the teacher's repo, e.g. vae.", default=None)
@@ -113,7 +117,9 @@ class RossRunConfig(RossTrainingArguments):
     # ---- data ----
     data_path: str | None = _help("LLaVA-format JSON / JSONL training data.", default=None)
     image_folder: str | None = _help("Folder the data's image paths are relative to.", default=None)
-    data_format: Literal["chat", "plain"] = _help("chat (instruction tuning) or plain (stage-1 captions).", default="chat")
+    data_format: Literal["chat", "plain"] = _help(
+        "chat (instruction tuning) or plain (stage-1 captions).", default="chat"
+    )
     model_max_length: int = _help("Longest sample in tokens.", default=2048)
     on_bad_sample: Literal["error", "skip"] = _help(
         "Unreadable or too long samples: stop with an error, or skip them (logged and counted).", default="error"
@@ -136,7 +142,9 @@ class RossRunConfig(RossTrainingArguments):
     preview_every_n_steps: int | None = _help(
         "Write <output_dir>/previews/step_XXXXXX.png every K steps.", default=None
     )
-    preview_images: list[str] | None = _help("Preview image paths (default: the first 4 training images).", default=None)
+    preview_images: list[str] | None = _help(
+        "Preview image paths (default: the first 4 training images).", default=None
+    )
     preview_num_inference_steps: int = _help("Reverse-diffusion steps of a preview.", default=25)
     # ---- benchmarks during training (train/callbacks.py BenchmarkEvalCallback) ----
     benchmarks: list[str] | None = _help(
@@ -172,7 +180,7 @@ class RossRunConfig(RossTrainingArguments):
 def _metavar(annotation) -> str:
     """`FLOAT`, `INT | None`, `LIST[STR]`, `{pad,resize}`, ... : the type shown by `--help`."""
     origin, members = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return " | ".join("None" if m is type(None) else _metavar(m) for m in members)
     if origin is Literal:
         return "{" + ",".join(map(str, members)) + "}"
@@ -210,13 +218,10 @@ def _field_types(dataclass_type) -> dict[str, Any]:
         return {f.name: (Any if isinstance(f.type, str) else f.type) for f in dataclasses.fields(dataclass_type)}
 
 
-_PARSERS: dict[type, HfArgumentParser] = {}
-
-
+@functools.cache
 def _actions(dataclass_type) -> dict[str, argparse.Action]:
-    if dataclass_type not in _PARSERS:
-        _PARSERS[dataclass_type] = build_parser(dataclass_type)
-    return {action.dest: action for action in _PARSERS[dataclass_type]._actions if action.option_strings}
+    """The parser actions `HfArgumentParser` builds for a dataclass's fields, by key (built once)."""
+    return {action.dest: action for action in build_parser(dataclass_type)._actions if action.option_strings}
 
 
 # ---- values -------------------------------------------------------------------------------------------------------
@@ -278,7 +283,8 @@ def _typed(value, annotation, action: argparse.Action | None):
     """`value` as `annotation`: a string goes through the field's parser action (its `type` and `choices`), a whole
     number given for a float (or the reverse) is converted; `TypeError` / `ValueError` when it does not fit."""
     mapping = any(typing.get_origin(m) is dict or m is dict for m in (annotation, *typing.get_args(annotation)))
-    if isinstance(value, str) and action is not None and action.type is not None and action.nargs != "+" and not mapping:
+    parsable = action is not None and action.type is not None and action.nargs != "+" and not mapping
+    if isinstance(value, str) and parsable:
         try:
             converted = action.type(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
@@ -343,7 +349,7 @@ def coerce_values(values: dict[str, Any], source: str) -> dict[str, Any]:
 def _type_name(annotation) -> str:
     """`a number`, `an integer or None`, `a list of a string`, `one of 'no', 'steps', 'epoch'`."""
     origin, members = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return " or ".join("None" if m is type(None) else _type_name(m) for m in members)
     if origin is Literal:
         return "one of " + ", ".join(map(repr, members))

@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
         build_parser(prog="train/sft.py", usage=USAGE, description=__doc__.split("\n\n")[0]).parse_args(["--help"])
     overrides = parse_overrides(argv)
     config_path = overrides.pop("config", None)
+    config_path = None if config_path is None else str(config_path)
     resume = overrides.pop("resume_from_checkpoint", None)
     values = setup_cpu_deepspeed(read_config(config_path, overrides))
     run_config = make_run_config(values, config_path)
