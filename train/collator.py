@@ -10,12 +10,15 @@ own input again at its boundary (`get_placeholder_mask`).
 from __future__ import annotations
 
 import bisect
+import copy
 import logging
 import os
 import re
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
+from transformers import BatchFeature
 
 from ross.train.dataset import check_on_bad_sample
 from ross.train.sources import SKIP_REASONS, BadSampleError, is_creation
@@ -27,6 +30,23 @@ IGNORE_INDEX = -100
 _GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 __all__ = ["IGNORE_INDEX", "RossDataCollator"]
+
+# The stand-in image of `sample_length` (never processed: the counting processor has no pixels to make).
+_STAND_IN = Image.new("RGB", (1, 1))
+
+
+class _NoPixels:
+    """The counting processor's image processor: the real one (its settings, its image loading) whose call returns
+    nothing (the image token count never depends on the pixels)."""
+
+    def __init__(self, image_processor):
+        self._image_processor = image_processor
+
+    def __getattr__(self, name):
+        return getattr(self._image_processor, name)
+
+    def __call__(self, images, **kwargs):
+        return BatchFeature({})
 
 
 class _EventCounter:
@@ -124,41 +144,41 @@ class RossDataCollator:
         return self._skips.as_dict()
 
     # -- encoding one sample
-    def _tokenize_with_spans(self, text: str, spans: list[tuple[int, int]], images) -> tuple[dict, torch.Tensor]:
+    def _tokenize_with_spans(self, text: str, spans, images, processor) -> tuple[dict, torch.Tensor]:
         """Tokenize `text` (placeholders expanded by the processor) and mark the tokens overlapping `spans`,
-        character spans of the unexpanded text."""
-        out = self.processor(
+        character spans of the unexpanded text. Python lists until the end: indexing tensors element by element
+        costs several times the tokenization."""
+        out = processor(
             text=[text],
             images=[images] if images else None,
             return_offsets_mapping=True,
             return_text_replacement_offsets=True,
-            return_tensors="pt",
         )
-        replacements = (out.get("text_replacement_offsets") or [[]])[0]
+        replacements = (out.pop("text_replacement_offsets", None) or [[]])[0]
         ends = [r["span"][1] for r in replacements]
         gained = [0]
         for r in replacements:
             gained.append(r["new_span"][1] - r["span"][1])
-        offsets = out["offset_mapping"][0].tolist()
-        mask = torch.zeros(len(offsets), dtype=torch.bool)
+        offsets = out.pop("offset_mapping")[0]
+        mask = [False] * len(offsets)
         for start, end in spans:
             start, end = (c + gained[bisect.bisect_right(ends, c)] for c in (start, end))
             for position, (token_start, token_end) in enumerate(offsets):
                 if token_start < end and token_end > start:
                     mask[position] = True
-        return out, mask
+        return out.convert_to_tensors("pt"), torch.tensor(mask, dtype=torch.bool)
 
-    def _render(self, messages, **kwargs) -> str:
-        return self.processor.apply_chat_template(messages, tokenize=False, **kwargs)
+    def _render(self, messages, processor=None, **kwargs) -> str:
+        return (processor or self.processor).apply_chat_template(messages, tokenize=False, **kwargs)
 
-    def _prefix_spans(self, messages) -> tuple[str, list[tuple[int, int]]]:
-        full = self._render(messages)
+    def _prefix_spans(self, messages, processor) -> tuple[str, list[tuple[int, int]]]:
+        full = self._render(messages, processor)
         spans = []
         for k, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prompt = self._render(messages[:k], add_generation_prompt=True) if k else ""
-            upto = self._render(messages[: k + 1])
+            prompt = self._render(messages[:k], processor, add_generation_prompt=True) if k else ""
+            upto = self._render(messages[: k + 1], processor)
             if not full.startswith(upto):
                 raise BadSampleError(
                     "template",
@@ -169,28 +189,32 @@ class RossDataCollator:
             spans.append((start, len(upto)))
         return full, spans
 
-    def _tokenize(self, messages, images) -> tuple[dict, torch.Tensor]:
-        """The processor's output for one sample and its `(sequence,)` mask of supervised (assistant) tokens."""
+    def _tokenize(self, messages, images, processor=None) -> tuple[dict, torch.Tensor]:
+        """The processor's output for one sample (tensors) and its `(sequence,)` mask of supervised (assistant)
+        tokens. `processor`: `self.processor`, or the counting one of `sample_length`."""
+        processor = processor or self.processor
         if self.format == "plain":
             answers = [m for m in messages if m["role"] == "assistant"]
             if len(answers) != 1:
                 raise BadSampleError("template", f"plain format needs exactly one caption turn, got {len(answers)}")
             caption = "".join(item["text"] for item in answers[0]["content"] if item["type"] == "text")
-            prefix = self.processor.image_token * len(images)
+            prefix = processor.image_token * len(images)
             text = prefix + caption + self.plain_end
-            return self._tokenize_with_spans(text, [(len(prefix), len(text))], images)
+            return self._tokenize_with_spans(text, [(len(prefix), len(text))], images, processor)
         if self.masking == "generation":
-            out = self.processor.apply_chat_template(
+            # No `return_tensors` here: with tensors, transformers' assistant mask walks the offsets one tensor
+            # element at a time (about 6x the CPU of the whole encoding); converted once below instead.
+            out = processor.apply_chat_template(
                 [messages],
                 tokenize=True,
                 return_dict=True,
                 return_assistant_tokens_mask=True,
-                return_tensors="pt",
                 processor_kwargs={"images": [images]} if images else {},
             )
-            return out, out["assistant_masks"][0].bool()
-        text, spans = self._prefix_spans(messages)
-        return self._tokenize_with_spans(text, spans, images)
+            mask = torch.tensor(out.pop("assistant_masks")[0], dtype=torch.bool)
+            return out.convert_to_tensors("pt"), mask
+        text, spans = self._prefix_spans(messages, processor)
+        return self._tokenize_with_spans(text, spans, images, processor)
 
     def _encode(self, feature) -> dict:
         """One item -> `input_ids` and `labels` `(sequence,)`, `pixel_values` `(num_images, 3, H, W)` or None."""
@@ -204,13 +228,29 @@ class RossDataCollator:
         return encoded
 
     def sample_length(self, messages, num_images: int) -> int:
-        """The number of tokens `_encode` makes of a sample, with stand-in images (the image token count does not
-        depend on the pixels); raises `BadSampleError` (`template`, `image_count_mismatch`) as training would. Used by
-        the length pre-pass (`train/lengths.py`), so its count is exactly what training sees."""
-        from PIL import Image
+        """The number of tokens `_encode` makes of a sample, without its images; raises `BadSampleError`
+        (`template`, `image_count_mismatch`) as training would. Used by the length pre-pass (`train/lengths.py`).
 
-        images = [Image.new("RGB", (8, 8))] * num_images
-        return len(self._encode_any_length({"messages": messages, "images": images})["input_ids"])
+        The same template, tokenizer call, masking and checks as `_encode`, through a counting copy of the processor
+        (`_counting_processor`) that expands each image / query placeholder to one token and processes no pixels;
+        each placeholder then adds its known `image_seq_length - 1` tokens. Placeholders are added special tokens,
+        which the tokenizer splits out before anything else, so the count is exact (tested against `_encode`)."""
+        counter = self._counting_processor()
+        encoded = self._encode_any_length(
+            {"messages": messages, "images": [_STAND_IN] * num_images}, processor=counter, count_only=True
+        )
+        placeholders = encoded["num_image_tokens"] + encoded["num_query_tokens"]
+        return len(encoded["input_ids"]) + placeholders * (self.processor.image_seq_length - 1)
+
+    def _counting_processor(self):
+        """A shallow copy of the processor whose image and query placeholders expand to one token and whose image
+        processor returns nothing (the pixels never matter to a count)."""
+        if getattr(self, "_counter", None) is None:
+            counter = copy.copy(self.processor)
+            counter.image_seq_length = 1
+            counter.image_processor = _NoPixels(self.processor.image_processor)
+            self._counter = counter
+        return self._counter
 
     def _check_creation(self) -> None:
         if self.query_token_id is None:
@@ -224,23 +264,24 @@ class RossDataCollator:
         if self.latent_cache is not None:
             raise BadSampleError("template", "the latent cache does not cover creation targets (condition='queries')")
 
-    def _encode_any_length(self, feature) -> dict:
+    def _encode_any_length(self, feature, processor=None, count_only: bool = False) -> dict:
+        processor = processor or self.processor
         images = feature["images"]
         creation = is_creation(feature["messages"])
         if creation:
             self._check_creation()
         inputs = [] if creation else images  # a creation sample's image is its target, not shown to the LLM
-        out, mask = self._tokenize(feature["messages"], inputs)
+        out, mask = self._tokenize(feature["messages"], inputs, processor)
         input_ids = out["input_ids"][0]
         # The one count of image tokens on the data path: checked against the parsed image count, reused below.
         is_image = input_ids == self.image_token_id
-        num_image_tokens, expected = int(is_image.sum()), len(inputs) * self.processor.image_seq_length
+        num_image_tokens, expected = int(is_image.sum()), len(inputs) * processor.image_seq_length
         if num_image_tokens != expected:  # e.g. a literal image token inside the text
             raise BadSampleError(
                 "image_count_mismatch", f"{num_image_tokens} image tokens in the text, expected {expected}"
             )
         is_query = input_ids == self.query_token_id if self.query_token_id is not None else torch.zeros_like(is_image)
-        num_query_tokens, expected = int(is_query.sum()), self.processor.image_seq_length if creation else 0
+        num_query_tokens, expected = int(is_query.sum()), processor.image_seq_length if creation else 0
         if num_query_tokens != expected:  # e.g. a literal query token inside the text
             raise BadSampleError(
                 "image_count_mismatch", f"{num_query_tokens} query tokens in the text, expected {expected}"
@@ -248,14 +289,15 @@ class RossDataCollator:
         labels = input_ids.masked_fill(~mask | is_image | is_query, IGNORE_INDEX)
         if not (labels != IGNORE_INDEX).any():
             raise BadSampleError("template", "the rendered conversation supervises no token")
-        pixel_values = out.get("pixel_values") if inputs else None
-        target_pixel_values = self.processor.preprocess_targets(images) if creation else None
+        pixel_values = out.get("pixel_values") if inputs and not count_only else None
+        target_pixel_values = self.processor.preprocess_targets(images) if creation and not count_only else None
         return {
             "input_ids": input_ids,
             "labels": labels,
             "pixel_values": pixel_values,
             "target_pixel_values": target_pixel_values,
             "num_image_tokens": num_image_tokens,
+            "num_query_tokens": num_query_tokens,
         }
 
     # -- the batch

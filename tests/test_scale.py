@@ -1,0 +1,125 @@
+"""Training at scale: exact fast lengths, the collator's batches, sharded length pre-pass, Arrow-backed records."""
+
+import copy
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ross.train.collator import RossDataCollator
+from ross.train.dataset import load_training_dataset
+
+
+WORDS = "the a red blue square circle left right how many is there what colour shape image of and , . ? 12 é 中文".split()
+
+
+def _png(folder, name, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (20 + seed % 13, 16 + seed % 7, 3), dtype=np.uint8)).save(folder / name)
+    return name
+
+
+def _text(rng, n):
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _varied_records(folder, n=40, seed=0):
+    """LLaVA records with 0-3 images, 1-4 rounds, placeholders first / inline, unicode, whitespace and a system turn."""
+    rng = random.Random(seed)
+    (folder / "images").mkdir(exist_ok=True)
+    names = [_png(folder / "images", f"{k}.png", k) for k in range(4)]
+    records = []
+    for k in range(n):
+        num_images = [0, 1, 1, 2, 3][k % 5]
+        turns = []
+        if k % 7 == 3:
+            turns.append({"from": "system", "value": "Answer briefly. " + _text(rng, 5)})
+        for r in range(1 + k % 4):
+            question = _text(rng, rng.randint(1, 30))
+            if r == 0 and num_images:
+                question = ("<image>\n" * num_images + question) if k % 2 else (question + " <image>" * num_images)
+            turns += [{"from": "human", "value": question}, {"from": "gpt", "value": "  " + _text(rng, rng.randint(1, 40))}]
+        record = {"id": f"r{k}", "conversations": turns}
+        if num_images:
+            record["image"] = [f"images/{names[(k + i) % 4]}" for i in range(num_images)]
+        records.append(record)
+    return records
+
+
+@pytest.fixture()
+def varied_json(tmp_path):
+    path = tmp_path / "varied.json"
+    path.write_text(json.dumps(_varied_records(tmp_path)))
+    return path
+
+
+@pytest.mark.parametrize("masking", ["generation", "prefix"])
+def test_sample_length_equals_the_collators_count(varied_json, tiny_processor, masking):
+    """The pre-pass's count (no pixels, one token per placeholder + the known image tokens) is exactly the number of
+    tokens the collator makes of each sample, with both masking paths."""
+    dataset = load_training_dataset(varied_json, image_seq_length=tiny_processor.image_seq_length)
+    collator = RossDataCollator(tiny_processor, max_length=100_000, masking=masking)
+    for index in range(len(dataset)):
+        item = dataset[index]
+        expected = len(collator._encode(item)["input_ids"])
+        assert collator.sample_length(copy.deepcopy(item["messages"]), len(item["images"])) == expected, item["id"]
+
+
+def test_sample_length_plain_format_and_errors(varied_json, tiny_processor):
+    dataset = load_training_dataset(varied_json, image_seq_length=tiny_processor.image_seq_length)
+    collator = RossDataCollator(tiny_processor, max_length=100_000, format="plain", on_bad_sample="skip")
+    for index in range(len(dataset)):
+        item = dataset[index]
+        try:
+            expected = len(collator._encode(item)["input_ids"])
+        except ValueError as error:  # multi-turn: not a caption sample, the same error both ways
+            with pytest.raises(type(error), match="plain format needs exactly one caption turn"):
+                collator.sample_length(item["messages"], len(item["images"]))
+            continue
+        assert collator.sample_length(item["messages"], len(item["images"])) == expected
+    # A literal image token in the text (not an image item) is refused by both, with the same message.
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "see <image> here"}]}]
+    chat = RossDataCollator(tiny_processor, max_length=100_000)
+    with pytest.raises(ValueError) as encoded:
+        chat._encode({"messages": messages, "images": []})
+    with pytest.raises(ValueError) as counted:
+        chat.sample_length(messages, 0)
+    assert str(counted.value) == str(encoded.value)
+
+
+def _batch_with_tensors(collator, features):
+    """The collator's batch as it was built before (processor outputs as tensors, offsets walked as tensors)."""
+    from ross.train import collator as module
+
+    encoded = []
+    for feature in features:
+        images = feature["images"]
+        out = collator.processor.apply_chat_template(
+            [feature["messages"]], tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+            return_tensors="pt", processor_kwargs={"images": [images]} if images else {},
+        )
+        ids = out["input_ids"][0]
+        labels = ids.masked_fill(~out["assistant_masks"][0].bool() | (ids == collator.image_token_id),
+                                 module.IGNORE_INDEX)
+        encoded.append({"input_ids": ids, "labels": labels, "pixel_values": out.get("pixel_values")})
+    batch = collator._pad(encoded)
+    pixels = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+    return batch
+
+
+def test_collator_batches_unchanged_without_tensor_outputs(varied_json, tiny_processor):
+    dataset = load_training_dataset(varied_json, image_seq_length=tiny_processor.image_seq_length)
+    collator = RossDataCollator(tiny_processor, max_length=100_000)
+    for start in range(0, 20, 5):
+        features = [dataset[i] for i in range(start, start + 5)]
+        batch, reference = collator(copy.deepcopy(features)), _batch_with_tensors(collator, features)
+        assert batch.keys() == reference.keys()
+        for key in reference:
+            assert batch[key].dtype == reference[key].dtype, key
+            assert torch.equal(batch[key], reference[key]), key
