@@ -123,3 +123,39 @@ def test_collator_batches_unchanged_without_tensor_outputs(varied_json, tiny_pro
         for key in reference:
             assert batch[key].dtype == reference[key].dtype, key
             assert torch.equal(batch[key], reference[key]), key
+
+
+def test_length_prepass_sharded_over_two_ranks_outlives_a_short_timeout(varied_json, tiny_components, tmp_path):
+    """2 gloo ranks, process-group timeout 3 s, rank 1 measuring its half for about 4 s: each rank measures only its
+    share, both end with every length (equal to one process's), and no rank dies at the gather."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from modeling_ross import RossProcessor
+    from ross.train.lengths import check_lengths
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(__file__).with_name("lengths_two_ranks.py")
+    out = tmp_path / "out"
+    out.mkdir()
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), str(script), str(varied_json), str(tiny_components["vision_model"]),
+               str(tiny_components["language_model"]), str(cache), str(out), "3", "0.2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+    processor = RossProcessor.from_components(tiny_components["vision_model"], tiny_components["language_model"])
+    dataset = load_training_dataset(varied_json, image_seq_length=processor.image_seq_length)
+    reference = check_lengths(dataset, RossDataCollator(processor, max_length=100_000), cache_dir=tmp_path / "one")
+    assert ranks[0]["lengths"] == ranks[1]["lengths"] == reference
+    assert ranks[0]["measured"] + ranks[1]["measured"] == len(reference)  # each rank measured its share only
+    assert ranks[0]["measured"] == len(reference) // 2
+    assert len(list(cache.glob("lengths-*.json"))) == 1  # one writer
