@@ -148,6 +148,29 @@ def _build(source, check_files: bool, path: Path):
             os.remove(tmp)
 
 
+_BUILD = None  # (source, check_files, path) for the forked builder
+
+
+def _build_forked():
+    _build(*_BUILD)
+
+
+def _build_in_child(source, check_files: bool, path: Path) -> None:
+    """`_build` in a forked process where the platform has fork: the raw JSON records (several KB each as Python
+    objects) and the heap they fragment then never stay in the training process; its errors are raised here."""
+    global _BUILD
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return _build(source, check_files, path)
+    _BUILD = (source, check_files, path)
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            pool.apply(_build_forked)
+    finally:
+        _BUILD = None
+
+
 def _recheck_files(records, check_files: bool):
     """On a reused store: image files of good records checked again; yields (row, detail) of each missing one."""
     if not check_files:
@@ -173,7 +196,7 @@ def open_records(source, check_files: bool, cache_dir) -> tuple:
     start = time.perf_counter()
     built = not path.exists()
     if built:
-        _build(source, check_files, path)
+        _build_in_child(source, check_files, path)
     records = datasets.Dataset.from_file(str(path), in_memory=False)
     missing = dict(_recheck_files(records, check_files)) if not built else {}
     logger.info(
