@@ -116,6 +116,7 @@ class RossDataCollator:
         plain_end: str | None = None,
         pad_to_multiple_of: int | None = None,
         latent_cache=None,
+        padding_free: bool = False,
     ):
         if format not in ("chat", "plain"):
             raise ValueError(f"format must be 'chat' or 'plain', got {format!r}")
@@ -136,7 +137,9 @@ class RossDataCollator:
         self.image_token_id = processor.image_token_id
         self.query_token_id = getattr(processor, "query_token_id", None)
         self.latent_cache = latent_cache
+        self.padding_free = bool(padding_free)
         self._skips = _EventCounter()
+        self._counter = None
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -245,7 +248,7 @@ class RossDataCollator:
     def _counting_processor(self):
         """A shallow copy of the processor whose image and query placeholders expand to one token and whose image
         processor returns nothing (the pixels never matter to a count)."""
-        if getattr(self, "_counter", None) is None:
+        if self._counter is None:
             counter = copy.copy(self.processor)
             counter.image_seq_length = 1
             counter.image_processor = _NoPixels(self.processor.image_processor)
@@ -335,6 +338,21 @@ class RossDataCollator:
             labels[row, : len(e["labels"])] = e["labels"]
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
+    def _pack(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
+        """Padding-free: every sample of the batch in one row `(1, total tokens)`, `position_ids` restarting at 0 for
+        each sample and no `attention_mask`, from which transformers builds attention kept inside each sample (SDPA,
+        eager, flex; flash-attention reads the same `position_ids`). Each sample's first label is -100, so no token
+        learns to predict the next sample. Images stay in row-major order, so the visual outputs are gathered per
+        image exactly as in the padded batch."""
+        labels = [e["labels"].clone() for e in encoded]
+        for row in labels:
+            row[0] = IGNORE_INDEX
+        return {
+            "input_ids": torch.cat([e["input_ids"] for e in encoded])[None],
+            "labels": torch.cat(labels)[None],
+            "position_ids": torch.cat([torch.arange(len(e["input_ids"])) for e in encoded])[None],
+        }
+
     def _placeholder_batch(self, num_drawn: int) -> dict[str, torch.Tensor]:
         """Every sample of the batch was dropped (skip mode). Training cannot skip the step (on several processes
         every rank must run the same forward, backward and collectives), so `RossTrainer` trains on a one-token
@@ -358,7 +376,7 @@ class RossDataCollator:
         encoded, kept = self._encode_or_skip(features)
         if not encoded:
             return self._placeholder_batch(num_drawn)
-        batch = self._pad(encoded)
+        batch = self._pack(encoded) if self.padding_free else self._pad(encoded)
         pixel_values = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values, dim=0)
