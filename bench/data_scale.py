@@ -4,7 +4,8 @@ second start, next to the authors' loading scheme, for N synthetic LLaVA-665K-li
     python bench/data_scale.py [--sizes 10000 50000 200000] [--workers 4] [--num-proc 2] [--out runs/bench/data_scale]
 
 Records are like LLaVA-665K's: about 4.8 rounds and 160 words per record, 90% with one image, 10% text-only; the
-images are a few 384 px PNGs that the records share (the cost measured is the records', not image decoding). The
+images are a few small PNGs that the records share (the cost measured is the records', not image decoding; the
+processor's 384 px never matters to a length). The
 tokenizer is the tiny Qwen2 one, the processor the 384 px SigLIP-style one of 729 image tokens (patch 14).
 
 Every (N, arm, start) runs in a fresh Python process, so its peak RSS is its own:
@@ -59,7 +60,7 @@ def write_records(folder: Path, n: int, seed: int = 0) -> Path:
     rng = random.Random(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for k in range(IMAGES):
-        Image.new("RGB", (384, 384), (k * 30 % 256, 90, 160)).save(folder / "images" / f"{k}.png")
+        Image.new("RGB", (64, 64), (k * 30 % 256, 90, 160)).save(folder / "images" / f"{k}.png")
     words = lambda m: " ".join(rng.choice(WORDS) for _ in range(m))  # noqa: E731
     with open(folder / "data.json", "w") as f:
         f.write("[")
@@ -85,12 +86,18 @@ def _rss_kb() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def _pss_kb(pid: int) -> int:
+def _pss_kb(pid: int) -> dict:
+    """`Pss` and its anonymous / file-backed / shared-memory parts (KB) of one process."""
+    out = {"Pss": 0, "Pss_Anon": 0, "Pss_File": 0, "Pss_Shmem": 0}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
-    except (OSError, StopIteration):
-        return 0
+            for line in f:
+                key = line.split(":")[0]
+                if key in out:
+                    out[key] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
 
 
 def _cpu() -> float:
@@ -125,8 +132,9 @@ class AuthorsDataset:
         return sources
 
 
-def _epoch_pss(dataset, workers: int) -> tuple[int, int, float]:
-    """Total PSS (KB) of this process + its DataLoader workers after the first batches and at the end of an epoch."""
+def _epoch_pss(dataset, workers: int) -> tuple[dict, dict, float]:
+    """Total PSS (KB, and its parts) of this process + its DataLoader workers after the first batches and at the end
+    of an epoch."""
     import psutil
     import torch
 
@@ -137,7 +145,8 @@ def _epoch_pss(dataset, workers: int) -> tuple[int, int, float]:
 
     def total():
         me = psutil.Process()
-        return _pss_kb(me.pid) + sum(_pss_kb(child.pid) for child in me.children(recursive=True))
+        parts = [_pss_kb(me.pid)] + [_pss_kb(child.pid) for child in me.children(recursive=True)]
+        return {key: sum(part[key] for part in parts) for key in parts[0]}
 
     start = time.perf_counter()
     first = last = None
@@ -147,7 +156,7 @@ def _epoch_pss(dataset, workers: int) -> tuple[int, int, float]:
             first = total()
         if step == steps - 2 or steps == 1:
             last = total()
-    return first or 0, last or first or 0, time.perf_counter() - start
+    return first, last or first, time.perf_counter() - start
 
 
 def run_one(arm: str, data: str, components: str, cache: str, workers: int, num_proc: int, epoch: bool) -> dict:
@@ -184,8 +193,11 @@ def run_one(arm: str, data: str, components: str, cache: str, workers: int, num_
     out["cache_mb"] = sum(p.stat().st_size for p in Path(cache).glob("*") if p.is_file()) / 2**20 if arm == "ross" else 0
     if epoch:
         first, last, seconds = _epoch_pss(dataset, workers)
-        out.update(pss_start_mb=first / 1024, pss_end_mb=last / 1024, epoch_s=seconds,
-                   pss_growth=(last - first) / first if first else None)  # fmt: skip
+        out.update(pss_start_mb=first["Pss"] / 1024, pss_end_mb=last["Pss"] / 1024, epoch_s=seconds,
+                   pss_growth=(last["Pss"] - first["Pss"]) / first["Pss"],
+                   pss_anon_start_mb=first["Pss_Anon"] / 1024, pss_anon_end_mb=last["Pss_Anon"] / 1024,
+                   pss_anon_growth=(last["Pss_Anon"] - first["Pss_Anon"]) / first["Pss_Anon"],
+                   pss_file_start_mb=first["Pss_File"] / 1024, pss_file_end_mb=last["Pss_File"] / 1024)  # fmt: skip
     return out
 
 
@@ -260,17 +272,21 @@ def report(rows, args):
         f"`python bench/data_scale.py --sizes {' '.join(map(str, args.sizes))} --workers {args.workers} "
         f"--num-proc {args.num_proc}`", "",
         "| records | arm | start | parse (s) | parse CPU (s) | pre-pass (s) | pre-pass CPU (s) | CPU ms / record | "
-        "records' memory (MB) | peak RSS (MB) | cache (MB) | PSS main + workers, epoch start -> end (MB) | growth |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "records' memory (MB) | peak RSS (MB) | cache (MB) | PSS main + workers, epoch start -> end (MB) | growth | "
+        "of it anonymous (MB) | growth | of it file-backed (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
         per = 1000 * (r["parse_cpu_s"] + r["prepass_cpu_s"]) / r["n"]
         pss = (f"{r['pss_start_mb']:.0f} -> {r['pss_end_mb']:.0f}" if "pss_start_mb" in r else "-")
         growth = f"{100 * r['pss_growth']:+.1f}%" if r.get("pss_growth") is not None else "-"
+        anon = f"{r['pss_anon_start_mb']:.0f} -> {r['pss_anon_end_mb']:.0f}" if "pss_anon_start_mb" in r else "-"
+        anon_growth = f"{100 * r['pss_anon_growth']:+.1f}%" if r.get("pss_anon_growth") is not None else "-"
+        file = f"{r['pss_file_start_mb']:.0f} -> {r['pss_file_end_mb']:.0f}" if "pss_file_start_mb" in r else "-"
         lines.append(
             f"| {r['n']:,} | {r['arm']} | {r['start']} | {r['parse_s']:.2f} | {r['parse_cpu_s']:.2f} | "
             f"{r['prepass_s']:.2f} | {r['prepass_cpu_s']:.2f} | {per:.3f} | {r['records_mb']:.0f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['cache_mb']:.0f} | {pss} | {growth} |"
+            f"{r['peak_rss_mb']:.0f} | {r['cache_mb']:.0f} | {pss} | {growth} | {anon} | {anon_growth} | {file} |"
         )
     lines += ["", "Linear fit `a + b N` (b per record) and extrapolation:", "",
               "| arm | start | figure | a | b (per record) | at 665K | at 3.2M |", "|---|---|---|---|---|---|---|"]

@@ -20,9 +20,14 @@ def features(tmp_path, tiny_processor):
     return [dataset[i] for i in range(6)]  # 0-3 images each, one text-only, different lengths
 
 
+def _packer(processor, pack_max_tokens):
+    return RossDataCollator(processor, max_length=100_000, padding_free=True, pack_max_tokens=pack_max_tokens)
+
+
 def test_packed_batch_layout(features, tiny_processor):
+    """One row (a large `pack_max_tokens`): every sample in order, no padding, positions restarting per sample."""
     padded = RossDataCollator(tiny_processor, max_length=100_000)(copy.deepcopy(features))
-    packed = RossDataCollator(tiny_processor, max_length=100_000, padding_free=True)(copy.deepcopy(features))
+    packed = _packer(tiny_processor, 10**9)(copy.deepcopy(features))
     lengths = padded["attention_mask"].sum(-1).tolist()
     assert packed["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in packed
     assert packed["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
@@ -33,6 +38,25 @@ def test_packed_batch_layout(features, tiny_processor):
     for row in labels:
         assert row[0] == IGNORE_INDEX  # the first token is never supervised: packing changes no label
     assert torch.equal(packed["labels"][0], torch.cat(labels))
+
+
+def test_packed_rows_never_longer_than_the_longest_sample(features, tiny_processor):
+    """Default capacity (the longest sample): fewer rows than samples, none longer than the padded batch's rows; the
+    samples in order across rows, each row's end a padding block of its own."""
+    padded = RossDataCollator(tiny_processor, max_length=100_000)(copy.deepcopy(features))
+    packed = _packer(tiny_processor, None)(copy.deepcopy(features))
+    lengths = padded["attention_mask"].sum(-1).tolist()
+    rows, width = packed["input_ids"].shape
+    assert width <= max(lengths)
+    assert rows < len(lengths) and packed["input_ids"].numel() < padded["input_ids"].numel()
+    samples = []
+    for r in range(rows):
+        starts = (packed["position_ids"][r] == 0).nonzero().flatten().tolist() + [width]
+        for a, b in zip(starts, starts[1:]):
+            samples.append(packed["input_ids"][r, a:b])
+    real = [s for s in samples if not (s == tiny_processor.tokenizer.pad_token_id).all()]
+    assert [len(s) for s in real] == lengths
+    assert all(torch.equal(s, padded["input_ids"][k, : lengths[k]]) for k, s in enumerate(real))
 
 
 def _loss_and_grads(model, batch):
@@ -46,8 +70,8 @@ def _loss_and_grads(model, batch):
     return out, grads
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_loss_and_gradients_equal_padded(features, tiny_processor, tiny_model, attn):
+@pytest.mark.parametrize("attn,pack_max_tokens", [("sdpa", None), ("sdpa", 10**9), ("eager", None)])
+def test_packed_loss_and_gradients_equal_padded(features, tiny_processor, tiny_model, attn, pack_max_tokens):
     model = tiny_model.float()
     model.set_attn_implementation(attn)
     model.train()
@@ -55,13 +79,14 @@ def test_packed_loss_and_gradients_equal_padded(features, tiny_processor, tiny_m
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     padded = RossDataCollator(tiny_processor, max_length=100_000)(copy.deepcopy(features))
-    packed = RossDataCollator(tiny_processor, max_length=100_000, padding_free=True)(copy.deepcopy(features))
+    packed = _packer(tiny_processor, pack_max_tokens)(copy.deepcopy(features))
     out_padded, grads_padded = _loss_and_grads(model, padded)
     out_packed, grads_packed = _loss_and_grads(model, packed)
     assert out_padded.visual_loss is not None
     for key in ("loss", "text_loss", "visual_loss"):
         torch.testing.assert_close(getattr(out_packed, key), getattr(out_padded, key), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out_packed.visual_outputs, out_padded.visual_outputs, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(out_packed.visual_outputs, torch.zeros_like(out_packed.visual_outputs))
     assert grads_packed.keys() == grads_padded.keys() and len(grads_padded) > 10
     assert any(name.startswith("denoiser") or ".denoiser." in name for name in grads_padded)
     for name in grads_padded:

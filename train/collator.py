@@ -117,6 +117,7 @@ class RossDataCollator:
         pad_to_multiple_of: int | None = None,
         latent_cache=None,
         padding_free: bool = False,
+        pack_max_tokens: int | None = None,
     ):
         if format not in ("chat", "plain"):
             raise ValueError(f"format must be 'chat' or 'plain', got {format!r}")
@@ -138,6 +139,7 @@ class RossDataCollator:
         self.query_token_id = getattr(processor, "query_token_id", None)
         self.latent_cache = latent_cache
         self.padding_free = bool(padding_free)
+        self.pack_max_tokens = pack_max_tokens
         self._skips = _EventCounter()
         self._counter = None
 
@@ -339,19 +341,40 @@ class RossDataCollator:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
     def _pack(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
-        """Padding-free: every sample of the batch in one row `(1, total tokens)`, `position_ids` restarting at 0 for
-        each sample and no `attention_mask`, from which transformers builds attention kept inside each sample (SDPA,
-        eager, flex; flash-attention reads the same `position_ids`). Each sample's first label is -100, so no token
-        learns to predict the next sample. Images stay in row-major order, so the visual outputs are gathered per
-        image exactly as in the padded batch."""
-        labels = [e["labels"].clone() for e in encoded]
-        for row in labels:
-            row[0] = IGNORE_INDEX
-        return {
-            "input_ids": torch.cat([e["input_ids"] for e in encoded])[None],
-            "labels": torch.cat(labels)[None],
-            "position_ids": torch.cat([torch.arange(len(e["input_ids"])) for e in encoded])[None],
-        }
+        """Padding-free: the batch's samples, in their order, packed into rows of at most `capacity` tokens (next
+        fit), `position_ids` restarting at 0 for each sample and no `attention_mask`, from which transformers builds
+        attention kept inside each sample (SDPA, eager, flex; flash-attention reads the same `position_ids`).
+
+        `capacity` is `pack_max_tokens`, or by default the batch's longest sample: no row is longer than the padded
+        batch's, so attention (quadratic in the row on SDPA / eager) never costs more than padded, while the rows are
+        fewer. A huge `pack_max_tokens` gives one row (no padding at all; best with flash-attention's varlen
+        kernels). The end of a shorter row is padded as a sequence of its own (positions from 0, labels -100), which
+        no real token attends to. Each sample's first label is -100, so no token learns to predict the next sample.
+        The order of samples, hence of images, is kept: the visual outputs are gathered per image as when padded."""
+        longest = max(len(e["input_ids"]) for e in encoded)
+        capacity = max(longest, self.pack_max_tokens or longest)
+        rows, used = [[]], 0
+        for e in encoded:
+            if rows[-1] and used + len(e["input_ids"]) > capacity:
+                rows.append([])
+                used = 0
+            rows[-1].append(e)
+            used += len(e["input_ids"])
+        width = max(sum(len(e["input_ids"]) for e in row) for row in rows)
+        pad = self.processor.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for e in row:
+                n = len(e["input_ids"])
+                input_ids[r, at : at + n] = e["input_ids"]
+                labels[r, at + 1 : at + n] = e["labels"][1:]
+                position_ids[r, at : at + n] = torch.arange(n)
+                at += n
+            position_ids[r, at:] = torch.arange(width - at)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
     def _placeholder_batch(self, num_drawn: int) -> dict[str, torch.Tensor]:
         """Every sample of the batch was dropped (skip mode). Training cannot skip the step (on several processes
