@@ -324,7 +324,9 @@ def packing_samples(processor, mix: list[int]) -> list[dict]:
     return items
 
 
-def measure_packing(root: Path, repeats: int, num_batches: int, batch_size: int, device, dtype, arm="ross") -> dict:
+def measure_packing(
+    root: Path, repeats: int, num_batches: int, batch_size: int, device, dtype, arm="ross", pack_max_tokens=None
+) -> dict:
     """Real tokens per second, padded vs packed, random and length-grouped batches (see the docstring); `arm`:
     `ross` (ROSS^D) or `none` (the LLaVA baseline: no per-image denoiser cost, which packing cannot reduce)."""
     import copy
@@ -340,7 +342,8 @@ def measure_packing(root: Path, repeats: int, num_batches: int, batch_size: int,
     mix = length_mix(num_batches * batch_size * 4, processor.image_seq_length)
     items = packing_samples(processor, mix)
     padded_collator = RossDataCollator(processor, max_length=100_000)
-    packed_collator = RossDataCollator(processor, max_length=100_000, padding_free=True)
+    packed_collator = RossDataCollator(processor, max_length=100_000, padding_free=True,
+                                       pack_max_tokens=pack_max_tokens)  # fmt: skip
     lengths = [padded_collator.sample_length(item["messages"], len(item["images"])) for item in items]
     orders = {
         "random": torch.randperm(len(items), generator=torch.Generator().manual_seed(0)).tolist(),
@@ -516,6 +519,8 @@ def main(argv=None) -> int:
     parser.add_argument("--packing-only", action="store_true", help="only the padded vs packed comparison")
     parser.add_argument("--packing-batches", type=int, default=12)
     parser.add_argument("--packing-batch", type=int, default=8)
+    parser.add_argument("--pack-max-tokens", type=int, default=None,
+                        help="the packed rows' capacity (default: each batch's longest sample)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train_step"))
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -526,7 +531,8 @@ def main(argv=None) -> int:
     if args.packing_only:
         with tempfile.TemporaryDirectory() as tmp:
             packing = {key: value for arm in ("ross", "none") for key, value in measure_packing(
-                Path(tmp) / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype, arm).items()}
+                Path(tmp) / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype, arm,
+                args.pack_max_tokens).items()}
         write_outputs(args.out, "train_step_packing", {"device": args.device, "dtype": args.dtype, "packing": packing},
                       packing_markdown(packing, args))  # fmt: skip
         return 0
@@ -536,7 +542,7 @@ def main(argv=None) -> int:
         results = [measure_config(name, Path(tmp), args.device, dtype, args.repeats, arms) for name in args.configs]
         packing = {key: value for arm in ("ross", "none") for key, value in measure_packing(
             Path(tmp) / "packing" / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype,
-            arm).items()} if args.packing else None
+            arm, args.pack_max_tokens).items()} if args.packing else None
     account = flop_account_7b(args.sft_length)
     report = markdown(results, account, args) + ("\n" + packing_markdown(packing, args) if packing else "")
     payload = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "configs": results,
