@@ -159,3 +159,43 @@ def test_length_prepass_sharded_over_two_ranks_outlives_a_short_timeout(varied_j
     assert ranks[0]["measured"] + ranks[1]["measured"] == len(reference)  # each rank measured its share only
     assert ranks[0]["measured"] == len(reference) // 2
     assert len(list(cache.glob("lengths-*.json"))) == 1  # one writer
+
+
+def test_records_stored_once_and_reused_with_the_same_named_errors(tmp_path, monkeypatch, caplog):
+    """The first load parses into the Arrow store; a second load parses nothing (the parse functions fail if called)
+    and gives the same samples, skip counts and named errors; a deleted image is still found at load."""
+    import ross.train.sources
+    from ross.train.sources import BadSampleError
+
+    records = _varied_records(tmp_path, n=12)
+    records[3]["conversations"] = [{"from": "human", "value": "no answer"}]  # no_assistant_turn
+    records[5]["image"] = ["images/missing.png"] * len(records[5].get("image", ["x"]))  # missing_image
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    cache = tmp_path / "cache"
+    first = load_training_dataset(path, on_bad_sample="skip", max_bad_fraction=0.5, cache_dir=cache)
+    assert first.skipped == {"no_assistant_turn": 1, "missing_image": 1} and len(first) == 10
+    assert len(list(cache.glob("records-*.arrow"))) == 1
+    with pytest.raises(BadSampleError, match=r"id='r3' \(.*data.json:#3\) \[no_assistant_turn\]"):
+        load_training_dataset(path, cache_dir=cache)
+
+    def parse_again(*args, **kwargs):
+        raise AssertionError("parsed again")
+
+    for name in ("llava_to_messages", "_normalize_messages", "_check_against_images", "_read_json_records"):
+        monkeypatch.setattr(ross.train.sources, name, parse_again)
+    second = load_training_dataset(path, on_bad_sample="skip", max_bad_fraction=0.5, cache_dir=cache)
+    assert second.skipped == first.skipped and len(second) == len(first)
+    for index in range(len(first)):
+        a, b = first[index], second[index]
+        assert (a["id"], a["source"], a["messages"], len(a["images"])) == (b["id"], b["source"], b["messages"],
+                                                                          len(b["images"]))
+    with pytest.raises(BadSampleError, match=r"id='r3' .*\[no_assistant_turn\]"):
+        load_training_dataset(path, cache_dir=cache)
+    # An image deleted since the store was built: found at load again, named.
+    (tmp_path / "images" / "0.png").unlink()
+    third = load_training_dataset(path, on_bad_sample="skip", max_bad_fraction=0.9, cache_dir=cache)
+    assert third.skipped["missing_image"] > 1 and len(third) < len(first)
+    # Per sample the dataset holds numpy arrays, not Python objects.
+    assert all(isinstance(getattr(second, name), np.ndarray)
+               for name in ("_source_of", "_local", "_num_images", "_text_chars"))

@@ -99,6 +99,11 @@ class RossDataCollator:
     counted in `skipped` (shared by dataloader workers). A batch left with no sample becomes a one-token placeholder
     marked `ross_empty_batch`, which `RossTrainer` trains at zero weight (`_placeholder_batch`).
 
+    `padding_free=True`: instead of padding, the samples are packed into rows of at most `pack_max_tokens` tokens
+    (default: the batch's longest sample) with `position_ids` restarting per sample and no `attention_mask` (see
+    `_pack`); loss and gradients equal the padded batch's (tests/test_packing.py). `RossTrainer` runs such batches
+    without a KV cache, which transformers needs to see the packing.
+
     Creation samples (caption -> image, `ross.train.sources.is_creation`; for `condition="queries"`): the processor
     (built with `query_token`) expands the query item to `image_seq_length` query tokens, labelled -100 like image
     tokens; the sample's image is not an input but its target, and goes to `target_pixel_values`

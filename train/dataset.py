@@ -1,8 +1,10 @@
-"""The training dataset: samples parsed once at load, images decoded at fetch, bad samples raised or skipped.
+"""Training samples from LLaVA / messages JSON(L) files or HF `datasets`: samples parsed once into a memory-mapped Arrow
+store, images decoded at fetch, bad samples raised or skipped.
 
-:func:`load_training_dataset` opens the sources (`train/sources.py`), parses every record once and keeps the parsed
-messages; :class:`RossDataset` then only reads and decodes images in `__getitem__`, i.e. in the dataloader workers.
-Items are::
+:func:`load_training_dataset` opens the sources (`train/sources.py`) and their parsed-records stores
+(`train/records.py`: every record parsed once per data file and settings, in a forked child, then memory-mapped by
+every process); :class:`RossDataset` keeps numpy arrays per sample and reads a sample's messages from the store and
+its images from disk in `__getitem__`, i.e. in the dataloader workers. Items are::
 
     {"id": str, "source": "file:line" (JSONL, 1-based) | "file:#index" (JSON array or HF dataset, 0-based),
      "messages": [{"role": "system"|"user"|"assistant", "content": [{"type": "image"} | {"type": "text", ...}]}],
