@@ -453,11 +453,11 @@ class HFSource:
         images_arrow = self._images.with_format("arrow") if self._images is not None else None
         inner = getattr(self.dataset.features.get("images"), "feature", None)
         paths_to_check = check_files and getattr(inner, "dtype", None) == "string"
-        has_ids = "id" in self.dataset.column_names
+        id_column = self.dataset.select_columns(["id"]) if "id" in self.dataset.column_names else None
         for start in range(0, len(messages_only), chunk):
             batch = messages_only[start : start + chunk]["messages"]
-            if has_ids:
-                ids = self.dataset.select_columns(["id"])[start : start + chunk]["id"]
+            if id_column is not None:
+                ids = id_column[start : start + chunk]["id"]
                 self._ids = {start + k: None if v is None else str(v) for k, v in enumerate(ids)}
             counts, paths = [0] * len(batch), None
             if images_arrow is not None:
