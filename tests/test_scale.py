@@ -199,3 +199,14 @@ def test_records_stored_once_and_reused_with_the_same_named_errors(tmp_path, mon
     # Per sample the dataset holds numpy arrays, not Python objects.
     assert all(isinstance(getattr(second, name), np.ndarray)
                for name in ("_source_of", "_local", "_num_images", "_text_chars"))
+
+
+def test_length_prepass_in_forked_processes_equals_one_process(varied_json, tiny_processor, tmp_path, monkeypatch):
+    import ross.train.lengths as lengths_module
+    from ross.train.lengths import check_lengths
+
+    collator = RossDataCollator(tiny_processor, max_length=100_000)
+    one = check_lengths(load_training_dataset(varied_json), collator, cache_dir=tmp_path / "one", num_proc=1)
+    monkeypatch.setattr(lengths_module, "CHUNK", 3)  # many tasks for 2 processes
+    two = check_lengths(load_training_dataset(varied_json), collator, cache_dir=tmp_path / "two", num_proc=2)
+    assert one == two and all(isinstance(n, int) and n > 0 for n in one)
