@@ -188,11 +188,9 @@ def _gather(results: dict, world: int, timeout_s: float) -> dict:
     """Every rank's results, merged, over a gloo group with its own timeout (see the module docstring)."""
     import torch.distributed as dist
 
-    default = dist.distributed_c10d._get_default_timeout(dist.get_backend())
-    logger.info(
-        "Length pre-pass: gathering from %d ranks over a gloo group with a %.0f s timeout (the process group's is "
-        "%.0f s): a rank still measuring its share must not time out the others", world, timeout_s,
-        default.total_seconds(),
+    logger.warning(
+        "Length pre-pass: gathering from %d ranks over a gloo group with a %.0f s timeout, not the process group's "
+        "(ddp_timeout): a rank still measuring its share must not time out the others", world, timeout_s,
     )  # fmt: skip
     group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
     try:
