@@ -47,6 +47,17 @@ device (no memory) and its forward FLOPs counted the same way; the denoiser, who
 once on the CPU. Backward = 2x forward for trained modules (LLM, projector, denoiser); the frozen tower and teacher
 need none (no gradient flows into them). Printed as a table of each module's share of the step.
 
+Packing (`--packing`, or `--packing-only`). On the `tiny` configuration (CPU, SDPA), batches of `--packing-batch`
+samples drawn from a LLaVA-665K-like length mix (90% one-image samples: the image tokens plus a log-normal number of
+text tokens, median 180 and the tail of multi-round records, scaled by image tokens / 729 as the tiny tower has
+fewer image tokens than SigLIP at 384 px; 10% text-only) are collated by `RossDataCollator` padded (right padding) and
+packed (`padding_free=True`: rows no longer than the longest sample, position ids restarting per sample; the
+padding left at row ends is reported), and each batch's forward + backward of
+ROSS^D (the optimizer step, equal for both, left out) is timed interleaved, padded then packed, with the same seed,
+so their losses must agree. Batches come in random order and length-grouped (`ross.train.samplers`). Reported: real
+(non-padding) tokens per second each way, the share of padding tokens of the padded batches, the speed-up next to
+the padding ratio (padded tokens / real tokens: the most packing can gain), and the largest loss difference.
+
 Writes `train_step.json` and `train_step.md` under `--out`.
 """
 
@@ -281,6 +292,126 @@ def paired_ratio(run: dict, base: dict) -> tuple[float, list[float]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Packing: padded vs padding-free batches on a LLaVA-665K-like length mix
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def length_mix(num: int, image_tokens: int, seed: int = 0) -> list[int]:
+    """Text tokens per sample, LLaVA-665K-like (see the docstring), negative for the 10% text-only samples."""
+    rng = np.random.default_rng(seed)
+    scale = image_tokens / REFERENCE_7B["image_tokens"]
+    text = np.maximum(4, np.round(rng.lognormal(np.log(180), 0.8, num) * scale * 2)).astype(int)
+    text_only = rng.random(num) < 0.1
+    text[text_only] = np.maximum(4, np.round(text[text_only] * 3))  # text-only records are the long multi-round ones
+    return [-int(t) if only else int(t) for t, only in zip(text, text_only)]
+
+
+def packing_samples(processor, mix: list[int]) -> list[dict]:
+    """Collator items (one conversation, one image or none) of about the mix's text tokens."""
+    side = processor_side(processor)
+    images = noise_images(8, side)
+    items = []
+    for i, signed in enumerate(mix):
+        words = max(1, abs(signed) // 2)
+        question = " ".join(["what colour"] * max(1, words // 4))
+        answer = " ".join(["a red square on the left"] * max(1, words // 6))
+        user = [{"type": "text", "text": question}]
+        if signed > 0:
+            user = [{"type": "image"}, *user]
+        items.append({"id": str(i), "source": "mix", "images": [images[i % 8]] if signed > 0 else [],
+                      "messages": [{"role": "user", "content": user},
+                                   {"role": "assistant", "content": [{"type": "text", "text": answer}]}]})
+    return items
+
+
+def measure_packing(
+    root: Path, repeats: int, num_batches: int, batch_size: int, device, dtype, arm="ross", pack_max_tokens=None
+) -> dict:
+    """Real tokens per second, padded vs packed, random and length-grouped batches (see the docstring); `arm`:
+    `ross` (ROSS^D) or `none` (the LLaVA baseline: no per-image denoiser cost, which packing cannot reduce)."""
+    import copy
+
+    from ross.train.collator import RossDataCollator
+    from ross.train.samplers import length_grouped_indices
+
+    models, processors = build_arms("tiny", root, device, dtype)
+    model, processor = models[arm], processors["ross"]
+    model.set_attn_implementation("sdpa")
+    model.train()
+    model.model.vision_tower.requires_grad_(False)
+    mix = length_mix(num_batches * batch_size * 4, processor.image_seq_length)
+    items = packing_samples(processor, mix)
+    padded_collator = RossDataCollator(processor, max_length=100_000)
+    packed_collator = RossDataCollator(processor, max_length=100_000, padding_free=True,
+                                       pack_max_tokens=pack_max_tokens)  # fmt: skip
+    lengths = [padded_collator.sample_length(item["messages"], len(item["images"])) for item in items]
+    orders = {
+        "random": torch.randperm(len(items), generator=torch.Generator().manual_seed(0)).tolist(),
+        "length-grouped": length_grouped_indices(lengths, batch_size, torch.Generator().manual_seed(0)),
+    }
+
+    def run(batch, seed):
+        torch.manual_seed(seed)
+        loss = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    results = {}
+    for name, order in orders.items():
+        chosen = [order[i * batch_size : (i + 1) * batch_size] for i in range(num_batches)]
+        padded = [padded_collator(copy.deepcopy([items[i] for i in batch])) for batch in chosen]
+        packed = [packed_collator(copy.deepcopy([items[i] for i in batch])) for batch in chosen]
+        for batch in padded + packed:  # pixel values in the model's dtype
+            if "pixel_values" in batch:
+                batch["pixel_values"] = batch["pixel_values"].to(dtype)
+        run(padded[0], 0), run(packed[0], 0)  # warm-up
+        times = {"padded": 0.0, "packed": 0.0}
+        diffs = []
+        for _ in range(repeats):
+            for k in range(num_batches):
+                losses = {}
+                for layout, batch in (("padded", padded[k]), ("packed", packed[k])):
+                    synchronize(device)
+                    start = time.perf_counter()
+                    losses[layout] = run(batch, k)
+                    synchronize(device)
+                    times[layout] += time.perf_counter() - start
+                diffs.append(abs(losses["padded"] - losses["packed"]))
+        real = sum(int(b["attention_mask"].sum()) for b in padded) * repeats
+        padded_tokens = sum(b["input_ids"].numel() for b in padded) * repeats
+        speed = {layout: real / t for layout, t in times.items()}
+        packed_tokens = sum(b["input_ids"].numel() for b in packed) * repeats
+        ratio = padded_tokens / real
+        results[f"{arm}/{name}"] = {
+            "real_tokens_per_s": speed, "padding_share_padded": 1 - real / padded_tokens, "padding_share_packed": 1 - real / packed_tokens,
+            "padded_over_real": ratio, "speedup": speed["packed"] / speed["padded"],
+            "speedup_over_padding_ratio": speed["packed"] / speed["padded"] / ratio, "max_loss_diff": max(diffs),
+            "mean_sequence": real / repeats / (num_batches * batch_size), "batches": num_batches,
+            "batch_size": batch_size, "repeats": repeats, "arm": arm,
+        }  # fmt: skip
+    return results
+
+
+def packing_markdown(packing: dict, args) -> str:
+    lines = [f"Packing: tiny config, {args.device}, SDPA, forward + backward, "
+             f"{args.packing_batches} batches of {args.packing_batch} x {args.repeats} (interleaved)", "",
+             "| arm | batches | mean sample (tokens) | padding share, padded | padding share, packed | "
+             "real tokens/s padded | real tokens/s packed | "
+             "speed-up | padded / real tokens | speed-up / (padded / real) | max loss diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, r in packing.items():
+        arm, name = key.split("/")
+        lines.append(
+            f"| {arm} | {name} | {r['mean_sequence']:.0f} | {r['padding_share_padded']:.1%} | "
+            f"{r['padding_share_packed']:.1%} | "
+            f"{r['real_tokens_per_s']['padded']:,.0f} | {r['real_tokens_per_s']['packed']:,.0f} | {r['speedup']:.2f} | "
+            f"{r['padded_over_real']:.2f} | {r['speedup_over_padding_ratio']:.0%} | {r['max_loss_diff']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The 7B recipe's FLOP account
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -384,6 +515,12 @@ def main(argv=None) -> int:
                         help="the device's peak TFLOP/s at --dtype, for the MFU column (e.g. 989 for H100/H200 bf16)")
     parser.add_argument("--sft-length", type=int, default=1152, help="tokens of one SFT sample of the 7B account")
     parser.add_argument("--depth", action="store_true", help="add the RGB + depth-map arms (two images per sample)")
+    parser.add_argument("--packing", action="store_true", help="add the padded vs packed comparison (tiny config)")
+    parser.add_argument("--packing-only", action="store_true", help="only the padded vs packed comparison")
+    parser.add_argument("--packing-batches", type=int, default=12)
+    parser.add_argument("--packing-batch", type=int, default=8)
+    parser.add_argument("--pack-max-tokens", type=int, default=None,
+                        help="the packed rows' capacity (default: each batch's longest sample)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train_step"))
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -391,14 +528,26 @@ def main(argv=None) -> int:
     if args.sft_length <= REFERENCE_7B["image_tokens"]:
         parser.error(f"--sft-length must exceed the {REFERENCE_7B['image_tokens']} image tokens")
     dtype = getattr(torch, args.dtype)
+    if args.packing_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            packing = {key: value for arm in ("ross", "none") for key, value in measure_packing(
+                Path(tmp) / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype, arm,
+                args.pack_max_tokens).items()}
+        write_outputs(args.out, "train_step_packing", {"device": args.device, "dtype": args.dtype, "packing": packing},
+                      packing_markdown(packing, args))  # fmt: skip
+        return 0
     requested = [*args.arms, *(DEPTH_ARMS if args.depth else ())]
     arms = ["none", *[arm for arm in dict.fromkeys(requested) if arm != "none"]]
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure_config(name, Path(tmp), args.device, dtype, args.repeats, arms) for name in args.configs]
+        packing = {key: value for arm in ("ross", "none") for key, value in measure_packing(
+            Path(tmp) / "packing" / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype,
+            arm, args.pack_max_tokens).items()} if args.packing else None
     account = flop_account_7b(args.sft_length)
-    report = markdown(results, account, args)
+    report = markdown(results, account, args) + ("\n" + packing_markdown(packing, args) if packing else "")
     payload = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "configs": results,
-               "overheads": {r["config"]: overheads(r) for r in results}, "flop_account_7b": account}
+               "overheads": {r["config"]: overheads(r) for r in results}, "flop_account_7b": account,
+               "packing": packing}
     write_outputs(args.out, "train_step", payload, report)
     return 0
 

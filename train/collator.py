@@ -10,12 +10,15 @@ own input again at its boundary (`get_placeholder_mask`).
 from __future__ import annotations
 
 import bisect
+import copy
 import logging
 import os
 import re
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
+from transformers import BatchFeature
 
 from ross.train.dataset import check_on_bad_sample
 from ross.train.sources import SKIP_REASONS, BadSampleError, is_creation
@@ -27,6 +30,23 @@ IGNORE_INDEX = -100
 _GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 __all__ = ["IGNORE_INDEX", "RossDataCollator"]
+
+# The stand-in image of `sample_length` (never processed: the counting processor has no pixels to make).
+_STAND_IN = Image.new("RGB", (1, 1))
+
+
+class _NoPixels:
+    """The counting processor's image processor: the real one (its settings, its image loading) whose call returns
+    nothing (the image token count never depends on the pixels)."""
+
+    def __init__(self, image_processor):
+        self._image_processor = image_processor
+
+    def __getattr__(self, name):
+        return getattr(self._image_processor, name)
+
+    def __call__(self, images, **kwargs):
+        return BatchFeature({})
 
 
 class _EventCounter:
@@ -79,6 +99,11 @@ class RossDataCollator:
     counted in `skipped` (shared by dataloader workers). A batch left with no sample becomes a one-token placeholder
     marked `ross_empty_batch`, which `RossTrainer` trains at zero weight (`_placeholder_batch`).
 
+    `padding_free=True`: instead of padding, the samples are packed into rows of at most `pack_max_tokens` tokens
+    (default: the batch's longest sample) with `position_ids` restarting per sample and no `attention_mask` (see
+    `_pack`); loss and gradients equal the padded batch's (tests/test_packing.py). `RossTrainer` runs such batches
+    without a KV cache, which transformers needs to see the packing.
+
     Creation samples (caption -> image, `ross.train.sources.is_creation`; for `condition="queries"`): the processor
     (built with `query_token`) expands the query item to `image_seq_length` query tokens, labelled -100 like image
     tokens; the sample's image is not an input but its target, and goes to `target_pixel_values`
@@ -96,6 +121,8 @@ class RossDataCollator:
         plain_end: str | None = None,
         pad_to_multiple_of: int | None = None,
         latent_cache=None,
+        padding_free: bool = False,
+        pack_max_tokens: int | None = None,
     ):
         if format not in ("chat", "plain"):
             raise ValueError(f"format must be 'chat' or 'plain', got {format!r}")
@@ -116,7 +143,10 @@ class RossDataCollator:
         self.image_token_id = processor.image_token_id
         self.query_token_id = getattr(processor, "query_token_id", None)
         self.latent_cache = latent_cache
+        self.padding_free = bool(padding_free)
+        self.pack_max_tokens = pack_max_tokens
         self._skips = _EventCounter()
+        self._counter = None
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -124,41 +154,41 @@ class RossDataCollator:
         return self._skips.as_dict()
 
     # -- encoding one sample
-    def _tokenize_with_spans(self, text: str, spans: list[tuple[int, int]], images) -> tuple[dict, torch.Tensor]:
+    def _tokenize_with_spans(self, text: str, spans, images, processor) -> tuple[dict, torch.Tensor]:
         """Tokenize `text` (placeholders expanded by the processor) and mark the tokens overlapping `spans`,
-        character spans of the unexpanded text."""
-        out = self.processor(
+        character spans of the unexpanded text. Python lists until the end: indexing tensors element by element
+        costs several times the tokenization."""
+        out = processor(
             text=[text],
             images=[images] if images else None,
             return_offsets_mapping=True,
             return_text_replacement_offsets=True,
-            return_tensors="pt",
         )
-        replacements = (out.get("text_replacement_offsets") or [[]])[0]
+        replacements = (out.pop("text_replacement_offsets", None) or [[]])[0]
         ends = [r["span"][1] for r in replacements]
         gained = [0]
         for r in replacements:
             gained.append(r["new_span"][1] - r["span"][1])
-        offsets = out["offset_mapping"][0].tolist()
-        mask = torch.zeros(len(offsets), dtype=torch.bool)
+        offsets = out.pop("offset_mapping")[0]
+        mask = [False] * len(offsets)
         for start, end in spans:
             start, end = (c + gained[bisect.bisect_right(ends, c)] for c in (start, end))
             for position, (token_start, token_end) in enumerate(offsets):
                 if token_start < end and token_end > start:
                     mask[position] = True
-        return out, mask
+        return out.convert_to_tensors("pt"), torch.tensor(mask, dtype=torch.bool)
 
-    def _render(self, messages, **kwargs) -> str:
-        return self.processor.apply_chat_template(messages, tokenize=False, **kwargs)
+    def _render(self, messages, processor=None, **kwargs) -> str:
+        return (processor or self.processor).apply_chat_template(messages, tokenize=False, **kwargs)
 
-    def _prefix_spans(self, messages) -> tuple[str, list[tuple[int, int]]]:
-        full = self._render(messages)
+    def _prefix_spans(self, messages, processor) -> tuple[str, list[tuple[int, int]]]:
+        full = self._render(messages, processor)
         spans = []
         for k, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prompt = self._render(messages[:k], add_generation_prompt=True) if k else ""
-            upto = self._render(messages[: k + 1])
+            prompt = self._render(messages[:k], processor, add_generation_prompt=True) if k else ""
+            upto = self._render(messages[: k + 1], processor)
             if not full.startswith(upto):
                 raise BadSampleError(
                     "template",
@@ -169,28 +199,32 @@ class RossDataCollator:
             spans.append((start, len(upto)))
         return full, spans
 
-    def _tokenize(self, messages, images) -> tuple[dict, torch.Tensor]:
-        """The processor's output for one sample and its `(sequence,)` mask of supervised (assistant) tokens."""
+    def _tokenize(self, messages, images, processor=None) -> tuple[dict, torch.Tensor]:
+        """The processor's output for one sample (tensors) and its `(sequence,)` mask of supervised (assistant)
+        tokens. `processor`: `self.processor`, or the counting one of `sample_length`."""
+        processor = processor or self.processor
         if self.format == "plain":
             answers = [m for m in messages if m["role"] == "assistant"]
             if len(answers) != 1:
                 raise BadSampleError("template", f"plain format needs exactly one caption turn, got {len(answers)}")
             caption = "".join(item["text"] for item in answers[0]["content"] if item["type"] == "text")
-            prefix = self.processor.image_token * len(images)
+            prefix = processor.image_token * len(images)
             text = prefix + caption + self.plain_end
-            return self._tokenize_with_spans(text, [(len(prefix), len(text))], images)
+            return self._tokenize_with_spans(text, [(len(prefix), len(text))], images, processor)
         if self.masking == "generation":
-            out = self.processor.apply_chat_template(
+            # No `return_tensors` here: with tensors, transformers' assistant mask walks the offsets one tensor
+            # element at a time (about 6x the CPU of the whole encoding); converted once below instead.
+            out = processor.apply_chat_template(
                 [messages],
                 tokenize=True,
                 return_dict=True,
                 return_assistant_tokens_mask=True,
-                return_tensors="pt",
                 processor_kwargs={"images": [images]} if images else {},
             )
-            return out, out["assistant_masks"][0].bool()
-        text, spans = self._prefix_spans(messages)
-        return self._tokenize_with_spans(text, spans, images)
+            mask = torch.tensor(out.pop("assistant_masks")[0], dtype=torch.bool)
+            return out.convert_to_tensors("pt"), mask
+        text, spans = self._prefix_spans(messages, processor)
+        return self._tokenize_with_spans(text, spans, images, processor)
 
     def _encode(self, feature) -> dict:
         """One item -> `input_ids` and `labels` `(sequence,)`, `pixel_values` `(num_images, 3, H, W)` or None."""
@@ -204,13 +238,29 @@ class RossDataCollator:
         return encoded
 
     def sample_length(self, messages, num_images: int) -> int:
-        """The number of tokens `_encode` makes of a sample, with stand-in images (the image token count does not
-        depend on the pixels); raises `BadSampleError` (`template`, `image_count_mismatch`) as training would. Used by
-        the length pre-pass (`train/lengths.py`), so its count is exactly what training sees."""
-        from PIL import Image
+        """The number of tokens `_encode` makes of a sample, without its images; raises `BadSampleError`
+        (`template`, `image_count_mismatch`) as training would. Used by the length pre-pass (`train/lengths.py`).
 
-        images = [Image.new("RGB", (8, 8))] * num_images
-        return len(self._encode_any_length({"messages": messages, "images": images})["input_ids"])
+        The same template, tokenizer call, masking and checks as `_encode`, through a counting copy of the processor
+        (`_counting_processor`) that expands each image / query placeholder to one token and processes no pixels;
+        each placeholder then adds its known `image_seq_length - 1` tokens. Placeholders are added special tokens,
+        which the tokenizer splits out before anything else, so the count is exact (tested against `_encode`)."""
+        counter = self._counting_processor()
+        encoded = self._encode_any_length(
+            {"messages": messages, "images": [_STAND_IN] * num_images}, processor=counter, count_only=True
+        )
+        placeholders = encoded["num_image_tokens"] + encoded["num_query_tokens"]
+        return len(encoded["input_ids"]) + placeholders * (self.processor.image_seq_length - 1)
+
+    def _counting_processor(self):
+        """A shallow copy of the processor whose image and query placeholders expand to one token and whose image
+        processor returns nothing (the pixels never matter to a count)."""
+        if self._counter is None:
+            counter = copy.copy(self.processor)
+            counter.image_seq_length = 1
+            counter.image_processor = _NoPixels(self.processor.image_processor)
+            self._counter = counter
+        return self._counter
 
     def _check_creation(self) -> None:
         if self.query_token_id is None:
@@ -224,23 +274,24 @@ class RossDataCollator:
         if self.latent_cache is not None:
             raise BadSampleError("template", "the latent cache does not cover creation targets (condition='queries')")
 
-    def _encode_any_length(self, feature) -> dict:
+    def _encode_any_length(self, feature, processor=None, count_only: bool = False) -> dict:
+        processor = processor or self.processor
         images = feature["images"]
         creation = is_creation(feature["messages"])
         if creation:
             self._check_creation()
         inputs = [] if creation else images  # a creation sample's image is its target, not shown to the LLM
-        out, mask = self._tokenize(feature["messages"], inputs)
+        out, mask = self._tokenize(feature["messages"], inputs, processor)
         input_ids = out["input_ids"][0]
         # The one count of image tokens on the data path: checked against the parsed image count, reused below.
         is_image = input_ids == self.image_token_id
-        num_image_tokens, expected = int(is_image.sum()), len(inputs) * self.processor.image_seq_length
+        num_image_tokens, expected = int(is_image.sum()), len(inputs) * processor.image_seq_length
         if num_image_tokens != expected:  # e.g. a literal image token inside the text
             raise BadSampleError(
                 "image_count_mismatch", f"{num_image_tokens} image tokens in the text, expected {expected}"
             )
         is_query = input_ids == self.query_token_id if self.query_token_id is not None else torch.zeros_like(is_image)
-        num_query_tokens, expected = int(is_query.sum()), self.processor.image_seq_length if creation else 0
+        num_query_tokens, expected = int(is_query.sum()), processor.image_seq_length if creation else 0
         if num_query_tokens != expected:  # e.g. a literal query token inside the text
             raise BadSampleError(
                 "image_count_mismatch", f"{num_query_tokens} query tokens in the text, expected {expected}"
@@ -248,14 +299,15 @@ class RossDataCollator:
         labels = input_ids.masked_fill(~mask | is_image | is_query, IGNORE_INDEX)
         if not (labels != IGNORE_INDEX).any():
             raise BadSampleError("template", "the rendered conversation supervises no token")
-        pixel_values = out.get("pixel_values") if inputs else None
-        target_pixel_values = self.processor.preprocess_targets(images) if creation else None
+        pixel_values = out.get("pixel_values") if inputs and not count_only else None
+        target_pixel_values = self.processor.preprocess_targets(images) if creation and not count_only else None
         return {
             "input_ids": input_ids,
             "labels": labels,
             "pixel_values": pixel_values,
             "target_pixel_values": target_pixel_values,
             "num_image_tokens": num_image_tokens,
+            "num_query_tokens": num_query_tokens,
         }
 
     # -- the batch
@@ -293,6 +345,42 @@ class RossDataCollator:
             labels[row, : len(e["labels"])] = e["labels"]
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
+    def _pack(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
+        """Padding-free: the batch's samples, in their order, packed into rows of at most `capacity` tokens (next
+        fit), `position_ids` restarting at 0 for each sample and no `attention_mask`, from which transformers builds
+        attention kept inside each sample (SDPA, eager, flex; flash-attention reads the same `position_ids`).
+
+        `capacity` is `pack_max_tokens`, or by default the batch's longest sample: no row is longer than the padded
+        batch's, so attention (quadratic in the row on SDPA / eager) never costs more than padded, while the rows are
+        fewer. A huge `pack_max_tokens` gives one row (no padding at all; best with flash-attention's varlen
+        kernels). The end of a shorter row is padded as a sequence of its own (positions from 0, labels -100), which
+        no real token attends to. Each sample's first label is -100, so no token learns to predict the next sample.
+        The order of samples, hence of images, is kept: the visual outputs are gathered per image as when padded."""
+        longest = max(len(e["input_ids"]) for e in encoded)
+        capacity = max(longest, self.pack_max_tokens or longest)
+        rows, used = [[]], 0
+        for e in encoded:
+            if rows[-1] and used + len(e["input_ids"]) > capacity:
+                rows.append([])
+                used = 0
+            rows[-1].append(e)
+            used += len(e["input_ids"])
+        width = max(sum(len(e["input_ids"]) for e in row) for row in rows)
+        pad = self.processor.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for e in row:
+                n = len(e["input_ids"])
+                input_ids[r, at : at + n] = e["input_ids"]
+                labels[r, at + 1 : at + n] = e["labels"][1:]
+                position_ids[r, at : at + n] = torch.arange(n)
+                at += n
+            position_ids[r, at:] = torch.arange(width - at)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
     def _placeholder_batch(self, num_drawn: int) -> dict[str, torch.Tensor]:
         """Every sample of the batch was dropped (skip mode). Training cannot skip the step (on several processes
         every rank must run the same forward, backward and collectives), so `RossTrainer` trains on a one-token
@@ -316,7 +404,7 @@ class RossDataCollator:
         encoded, kept = self._encode_or_skip(features)
         if not encoded:
             return self._placeholder_batch(num_drawn)
-        batch = self._pad(encoded)
+        batch = self._pack(encoded) if self.padding_free else self._pad(encoded)
         pixel_values = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values, dim=0)

@@ -1,8 +1,10 @@
-"""The training dataset: samples parsed once at load, images decoded at fetch, bad samples raised or skipped.
+"""Training samples from LLaVA / messages JSON(L) files or HF `datasets`: samples parsed once into a memory-mapped Arrow
+store, images decoded at fetch, bad samples raised or skipped.
 
-:func:`load_training_dataset` opens the sources (`train/sources.py`), parses every record once and keeps the parsed
-messages; :class:`RossDataset` then only reads and decodes images in `__getitem__`, i.e. in the dataloader workers.
-Items are::
+:func:`load_training_dataset` opens the sources (`train/sources.py`) and their parsed-records stores
+(`train/records.py`: every record parsed once per data file and settings, in a forked child, then memory-mapped by
+every process); :class:`RossDataset` keeps numpy arrays per sample and reads a sample's messages from the store and
+its images from disk in `__getitem__`, i.e. in the dataloader workers. Items are::
 
     {"id": str, "source": "file:line" (JSONL, 1-based) | "file:#index" (JSON array or HF dataset, 0-based),
      "messages": [{"role": "system"|"user"|"assistant", "content": [{"type": "image"} | {"type": "text", ...}]}],
@@ -35,16 +37,18 @@ the end-of-training summary. Counts are per process group rank.
 
 from __future__ import annotations
 
-import copy
+import json
 import logging
-import math
 import os
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ross.train.sources import SKIP_REASONS, BadSampleError, ParsedSample, open_source
+from ross.train.records import BATCH, open_records
+from ross.train.sources import SKIP_REASONS, BadSampleError, open_source
 
 
 logger = logging.getLogger(__name__)
@@ -74,10 +78,6 @@ def skipped_summary(*objects) -> dict[str, int]:
     return dict(total)
 
 
-def _text_chars(messages: list[dict]) -> int:
-    return sum(len(item["text"]) for m in messages for item in m["content"] if item["type"] == "text")
-
-
 class RossDataset(Dataset):
     """Samples from one or more sources; see the module docstring for the item format and bad-sample handling.
 
@@ -86,45 +86,61 @@ class RossDataset(Dataset):
     `modality_lengths`, as in LLaVA) for the samplers of `train/samplers.py`; `transformers.Trainer`'s own
     `group_by_length` only reads a length column of a `datasets.Dataset`, so pass `dataset.lengths` to a sampler.
 
-    Memory: the parsed messages of every kept sample stay in memory (as the raw records of a JSON file would);
-    images are never held, only their paths (JSON) or the dataset's memory-mapped `images` column.
+    Memory: the parsed records live in each source's memory-mapped Arrow store (`train/records.py`); the dataset
+    holds numpy arrays only (source and position, image count, text characters, exact length per kept sample), so
+    neither a rank nor its forked dataloader workers hold a Python object per record. Images are never held, only
+    their paths (JSON) or the dataset's memory-mapped `images` column.
     """
 
     def __init__(
-        self, sources, entries, samples: list[ParsedSample], on_bad_sample, image_seq_length, load_skips,
+        self, sources, source_of, local, num_images, text_chars, on_bad_sample, image_seq_length, load_skips,
         max_bad_fraction: float = MAX_BAD_FRACTION,
     ):  # fmt: skip
         self.sources = sources
         self.num_records = sum(len(source) for source in sources)
         self.max_bad_fraction = float(max_bad_fraction)
         self._exact_lengths = None  # set by the length pre-pass (`drop` / `set_lengths`)
-        self._entries = entries  # (source index, local index) per kept sample
-        self._samples = samples
-        self._num_images = [sample.num_images for sample in samples]
-        self._text_chars = [_text_chars(sample.messages) for sample in samples]
+        self._source_of = np.asarray(source_of, dtype=np.int32)  # per kept sample: its source ...
+        self._local = np.asarray(local, dtype=np.int64)  # ... and its row there
+        self._num_images = np.asarray(num_images, dtype=np.int32)
+        self._text_chars = np.asarray(text_chars, dtype=np.int64)
         self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         self.image_seq_length = image_seq_length
         self._load_skips = Counter(load_skips)
         # Per sample: 0 = fine, k = SKIP_REASONS[k - 1] found in __getitem__. Shared memory, so that dataloader
         # workers (fork or spawn) report back to the main process; counting samples (not events) avoids double
         # counts across workers and epochs.
-        self._bad = torch.zeros(len(entries), dtype=torch.int8).share_memory_()
+        self._bad = torch.zeros(len(self._local), dtype=torch.int8).share_memory_()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._local)
+
+    def entry(self, index: int) -> tuple[int, int]:
+        """`(source index, row in that source)` of sample `index`."""
+        return int(self._source_of[index]), int(self._local[index])
+
+    def messages(self, index: int) -> list[dict]:
+        """The parsed messages of sample `index` (a fresh copy, read from the source's store)."""
+        source_index, local = self.entry(index)
+        return json.loads(self.sources[source_index].records.data.column("messages")[local].as_py())
+
+    def where(self, index: int) -> str:
+        """`id=... (file:line)` of sample `index`, for messages."""
+        source_index, local = self.entry(index)
+        source = self.sources[source_index]
+        return f"id={source.sample_id(local)!r} ({source.locations[local]})"
 
     def load(self, index: int) -> dict:
         """Load sample `index`; raises `BadSampleError` (naming id and file) whatever `on_bad_sample` says."""
-        source_index, local = self._entries[index]
+        source_index, local = self.entry(index)
         source = self.sources[source_index]
         sample_id, location = source.sample_id(local), source.locations[local]
         try:
             images = source.load_images(local)
         except BadSampleError as error:
             raise error.located(sample_id, location) from error
-        # A copy: a caller editing its item must not change the parsed sample of later epochs.
-        messages = copy.deepcopy(self._samples[index].messages)
-        return {"id": sample_id, "messages": messages, "images": images, "source": location}
+        # Decoded from the store at every fetch: a caller editing its item never changes later epochs.
+        return {"id": sample_id, "messages": self.messages(index), "images": images, "source": location}
 
     def __getitem__(self, index: int) -> dict:
         if self.on_bad_sample == "error":
@@ -150,26 +166,28 @@ class RossDataset(Dataset):
             + (f" Latest: {first}" if first is not None else "")
         )
 
-    def drop(self, indices, reason: str) -> None:
-        """Leave samples out before training (the length pre-pass), counted under `reason`; call before any worker."""
-        drop = set(indices)
-        if not drop:
+    def drop(self, indices, reason) -> None:
+        """Leave samples out before training (the length pre-pass), counted under `reason` (one for all, or one per
+        index); call before any worker."""
+        indices = [int(i) for i in indices]
+        reasons = [reason] * len(indices) if isinstance(reason, str) else list(reason)
+        drop = np.unique(np.asarray(indices, dtype=np.int64))
+        if not len(drop):
             return
-        keep = [i for i in range(len(self)) if i not in drop]
-        self._entries = [self._entries[i] for i in keep]
-        self._samples = [self._samples[i] for i in keep]
-        self._num_images = [self._num_images[i] for i in keep]
-        self._text_chars = [self._text_chars[i] for i in keep]
+        keep = np.ones(len(self), dtype=bool)
+        keep[drop] = False
+        self._source_of, self._local = self._source_of[keep], self._local[keep]
+        self._num_images, self._text_chars = self._num_images[keep], self._text_chars[keep]
         if self._exact_lengths is not None:
-            self._exact_lengths = [self._exact_lengths[i] for i in keep]
-        self._bad = self._bad[keep].clone().share_memory_()
-        self._load_skips[reason] += len(drop)
+            self._exact_lengths = self._exact_lengths[keep]
+        self._bad = self._bad[torch.from_numpy(keep)].clone().share_memory_()
+        self._load_skips.update(dict(zip(indices, reasons)).values())
 
-    def set_lengths(self, lengths: list[int]) -> None:
+    def set_lengths(self, lengths) -> None:
         """Exact token counts per sample (from the length pre-pass), used by `lengths` instead of the estimate."""
         if len(lengths) != len(self):
             raise ValueError(f"{len(lengths)} lengths for {len(self)} samples")
-        self._exact_lengths = [int(n) for n in lengths]
+        self._exact_lengths = np.asarray(lengths, dtype=np.int64)
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -182,24 +200,22 @@ class RossDataset(Dataset):
 
     @property
     def num_images(self) -> list[int]:
-        return list(self._num_images)
+        return self._num_images.tolist()
 
     @property
     def lengths(self) -> list[int]:
         """Tokens per sample: exact after the length pre-pass, else estimated as text + images * image_seq_length."""
         if self._exact_lengths is not None:
-            return list(self._exact_lengths)
+            return self._exact_lengths.tolist()
         if self.image_seq_length is None:
             raise ValueError("lengths need image_seq_length: pass image_seq_length=processor.image_seq_length")
-        return [
-            max(1, math.ceil(chars / CHARS_PER_TOKEN)) + n * self.image_seq_length
-            for n, chars in zip(self._num_images, self._text_chars)
-        ]
+        text = np.maximum(1, -(-self._text_chars // CHARS_PER_TOKEN))  # ceil
+        return (text + self._num_images.astype(np.int64) * self.image_seq_length).tolist()
 
     @property
     def modality_lengths(self) -> list[int]:
         """`lengths`, negated for text-only samples (LLaVA's convention)."""
-        return [length if n > 0 else -length for length, n in zip(self.lengths, self._num_images)]
+        return [length if n > 0 else -length for length, n in zip(self.lengths, self._num_images.tolist())]
 
 
 def load_training_dataset(
@@ -212,6 +228,7 @@ def load_training_dataset(
     check_image_files: bool = True,
     image_placement: str = "front",
     max_bad_fraction: float = MAX_BAD_FRACTION,
+    cache_dir=None,
 ) -> RossDataset:
     """
     Load training samples lazily from one or several sources, checking at once what is cheap to check.
@@ -234,6 +251,9 @@ def load_training_dataset(
             `"inplace"` keeps it where the data puts it. Turns with several images always keep them in place.
         max_bad_fraction: with `on_bad_sample="skip"`, stop (`ValueError` with the counts by reason and the files)
             when more than this share of the records is bad.
+        cache_dir: where the parsed records are stored (`records-<key>.arrow`, `train/records.py`); default:
+            `default_cache_dir` (`.ross_cache/` next to the first data file, else `~/.cache/ross`). On several
+            processes, let one build it first (`main_process_first`), the others then open it.
     """
     check_on_bad_sample(on_bad_sample)
     if image_placement not in ("front", "inplace"):
@@ -245,7 +265,8 @@ def load_training_dataset(
     if len(folders) != len(paths):
         raise ValueError(f"got {len(folders)} image folders for {len(paths)} data paths")
 
-    sources, entries, samples, skips = [], [], [], Counter()
+    sources, skips = [], Counter()
+    source_of, local, num_images, text_chars = [], [], [], []
     for source_index, (path, folder) in enumerate(zip(paths, folders)):
         folder = None if folder is None else os.fspath(folder)
         if folder is not None and not os.path.isdir(folder):
@@ -253,20 +274,48 @@ def load_training_dataset(
                 f"image_folder {folder} does not exist (the image paths of {path} are resolved against it)"
             )
         source = open_source(path, folder, format, split, source_index, image_placement)
+        store_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(source)
+        records, missing = open_records(source, check_image_files, store_dir)
+        source.attach(records)
         sources.append(source)
-        for local, parsed in source.parse_all(check_image_files):
-            if isinstance(parsed, BadSampleError):
-                _skip_or_raise(parsed.located(source.sample_id(local), source.locations[local]), on_bad_sample, skips)
-            else:
-                entries.append((source_index, local))
-                samples.append(parsed)
+        table = records.data
+        for start in range(0, len(records), BATCH):
+            chunk = table.slice(start, BATCH)
+            reasons, details = chunk.column("reason").to_pylist(), chunk.column("detail").to_pylist()
+            for offset, reason in enumerate(reasons):
+                row = start + offset
+                if reason is None and row in missing:
+                    reason, details[offset] = "missing_image", missing[row]
+                if reason is not None:
+                    error = BadSampleError(reason, details[offset], source.sample_id(row), source.locations[row])
+                    _skip_or_raise(error, on_bad_sample, skips)
+            good = np.array([r is None for r in reasons], dtype=bool)
+            for row in missing:
+                if start <= row < start + len(reasons):
+                    good[row - start] = False
+            source_of.append(np.full(int(good.sum()), source_index, dtype=np.int32))
+            local.append(np.arange(start, start + len(reasons), dtype=np.int64)[good])
+            num_images.append(chunk.column("num_images").to_numpy()[good])
+            text_chars.append(chunk.column("text_chars").to_numpy()[good])
     if skips:
         logger.warning("Left out %d sample(s) at load time: %s", sum(skips.values()), dict(skips))
-    if not entries:
+    if not sum(len(part) for part in local):
         raise ValueError(f"no usable sample in {paths}" + (f": {dict(skips)}" if skips else ""))
-    dataset = RossDataset(sources, entries, samples, on_bad_sample, image_seq_length, skips, max_bad_fraction)
+    dataset = RossDataset(
+        sources, *(np.concatenate(parts) for parts in (source_of, local, num_images, text_chars)),
+        on_bad_sample, image_seq_length, skips, max_bad_fraction,
+    )  # fmt: skip
     dataset.check_bad_fraction()
     return dataset
+
+
+def default_cache_dir(source_or_dataset) -> Path:
+    """`.ross_cache/` next to the (first) data file when that folder is writable, else `~/.cache/ross`."""
+    sources = getattr(source_or_dataset, "sources", None)
+    first = getattr(sources[0] if sources else source_or_dataset, "path", None)
+    if isinstance(first, str) and os.path.isfile(first) and os.access(os.path.dirname(os.path.abspath(first)), os.W_OK):
+        return Path(os.path.dirname(os.path.abspath(first))) / ".ross_cache"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ross"
 
 
 def too_many_bad_message(bad: int, total: int, counts: dict, files, max_bad_fraction: float) -> str:

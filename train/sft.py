@@ -47,21 +47,26 @@ from ross.train.trainer import RossTrainer, apply_lora, apply_stage, count_train
 
 
 def load_data(run_config, processor, collator=None):
-    """The training dataset (a `Subset` of it with `max_train_samples`). With the run's collator, the length pre-pass
-    (`train/lengths.py`) runs first: samples too long for `model_max_length` are an error listing them all, or with
-    `on_bad_sample: skip` are left out, before step 1 (the global main process measures, the others read its cache)."""
-    dataset = load_training_dataset(
-        resolve_path(run_config.data_path),
-        image_folder=resolve_path(run_config.image_folder),
-        on_bad_sample=run_config.on_bad_sample,
-        image_seq_length=processor.image_seq_length,
-        image_placement=run_config.image_placement,
-        max_bad_fraction=run_config.max_bad_fraction,
-    )
+    """The training dataset (a `Subset` of it with `max_train_samples`).
+
+    The local main process of each node parses the data once into its memory-mapped Arrow store
+    (`train/records.py`, in `length_cache_dir` or next to the data) while the node's other processes wait, then they
+    open it. With the run's collator, the length pre-pass (`train/lengths.py`) runs next on every rank, each measuring
+    its share: samples too long for `model_max_length` are an error listing them all, or with `on_bad_sample: skip`
+    are left out, before step 1."""
+    cache_dir = resolve_path(run_config.length_cache_dir)
+    with run_config.main_process_first(local=True, desc="parsing the training data"):
+        dataset = load_training_dataset(
+            resolve_path(run_config.data_path),
+            image_folder=resolve_path(run_config.image_folder),
+            on_bad_sample=run_config.on_bad_sample,
+            image_seq_length=processor.image_seq_length,
+            image_placement=run_config.image_placement,
+            max_bad_fraction=run_config.max_bad_fraction,
+            cache_dir=cache_dir,
+        )
     if collator is not None:
-        cache_dir = resolve_path(run_config.length_cache_dir)
-        with run_config.main_process_first(local=False, desc="measuring sample lengths"):
-            check_lengths(dataset, collator, cache_dir=cache_dir)
+        check_lengths(dataset, collator, cache_dir=cache_dir)
     if run_config.max_train_samples is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(run_config.max_train_samples, len(dataset))))
     return dataset

@@ -258,29 +258,54 @@ def decode_image(image, depth: bool = False) -> Image.Image:
 
 # ----------------------------------------------------------------------------- sources
 class JsonSource:
-    """One LLaVA-format or messages-format JSON / JSONL file. After `parse_all` it keeps only the ids, the locations
-    (`file:line`, 1-based, for JSONL; `file:#index`, 0-based, for a JSON array) and the image paths."""
+    """One LLaVA-format or messages-format JSON / JSONL file. `parse_all` reads and parses it once; the dataset then
+    stores the parsed rows (`train/records.py`) and `attach`es them, after which the source reads ids, locations
+    (`file:line`, 1-based, for JSONL; `file:#index`, 0-based, for a JSON array) and image paths from that store."""
 
     def __init__(self, path: str, image_folder: str | None, format: str, image_placement: str = "front"):
         self.path = path
         self.image_placement = image_placement
         self.image_folder = image_folder if image_folder is not None else os.path.dirname(os.path.abspath(path))
-        self._records, self.locations = _read_json_records(path)
-        if format == "auto":
+        self.requested_format = format
+        self.format = None if format == "auto" else format
+        self._records = self._raw_locations = None
+        self.records = None  # the parsed store, once attached
+        self.locations = _StoreColumn(self, "location")
+        self._row = {}
+
+    def _read(self) -> None:
+        if self._records is not None:
+            return
+        self._records, self._raw_locations = _read_json_records(self.path)
+        if self.format is None:
             first = next((r for r in self._records if isinstance(r, Mapping)), {})
-            format = "messages" if "messages" in first and "conversations" not in first else "llava"
-        self.format = format
-        self.ids = [
-            str(r["id"]) if isinstance(r, Mapping) and r.get("id") is not None else None for r in self._records
-        ]
-        self.image_paths: list[list[str]] = [[] for _ in self._records]
-        self.depth_images: list[tuple[int, ...]] = [() for _ in self._records]
+            self.format = "messages" if "messages" in first and "conversations" not in first else "llava"
+
+    def attach(self, records) -> None:
+        """Read everything from the parsed store from now on (the raw records are gone)."""
+        self.records, self._records, self._raw_locations, self._row = records, None, None, {}
 
     def __len__(self):
-        return len(self.locations)
+        if self.records is not None:
+            return len(self.records)
+        self._read()
+        return len(self._raw_locations)
 
     def sample_id(self, index: int) -> str:
-        return self.ids[index] if self.ids[index] is not None else self.locations[index]
+        if self.records is None:
+            return self._row_id(index) or self._raw_locations[index]
+        value = self.records.data.column("id")[index].as_py()
+        return value if value is not None else self.locations[index]
+
+    def _row_id(self, index: int):
+        record = self._records[index]
+        return str(record["id"]) if isinstance(record, Mapping) and record.get("id") is not None else None
+
+    def row_extras(self, index: int) -> dict:
+        """The stored columns of record `index` besides its messages (right after `parse_all` yielded it)."""
+        images, depth = self._row.pop(index, ([], ()))
+        return {"id": self._row_id(index), "location": self._raw_locations[index], "images": images,
+                "depth": list(depth)}  # fmt: skip
 
     def _image_refs(self, record) -> list[str]:
         key = "images" if self.format == "messages" else "image"
@@ -310,21 +335,41 @@ class JsonSource:
         depth = _depth_positions(record.get("depth_images"), len(paths))
         if check_files:
             _check_files_exist(paths)
-        self.image_paths[index], self.depth_images[index] = paths, depth
+        self._row[index] = (paths, depth)
         return parsed
 
     def parse_all(self, check_files: bool) -> Iterator[tuple[int, ParsedSample | BadSampleError]]:
-        """Yield `(index, ParsedSample or BadSampleError)` for every record, then drop the raw records."""
-        for index in range(len(self)):
+        """Yield `(index, ParsedSample or BadSampleError)` for every record (each raw record is released once
+        parsed)."""
+        self._read()
+        for index in range(len(self._raw_locations)):
             try:
                 yield index, self._parse(index, check_files)
             except BadSampleError as error:
                 yield index, error
-        self._records = None
+            if index > 0:
+                self._records[index - 1] = None
 
     def load_images(self, index: int) -> list[Image.Image]:
-        depth = self.depth_images[index]
-        return [decode_image(path, k in depth) for k, path in enumerate(self.image_paths[index])]
+        row = self.records.data.slice(index, 1)
+        paths, depth = row.column("images")[0].as_py() or [], row.column("depth")[0].as_py() or ()
+        return [decode_image(path, k in depth) for k, path in enumerate(paths)]
+
+
+class _StoreColumn:
+    """`source.locations[i]`: one string column of the attached store (or the raw read before it)."""
+
+    def __init__(self, source, name: str):
+        self.source, self.name = source, name
+
+    def __getitem__(self, index: int) -> str:
+        if self.source.records is None:
+            self.source._read()
+            return self.source._raw_locations[index]
+        return self.source.records.data.column(self.name)[index].as_py()
+
+    def __len__(self) -> int:
+        return len(self.source)
 
 
 def _depth_positions(value, num_images: int) -> tuple[int, ...]:
@@ -371,13 +416,27 @@ class HFSource:
         self._images = dataset.select_columns(["images"]) if "images" in dataset.column_names else None
         self._depth = dataset.select_columns(["depth_images"]) if "depth_images" in dataset.column_names else None
         self.locations = _LazyLocations(name)
-        self.ids = [str(i) for i in dataset.select_columns(["id"])["id"]] if "id" in dataset.column_names else None
+        self.requested_format = None
+        self.records = None  # the parsed store (`train/records.py`), once attached
+        self._ids = {}
+
+    def attach(self, records) -> None:
+        self.records = records
 
     def __len__(self):
         return len(self.dataset)
 
     def sample_id(self, index: int) -> str:
-        return self.ids[index] if self.ids is not None else f"{self.path}:#{index}"
+        if self.records is not None:
+            value = self.records.data.column("id")[index].as_py()
+        else:
+            value = self._ids.get(index)
+        return value if value is not None else f"{self.path}:#{index}"
+
+    def row_extras(self, index: int) -> dict:
+        """The stored columns of record `index` besides its messages (right after `parse_all` yielded it); the
+        images stay in the HF dataset."""
+        return {"id": self._ids.pop(index, None), "location": self.locations[index], "images": [], "depth": []}
 
     def _resolve(self, image):
         if isinstance(image, str) and not os.path.isabs(image) and self.image_folder is not None:
@@ -394,8 +453,12 @@ class HFSource:
         images_arrow = self._images.with_format("arrow") if self._images is not None else None
         inner = getattr(self.dataset.features.get("images"), "feature", None)
         paths_to_check = check_files and getattr(inner, "dtype", None) == "string"
+        id_column = self.dataset.select_columns(["id"]) if "id" in self.dataset.column_names else None
         for start in range(0, len(messages_only), chunk):
             batch = messages_only[start : start + chunk]["messages"]
+            if id_column is not None:
+                ids = id_column[start : start + chunk]["id"]
+                self._ids = {start + k: None if v is None else str(v) for k, v in enumerate(ids)}
             counts, paths = [0] * len(batch), None
             if images_arrow is not None:
                 column = images_arrow[start : start + chunk]["images"]

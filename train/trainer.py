@@ -277,6 +277,10 @@ class RossTrainer(Trainer):
             inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
             if self._num_images_in_batch is not None:
                 inputs["num_images_in_batch"] = self._num_images_in_batch
+        if "position_ids" in inputs and "attention_mask" not in inputs:
+            # A packed batch (`RossDataCollator(padding_free=True)`): transformers keeps attention inside each sample
+            # only when no KV cache is passed, and a training forward needs none.
+            inputs = {**inputs, "use_cache": False}
         outputs = model(**inputs)
         if outputs.text_loss is None:
             raise ValueError("The model returned no text_loss: the batch needs `labels`.")
