@@ -17,6 +17,7 @@ import json
 import resource
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 
@@ -40,6 +41,7 @@ from ross.train.collator import RossDataCollator
 from ross.train.dataset import load_training_dataset, skipped_summary
 from ross.train.latent_cache import LatentCache, build_latent_cache
 from ross.train.lengths import check_lengths
+from ross.train.sources import BadSampleError, DataFileError
 from ross.train.trainer import RossTrainer, apply_lora, apply_stage, count_trainable_parameters, images_seen_per_rank
 
 
@@ -282,10 +284,35 @@ def build_summary(trainer, result, elapsed: float, counts: dict, dataset=None, c
         "images_seen_per_rank": images_seen_per_rank(trainer),
         # bad samples left out, by reason (load, length pre-pass, fetch, collator), and how many records there were
         "skipped": skipped_summary(*sources) if sources else {},
+        # records trained in a changed form, by rule (e.g. a leading gpt turn dropped, as the authors' preprocessing)
+        "changed": changed_summary(base),
         "num_records": getattr(base, "num_records", None),
         "num_train_samples": len(dataset) if dataset is not None else None,
     }
 
 
+def changed_summary(dataset) -> dict:
+    """`{rule: records}` of the records a source changed at parse (`ross.train.sources.drop_leading_gpt_turn`)."""
+    changed = Counter()
+    for source in getattr(dataset, "sources", None) or []:
+        changed.update(getattr(source, "changes", None) or {})
+    return {rule: count for rule, count in sorted(changed.items()) if count}
+
+
+# Bad input found before or during training (a data file that is not JSON, a sample that cannot be trained on in
+# error mode): one line naming the file (and the sample), status 2, no traceback.
+INPUT_ERRORS = (DataFileError, BadSampleError)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`main` for the command line: bad input is one `error: ...` line on stderr and status 2."""
+    try:
+        main(argv)
+    except INPUT_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())
