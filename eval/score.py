@@ -31,11 +31,11 @@ class InputError(Exception):
 
 
 def read_predictions(path: Path, fields: tuple[str, ...], missing: list[int] | None = None,
-                     lines: list[int] | None = None) -> list[dict]:
+                     line_numbers: list[int] | None = None) -> list[dict]:
     """The JSONL rows, checked to be objects holding ``fields`` and a string ``prediction``.
 
     A null ``prediction`` is an :class:`InputError`, or, when ``missing`` is a list, scored as ``""`` with its line
-    number appended to ``missing``. ``lines``, when a list, gets the line number of each row returned.
+    number appended to ``missing``. ``line_numbers``, when a list, gets the line number of each row returned.
     """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -67,8 +67,8 @@ def read_predictions(path: Path, fields: tuple[str, ...], missing: list[int] | N
         elif not isinstance(row["prediction"], str):
             raise InputError(f"{path}:{number}: 'prediction' is a {type(row['prediction']).__name__}, not a string")
         rows.append(row)
-        if lines is not None:
-            lines.append(number)
+        if line_numbers is not None:
+            line_numbers.append(number)
     if not rows:
         raise InputError(f"{path}: no predictions")
     return rows

@@ -784,7 +784,8 @@ def main(argv=None) -> ConversionReport:
             max_shard_size=args.max_shard_size,
         )
     except (ConversionError, SafetensorsError) as error:  # bad input: one line (lists joined), status 2
-        print("error: " + "; ".join(line.strip() for line in str(error).splitlines() if line.strip()), file=sys.stderr)
+        first, *rest = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        print(f"error: {first} {'; '.join(rest)}".rstrip(), file=sys.stderr)
         raise SystemExit(2) from None
     objective = report.config.objective_config
     print(f"Wrote {report.dst}: {len(report.mapped)} tensors mapped, {len(report.dropped)} dropped, "

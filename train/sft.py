@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # `python train/sft.py` / `accelerate launch trai
 
 import torch
 import yaml
+from tqdm.auto import tqdm
 from transformers import set_seed
 
 from ross.model_cards.publish import push_from_trainer
@@ -309,6 +310,8 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         main(argv)
     except INPUT_ERRORS as error:
+        for bar in list(getattr(tqdm, "_instances", ())):  # a progress bar left open: the error starts its own line
+            bar.close()
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     return 0

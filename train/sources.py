@@ -442,7 +442,8 @@ def _decode_json_line(path: str, raw: bytes, first_line: int) -> str:
 
 def _cut_short(path: str, error: json.JSONDecodeError, text: str) -> str:
     """A hint when the JSON ends before it is complete (a truncated file)."""
-    return " (the file ends before the JSON is complete: truncated?)" if error.pos >= len(text.rstrip()) else ""
+    at_end = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")  # a string to the end
+    return " (the file ends before the JSON is complete: truncated?)" if at_end else ""
 
 
 class HFSource:
