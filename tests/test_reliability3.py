@@ -448,6 +448,20 @@ def test_model_paths_are_named_before_loading(tmp_path):
         load_model(missing)
 
 
+def test_sft_names_a_model_folder_without_weights(tmp_path, tiny_components):
+    from ross.train.build import check_model_sources
+    from ross.train.config import load_config
+
+    folder = tmp_path / "stage1" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    run_config, _ = load_config(None, {"output_dir": str(tmp_path / "out"), "data_path": "d",
+                                       "model_name_or_path": str(folder)})
+    with pytest.raises(ValueError) as info:
+        check_model_sources(run_config)
+    assert f"model_name_or_path: model folder {folder} has no weights" in str(info.value)
+
+
 def test_eval_run_names_a_model_folder_without_weights(tmp_path, pope_dir, capsys):
     folder = tmp_path / "model"
     folder.mkdir()

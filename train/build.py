@@ -20,6 +20,7 @@ from transformers.integrations.deepspeed import (
 
 from modeling_ross import RossForConditionalGeneration, RossProcessor, from_components
 from modeling_ross.testing import write_tiny_components
+from ross.eval.generation import model_path_problem
 from ross.train.config import RossRunConfig, looks_like_hub_id, resolve_path
 from ross.train.synthetic import write_llava_dataset
 
@@ -84,6 +85,9 @@ def check_model_sources(run_config: RossRunConfig) -> None:
             continue
         resolved = resolve_path(value)
         if Path(resolved).is_dir():
+            problem = model_path_problem(resolved) if key == "model_name_or_path" else None  # config.json, weights
+            if problem:
+                problems.append(f"{key}: {problem}")
             continue
         if Path(resolved).exists():
             problems.append(f"{key}: {value} is a file, not a model folder")
