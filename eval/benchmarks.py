@@ -21,10 +21,10 @@ replaced by ``images: list[PIL.Image]`` (opened lazily: pixels are decoded, turn
 orientation and converted to RGB by :func:`decode_images`, batch by batch, with the rule every ROSS path shares,
 ``modeling_ross.processing_ross.upright_rgb``; images of a benchmark's ``depth_columns`` are depth maps, listed in the
 row's ``depth_images`` and turned into 3 channels by the depth rule ``depth_to_rgb``, as in training). Bad data raises
-:class:`BenchmarkDataError` naming the file and
-the missing column, or the first item id that two rows share (``key_fields``: each copy would be scored); a row whose image cannot be opened raises :class:`BadItemError` naming the file, the row (index
-and id) and why, or, with ``load(path, defer_bad_images=True)``, keeps that error in place of the image for
-:func:`decode_images` to raise when the row's batch comes (so an evaluation can skip the row and go on).
+:class:`BenchmarkDataError` naming the file and the missing column, or the first item id that two rows share
+(``key_fields``: each copy would be scored); a row whose image cannot be opened raises :class:`BadItemError` naming the
+file, the row (index and id) and why, or, with ``load(path, defer_bad_images=True)``, keeps that error in place of the
+image for :func:`decode_images` to raise when the row's batch comes (so an evaluation can skip the row and go on).
 To add a benchmark (e.g. a synthetic one), build a :class:`Benchmark` with your own
 ``prompt_fn``/``score_fn`` and put it in ``BENCHMARKS``.
 """

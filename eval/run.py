@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     try:
         model, processor = load_model(args.model, args.dtype, args.device)
     except ModelPathError as err:  # no such folder, no weights, a Hub id that cannot be fetched: one line, status 2
-        print(f"error: --model {err}", file=sys.stderr)
+        print(f"error: --model: {err}", file=sys.stderr)
         return 2
     try:
         scores = evaluate_model(

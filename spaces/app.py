@@ -17,6 +17,10 @@ An optional depth map (SpatialBot's RGB-D layout, the paper's Table 5) goes in a
 single-channel map in millimetres (a 16-bit PNG) is turned into 3 channels by the model's own depth rule
 (`depth_to_rgb` in the checkpoint's `processing_ross.py`, the rule training and evaluation use); the reconstruction
 panel shows the RGB image's.
+
+An upload that cannot be decoded (corrupt, truncated, empty, not an image, a decompression bomb) is a message in the
+page naming the file and the problem (`UploadImage`); a `--model` folder that does not exist or holds no weights is
+one `error: ...` line and status 2.
 """
 
 from __future__ import annotations

@@ -416,6 +416,21 @@ def test_sft_bad_data_is_one_line_and_status_2(tiny_root, tmp_path, capsys):
     assert f"{data}:1:1: the file is UTF-16" in line
 
 
+class _BadFetch(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        raise BadSampleError("corrupt_image", "cannot decode image file x.jpg", "r0", "d.json:#0")
+
+
+def test_a_bad_sample_from_a_dataloader_worker_keeps_its_one_line_message():
+    # torch re-raises a worker's exception as `type(formatted traceback)`: still a BadSampleError, with the message.
+    with pytest.raises(BadSampleError) as info:
+        list(torch.utils.data.DataLoader(_BadFetch(), num_workers=1))
+    assert str(info.value) == "bad sample id='r0' (d.json:#0) [corrupt_image]: cannot decode image file x.jpg"
+
+
 def test_sft_summary_counts_a_record_whose_gpt_turn_was_dropped(tiny_root, tmp_path):
     from ross.train.sft import main
 
