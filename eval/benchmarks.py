@@ -21,10 +21,10 @@ replaced by ``images: list[PIL.Image]`` (opened lazily: pixels are decoded, turn
 orientation and converted to RGB by :func:`decode_images`, batch by batch, with the rule every ROSS path shares,
 ``modeling_ross.processing_ross.upright_rgb``; images of a benchmark's ``depth_columns`` are depth maps, listed in the
 row's ``depth_images`` and turned into 3 channels by the depth rule ``depth_to_rgb``, as in training). Bad data raises
-:class:`BenchmarkDataError` naming the file and
-the missing column; a row whose image cannot be opened raises :class:`BadItemError` naming the file, the row (index
-and id) and why, or, with ``load(path, defer_bad_images=True)``, keeps that error in place of the image for
-:func:`decode_images` to raise when the row's batch comes (so an evaluation can skip the row and go on).
+:class:`BenchmarkDataError` naming the file and the missing column, or the first item id that two rows share
+(``key_fields``: each copy would be scored); a row whose image cannot be opened raises :class:`BadItemError` naming the
+file, the row (index and id) and why, or, with ``load(path, defer_bad_images=True)``, keeps that error in place of the
+image for :func:`decode_images` to raise when the row's batch comes (so an evaluation can skip the row and go on).
 To add a benchmark (e.g. a synthetic one), build a :class:`Benchmark` with your own
 ``prompt_fn``/``score_fn`` and put it in ``BENCHMARKS``.
 """
@@ -92,6 +92,31 @@ def item_id(row: dict, index: int | None = None) -> str | None:
     return None
 
 
+def item_key(row: dict, key_fields: tuple[str, ...] = ID_FIELDS) -> tuple | None:
+    """What identifies the row's item: ``(field, value)`` for each of ``key_fields`` the row holds (None when it holds
+    none of them: such a benchmark's items cannot be told apart from two items with the same text)."""
+    key = tuple((field, str(row[field])) for field in key_fields if row.get(field) is not None)
+    return key or None
+
+
+def describe_key(key: tuple) -> str:
+    """``question_id 3``, or ``category=VD, set_id=0, question_id=3`` for a key of several fields."""
+    if len(key) == 1:
+        return f"{key[0][0]} {key[0][1]}"
+    return ", ".join(f"{field}={value}" for field, value in key)
+
+
+def duplicate_items(rows: list[dict], key_fields: tuple[str, ...] = ID_FIELDS) -> dict[tuple, list[int]]:
+    """``{key: [positions]}`` of every item key (see :func:`item_key`) that more than one of ``rows`` holds (0-based
+    positions, in order); {} when every item is there once."""
+    positions: dict[tuple, list[int]] = {}
+    for position, row in enumerate(rows):
+        key = item_key(row, key_fields)
+        if key is not None:
+            positions.setdefault(key, []).append(position)
+    return {key: where for key, where in positions.items() if len(where) > 1}
+
+
 def decode_images(row: dict, index: int | None = None, source=None) -> list:
     """The row's images decoded now (upright RGB, the processor's own rule; the depth rule for the positions in
     ``row["depth_images"]``), or :class:`BadItemError` naming the row."""
@@ -144,6 +169,13 @@ class Benchmark:
     report_metrics: tuple[str, ...] = ()
     # Image columns that hold depth maps (decoded with the depth rule; their positions go in ``row["depth_images"]``).
     depth_columns: tuple[str, ...] = ()
+    # The fields that together identify an item (those a row holds; see `item_key`): two rows with the same values
+    # are one item twice, which would be scored twice (`duplicate_items`).
+    key_fields: tuple[str, ...] = ID_FIELDS
+
+    def duplicates(self, rows: list[dict]) -> dict[tuple, list[int]]:
+        """:func:`duplicate_items` of ``rows`` by this benchmark's ``key_fields``."""
+        return duplicate_items(rows, self.key_fields)
 
     def prompt(self, row: dict, rules: str = "lmms-eval") -> str:
         """The text that follows the image(s) for this row, per ``rules``."""
@@ -182,7 +214,15 @@ class Benchmark:
                     f"{path}: missing column {missing[0]!r} for benchmark {self.name!r} "
                     f"(columns: {', '.join(sorted(k for k in rows[0] if k != 'images'))})"
                 )
-        return self.filter_rows(rows) if self.filter_rows is not None else rows
+        rows = self.filter_rows(rows) if self.filter_rows is not None else rows
+        duplicates = self.duplicates(rows)
+        if duplicates:
+            key, where = next(iter(duplicates.items()))
+            raise BenchmarkDataError(
+                f"{path}: {len(duplicates)} item id(s) appear more than once (each copy would be scored); first: "
+                f"{describe_key(key)} in rows {', '.join(map(str, where))}"
+            )
+        return rows
 
     def _attach_images(self, row: dict, position: int, source: Path, defer: bool = False) -> dict:
         images = []
@@ -539,11 +579,14 @@ BENCHMARKS: dict[str, Benchmark] = {
     for b in (
         Benchmark(name="pope", dataset="lmms-lab/POPE", config=None, split="test", num_rows=9000,
                   fields=("question_id", "question", "answer"), max_new_tokens=128, prompt_fn=_pope_prompt,
-                  score_fn=scoring.score_pope, from_tsv=_tsv_pope, primary_metric="f1"),
+                  score_fn=scoring.score_pope, from_tsv=_tsv_pope, primary_metric="f1",
+                  key_fields=(*ID_FIELDS, "category")),
         Benchmark(name="hallusionbench", dataset="lmms-lab/HallusionBench", config=None, split="image", num_rows=951,
                   fields=("category", "subcategory", "set_id", "figure_id", "question_id", "question", "gt_answer"),
                   max_new_tokens=128, prompt_fn=_bare_prompt, score_fn=scoring.score_hallusionbench,
-                  from_tsv=_tsv_hallusion, primary_metric="aAcc"),
+                  from_tsv=_tsv_hallusion, primary_metric="aAcc",
+                  # question_id repeats across figures and categories: an item is all five
+                  key_fields=("category", "subcategory", "set_id", "figure_id", "question_id")),
         Benchmark(name="mmvp", dataset="lmms-lab-eval/MMVP", config=None, split="train", num_rows=300,
                   fields=("Index", "Question", "Options", "Correct Answer"), max_new_tokens=16,
                   prompt_fn=_mmvp_prompt, score_fn=scoring.score_mmvp, from_tsv=_tsv_mmvp,

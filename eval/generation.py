@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -106,6 +107,45 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     return names[dtype]
 
 
+# What `from_pretrained` reads from a model folder: its config and one of these weight layouts.
+WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class ModelPathError(ValueError):
+    """``--model`` is not a loadable model: the message names the path and what is missing."""
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", value)) and not value.endswith((".", "-"))
+
+
+def model_path_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a model to load, checked before loading (None when it may be one): a local folder needs
+    ``config.json`` and weights (``model.safetensors``, a safetensors index whose shards are all there, or pytorch
+    ``.bin`` files); a path that is no folder and not shaped like a Hub id does not exist (huggingface_hub would
+    call it a malformed repo id)."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        missing = [] if (folder / "config.json").is_file() else ["config.json"]
+        present = [name for name in WEIGHTS_NAMES if (folder / name).is_file()]
+        if not present:
+            missing.append(f"weights ({' or '.join(WEIGHTS_NAMES[:2])})")
+        for index in (name for name in present if name.endswith(".index.json")):
+            try:
+                shards = sorted(set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                return f"model folder {folder}: {index} is not a readable index ({type(error).__name__}: {error})"
+            absent = [shard for shard in shards if not (folder / shard).is_file()]
+            if absent:
+                missing.append(f"the shard(s) {', '.join(absent)} that {index} lists")
+        return f"model folder {folder} has no {' and no '.join(missing)}" if missing else None
+    if folder.exists():
+        return f"{path} is a file, not a model folder"
+    if not _looks_like_hub_id(str(path)):
+        return f"model folder {path} does not exist"
+    return None
+
+
 def load_model(
     path: str | Path,
     dtype: str | torch.dtype = "auto",
@@ -114,16 +154,24 @@ def load_model(
 ):
     """``AutoModelForImageTextToText`` + ``AutoProcessor`` from ``path`` (remote code), in eval mode on ``device``.
 
-    Pass ``attn_implementation="eager"`` to get attention weights (:mod:`ross.eval.attention`).
+    Pass ``attn_implementation="eager"`` to get attention weights (:mod:`ross.eval.attention`). A path that is not a
+    loadable model (:func:`model_path_problem`; a Hub id that cannot be fetched) is a :class:`ModelPathError`.
     """
+    problem = model_path_problem(path)
+    if problem is not None:
+        raise ModelPathError(problem)
     device = resolve_device(device)
     kwargs = {"dtype": resolve_dtype(dtype, device), "trust_remote_code": True}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if device.type == "cuda":
         kwargs["device_map"] = str(device)
-    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
-    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+        processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
+    except OSError as error:  # a Hub id that is not there (or not cached offline), a file that is not a model's
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelPathError(f"cannot load model {path}: {first_line}") from error
     return model.to(device).eval(), processor
 
 
@@ -510,6 +558,7 @@ __all__ = [
     "greedy_config",
     "load_items",
     "load_model",
+    "model_path_problem",
     "prediction_record",
     "resolve_device",
     "resolve_dtype",

@@ -9,7 +9,8 @@ Prints the ``scores.json`` object, and a progress line (items done / total, item
 unless ``--no-progress``.
 
 Bad input exits with status 2 and a one-line ``error: ...`` message naming the file (and the row: index and id),
-before or after the model loads: a missing column, an image that cannot be opened or decoded. ``--on-bad-item skip``
+before or after the model loads: a missing column, an item id on two rows, an image that cannot be opened or decoded,
+a ``--model`` folder that does not exist or has no config or weights. ``--on-bad-item skip``
 leaves such rows out instead and lists them under ``"skipped"`` in ``scores.json`` (scores cover the other rows).
 ``predictions.jsonl`` grows batch by batch, so a crash or Ctrl-C keeps the finished items; ``--resume`` generates
 only the rest and scores all of them.
@@ -25,7 +26,15 @@ from pathlib import Path
 import torch
 
 from ross.eval.benchmarks import BenchmarkDataError
-from ross.eval.generation import ON_BAD_ITEM, benchmark_names, evaluate_model, get_benchmark, load_model, resolve_dtype
+from ross.eval.generation import (
+    ON_BAD_ITEM,
+    ModelPathError,
+    benchmark_names,
+    evaluate_model,
+    get_benchmark,
+    load_model,
+    resolve_dtype,
+)
 from ross.eval.scoring import RULES
 
 
@@ -64,7 +73,11 @@ def main(argv=None) -> int:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
-    model, processor = load_model(args.model, args.dtype, args.device)
+    try:
+        model, processor = load_model(args.model, args.dtype, args.device)
+    except ModelPathError as err:  # no such folder, no weights, a Hub id that cannot be fetched: one line, status 2
+        print(f"error: --model: {err}", file=sys.stderr)
+        return 2
     try:
         scores = evaluate_model(
             model, processor, bench, args.data, rules=args.rules, batch_size=args.batch_size, limit=args.limit,

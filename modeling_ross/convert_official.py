@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
+import sys
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -167,6 +169,55 @@ def _read_headers(files: list[Path]) -> "OrderedDict[str, TensorInfo]":
         return read_headers(files)
     except SafetensorsError as error:
         raise ConversionError(str(error)) from None
+
+
+def _source_folder(src: str) -> Path:
+    """The folder of `--src`: a local folder, or a Hub repo's files. A file, or a path that does not exist and is not
+    shaped like a Hub id, is a `ConversionError` (not huggingface_hub's repo-id validation error)."""
+    path = Path(src).expanduser()
+    if path.is_file():
+        raise ConversionError(f"--src {src} is a file; pass the checkpoint folder (config.json + safetensors shards) "
+                              "or a Hub id")
+    if not path.is_dir() and not _looks_like_hub_id(str(src)):
+        raise ConversionError(f"--src {src}: no such folder (and not a Hub id)")
+    folder = _local_folder(str(src))
+    if not (folder / "config.json").is_file():
+        raise ConversionError(f"--src {src}: no config.json in {folder}; is it the authors' checkpoint folder?")
+    return folder
+
+
+DENOISER_NAME = re.compile(r"denoiser_vit(\d+)x")  # the authors' `denoiser_vit{L}x`: L DiT blocks
+
+
+def partial_source_problems(src_dir: Path, headers, official: dict) -> list[str]:
+    """What the source lacks by its own account: tensors its index lists that no shard holds, fewer bytes in the shards
+    than the index's `total_size`, and DiT blocks missing from 0..L-1 (L from `mm_inv_projector_type`
+    `denoiser_vit{L}x`, else the highest block index present). Empty when the source is whole."""
+    problems = []
+    index_file = src_dir / "model.safetensors.index.json"
+    if index_file.is_file():
+        index = json.loads(index_file.read_text())
+        absent = sorted(set(index.get("weight_map", {})) - set(headers))
+        if absent:
+            problems.append(f"{len(absent)} tensor(s) that {index_file.name} lists are in no shard: {absent}")
+        declared = (index.get("metadata") or {}).get("total_size")
+        present = sum(math.prod(info.shape) * info.dtype.itemsize for info in headers.values())
+        if isinstance(declared, (int, float)) and present < declared:
+            problems.append(f"the shards hold {present} bytes of tensors, {index_file.name} declares total_size "
+                            f"{int(declared)} ({int(declared) - present} bytes missing)")
+    blocks = {int(k.split(".")[4]) for k in headers if k.startswith(DENOISER_PREFIX + "blocks.")}
+    named = DENOISER_NAME.fullmatch(str(official.get("mm_inv_projector_type", "")))
+    if blocks or named:
+        depth = int(named.group(1)) if named else max(blocks) + 1
+        missing = sorted(set(range(depth)) - blocks)
+        source = f"mm_inv_projector_type={official['mm_inv_projector_type']!r}" if named else "the block indices"
+        if missing:
+            problems.append(f"{source} gives a denoiser of {depth} DiT blocks; block(s) {missing} are missing "
+                            f"({DENOISER_PREFIX}blocks.N.*)")
+        extra = sorted(b for b in blocks if b >= depth)
+        if extra:
+            problems.append(f"{source} gives a denoiser of {depth} DiT blocks; the weights also hold block(s) {extra}")
+    return problems
 
 
 def _local_folder(path_or_id: str, subfolder: str | None = None, patterns=("*.json", "*.safetensors", "*.txt")) -> Path:
@@ -385,9 +436,15 @@ def convert_official(
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise ConversionError(f"Destination {dst} exists and is not empty.")
-    src_dir = _local_folder(str(src))
-    official = json.loads((src_dir / "config.json").read_text())
+    src_dir = _source_folder(str(src))
+    try:
+        official = json.loads((src_dir / "config.json").read_text())
+    except ValueError as error:
+        raise ConversionError(f"{src_dir / 'config.json'} is not valid JSON: {error}") from None
     headers = _read_headers(_weight_files(src_dir))
+    # A partial source (a DiT block or any tensor fewer) would otherwise convert into a shallower model without a
+    # word: reported with the key mapping's problems, in one error, before anything is written.
+    partial = partial_source_problems(src_dir, headers, official)
     dtype = _source_dtype(headers) if dtype is None or dtype == "auto" else DTYPES.get(dtype, dtype)
 
     # 1. the authors' config, then the text and vision configs
@@ -412,7 +469,7 @@ def convert_official(
         position_embedding_note=objective.position[2],
     )  # fmt: skip
     # 4. the key mapping: every source key mapped or dropped, every target key filled, shapes checked
-    sources = plan_tensors(src, headers, config, report, projector_type, tower, vae_subfolder)
+    sources = plan_tensors(src, headers, config, report, projector_type, tower, vae_subfolder, partial)
     # 5. the processor (before anything is written, so its errors also come first)
     processor = None
     if vocabulary.tokenizer is not None:
@@ -538,7 +595,11 @@ def infer_objective(official: dict, headers, src_dir: Path, grid: int, *, vae, v
                               f"({DENOISER_PREFIX}x_embedder.proj.weight is missing).")
     width, channels = headers[DENOISER_PREFIX + "x_embedder.proj.weight"].shape[:2]
     depth = len({k.split(".")[4] for k in denoiser_keys if k.startswith(DENOISER_PREFIX + "blocks.")})
-    mlp_ratio = headers[DENOISER_PREFIX + "blocks.0.mlp.fc1.weight"].shape[0] / width
+    fc1 = sorted((k for k in headers if re.fullmatch(re.escape(DENOISER_PREFIX) + r"blocks\.\d+\.mlp\.fc1\.weight", k)),
+                 key=lambda k: int(k.split(".")[4]))  # block 0's, unless it is missing (reported as partial)
+    if not fc1:
+        raise ConversionError(f"The checkpoint has no DiT block MLP weights ({DENOISER_PREFIX}blocks.N.mlp.fc1.weight).")
+    mlp_ratio = headers[fc1[0]].shape[0] / width
     teacher = resolve_component(official.get("mm_pixel_decoder") or None, src_dir, vae, what="Pixel decoder (VAE)",
                                 flag="--vae")
     if teacher is None:
@@ -573,10 +634,11 @@ def infer_objective(official: dict, headers, src_dir: Path, grid: int, *, vae, v
 
 
 def plan_tensors(src, headers, config, report: ConversionReport, projector_type: str, tower: str,
-                 vae_subfolder: str | None) -> list[TensorSource]:
+                 vae_subfolder: str | None, partial: list[str] = ()) -> list[TensorSource]:
     """Map every source key (`map_official_key`) or drop it with a reason (into `report`), take the weights the
     checkpoint lacks from its components, and compare with the keys and shapes of a meta-device model. Every problem
-    is collected and raised in one `ConversionError` before anything is written."""
+    (with `partial`, what `partial_source_problems` found) is collected and raised in one `ConversionError` before
+    anything is written."""
     objective = config.objective_config
     save_vae = objective.enabled and objective.save_teacher
     keep_table = objective.enabled and objective.denoiser_position_embedding == "learned"
@@ -607,7 +669,7 @@ def plan_tensors(src, headers, config, report: ConversionReport, projector_type:
         f"{s.info.key} {_output_shape(s, rows)} -> {s.target} {expected[s.target]}"
         for s in sources if s.target in expected and _output_shape(s, rows) != expected[s.target]
     ]  # fmt: skip
-    lines = []
+    lines = [f"the checkpoint is partial: {problem}" for problem in partial]
     if unexpected:
         lines.append(f"{len(unexpected)} unexpected source keys (no mapping rule): {unexpected}")
     if missing:
@@ -714,12 +776,17 @@ def main(argv=None) -> ConversionReport:
     parser.add_argument("--denoiser-num-heads", type=int, default=AUTHORS_DENOISER_NUM_HEADS)
     parser.add_argument("--max-shard-size", default="5GB")
     args = parser.parse_args(argv)
-    report = convert_official(
-        args.src, args.dst, tokenizer=args.tokenizer, vision_tower=args.vision_tower, vae=args.vae,
-        vae_subfolder=args.vae_subfolder, dtype=args.dtype, save_teacher=args.save_teacher,
-        image_token_id=args.image_token_id, denoiser_num_heads=args.denoiser_num_heads,
-        max_shard_size=args.max_shard_size,
-    )
+    try:
+        report = convert_official(
+            args.src, args.dst, tokenizer=args.tokenizer, vision_tower=args.vision_tower, vae=args.vae,
+            vae_subfolder=args.vae_subfolder, dtype=args.dtype, save_teacher=args.save_teacher,
+            image_token_id=args.image_token_id, denoiser_num_heads=args.denoiser_num_heads,
+            max_shard_size=args.max_shard_size,
+        )
+    except (ConversionError, SafetensorsError) as error:  # bad input: one line (lists joined), status 2
+        first, *rest = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        print(f"error: {first} {'; '.join(rest)}".rstrip(), file=sys.stderr)
+        raise SystemExit(2) from None
     objective = report.config.objective_config
     print(f"Wrote {report.dst}: {len(report.mapped)} tensors mapped, {len(report.dropped)} dropped, "
           f"{len(report.from_components)} taken from components; {len(report.shard_files)} shard(s).")

@@ -147,8 +147,11 @@ def upright_rgb(image: Image.Image) -> Image.Image:
 
     A photo whose EXIF orientation tag is not 1 is turned the way the camera meant it, as browsers, Gradio and
     transformers' `load_image` show it (`PIL.ImageOps.exif_transpose`, which also drops the tag, so applying the rule
-    twice changes nothing). Decodes the image: a corrupt or truncated file fails here.
+    twice changes nothing). Decodes the image fully first: a corrupt or truncated file fails here, where every caller
+    names the image, also an RGB JPEG, which `to_rgb` returns as it is (its pixels would otherwise be decoded later,
+    in whatever reads them first: `Image.paste`, numpy).
     """
+    image.load()
     if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
         image = ImageOps.exif_transpose(image)
     return to_rgb(image)
@@ -165,7 +168,9 @@ def depth_to_rgb(image: Image.Image) -> Image.Image:
     SpatialBot does (`three_channel_array` in its README and data loader): R = (d >> 10) << 2, G = ((d >> 5) & 31) << 3,
     B = (d & 31) << 3. Lossless, but G wraps every 1024 mm and B every 32 mm. A depth map that already has 3 channels
     is taken as encoded (SpatialBot keeps it as is) and goes through `upright_rgb`. EXIF orientation is applied first.
+    Decodes the image first, as `upright_rgb` does.
     """
+    image.load()
     if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
         image = ImageOps.exif_transpose(image)
     if len(image.getbands()) != 1:

@@ -17,6 +17,10 @@ An optional depth map (SpatialBot's RGB-D layout, the paper's Table 5) goes in a
 single-channel map in millimetres (a 16-bit PNG) is turned into 3 channels by the model's own depth rule
 (`depth_to_rgb` in the checkpoint's `processing_ross.py`, the rule training and evaluation use); the reconstruction
 panel shows the RGB image's.
+
+An upload that cannot be decoded (corrupt, truncated, empty, not an image, a decompression bomb) is a message in the
+page naming the file and the problem (`UploadImage`); a `--model` folder that does not exist or holds no weights is
+one `error: ...` line and status 2.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import re
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from transformers import AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
 
 
@@ -108,8 +114,36 @@ def display_name(name: str) -> str:
         return str(Path(*resolved.parts[-2:]))
 
 
+class ModelPathError(ValueError):
+    """The model path is no loadable model: the message names it and what is missing."""
+
+
+WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def model_path_problem(name: str) -> str | None:
+    """Why `name` cannot be loaded, checked before loading (None when it may be a model): a folder needs
+    `config.json` and weights; a path that is no folder and not shaped like a Hub id does not exist (huggingface_hub
+    would call it a malformed repo id)."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        missing = [] if (folder / "config.json").is_file() else ["config.json"]
+        if not any((folder / weights).is_file() for weights in WEIGHTS_NAMES):
+            missing.append(f"weights ({' or '.join(WEIGHTS_NAMES[:2])})")
+        return f"model folder {folder} has no {' and no '.join(missing)}" if missing else None
+    if folder.exists():
+        return f"{name} is a file, not a model folder"
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
+        return f"model folder {name} does not exist"
+    return None
+
+
 def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
-    """Load `name` (folder or Hub id) with its remote code; bf16 on CUDA, fp32 on CPU unless `dtype` says otherwise."""
+    """Load `name` (folder or Hub id) with its remote code; bf16 on CUDA, fp32 on CPU unless `dtype` says otherwise.
+    A path that is no model (`model_path_problem`) is a `ModelPathError`."""
+    problem = model_path_problem(str(name))
+    if problem is not None:
+        raise ModelPathError(problem)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     kwargs = dict(trust_remote_code=True, dtype=dtype)
@@ -126,6 +160,40 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
     processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
     model.to(device).eval()
     return LoadedModel(model, processor, display_name(str(name)), device, dtype, problem)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Uploads
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def upload_problem(error: Exception) -> str:
+    """What is wrong with an upload that PIL could not open or decode, in words."""
+    if isinstance(error, Image.DecompressionBombError):
+        return f"the image is too large to decode safely ({error})"
+    if isinstance(error, UnidentifiedImageError):
+        return "it is not an image file PIL can read (empty, corrupt, or another kind of file)"
+    return f"it cannot be decoded ({type(error).__name__}: {error})"
+
+
+class UploadImage(gr.Image):
+    """`gr.Image` that decodes each upload fully while reading it, so that a file Gradio or PIL cannot decode
+    (corrupt, truncated, empty, not an image, a decompression bomb) is a message in the page naming the file and the
+    problem (`gr.Error`), not a server traceback."""
+
+    is_template = True  # Gradio's template mechanism: the page renders it with gr.Image's own frontend
+
+    def preprocess(self, payload):
+        try:
+            image = super().preprocess(payload)
+            if isinstance(image, Image.Image):
+                image.load()  # a truncated file would otherwise fail later, deep in the processor
+            return image
+        except gr.Error:
+            raise
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            name = getattr(payload, "orig_name", None) or "the uploaded file"
+            raise gr.Error(f"{self.label}: cannot use {name}: {upload_problem(error)}.") from error
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -278,7 +346,7 @@ def build_demo(loaded: LoadedModel) -> gr.Blocks:
                     # image_mode=None: the upload reaches the processor in its own mode (16-bit, palette, alpha,
                     # CMYK), so the model's RGB conversion, the one training uses, sees the original pixels; Gradio's
                     # default "RGB" would convert first (a 16-bit grayscale photo arrives almost white).
-                    image = gr.Image(
+                    image = UploadImage(
                         label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"], height=280,
                         elem_id="input-image",
                     )
@@ -288,7 +356,7 @@ def build_demo(loaded: LoadedModel) -> gr.Blocks:
                     )  # fmt: skip
                 reconstruction_info = gr.Markdown(reconstruct(loaded, None)[1], elem_id="reconstruction-info")
                 # Optional second image (SpatialBot's RGB-D layout): image_mode=None keeps a 16-bit depth PNG 16-bit.
-                depth = gr.Image(
+                depth = UploadImage(
                     label="Depth map (optional, millimetres, e.g. a 16-bit PNG)", type="pil", image_mode=None,
                     sources=["upload", "clipboard"], height=140, elem_id="input-depth",
                 )  # fmt: skip
@@ -340,7 +408,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
     args = parse_args(argv)
-    loaded = load_model(resolve_model(args.model), device=args.device)
+    try:
+        loaded = load_model(resolve_model(args.model), device=args.device)
+    except ModelPathError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     if loaded.reconstruction_error:
         print(f"[ross demo] reconstruction unavailable: {loaded.reconstruction_error}", flush=True)
     build_demo(loaded).queue().launch(server_name=args.host, server_port=args.port, **launch_kwargs())

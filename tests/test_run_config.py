@@ -123,7 +123,7 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip() and "[WARNING]" not in line]
-    assert lines == [f"train/sft.py: error: {error.value}"]
+    assert lines == [f"error: {error.value}"]
     assert "Traceback" not in result.stderr
 
 

@@ -20,6 +20,7 @@ from transformers.integrations.deepspeed import (
 
 from modeling_ross import RossForConditionalGeneration, RossProcessor, from_components
 from modeling_ross.testing import write_tiny_components
+from ross.eval.generation import model_path_problem
 from ross.train.config import RossRunConfig, looks_like_hub_id
 from ross.train.synthetic import write_llava_dataset
 
@@ -71,7 +72,10 @@ def check_model_sources(run_config: RossRunConfig) -> None:
         value = getattr(run_config, key)
         if not value:
             continue
-        if Path(value).is_dir():
+        if Path(value).is_dir():  # paths were resolved when the config was loaded
+            problem = model_path_problem(value) if key == "model_name_or_path" else None  # config.json, weights
+            if problem:
+                problems.append(f"{key}: {problem}")
             continue
         if Path(value).exists():
             problems.append(f"{key}: {value} is a file, not a model folder")

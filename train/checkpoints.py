@@ -12,8 +12,9 @@ logs each newer one it skipped, and why. Complete means (every check reads heade
 * every `.pt` / `.pth` / `.bin` file (torch's zip format, DeepSpeed's shards included) is non-empty and, when a zip,
   its central directory (at the end of the file) reads: a truncated file has none.
 
-`RUN_TOTALS` (`ross_run_totals.json`, written into each checkpoint by `RossTrainer`) holds the summed training loss
-and the training seconds up to that step, so that the summary of a resumed run covers the whole run.
+`RUN_TOTALS` (`ross_run_totals.json`, written into each checkpoint by `RossTrainer`) holds the summed training loss,
+the training seconds and the images each rank trained on up to that step, so that the summary of a resumed run covers
+the whole run.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def latest_complete_checkpoint(output_dir) -> str:
 
 
 def read_run_totals(checkpoint) -> dict:
-    """`{"global_step", "loss_sum", "train_seconds"}` saved with `checkpoint`, or {} (older checkpoints)."""
+    """`{"global_step", "loss_sum", "train_seconds", "images_seen_per_rank"}` saved with `checkpoint`, or {} (older
+    checkpoints; those before `images_seen_per_rank` lack that key)."""
     path = Path(checkpoint) / RUN_TOTALS
     try:
         return json.loads(path.read_text())

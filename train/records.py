@@ -16,6 +16,7 @@ Columns, one row per record of the source, in its order::
     location    "file:line" / "file:#index"
     images      image paths, resolved (JSON sources; HF sources keep their images in the HF dataset)
     depth       positions of depth maps among the images
+    changed     the parse rules that changed the record (e.g. `dropped_leading_gpt_turn`)
     reason      the `SKIP_REASONS` entry of a bad record, else null
     detail      what is wrong with it
 
@@ -38,7 +39,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: the `changed` column
 # Records per Arrow record batch (also the parse -> write unit).
 BATCH = 10_000
 
@@ -57,6 +58,7 @@ def _features():
             "location": datasets.Value("string"),
             "images": datasets.List(datasets.Value("string")),
             "depth": datasets.List(datasets.Value("int32")),
+            "changed": datasets.List(datasets.Value("string")),
             "reason": datasets.Value("string"),
             "detail": datasets.Value("string"),
         }
@@ -109,7 +111,7 @@ def _rows(source, check_files: bool):
 
     columns = {name: [] for name in _features()}
     for local, parsed in source.parse_all(check_files):
-        row = source.row_extras(local)  # id, location, images, depth
+        row = source.row_extras(local)  # id, location, images, depth, changed
         if isinstance(parsed, BadSampleError):
             row.update(messages=None, num_images=0, text_chars=0, reason=parsed.reason, detail=parsed.detail)
         else:

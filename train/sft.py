@@ -18,6 +18,7 @@ import os
 import resource
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ if __package__ in (None, ""):  # `python train/sft.py` / `accelerate launch trai
 import torch
 import yaml
 from accelerate import PartialState
+from tqdm.auto import tqdm
 from transformers import set_seed
 
 from ross.model_cards.publish import push_from_trainer
@@ -43,6 +45,7 @@ from ross.train.collator import RossDataCollator
 from ross.train.dataset import load_training_dataset, skipped_summary
 from ross.train.latent_cache import LatentCache, build_latent_cache
 from ross.train.lengths import check_lengths
+from ross.train.sources import BadSampleError, DataFileError
 from ross.train.trainer import RossTrainer, apply_lora, apply_stage, count_trainable_parameters, images_seen_per_rank
 
 
@@ -308,19 +311,38 @@ def build_summary(trainer, result, elapsed: float, counts: dict, dataset=None, c
         "images_seen_per_rank": images_seen_per_rank(trainer),
         # bad samples left out, by reason (load, length pre-pass, fetch, collator), and how many records there were
         "skipped": skipped_summary(*sources) if sources else {},
+        # records trained in a changed form, by rule (e.g. a leading gpt turn dropped, as the authors' preprocessing)
+        "changed": changed_summary(base),
         "num_records": getattr(base, "num_records", None),
         "num_train_samples": len(dataset) if dataset is not None else None,
     }
 
 
-def cli() -> None:
-    """`python train/sft.py ...`: a config problem is one line on stderr and exit code 2, not a traceback."""
+def changed_summary(dataset) -> dict:
+    """`{rule: records}` of the records a source changed at parse (`ross.train.sources.drop_leading_gpt_turn`)."""
+    changed = Counter()
+    for source in getattr(dataset, "sources", None) or []:
+        changed.update(getattr(source, "changes", None) or {})
+    return {rule: count for rule, count in sorted(changed.items()) if count}
+
+
+# Bad input found before or during training (a config that does not parse or check, a data file that is not JSON, a
+# sample that cannot be trained on in error mode): one line naming the file (and the key or sample), status 2, no
+# traceback.
+INPUT_ERRORS = (ConfigError, DataFileError, BadSampleError)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`main` for the command line: bad input is one `error: ...` line on stderr and status 2."""
     try:
-        main()
-    except ConfigError as error:
-        print(f"train/sft.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        main(argv)
+    except INPUT_ERRORS as error:
+        for bar in list(getattr(tqdm, "_instances", ())):  # a progress bar left open: the error starts its own line
+            bar.close()
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -29,10 +29,13 @@ Errors are :class:`BadSampleError` with a reason from `SKIP_REASONS`; the datase
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
+import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,8 @@ from PIL import Image
 
 from modeling_ross.processing_ross import depth_to_rgb, upright_rgb
 
+
+logger = logging.getLogger(__name__)
 
 IMAGE_PLACEHOLDER = "<image>"
 QUERY_PLACEHOLDER = "<query>"
@@ -63,6 +68,8 @@ _DATASET_FOLDER_MARKERS = ("state.json", "dataset_dict.json", "dataset_info.json
 __all__ = [
     "SKIP_REASONS",
     "BadSampleError",
+    "DataFileError",
+    "drop_leading_gpt_turn",
     "ParsedSample",
     "JsonSource",
     "HFSource",
@@ -76,12 +83,21 @@ __all__ = [
 class BadSampleError(ValueError):
     """A sample that cannot be trained on. The message names the sample id and its file (`source`)."""
 
-    def __init__(self, reason: str, detail: str, sample_id=None, source=None):
+    def __init__(self, reason: str, detail: str | None = None, sample_id=None, source=None):
+        if detail is None:  # re-raised by a DataLoader worker as `BadSampleError(text)`: keep the original message
+            lines = str(reason).strip().splitlines() or [""]
+            self.reason, self.detail, self.sample_id, self.source = None, None, None, None
+            super().__init__(lines[-1].split("BadSampleError: ", 1)[-1])
+            return
         self.reason, self.detail, self.sample_id, self.source = reason, detail, sample_id, source
         super().__init__(f"bad sample id={sample_id!r} ({source}) [{reason}]: {detail}")
 
     def located(self, sample_id, source) -> "BadSampleError":
         return BadSampleError(self.reason, self.detail, sample_id, source)
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be read as JSON / JSONL: the message names the file, line and column, in one line."""
 
 
 @dataclass
@@ -139,6 +155,33 @@ def _content_items(content, image_placement: str = "inplace") -> list[dict]:
         text = "".join(item["text"] for item in items if item["type"] == "text").strip()
         items = [{"type": "image"}] + ([{"type": "text", "text": text}] if text else [])
     return items
+
+
+DROPPED_LEADING_GPT_TURN = "dropped_leading_gpt_turn"
+
+
+def drop_leading_gpt_turn(conversations) -> tuple[list, bool]:
+    """The authors' rule for a LLaVA record whose first turn is not the human's (llava/train/train.py,
+    `preprocess_*`: `if roles[source[0]["from"]] != conv.roles[0]: source = source[1:]`): that turn is dropped, so an
+    answer is never trained before the image and the question it answers. Returns `(conversations, dropped)`.
+
+    A second non-human turn before any human one is refused (`BadSampleError`): the authors' role assertion fails on
+    it; a record that is only a gpt turn has nothing left to supervise. A leading `system` turn is kept (our template
+    renders it as the system prompt).
+    """
+    def role(turn):
+        return LLAVA_ROLES.get(turn.get("from")) if isinstance(turn, Mapping) else None
+
+    if not isinstance(conversations, list) or not conversations or role(conversations[0]) != "assistant":
+        return conversations, False
+    rest = conversations[1:]
+    if not rest:
+        raise BadSampleError("no_assistant_turn", "the only turn is a gpt turn, which is dropped as the authors' "
+                             "preprocessing drops a leading non-human turn: nothing is left to supervise")
+    if role(rest[0]) == "assistant":
+        raise BadSampleError("invalid_record", "turns 0 and 1 are both gpt turns before any human turn (the authors "
+                             "drop one leading non-human turn; two would train answers before their question)")
+    return rest, True
 
 
 def llava_to_messages(conversations, image_placement: str = "front") -> list[dict]:
@@ -272,6 +315,7 @@ class JsonSource:
         self.records = None  # the parsed store, once attached
         self.locations = _StoreColumn(self, "location")
         self._row = {}
+        self.changes: Counter = Counter()  # records changed at parse, by rule (for the run summary)
 
     def _read(self) -> None:
         if self._records is not None:
@@ -282,8 +326,18 @@ class JsonSource:
             self.format = "messages" if "messages" in first and "conversations" not in first else "llava"
 
     def attach(self, records) -> None:
-        """Read everything from the parsed store from now on (the raw records are gone)."""
+        """Read everything from the parsed store from now on (the raw records are gone). The good records that a
+        parse rule changed are counted from the store (the parse may have run in another process, or in an earlier
+        run), for the run summary, and said once."""
         self.records, self._records, self._raw_locations, self._row = records, None, None, {}
+        table = records.data
+        rules = zip(table.column("reason").to_pylist(), table.column("changed").to_pylist())
+        self.changes = Counter(rule for reason, changed in rules if reason is None for rule in changed or ())
+        if self.changes[DROPPED_LEADING_GPT_TURN]:
+            logger.warning(
+                "%s: %d record(s) start with a gpt turn; it was dropped, as the authors' preprocessing does "
+                "(counted in the run summary's 'changed').", self.path, self.changes[DROPPED_LEADING_GPT_TURN],
+            )
 
     def __len__(self):
         if self.records is not None:
@@ -303,9 +357,9 @@ class JsonSource:
 
     def row_extras(self, index: int) -> dict:
         """The stored columns of record `index` besides its messages (right after `parse_all` yielded it)."""
-        images, depth = self._row.pop(index, ([], ()))
+        images, depth, changed = self._row.pop(index, ([], (), []))
         return {"id": self._row_id(index), "location": self._raw_locations[index], "images": images,
-                "depth": list(depth)}  # fmt: skip
+                "depth": list(depth), "changed": changed}  # fmt: skip
 
     def _image_refs(self, record) -> list[str]:
         key = "images" if self.format == "messages" else "image"
@@ -317,25 +371,30 @@ class JsonSource:
             raise BadSampleError("invalid_record", f"'{key}' must be a path or a list of paths")
         return [v if os.path.isabs(v) else os.path.join(self.image_folder, v) for v in values]
 
-    def _messages(self, record) -> list[dict]:
+    def _messages(self, record) -> tuple[list[dict], list[str]]:
+        """The record's messages, and the rules that changed it (see `drop_leading_gpt_turn`)."""
         if self.format == "llava":
             if "conversations" not in record:
                 raise BadSampleError("invalid_record", "missing 'conversations'")
-            return llava_to_messages(record["conversations"], self.image_placement)
+            conversations, dropped = drop_leading_gpt_turn(record["conversations"])
+            changes = [DROPPED_LEADING_GPT_TURN] if dropped else []
+            return llava_to_messages(conversations, self.image_placement), changes
         if "messages" not in record:
             raise BadSampleError("invalid_record", "missing 'messages'")
-        return _normalize_messages(record["messages"], self.image_placement)
+        return _normalize_messages(record["messages"], self.image_placement), []
 
     def _parse(self, index: int, check_files: bool) -> ParsedSample:
         record = self._records[index]
         if not isinstance(record, Mapping):
             raise BadSampleError("invalid_record", f"a sample must be a JSON object, got {type(record).__name__}")
         paths = self._image_refs(record)
-        parsed = _check_against_images(self._messages(record), len(paths))
+        messages, changes = self._messages(record)
+        parsed = _check_against_images(messages, len(paths))
         depth = _depth_positions(record.get("depth_images"), len(paths))
         if check_files:
             _check_files_exist(paths)
-        self._row[index] = (paths, depth)
+        self._row[index] = (paths, depth, changes)
+        self.changes.update(changes)
         return parsed
 
     def parse_all(self, check_files: bool) -> Iterator[tuple[int, ParsedSample | BadSampleError]]:
@@ -384,22 +443,57 @@ def _depth_positions(value, num_images: int) -> tuple[int, ...]:
 
 
 def _read_json_records(path: str) -> tuple[list, list[str]]:
-    """The records of a JSON array or a JSONL file, and where each one is (`file:line` / `file:#index`)."""
+    """The records of a JSON array or a JSONL file, and where each one is (`file:line` / `file:#index`). A file that
+    is empty, not UTF-8, or not valid JSON (e.g. truncated) is a one-line `DataFileError` naming file, line and
+    column."""
     records, locations = [], []
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
-            for line_number, line in enumerate(f, start=1):
+    if path.endswith(".jsonl"):
+        with open(path, "rb") as f:
+            for line_number, raw in enumerate(f, start=1):
+                line = _decode_json_line(path, raw, line_number)
                 if line.strip():
                     try:
                         records.append(json.loads(line))
                     except json.JSONDecodeError as error:
-                        raise ValueError(f"{path}:{line_number}: invalid JSON: {error}") from error
+                        raise DataFileError(f"{path}:{line_number}:{error.colno}: invalid JSON: {error.msg}"
+                                            + _cut_short(path, error, line)) from None
                     locations.append(f"{path}:{line_number}")
-            return records, locations
-        data = json.load(f)
+        if not records:
+            raise DataFileError(f"{path}: the file is empty (expected one JSON sample per line)")
+        return records, locations
+    with open(path, "rb") as f:
+        text = _decode_json_line(path, f.read(), 1)
+    if not text.strip():
+        raise DataFileError(f"{path}: the file is empty (expected a JSON array of samples)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataFileError(f"{path}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
+                            + _cut_short(path, error, text)) from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON array of samples, got {type(data).__name__}")
+        raise DataFileError(f"{path}: expected a JSON array of samples, got {type(data).__name__}")
     return data, [f"{path}:#{index}" for index in range(len(data))]
+
+
+def _decode_json_line(path: str, raw: bytes, first_line: int) -> str:
+    """`raw` (a whole file from line `first_line`, or one line) as UTF-8 text (a UTF-8 byte-order mark is dropped);
+    UTF-16/32 or bytes that are not UTF-8 (latin-1, ...) are a `DataFileError` naming the line and column."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in raw[:4]:
+        raise DataFileError(f"{path}:{first_line}:1: the file is UTF-16 or UTF-32, not UTF-8: JSON data files must "
+                            "be UTF-8 (re-save it as UTF-8)")
+    try:
+        return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as error:
+        line = first_line + raw.count(b"\n", 0, error.start)
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise DataFileError(f"{path}:{line}:{column}: not UTF-8 (byte 0x{raw[error.start]:02x}; latin-1 or another "
+                            "encoding?): JSON data files must be UTF-8 (re-save it as UTF-8)") from None
+
+
+def _cut_short(path: str, error: json.JSONDecodeError, text: str) -> str:
+    """A hint when the JSON ends before it is complete (a truncated file)."""
+    at_end = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")  # a string to the end
+    return " (the file ends before the JSON is complete: truncated?)" if at_end else ""
 
 
 class HFSource:
@@ -436,7 +530,9 @@ class HFSource:
     def row_extras(self, index: int) -> dict:
         """The stored columns of record `index` besides its messages (right after `parse_all` yielded it); the
         images stay in the HF dataset."""
-        return {"id": self._ids.pop(index, None), "location": self.locations[index], "images": [], "depth": []}
+        return {
+            "id": self._ids.pop(index, None), "location": self.locations[index], "images": [], "depth": [], "changed": [],
+        }  # fmt: skip
 
     def _resolve(self, image):
         if isinstance(image, str) and not os.path.isabs(image) and self.image_folder is not None:

@@ -185,6 +185,7 @@ class RossTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         # Totals of the run's earlier processes (from the checkpoint resumed from) and when this process started.
         self._previous_totals = {"loss_sum": 0.0, "train_seconds": 0.0, "global_step": 0}
+        self._previous_images: list[int] = []  # images per rank of those processes (`images_seen_per_rank`)
         self._segment_start = None
         self.run_seconds = None  # whole-run training seconds, set when `train` returns
         self._final_totals = None
@@ -203,6 +204,7 @@ class RossTrainer(Trainer):
             totals = read_run_totals(resume_from_checkpoint)
             if totals:
                 self._previous_totals = totals
+                self._previous_images = list(totals.get("images_seen_per_rank") or [])
         self._segment_start = time.perf_counter()
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         self.run_seconds = self._previous_totals["train_seconds"] + time.perf_counter() - self._segment_start
@@ -228,11 +230,13 @@ class RossTrainer(Trainer):
         return totals["loss_sum"] / totals["global_step"] if totals["global_step"] else None
 
     def _save_checkpoint(self, model, trial):
-        """Writes the run totals first; the stock save then writes `trainer_state.json` last, which marks the
-        checkpoint complete (`ross.train.checkpoints.checkpoint_problem`)."""
+        """Writes the run totals first (the images per rank gathered from every rank: each one calls this); the stock
+        save then writes `trainer_state.json` last, which marks the checkpoint complete
+        (`ross.train.checkpoints.checkpoint_problem`)."""
+        images = images_seen_per_rank(self)
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            write_run_totals(folder, self.run_totals())
+            write_run_totals(folder, {**self.run_totals(), "images_seen_per_rank": images})
         super()._save_checkpoint(model, trial)
 
     def _get_train_sampler(self, train_dataset=None):
@@ -386,9 +390,17 @@ class TrainerCallbackHandler(CallbackHandler):
 
 
 def images_seen_per_rank(trainer: RossTrainer) -> list[int]:
-    """Images each rank trained on, in rank order (a collective: call it on every rank)."""
+    """Images each rank trained on over the whole run, in rank order (a collective: call it on every rank).
+
+    After a resume, rank r's count adds what rank r of the earlier processes saw (saved with the checkpoint,
+    `ross_run_totals.json`), as the summary's other figures cover the whole run; if the run was resumed on another
+    number of ranks, the longer list is kept and the shorter one added to its first entries (the total stays right).
+    """
     local = torch.tensor([trainer.images_seen], device=trainer.args.device, dtype=torch.long)
-    return trainer.accelerator.gather(local).tolist()
+    counts = trainer.accelerator.gather(local).tolist()
+    earlier = getattr(trainer, "_previous_images", None) or []
+    longer, shorter = (counts, earlier) if len(counts) >= len(earlier) else (list(earlier), counts)
+    return [int(n) + (int(shorter[r]) if r < len(shorter) else 0) for r, n in enumerate(longer)]
 
 
 def _num_images(batch, model) -> int:
