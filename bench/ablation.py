@@ -267,7 +267,7 @@ def run_one(arm: str, seed: int, size: str, out: Path, protocol: dict, device: s
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     components_root = out / "components"
-    manifest = prepare_components(components_root, ComponentSettings(**protocol["components"]), log=log)
+    manifest = prepare_components(components_root, ComponentSettings(**protocol["components"]), log=log, probe=True)
     paths = component_paths(components_root, manifest)
     settings = DemoSettings(plain_images=protocol["plain_images"], sft_images=protocol["data_sizes"][size],
                             benchmark_items=protocol["benchmark_items"], depth=protocol.get("depth", False))  # fmt: skip

@@ -93,6 +93,10 @@ class RossObjectiveConfig(PreTrainedConfig):
             `"mse"` or `"cosine"` for the `regress` objective; defaults to `"mse"` for pixels, `"cosine"` for latents.
         head_hidden_size (`int`, *optional*):
             Hidden width of the MLP head of `regress` / `latent2pixel` (defaults to the LLM width).
+        shuffle_condition (`bool`, defaults to `False`):
+            A control, not ROSS: in training, each image's visual outputs condition the reconstruction of the next
+            image of the batch (a derangement), so the loss has ROSS's density and gradients but no image-specific
+            target (the matched-control arm of `bench/evidence_v3.yaml`).
         save_teacher (`bool`, defaults to `False`):
             Whether `save_pretrained` keeps the frozen teacher's weights in the checkpoint.
     """
@@ -126,6 +130,7 @@ class RossObjectiveConfig(PreTrainedConfig):
     weight: float = 1.0
     condition_layer: int | None = None
     condition: Literal["visual_outputs", "queries"] = "visual_outputs"
+    shuffle_condition: bool = False
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"

@@ -81,6 +81,8 @@ class RossObjective(nn.Module):
             pixel_values = self.grey_image(hidden_states.device)
             visual_outputs = hidden_states[:1, :1].expand(1, self.image_seq_length, -1) * 0.0
         target = self.target(teacher, pixel_values, teacher_targets, visual_outputs, has_images)
+        if self.objective_config.shuffle_condition:  # the matched control: every image gets another one's condition
+            visual_outputs = shuffle_across_images(visual_outputs)
         loss = self.loss(denoiser, teacher, visual_outputs, target)
         return loss if has_images else loss * 0.0
 
@@ -239,6 +241,12 @@ def cached_targets(teacher_targets, expected: tuple[int, int, int], device: torc
     return sample_targets(mean.to(device).float(), None if std is None else std.to(device).float())
 
 
+def shuffle_across_images(visual_outputs: torch.Tensor) -> torch.Tensor:
+    """`(M, N, D)` -> the same with image i's rows moved to image (i + 1) mod M: no image keeps its own condition
+    (for M > 1; a batch of one image has nothing to swap with and is returned as is)."""
+    return visual_outputs.roll(1, dims=0)
+
+
 def make_sampling_scheduler(train_scheduler, name: str):
     """A diffusers sampler sharing the training schedule: `"ddpm"` or `"ddim"` (deterministic, few steps)."""
     _require_diffusers("make_sampling_scheduler")
@@ -254,4 +262,5 @@ __all__ = [
     "RossObjective",
     "RossRegressionObjective",
     "build_objective",
+    "shuffle_across_images",
 ]

@@ -293,16 +293,24 @@ def reconstruct(loaded: LoadedModel, image: Image.Image | None, steps: int = 25,
     prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     batch = processor(text=[prompt], images=[image], return_tensors="pt").to(loaded.device)
     generator = torch.Generator(device=loaded.device).manual_seed(int(seed))
-    result = model.reconstruct(
-        batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-        num_inference_steps=int(steps), scheduler="ddim", generator=generator, output_type="pil",
-    )[0]  # fmt: skip
-    size = result.size[0]
+    with torch.no_grad():
+        result = model.reconstruct(
+            batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            num_inference_steps=int(steps), scheduler="ddim", generator=generator, output_type="pt",
+        )  # fmt: skip
+        # What the reconstruction aims at: the teacher's decode of this upload's own latents (posterior mean).
+        teacher = model.teacher
+        target = teacher.decode(teacher.encode_distribution(batch["pixel_values"])[0]).float().clamp(0, 1)
+    mse = (result.float() - target).square().mean().clamp(min=1e-10)
+    psnr = (10 * torch.log10(1.0 / mse)).item()
+    array = (result[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().astype("uint8")
+    size = array.shape[0]
     info = (
         f"Reconstructed from the LLM's visual outputs: {int(steps)} DDIM steps (seed {int(seed)}) with the trained "
-        f"denoiser, decoded by the `{model.config.objective_config.target}` teacher at {size}x{size} px."
+        f"denoiser, decoded by the `{model.config.objective_config.target}` teacher at {size}x{size} px; "
+        f"{psnr:.1f} dB PSNR against the teacher's own decode of this image."
     )
-    return result.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST), info
+    return Image.fromarray(array).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.NEAREST), info
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def _run_demo(out: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def fast_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "runs"
-    result = _run_demo(out)
+    result = _run_demo(out, "--probe")  # the per-quadrant probes are optional (a diagnostic); tested here
     summary = json.loads((out / "demo" / "summary.json").read_text())
     return out, summary, result.stdout + result.stderr  # progress lines go to stderr
 
@@ -68,7 +68,15 @@ def test_summary_has_every_phase_and_metric(fast_demo):
     # live progress on the console for every long phase: both stages, each benchmark's eval, the reconstructions
     assert "stage 1 step" in stdout and "stage 2 step" in stdout
     assert all(f"{name}: 100%" in stdout for name in BENCHMARKS)
-    assert "reconstruct: 4 images, 5 denoising steps" in stdout
+    assert "reconstruct: 8 images, 5 denoising steps" in stdout  # the check's images; the first 4 in the grid
+    # the ROSS-active check: both losses, the PSNRs, and a verdict printed (a 3-step smoke run fails it)
+    check = summary["reconstruction"]["check"]
+    assert check["images"] == 8 and check["visual_loss_true"] > 0 and check["visual_loss_shuffled"] > 0
+    assert check["passed"] == (check["loss_passed"] and check["psnr_passed"])
+    for key in ("psnr_ross_vs_teacher_db", "psnr_ross_vs_other_teacher_db", "psnr_constant_vs_teacher_db"):
+        assert check[key] > 0, key
+    assert "ROSS-active check (8 held-out images): " in stdout and "shuffled across images" in stdout
+    assert ("PASSED" if check["passed"] else "FAILED") in stdout
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_OBJECTIVE
@@ -143,6 +144,65 @@ def test_reconstruction_panel(loaded):
     other, _ = app.reconstruct(loaded, Image.open(_example("red_triangle")), steps=3, seed=1)
     assert other.tobytes() != result.tobytes()  # conditioned on the image
     assert app.reconstruct(loaded, None)[0] is None
+
+
+def _fit_head_to_uploads(loaded, images, steps: int = 300):
+    """Calibrate the random teacher as a real VAE is (unit-variance latents), then train only the visual head on
+    these images' visual outputs, so that it reads its condition as a trained model's does."""
+    model, processor = loaded.model, loaded.processor
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": app.RECONSTRUCTION_PROMPT}]}]
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    batch = processor(text=[prompt] * len(images), images=images, return_tensors="pt")
+    with torch.no_grad():
+        latents = model.teacher.vae.encode(model.teacher.preprocess(batch["pixel_values"])).latent_dist.mean
+        model.teacher.vae.register_to_config(shift_factor=latents.mean().item(), scaling_factor=1 / latents.std().item())
+        outputs = model.model(**batch, output_hidden_states=model.condition_hidden_states_request())
+        condition = model.get_visual_outputs(outputs)
+        target = model.teacher.encode_distribution(batch["pixel_values"])[0]
+    optimizer = torch.optim.Adam(model.denoiser.parameters(), lr=3e-3)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = model.objective.loss(model.denoiser, model.teacher, condition, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.denoiser.eval()
+    return loss.item()
+
+
+def test_reconstruction_panel_follows_the_upload(tiny_components, tmp_path):
+    # ROSS^R-Latent (an MLP head regressing the VAE latents, deterministic): the panel's code path is the objective's
+    # `reconstruct`, and a head fitted to two uploads in a second shows whether the panel follows the upload.
+    folder = _save_model(tiny_components, tmp_path / "regress", save_teacher=True, objective="regress",
+                         regress_loss="mse")  # fmt: skip
+    loaded = app.load_model(str(folder))
+    uploads = [Image.open(_example("red_triangle")).convert("RGB"), Image.open(_example("four_shapes")).convert("RGB")]
+    _fit_head_to_uploads(loaded, uploads)
+    shown = [app.reconstruct(loaded, image, steps=10, seed=0) for image in uploads]
+    arrays = [torch.from_numpy(np.asarray(image, dtype=np.float32) / 255) for image, _ in shown]
+    # the teacher's decode of each upload, at the panel's display size
+    processor, model = loaded.processor, loaded.model
+    with torch.no_grad():
+        pixels = processor(images=uploads, return_tensors="pt")["pixel_values"]
+        decodes = model.teacher.decode(model.teacher.encode_distribution(pixels)[0]).float().clamp(0, 1)
+    decodes = [
+        Image.fromarray((d.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).resize(
+            (app.DISPLAY_SIZE, app.DISPLAY_SIZE), Image.NEAREST
+        )
+        for d in decodes
+    ]
+    decodes = [torch.from_numpy(np.asarray(d, dtype=np.float32) / 255) for d in decodes]
+    # Two different uploads give clearly different reconstructions, about as different as their teacher decodes
+    # (a denoiser that ignores its condition gives the same image up to ~1/255 whatever the upload)...
+    difference = (arrays[0] - arrays[1]).abs().mean().item()
+    decode_difference = (decodes[0] - decodes[1]).abs().mean().item()
+    assert difference > 0.5 * decode_difference > 0.01, (difference, decode_difference)
+    # ...each nearer its own upload's teacher decode than the other upload's.
+    for own, other in ((0, 1), (1, 0)):
+        errors = [(arrays[own] - decodes[k]).square().mean().item() for k in (own, other)]
+        assert errors[0] < 0.5 * errors[1], errors
+    for _, info in shown:
+        assert "dB PSNR against the teacher's own decode of this image" in info
 
 
 def test_answers_stream_and_match_greedy_generation(loaded):

@@ -140,6 +140,27 @@ def _cosine_lr(step: int, total: int, base: float, warmup: int = 20) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+PROGRESS_SECONDS = 10.0  # a fit prints a progress line at most this often (and at its last step)
+
+
+class _FitProgress:
+    """Throttled progress lines of a fitting loop: `components: VAE step 120/500, loss 0.0312, 24s (ETA 76s)`."""
+
+    def __init__(self, name: str, total: int, log):
+        self.name, self.total, self.log = name, total, log
+        self.start = self.last = time.perf_counter()
+
+    def step(self, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        done = step + 1
+        if self.log is None or (now - self.last < PROGRESS_SECONDS and done != self.total):
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = elapsed / done * (self.total - done)
+        self.log(f"components:   {self.name} step {done}/{self.total}, loss {loss:.4f}, {elapsed:.0f}s (ETA {eta:.0f}s)")
+
+
 def _batches(num: int, batch_size: int, steps: int, generator: torch.Generator):
     """`steps` index batches drawn epoch by epoch from a fresh permutation."""
     order = torch.empty(0, dtype=torch.long)
@@ -159,7 +180,7 @@ def _pooled(tower, pixel_values: torch.Tensor) -> torch.Tensor:
     return tower(pixel_values=pixel_values).last_hidden_state.mean(1)
 
 
-def fit_vision_tower(folder: Path, settings: ComponentSettings, train, heldout) -> dict:
+def fit_vision_tower(folder: Path, settings: ComponentSettings, train, heldout, log=None) -> dict:
     """Fit `folder`'s SiglipVisionModel with a linear probe on mean-pooled features predicting colour presence;
     save it back. Returns held-out probe metrics (the probe itself is thrown away)."""
     start = time.perf_counter()
@@ -170,7 +191,7 @@ def fit_vision_tower(folder: Path, settings: ComponentSettings, train, heldout) 
     params = list(tower.parameters()) + list(probe.parameters())
     optimizer = torch.optim.AdamW(params, lr=settings.vision_lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(settings.seed)
-    losses = []
+    losses, progress = [], _FitProgress("tower", settings.vision_steps, log)
     for step, index in enumerate(_batches(len(pixels), settings.vision_batch_size, settings.vision_steps, generator)):
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, settings.vision_steps, settings.vision_lr)
@@ -182,6 +203,7 @@ def fit_vision_tower(folder: Path, settings: ComponentSettings, train, heldout) 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(loss.item())
+        progress.step(step, losses[-1])
     tower.eval()
     with torch.no_grad(), _autocast(settings.bf16):
         predictions = (probe(_pooled(tower, test_pixels)).float() > 0).float()
@@ -209,7 +231,7 @@ def psnr(reconstruction: torch.Tensor, image: torch.Tensor) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
-def fit_vae(folder: Path, settings: ComponentSettings, train, heldout) -> dict:
+def fit_vae(folder: Path, settings: ComponentSettings, train, heldout, log=None) -> dict:
     """Fit `folder`'s AutoencoderKL on the tower's view of the images (pixel MSE + small KL), set its latent
     shift/scale from the training latents, save it back. Returns held-out PSNR."""
     start = time.perf_counter()
@@ -218,7 +240,7 @@ def fit_vae(folder: Path, settings: ComponentSettings, train, heldout) -> dict:
     pixels, test_pixels = train[0], heldout[0]
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(settings.seed + 1)
-    losses = []
+    losses, progress = [], _FitProgress("VAE", settings.vae_steps, log)
     for step, index in enumerate(_batches(len(pixels), settings.vae_batch_size, settings.vae_steps, generator)):
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, settings.vae_steps, settings.vae_lr)
@@ -233,6 +255,7 @@ def fit_vae(folder: Path, settings: ComponentSettings, train, heldout) -> dict:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
+        progress.step(step, losses[-1])
     vae.eval()
     with torch.no_grad():  # evaluate and calibrate in fp32
         latents = vae.encode(pixels[:512]).latent_dist.sample(generator=generator)
@@ -396,8 +419,12 @@ def write_components(folder: Path, settings: ComponentSettings) -> dict:
     )
 
 
-def prepare_components(root, settings: ComponentSettings | None = None, log=print) -> dict:
+def prepare_components(root, settings: ComponentSettings | None = None, log=print, probe: bool = False) -> dict:
     """Write and fit the tiny components under `root/<settings.key()>/`, or reuse them if already there.
+
+    `probe`: also run `probe_detail` (a diagnostic of what the tower and the teacher keep of each quadrant's object;
+    it takes longer than the fits on 2 cores, so it is off unless asked for; its result is added to a cached
+    `fit.json` when asked for later). The manifest's `detail_probe` is None without it.
 
     Returns the manifest (also in `fit.json`): component paths for `from_components`, the objective overrides that
     make the teacher's latent grid match the token grid (`vae_fold`), fitting metrics, and `cached`.
@@ -407,8 +434,11 @@ def prepare_components(root, settings: ComponentSettings | None = None, log=prin
     manifest_file = folder / "fit.json"
     if manifest_file.is_file():
         manifest = json.loads(manifest_file.read_text())
-        manifest["cached"] = True
         log(f"components: reusing {folder} (settings hash {settings.key()})")
+        if probe and manifest.get("detail_probe") is None:
+            manifest["detail_probe"] = _run_probe(folder, manifest["components"], settings, log)
+            manifest_file.write_text(json.dumps(manifest, indent=1) + "\n")
+        manifest["cached"] = True
         return manifest
 
     start = time.perf_counter()
@@ -424,16 +454,15 @@ def prepare_components(root, settings: ComponentSettings | None = None, log=prin
     data_seconds = time.perf_counter() - start
 
     log(f"components: fitting the vision tower ({settings.vision_steps} steps, bf16={settings.bf16})")
-    vision = fit_vision_tower(Path(paths["vision_model"]), settings, train, heldout)
+    vision = fit_vision_tower(Path(paths["vision_model"]), settings, train, heldout, log=log)
     log(
         f"components:   colour-presence probe accuracy {vision['probe_accuracy']:.3f} "
         f"(majority {vision['probe_chance']:.3f}), {vision['seconds']:.0f}s"
     )
     log(f"components: fitting the VAE teacher ({settings.vae_steps} steps, bf16={settings.bf16})")
-    vae = fit_vae(Path(paths["teacher"]) / paths["teacher_subfolder"], settings, train, heldout)
+    vae = fit_vae(Path(paths["teacher"]) / paths["teacher_subfolder"], settings, train, heldout, log=log)
     log(f"components:   reconstruction PSNR {vae['psnr_db']:.1f} dB, {vae['seconds']:.0f}s")
-    detail = probe_detail(Path(paths["vision_model"]), Path(paths["teacher"]) / paths["teacher_subfolder"], train, heldout)
-    log(f"components:   {format_detail(detail)}")
+    detail = _run_probe(tmp, None, settings, log, data=(train, heldout)) if probe else None
 
     manifest = {
         "key": settings.key(),
@@ -459,8 +488,26 @@ def prepare_components(root, settings: ComponentSettings | None = None, log=prin
     return manifest
 
 
-def format_detail(detail: dict) -> str:
+def _run_probe(folder: Path, parts: dict | None, settings: ComponentSettings, log, data=None) -> dict:
+    """`probe_detail` on the components in `folder` (re-rendering the fit's scenes unless `data` is given)."""
+    parts = parts or {"vision_model": "siglip-tiny", "teacher": "vae-tiny", "teacher_subfolder": "vae"}
+    tower, teacher = Path(folder) / parts["vision_model"], Path(folder) / parts["teacher"] / parts["teacher_subfolder"]
+    log("components: per-quadrant probes of the tower's features and the teacher's latents (diagnostic, --probe) ...")
+    start = time.perf_counter()
+    if data is None:
+        image_processor = AutoImageProcessor.from_pretrained(tower, backend="pil")
+        data = (synthetic_pixels(settings.num_fit_images, settings, "components:fit", image_processor),
+                synthetic_pixels(settings.num_heldout_images, settings, "components:heldout", image_processor))  # fmt: skip
+    detail = probe_detail(tower, teacher, *data)
+    detail["seconds"] = round(time.perf_counter() - start, 2)
+    log(f"components:   {format_detail(detail)}, {detail['seconds']:.0f}s")
+    return detail
+
+
+def format_detail(detail: dict | None) -> str:
     """One line of `probe_detail`'s result."""
+    if detail is None:
+        return "per-quadrant probes not run (diagnostic: --probe)"
     return (
         f"per-quadrant shape probe (linear / MLP; majority {detail['shape_majority']:.2f}): tower features "
         f"{detail['tower_shape_linear']:.2f} / {detail['tower_shape_mlp']:.2f}, teacher latents "
@@ -487,6 +534,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--root", default="runs/components")
     parser.add_argument("--fast", action="store_true", help="few images and steps (tests)")
     parser.add_argument("--no-bf16", action="store_true", help="fit in fp32")
+    parser.add_argument("--probe", action="store_true", help="also run the per-quadrant probes (diagnostic)")
     parser.add_argument("--measure-bf16", action="store_true", help="only time fp32 vs bf16 training steps")
     args = parser.parse_args(argv)
     settings = ComponentSettings.fast() if args.fast else ComponentSettings()
@@ -495,7 +543,7 @@ def main(argv=None) -> dict:
     if args.measure_bf16:
         result = measure_bf16_speedup(settings)
     else:
-        result = prepare_components(args.root, settings)
+        result = prepare_components(args.root, settings, probe=args.probe)
     print(json.dumps(result, indent=1))
     return result
 

@@ -1,0 +1,336 @@
+"""The harness of evidence protocol v3 (`bench/evidence_v3.yaml`, pre-registered; docs/evidence.md).
+
+    python bench/evidence_v3.py --mode smoke|full [--out runs/evidence_v3] [--report-only]
+
+What is implemented and tested (`tests/test_evidence_v3.py`):
+- the protocol, loaded with its sha256 and the mode's overrides;
+- provenance on every stored result: protocol version and hash, git commit (and a dirty tree), CPU model, torch
+  version, UTC start / end; per-item predictions of every benchmark stored as `predictions.jsonl.gz`;
+- the report: refuses results of different commits, CPU models or protocol hashes, then the registered gates in
+  order (ROSS active, baseline competence, convergence) and the verdict from seed-level one-sided Welch tests
+  (positive / null / inconclusive, SESOI +0.03); attention compared on per-run means;
+- the stage-2 data of the protocol's regime: fine-grained questions kept on `fine_grained_fraction` of the images
+  (`scarce_fine_grained`), data and benchmark items drawn per seed.
+
+NOT implemented yet (issue 22; said here so that nobody mistakes the harness for complete): the text pretraining of
+the shared LLM (`text_pretraining`); `--mode full` and `--mode smoke` training stop with a clear error at that step
+until it exists. The report and its gates work on any stored results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import math
+import platform
+import random
+import statistics
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from scipy import stats
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL = REPO_ROOT / "bench" / "evidence_v3.yaml"
+# Question prefixes of the synthetic worlds' fine-grained types (existence, count, position; MMVP-style pairs are
+# existence / position questions). Colour and shape questions and captions stay on every image.
+FINE_GRAINED_PREFIXES = ("Is there", "How many", "Where is", "Is the", "Are there", "Which")
+
+
+class ProvenanceError(RuntimeError):
+    """Results that must not be mixed in one table."""
+
+
+def log(message: str) -> None:
+    print(f"[evidence_v3] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Protocol and provenance
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_protocol(path: Path = PROTOCOL, mode: str = "full") -> dict:
+    """The protocol with `modes[mode]`'s overrides applied (dicts merged one level deep), plus `hash` (sha256 of the
+    file, first 16 hex digits) and `mode`."""
+    text = Path(path).read_text()
+    protocol = yaml.safe_load(text)
+    if mode not in protocol["modes"]:
+        raise SystemExit(f"{path}: no mode {mode!r}; modes: {sorted(protocol['modes'])}")
+    for key, value in (protocol["modes"][mode] or {}).items():
+        protocol[key] = {**protocol[key], **value} if isinstance(value, dict) and isinstance(protocol.get(key), dict) else value
+    protocol["hash"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    protocol["mode"] = mode
+    return protocol
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> tuple[str, bool]:
+    """(HEAD commit, whether tracked files differ from it)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "HEAD") or "unknown", bool(git("status", "--porcelain", "--untracked-files=no"))
+
+
+def provenance(protocol: dict, started: float | None = None) -> dict:
+    import torch
+
+    commit, dirty = git_commit()
+    now = datetime.now(timezone.utc)
+    return {
+        "protocol_version": protocol["protocol_version"],
+        "protocol_hash": protocol["hash"],
+        "commit": commit,
+        "dirty": dirty,
+        "cpu_model": cpu_model(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "started_utc": datetime.fromtimestamp(started, timezone.utc).isoformat() if started else now.isoformat(),
+        "finished_utc": now.isoformat(),
+    }
+
+
+def store_result(run_dir: Path, result: dict, predictions: dict[str, list[dict]]) -> Path:
+    """`run_dir/result.json` (which must hold `provenance`) and `run_dir/predictions/<benchmark>.jsonl.gz`."""
+    if "provenance" not in result:
+        raise ValueError(f"{run_dir}: a result without provenance is not stored")
+    folder = Path(run_dir) / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, records in predictions.items():
+        with gzip.open(folder / f"{name}.jsonl.gz", "wt", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+    path = Path(run_dir) / "result.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+def load_predictions(run_dir: Path, name: str) -> list[dict]:
+    with gzip.open(Path(run_dir) / "predictions" / f"{name}.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def load_results(out: Path) -> list[dict]:
+    results = []
+    for path in sorted(Path(out).glob("runs/*/result.json")):
+        result = json.loads(path.read_text())
+        result["_dir"] = str(path.parent)
+        results.append(result)
+    return results
+
+
+def check_provenance(results: list[dict], protocol: dict) -> None:
+    """Refuse a table that mixes commits, CPU models or protocol versions (or holds a result without provenance)."""
+    for key, label in (("commit", "commits"), ("cpu_model", "CPU models"), ("protocol_hash", "protocol hashes")):
+        values = {r.get("provenance", {}).get(key) for r in results}
+        if None in values:
+            missing = [r.get("run", r.get("_dir")) for r in results if r.get("provenance", {}).get(key) is None]
+            raise ProvenanceError(f"results without provenance {key!r}: {missing}")
+        if len(values) > 1:
+            raise ProvenanceError(f"refusing to mix {label} in one table: {sorted(values)}")
+    hashes = {r["provenance"]["protocol_hash"] for r in results}
+    if hashes and hashes != {protocol["hash"]}:
+        raise ProvenanceError(f"results are of protocol {sorted(hashes)}, this protocol is {protocol['hash']}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The regime's data: fine-grained questions scarce
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def is_fine_grained(question: str) -> bool:
+    text = question.replace("<image>", "").strip()
+    return text.startswith(FINE_GRAINED_PREFIXES)
+
+
+def scarce_fine_grained(records: list[dict], fraction: float, seed: int) -> list[dict]:
+    """LLaVA records with the fine-grained (question, answer) turns kept on `fraction` of the image records (drawn
+    with `seed`) and dropped from the others; a record left without a turn is dropped. Text-only records are kept
+    as they are. The `<image>` tag moves to the first remaining question."""
+    rng = random.Random(seed)
+    image_records = [i for i, r in enumerate(records) if r.get("image")]
+    keep = set(rng.sample(image_records, round(fraction * len(image_records))))
+    out = []
+    for index, record in enumerate(records):
+        if not record.get("image") or index in keep:
+            out.append(record)
+            continue
+        turns = record["conversations"]
+        pairs = [(turns[i], turns[i + 1]) for i in range(0, len(turns) - 1, 2)]
+        pairs = [(q, a) for q, a in pairs if not is_fine_grained(q["value"])]
+        if not pairs:
+            continue
+        conversations = [dict(t) for pair in pairs for t in pair]
+        if not conversations[0]["value"].startswith("<image>"):
+            conversations[0]["value"] = "<image>\n" + conversations[0]["value"].replace("<image>\n", "")
+        out.append({**record, "conversations": conversations})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Statistics and the verdict
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def welch_greater(a: list[float], b: list[float], delta: float = 0.0) -> float:
+    """One-sided Welch t-test p-value for mean(a) - mean(b) > delta."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    shifted = [x - delta for x in a]
+    if statistics.pstdev(shifted) == 0 and statistics.pstdev(b) == 0:
+        return 0.0 if statistics.mean(shifted) > statistics.mean(b) else 1.0
+    return float(stats.ttest_ind(shifted, b, equal_var=False, alternative="greater").pvalue)
+
+
+def chance_se(chance: float, n: int) -> float:
+    return math.sqrt(chance * (1 - chance) / max(1, n))
+
+
+def _by_arm(results: list[dict]) -> dict[str, list[dict]]:
+    arms: dict[str, list[dict]] = {}
+    for r in sorted(results, key=lambda r: (r["arm"], r["seed"])):
+        arms.setdefault(r["arm"], []).append(r)
+    return arms
+
+
+def _mean(values):
+    return statistics.mean(values) if values else float("nan")
+
+
+def verdict(protocol: dict, results: list[dict]) -> dict:
+    """The registered gates in order, then the verdict on the primary metric. Each result holds `arm`, `seed`,
+    `final` (benchmark -> {accuracy, chance, num_items, yes_ratio?, pair_accuracy?}, and `fine_grained_accuracy`),
+    `curve` (step -> fine_grained_accuracy), `check` (ross arms: the ROSS-active check, `passed`) and
+    `attention_mean`."""
+    try:
+        check_provenance(results, protocol)
+    except ProvenanceError as error:
+        return {"verdict": "refused", "reason": str(error)}
+    arms = _by_arm(results)
+    expected = {(arm, seed) for arm in protocol["arms"] for seed in protocol["seeds"]}
+    have = {(r["arm"], r["seed"]) for r in results}
+    if have != expected:
+        return {"verdict": "refused", "reason": f"missing runs: {sorted(expected - have)}; no table from a subset"}
+    primary = {arm: [r["final"]["fine_grained_accuracy"] for r in runs] for arm, runs in arms.items()}
+    out = {"primary": {arm: {"mean": _mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}
+                       for arm, v in primary.items()}}  # fmt: skip
+
+    active = [bool(r.get("check", {}).get("passed")) for r in arms["ross_d"]]
+    out["ross_active_runs"] = sum(active)
+    if sum(active) < protocol["ross_active"]["min_active_runs"]:
+        return {**out, "verdict": "ross_inactive",
+                "reason": f"{sum(active)} of {len(active)} ROSS^D runs pass the end-of-run check "
+                          f"(needs {protocol['ross_active']['min_active_runs']})"}  # fmt: skip
+
+    floors, base = protocol["competence"], arms["baseline"]
+    misses = []
+    yes = _mean([r["final"]["synthetic_pope"].get("yes_ratio", 1.0) for r in base])
+    if not yes < floors["pope_yes_ratio_max"]:
+        misses.append(f"POPE yes-ratio {yes:.3f} (needs < {floors['pope_yes_ratio_max']})")
+    pairs = _mean([r["final"]["synthetic_mmvp"].get("pair_accuracy", 0.0) for r in base])
+    if not pairs > floors["mmvp_pair_accuracy_min"]:
+        misses.append(f"MMVP pair accuracy {pairs:.3f} (needs > {floors['mmvp_pair_accuracy_min']})")
+    for name in protocol["fine_grained"]:
+        accuracy = _mean([r["final"][name]["accuracy"] for r in base])
+        chance, n = base[0]["final"][name]["chance"], base[0]["final"][name]["num_items"]
+        if not accuracy - chance > floors["above_chance_se"] * chance_se(chance, n):
+            misses.append(f"{name} {accuracy:.3f} not above chance {chance:.3f} by {floors['above_chance_se']} SE")
+    out["competence_misses"] = misses
+    if misses:
+        return {**out, "verdict": "uninformative", "reason": "the baseline misses its floors: " + "; ".join(misses)}
+
+    steps = sorted(protocol["curve_steps"], key=int)
+    if len(steps) > 1:
+        last = [_mean([r["curve"][str(s)] if str(s) in r["curve"] else r["curve"][s] for r in base]) for s in steps[-2:]]
+        out["baseline_last_curve_change"] = last[1] - last[0]
+        if abs(last[1] - last[0]) >= protocol["flat_tolerance"]:
+            return {**out, "verdict": "not_converged",
+                    "reason": f"baseline moved {last[1] - last[0]:+.3f} between steps {steps[-2]} and {steps[-1]}"}
+
+    alpha, sesoi = protocol["test"]["alpha"], protocol["test"]["sesoi"]
+    ross, control, baseline = primary["ross_d"], primary["ross_d_shuffled"], primary["baseline"]
+    tests = {
+        "ross_d_vs_baseline_p": welch_greater(ross, baseline),
+        "ross_d_vs_control_p": welch_greater(ross, control),
+        # H0: ross_d - control >= sesoi (rejected -> the effect of reconstruction is below the SESOI)
+        "control_effect_below_sesoi_p": welch_greater(control, ross, delta=-sesoi),
+        "ross_d_minus_control": _mean(ross) - _mean(control),
+        "ross_d_minus_baseline": _mean(ross) - _mean(baseline),
+    }
+    out["tests"] = tests
+    attention = {arm: [r.get("attention_mean") for r in runs] for arm, runs in arms.items()}
+    if all(v is not None for values in attention.values() for v in values):
+        out["attention_per_run_p_two_sided"] = float(stats.ttest_ind(attention["ross_d"], attention["baseline"],
+                                                                    equal_var=False).pvalue)  # fmt: skip
+    if (tests["ross_d_vs_baseline_p"] < alpha and tests["ross_d_vs_control_p"] < alpha
+            and tests["ross_d_minus_control"] >= sesoi):  # fmt: skip
+        return {**out, "verdict": "positive"}
+    if tests["control_effect_below_sesoi_p"] < alpha:
+        return {**out, "verdict": "null"}
+    return {**out, "verdict": "inconclusive"}
+
+
+def markdown(protocol: dict, result: dict) -> str:
+    lines = [f"# Evidence v3 ({protocol['mode']} mode), protocol {protocol['hash']}", "",
+             f"**Verdict: {result['verdict']}**" + (f": {result['reason']}" if result.get("reason") else ""), ""]  # fmt: skip
+    if "primary" in result:
+        lines += ["| arm | fine-grained (primary), mean +/- seed std | seeds |", "|---|---|---|"]
+        for arm, row in result["primary"].items():
+            lines.append(f"| {arm} | {row['mean']:.3f} +/- {row['std']:.3f} | {len(row['values'])} |")
+    if "tests" in result:
+        t = result["tests"]
+        lines += ["", f"ROSS^D - baseline {t['ross_d_minus_baseline']:+.3f} (one-sided Welch p = "
+                  f"{t['ross_d_vs_baseline_p']:.3g}); ROSS^D - matched control {t['ross_d_minus_control']:+.3f} "
+                  f"(p = {t['ross_d_vs_control_p']:.3g}); effect below SESOI p = {t['control_effect_below_sesoi_p']:.3g}"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def report(protocol: dict, out: Path) -> dict:
+    results = load_results(out)
+    result = verdict(protocol, results)
+    if results and result["verdict"] != "refused":
+        result["provenance"] = {k: results[0]["provenance"][k] for k in ("commit", "cpu_model", "protocol_hash")}
+    (Path(out) / f"evidence_v3_{protocol['mode']}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (Path(out) / f"evidence_v3_{protocol['mode']}.md").write_text(markdown(protocol, result))
+    print(markdown(protocol, result))
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", default="full")
+    parser.add_argument("--protocol", type=Path, default=PROTOCOL)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "evidence_v3")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    protocol = load_protocol(args.protocol, args.mode)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        print(
+            "evidence_v3: training is not implemented yet: the shared LLM's text pretraining (`text_pretraining` "
+            "of the protocol) does not exist; see the module docstring. Use --report-only on stored results.",
+            file=sys.stderr,
+        )
+        return 2
+    result = report(protocol, args.out)
+    return 0 if result["verdict"] != "refused" else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
