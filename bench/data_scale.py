@@ -21,6 +21,10 @@ main process + `--workers` DataLoader workers (fork) at the start and at the end
 with images decoded, no collation), and its growth. A linear fit `a + b N` of each per-start figure extrapolates to
 665K and 3.2M records (shown with its coefficients). Timings on a shared machine are noisy: say so next to them.
 
+`--collator N`: also the training collator's rate on N samples of the same records with 384 px images (batches of
+8, samples per CPU second of this process), today's collator next to the same collator with the chat template
+called with `return_tensors="pt"` (the collator before this change; its batches are equal: tests/test_scale.py).
+
 Writes `data_scale.json` and `data_scale.md` under `--out`.
 """
 
@@ -201,6 +205,45 @@ def run_one(arm: str, data: str, components: str, cache: str, workers: int, num_
     return out
 
 
+def collator_rate(components: Path, work: Path, n: int) -> dict:
+    """Samples per CPU second of `RossDataCollator` (batches of 8, 384 px noise images), now and with tensors out of
+    the chat template (the previous collator)."""
+    import torch
+    from PIL import Image
+
+    from modeling_ross import RossProcessor
+    from ross.train.collator import RossDataCollator
+    from ross.train.dataset import load_training_dataset
+
+    processor = RossProcessor.from_components(f"{components}/siglip-tiny", f"{components}/qwen2-tiny")
+    data = write_records(work / "collator", n)
+    for k in range(IMAGES):  # 384 px images, as the processor's input size
+        Image.fromarray(torch.randint(0, 256, (384, 384, 3), dtype=torch.uint8).numpy()).save(
+            work / "collator" / "images" / f"{k}.png"
+        )
+    dataset = load_training_dataset(str(data), cache_dir=work / "collator" / "cache")
+    items = [dataset[i] for i in range(n)]
+
+    class WithTensors(RossDataCollator):
+        def _tokenize(self, messages, images, processor=None):
+            if (processor is not None and processor is not self.processor) or self.masking != "generation":
+                return super()._tokenize(messages, images, processor)
+            out = self.processor.apply_chat_template(
+                [messages], tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt",
+                processor_kwargs={"images": [images]} if images else {},
+            )  # fmt: skip
+            return out, out["assistant_masks"][0].bool()
+
+    rates = {}
+    for name, cls in (("now", RossDataCollator), ("return_tensors_pt", WithTensors)):
+        collator = cls(processor, max_length=100_000)
+        start = time.process_time()
+        for i in range(0, n, 8):
+            collator(copy.deepcopy(items[i : i + 8]))
+        rates[name] = n / (time.process_time() - start)
+    return rates
+
+
 # ---- the driver ----------------------------------------------------------------------------------------------------
 def _fit(xs, ys):
     """Least-squares `a + b x`."""
@@ -217,6 +260,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--no-epoch", action="store_true", help="skip the DataLoader epoch (PSS) part")
+    parser.add_argument("--collator", type=int, default=0, help="also measure the collator on this many samples")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/data_scale"))
     parser.add_argument("--machine", default=None, help="named in the report (default: the CPU model)")
     parser.add_argument("--_run", nargs=6, help=argparse.SUPPRESS)
@@ -231,8 +275,11 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="ross-data-scale-"))
     components = work / "components"
     write_tiny_components(components, vision_kwargs=dict(image_size=384, patch_size=14))
-    rows = []
+    rows, rates = [], None
     try:
+        if args.collator:
+            rates = collator_rate(components, work, args.collator)
+            print(json.dumps({"collator_samples_per_cpu_s": rates}), flush=True)
         for n in args.sizes:
             data = write_records(work / f"n{n}", n)
             for arm in ("ross", "authors"):
@@ -251,7 +298,7 @@ def main(argv=None):
             shutil.rmtree(work / f"n{n}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(rows, args)
+    report(rows, args, rates)
 
 
 def _cpu_model() -> str:
@@ -262,7 +309,7 @@ def _cpu_model() -> str:
         return "unknown CPU"
 
 
-def report(rows, args):
+def report(rows, args, rates=None):
     from _common import write_outputs
 
     machine = args.machine or f"{_cpu_model()}, {os.cpu_count()} cores"
@@ -300,8 +347,13 @@ def report(rows, args):
             fits[f"{arm}/{start}/{figure}"] = {"a": a, "b": b, "665K": a + b * 665_000, "3.2M": a + b * 3_200_000}
             lines.append(f"| {arm} | {start} | {figure} | {a:.3g} | {b:.3g} | {a + b * 665_000:,.1f} | "
                          f"{a + b * 3_200_000:,.1f} |")  # fmt: skip
+    if rates:
+        lines += ["", f"Training collator, {args.collator} samples with 384 px images, batches of 8: "
+                  f"{rates['now']:.0f} samples per CPU second (with `return_tensors=\"pt\"` in the chat template, "
+                  f"the previous collator: {rates['return_tensors_pt']:.0f})."]  # fmt: skip
     lines.append("")
-    write_outputs(args.out, "data_scale", {"machine": machine, "rows": rows, "fits": fits}, "\n".join(lines) + "\n")
+    payload = {"machine": machine, "rows": rows, "fits": fits, "collator_samples_per_cpu_s": rates}
+    write_outputs(args.out, "data_scale", payload, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
