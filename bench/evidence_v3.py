@@ -30,6 +30,7 @@ import json
 import math
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -350,12 +351,10 @@ def seed_data(out: Path, protocol: dict, seed: int) -> tuple[Path, dict]:
 
 def text_records(protocol: dict, seed: int) -> list[dict]:
     """Text-only chat records: a scene written out, then the questions' turns about it (their own seed stream)."""
-    from ross.synthetic.world import caption, make_rng
+    from ross.synthetic.world import caption, make_rng, make_scene
     from ross.train.synthetic import _sft_turns
 
     rng = make_rng(seed, "evidence_v3:text")
-    from ross.synthetic.world import make_scene
-
     records = []
     for i in range(protocol["text_pretraining"]["scenes"]):
         scene = make_scene(rng, size=48)
@@ -371,9 +370,6 @@ def text_records(protocol: dict, seed: int) -> list[dict]:
 def pretrain_llm(out: Path, protocol: dict, seed: int, paths: dict, manifest: dict) -> str:
     """Text-pretrain the components' LLM (objective none, text-only records) once per seed; returns the folder of
     the pretrained LLM as a plain `Qwen2ForCausalLM` (tokenizer files copied from the original)."""
-    import shutil
-
-    import torch
     from transformers import AutoModelForCausalLM
 
     from modeling_ross import RossForConditionalGeneration
@@ -404,7 +400,6 @@ def pretrain_llm(out: Path, protocol: dict, seed: int, paths: dict, manifest: di
     shutil.rmtree(folder / "run" / "model")
     (folder / "pretrained.json").write_text(json.dumps({"final_text_loss": summary.get("final_text_loss"),
                                                         "steps": t["steps"]}) + "\n")  # fmt: skip
-    del torch
     return str(folder / "model")
 
 
@@ -461,9 +456,7 @@ def run_one(arm: str, seed: int, out: Path, protocol: dict, device: str = "cpu")
         name: [json.loads(line) for line in (last / name / "predictions.jsonl").read_text().splitlines()]
         for name in data["benchmarks"]
     }
-    for checkpoint in (run_dir / "stage2").glob("checkpoint-*"):
-        import shutil
-
+    for checkpoint in (run_dir / "stage2").glob("checkpoint-*"):  # evaluated: the curve keeps what they showed
         shutil.rmtree(checkpoint)
     result["provenance"] = provenance(protocol, started)
     store_result(run_dir, result, predictions)
