@@ -143,7 +143,7 @@ def test_smoke_setting_trains_every_run_and_reports(tmp_path):
     for r in results:
         assert r["provenance"]["cpu_model"] and len(r["provenance"]["commit"]) == 40
         assert set(r["curve"]) == {"2"} and 0 <= r["final"]["fine_grained_accuracy"] <= 1
-        assert len(ev.load_predictions(r["_dir"], "synthetic_pope")) == 8
+        assert len(ev.load_predictions(r["_dir"], "synthetic_pope")) == r["final"]["synthetic_pope"]["num_items"] > 0
         assert ("check" in r) == (r["arm"] != "baseline")
     assert (tmp_path / "llm" / "s0" / "pretrained.json").is_file()
     report = (tmp_path / "evidence_v3_smoke.md").read_text()
