@@ -67,8 +67,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--heldout", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--draws", type=int, default=None, help="noise draws per image (default: the model's)")
     args = parser.parse_args(argv)
     model = RossForConditionalGeneration.from_pretrained(args.model, load_objective=True).eval()
+    if args.draws is not None:
+        model.config.objective_config.num_noise_draws = args.draws
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     size = 48
     train = [image for _, image in iter_scenes(args.images, seed=5, size=size, stream="bench:denoiser_condition")]

@@ -12,9 +12,12 @@ What is implemented and tested (`tests/test_evidence_v3.py`):
 - the stage-2 data of the protocol's regime: fine-grained questions kept on `fine_grained_fraction` of the images
   (`scarce_fine_grained`), data and benchmark items drawn per seed.
 
-NOT implemented yet (issue 22; said here so that nobody mistakes the harness for complete): the text pretraining of
-the shared LLM (`text_pretraining`); `--mode full` and `--mode smoke` training stop with a clear error at that step
-until it exists. The report and its gates work on any stored results.
+Training (`run_one`): per seed, components fitted with that seed, data and benchmark items drawn with it, the LLM
+text-pretrained once (`pretrain_llm`: text renderings of scenes with the questions' turns, objective none, the LLM
+exported as a plain Qwen2 folder that replaces the components' `qwen2-tiny`), then each arm's two stages
+(`bench/ablation.py`'s `train_run`), evaluation at the curve steps, the ROSS-active check (`make demo`'s), the
+attention per run and the compressed predictions. Only the smoke mode has been run (its test is marked slow); the
+full table has not.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import importlib.util
 import json
 import math
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -312,22 +318,165 @@ def report(protocol: dict, out: Path) -> dict:
     return result
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Training (per seed: components, data, text-pretrained LLM; per arm: two stages, evaluation, check)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def seed_data(out: Path, protocol: dict, seed: int) -> tuple[Path, dict]:
+    """Training data drawn with `seed`, fine-grained turns made scarce in stage 2, benchmarks drawn with 1000 + seed."""
+    from ross.eval.synthetic import BENCHMARKS, write_benchmarks
+    from ross.train.synthetic import write_llava_dataset
+
+    root = Path(out) / "data" / f"s{seed}"
+    manifest_file = root / "data.json"
+    if manifest_file.is_file():
+        return root, json.loads(manifest_file.read_text())
+    d, train = protocol["data"], root / "train"
+    plain = write_llava_dataset(str(train), d["plain_images"], seed=seed, size=48, stage="plain")
+    sft = write_llava_dataset(str(train), d["sft_images"], seed=seed, size=48, stage="sft")
+    records = scarce_fine_grained(json.loads(Path(sft).read_text()), d["fine_grained_fraction"], seed)
+    scarce = train / "synthetic_sft_scarce.json"
+    scarce.write_text(json.dumps(records))
+    benchmarks = write_benchmarks(str(root / "benchmarks"), protocol["benchmark_items"], seed=1000 + seed,
+                                  size=48, names=BENCHMARKS)  # fmt: skip
+    manifest = {
+        "key": f"s{seed}", "image_folder": "train",
+        "stage1_data": str(Path(plain).relative_to(root)), "stage2_data": str(scarce.relative_to(root)),
+        "benchmarks": {name: str(Path(path).relative_to(root)) for name, path in benchmarks.items()},
+    }  # fmt: skip
+    manifest_file.write_text(json.dumps(manifest, indent=1))
+    return root, manifest
+
+
+def text_records(protocol: dict, seed: int) -> list[dict]:
+    """Text-only chat records: a scene written out, then the questions' turns about it (their own seed stream)."""
+    from ross.synthetic.world import caption, make_rng, make_scene
+    from ross.train.synthetic import _sft_turns
+
+    rng = make_rng(seed, "evidence_v3:text")
+    records = []
+    for i in range(protocol["text_pretraining"]["scenes"]):
+        scene = make_scene(rng, size=48)
+        turns = _sft_turns(scene, rng)
+        conversations = []
+        for j, (question, answer) in enumerate(turns):
+            text = f"Scene: {caption(scene)}\n{question}" if j == 0 else question
+            conversations += [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]
+        records.append({"id": f"text_{seed}_{i:06d}", "conversations": conversations})
+    return records
+
+
+def pretrain_llm(out: Path, protocol: dict, seed: int, paths: dict, manifest: dict) -> str:
+    """Text-pretrain the components' LLM (objective none, text-only records) once per seed; returns the folder of
+    the pretrained LLM as a plain `Qwen2ForCausalLM` (tokenizer files copied from the original)."""
+    from transformers import AutoModelForCausalLM
+
+    from modeling_ross import RossForConditionalGeneration
+    from ross.train.demo import StageSettings, run_stage
+
+    folder = Path(out) / "llm" / f"s{seed}"
+    if (folder / "pretrained.json").is_file():
+        return str(folder / "model")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    data = folder / "text.json"
+    data.write_text(json.dumps(text_records(protocol, seed)))
+    t = protocol["text_pretraining"]
+    stage = StageSettings(max_steps=t["steps"], batch_size=t["batch_size"], learning_rate=t["learning_rate"])
+    log(f"s{seed}: text pretraining of the LLM ({t['steps']} steps on {t['scenes']} scenes)")
+    summary = run_stage(2, folder / "run", {
+        "prepare_tiny": "null", **paths, "objective": "none", "data_path": str(data), "image_folder": str(folder),
+        "output_dir": str(folder / "run"), "seed": seed, "disable_tqdm": "true", "dataloader_num_workers": 0,
+        "logging_steps": max(1, min(10, t["steps"] // 20)), **stage.overrides(),
+    }, folder / "run" / "train.log")  # fmt: skip
+    ross = RossForConditionalGeneration.from_pretrained(folder / "run" / "model")
+    original = Path(paths["language_model"])
+    llm = AutoModelForCausalLM.from_pretrained(original)
+    llm.model.load_state_dict(ross.language_model.state_dict())
+    llm.lm_head.load_state_dict(ross.lm_head.state_dict())
+    shutil.copytree(original, folder / "model", ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    llm.save_pretrained(folder / "model")
+    shutil.rmtree(folder / "run" / "model")
+    (folder / "pretrained.json").write_text(json.dumps({"final_text_loss": summary.get("final_text_loss"),
+                                                        "steps": t["steps"]}) + "\n")  # fmt: skip
+    return str(folder / "model")
+
+
+def _ablation():
+    spec = importlib.util.spec_from_file_location("ross_bench_ablation", REPO_ROOT / "bench" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("ross_bench_ablation", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_one(arm: str, seed: int, out: Path, protocol: dict, device: str = "cpu") -> dict:
+    """Train, evaluate and store one (arm, seed) run with provenance and compressed predictions."""
+    from ross.train.demo import DemoSettings, save_reconstructions
+    from ross.train.pretrain_components import ComponentSettings, component_paths, prepare_components
+
+    ablation = _ablation()
+    started = time.time()
+    run_dir = Path(out) / "runs" / f"{arm}-s{seed}"
+    if (run_dir / "result.json").is_file():
+        result = json.loads((run_dir / "result.json").read_text())
+        if result.get("provenance", {}).get("protocol_hash") == protocol["hash"]:
+            log(f"{arm}-s{seed}: done earlier, reusing it")
+            return result
+    components_root = Path(out) / "components"
+    manifest = prepare_components(components_root, ComponentSettings(**protocol["components"], seed=seed), log=log)
+    paths = component_paths(components_root, manifest)
+    paths["language_model"] = pretrain_llm(out, protocol, seed, paths, manifest)
+    data_root, data = seed_data(out, protocol, seed)
+    spec = protocol["arms"][arm]
+    arm_protocol = {**protocol, "latent_cache": True, "arms": {arm: {
+        "objective": spec["objective"], "target": spec.get("target", "vae"),
+        "model_overrides": {k: v for k, v in spec.items() if k not in ("objective", "target")}}}}  # fmt: skip
+    log(f"{arm}-s{seed}: training ({protocol['stage2']['max_steps']} stage-2 steps)")
+    training = ablation.train_run(arm, seed, paths, manifest, data_root, data, run_dir, arm_protocol, device)
+    curve, final = {}, None
+    for step in protocol["curve_steps"]:
+        folder = run_dir / "stage2" / f"checkpoint-{step}"
+        final = ablation.evaluate_folder(folder, data_root, data, run_dir / "eval" / f"step{step}", arm_protocol,
+                                         device)  # fmt: skip
+        curve[str(step)] = final["fine_grained_accuracy"]
+    model_dir = run_dir / "stage2" / "model"
+    result = {"run": f"{arm}-s{seed}", "arm": arm, "seed": seed, "final": final, "curve": curve,
+              "training": training}  # fmt: skip
+    if spec["objective"] != "none":
+        settings = DemoSettings(check_loss_margin=protocol["ross_active"]["loss_margin"],
+                                check_psnr_margin_db=protocol["ross_active"]["psnr_margin_db"])  # fmt: skip
+        result["check"] = save_reconstructions(model_dir, data_root, data, run_dir / "reconstructions.png",
+                                               settings)["check"]  # fmt: skip
+    scores = ablation.attention_scores(model_dir, data_root, data, arm_protocol, device)
+    result["attention_mean"] = statistics.mean(scores) if scores else None
+    last = run_dir / "eval" / f"step{protocol['curve_steps'][-1]}"
+    predictions = {
+        name: [json.loads(line) for line in (last / name / "predictions.jsonl").read_text().splitlines()]
+        for name in data["benchmarks"]
+    }
+    for checkpoint in (run_dir / "stage2").glob("checkpoint-*"):  # evaluated: the curve keeps what they showed
+        shutil.rmtree(checkpoint)
+    result["provenance"] = provenance(protocol, started)
+    store_result(run_dir, result, predictions)
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", default="full")
     parser.add_argument("--protocol", type=Path, default=PROTOCOL)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "evidence_v3")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     protocol = load_protocol(args.protocol, args.mode)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        print(
-            "evidence_v3: training is not implemented yet: the shared LLM's text pretraining (`text_pretraining` "
-            "of the protocol) does not exist; see the module docstring. Use --report-only on stored results.",
-            file=sys.stderr,
-        )
-        return 2
+        for seed in protocol["seeds"]:
+            for arm in protocol["arms"]:
+                run_one(arm, seed, args.out, protocol, args.device)
     result = report(protocol, args.out)
     return 0 if result["verdict"] != "refused" else 2
 
