@@ -477,6 +477,21 @@ def test_sft_names_a_model_folder_without_weights(tmp_path, tiny_components):
     assert f"model_name_or_path: model folder {folder} has no weights" in str(info.value)
 
 
+def test_sft_model_path_errors_are_one_line(tiny_root, tmp_path, capsys):
+    from ross.train.sft import cli
+
+    folder = tmp_path / "stage1" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(GOOD))
+    argv = _sft_argv(tiny_root, data, tmp_path / "out")
+    assert cli([*argv, "--model_name_or_path", str(folder)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (f"error: Cannot load the run's models: model_name_or_path: model folder {folder} has no weights "
+                    "(model.safetensors or model.safetensors.index.json)")
+
+
 def test_eval_run_names_a_model_folder_without_weights(tmp_path, pope_dir, capsys):
     folder = tmp_path / "model"
     folder.mkdir()

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from ross.model_cards.publish import push_from_trainer
+from ross.eval.generation import ModelPathError
 from ross.train.build import build_model_and_processor, prepare_tiny_run
 from ross.train.callbacks import (
     BenchmarkEvalCallback,
@@ -300,9 +301,9 @@ def changed_summary(dataset) -> dict:
     return {rule: count for rule, count in sorted(changed.items()) if count}
 
 
-# Bad input found before or during training (a data file that is not JSON, a sample that cannot be trained on in
-# error mode): one line naming the file (and the sample), status 2, no traceback.
-INPUT_ERRORS = (DataFileError, BadSampleError)
+# Bad input found before or during training (a model path that is no model, a data file that is not JSON, a sample
+# that cannot be trained on in error mode): one line naming the file (and the sample), status 2, no traceback.
+INPUT_ERRORS = (ModelPathError, DataFileError, BadSampleError)
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -312,7 +313,8 @@ def cli(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as error:
         for bar in list(getattr(tqdm, "_instances", ())):  # a progress bar left open: the error starts its own line
             bar.close()
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        first, *rest = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        print(f"error: {first} {'; '.join(rest)}".rstrip(), file=sys.stderr, flush=True)
         return 2
     return 0
 
