@@ -19,7 +19,7 @@ single-channel map in millimetres (a 16-bit PNG) is turned into 3 channels by th
 panel shows the RGB image's.
 
 An upload that cannot be decoded (corrupt, truncated, empty, not an image, a decompression bomb) is a message in the
-page naming the file and the problem (`UploadImage`); a `--model` folder that does not exist or holds no weights is
+page naming the file and the problem (`upload_image`); a `--model` folder that does not exist or holds no weights is
 one `error: ...` line and status 2.
 """
 
@@ -176,16 +176,17 @@ def upload_problem(error: Exception) -> str:
     return f"it cannot be decoded ({type(error).__name__}: {error})"
 
 
-class UploadImage(gr.Image):
-    """`gr.Image` that decodes each upload fully while reading it, so that a file Gradio or PIL cannot decode
+def upload_image(**kwargs) -> gr.Image:
+    """`gr.Image(**kwargs)` that decodes each upload fully while reading it, so that a file Gradio or PIL cannot decode
     (corrupt, truncated, empty, not an image, a decompression bomb) is a message in the page naming the file and the
-    problem (`gr.Error`), not a server traceback."""
+    problem (`gr.Error`), not a server traceback. (The component's own `preprocess` is wrapped: a subclass of a Gradio
+    component would make Gradio write a `.pyi` stub next to this file.)"""
+    component = gr.Image(**kwargs)
+    read = component.preprocess
 
-    is_template = True  # Gradio's template mechanism: the page renders it with gr.Image's own frontend
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            image = super().preprocess(payload)
+            image = read(payload)
             if isinstance(image, Image.Image):
                 image.load()  # a truncated file would otherwise fail later, deep in the processor
             return image
@@ -193,7 +194,10 @@ class UploadImage(gr.Image):
             raise
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
             name = getattr(payload, "orig_name", None) or "the uploaded file"
-            raise gr.Error(f"{self.label}: cannot use {name}: {upload_problem(error)}.") from error
+            raise gr.Error(f"{component.label}: cannot use {name}: {upload_problem(error)}.") from error
+
+    component.preprocess = preprocess
+    return component
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -354,7 +358,7 @@ def build_demo(loaded: LoadedModel) -> gr.Blocks:
                     # image_mode=None: the upload reaches the processor in its own mode (16-bit, palette, alpha,
                     # CMYK), so the model's RGB conversion, the one training uses, sees the original pixels; Gradio's
                     # default "RGB" would convert first (a 16-bit grayscale photo arrives almost white).
-                    image = UploadImage(
+                    image = upload_image(
                         label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"], height=280,
                         elem_id="input-image",
                     )
@@ -364,7 +368,7 @@ def build_demo(loaded: LoadedModel) -> gr.Blocks:
                     )  # fmt: skip
                 reconstruction_info = gr.Markdown(reconstruct(loaded, None)[1], elem_id="reconstruction-info")
                 # Optional second image (SpatialBot's RGB-D layout): image_mode=None keeps a 16-bit depth PNG 16-bit.
-                depth = UploadImage(
+                depth = upload_image(
                     label="Depth map (optional, millimetres, e.g. a 16-bit PNG)", type="pil", image_mode=None,
                     sources=["upload", "clipboard"], height=140, elem_id="input-depth",
                 )  # fmt: skip

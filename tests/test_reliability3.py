@@ -477,6 +477,21 @@ def test_sft_names_a_model_folder_without_weights(tmp_path, tiny_components):
     assert f"model_name_or_path: model folder {folder} has no weights" in str(info.value)
 
 
+def test_sft_model_path_errors_are_one_line(tiny_root, tmp_path, capsys):
+    from ross.train.sft import cli
+
+    folder = tmp_path / "stage1" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(GOOD))
+    argv = _sft_argv(tiny_root, data, tmp_path / "out")
+    assert cli([*argv, "--model_name_or_path", str(folder)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (f"error: Cannot load the run's models: model_name_or_path: model folder {folder} has no weights "
+                    "(model.safetensors or model.safetensors.index.json)")
+
+
 def test_eval_run_names_a_model_folder_without_weights(tmp_path, pope_dir, capsys):
     folder = tmp_path / "model"
     folder.mkdir()
@@ -525,8 +540,8 @@ def test_space_undecodable_uploads_are_a_message_in_the_page(tmp_path, monkeypat
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 56 x 40 > 2 x 1000: PIL's DecompressionBombError
     path = tmp_path / name
     path.write_bytes(payload)
-    component = app.UploadImage(label="Image", type="pil", image_mode=None)
-    assert component.get_block_name() == "image"  # rendered by gr.Image's own frontend
+    component = app.upload_image(label="Image", type="pil", image_mode=None)
+    assert type(component) is gr.Image  # rendered by gr.Image's own frontend
     with pytest.raises(gr.Error) as info:
         component.preprocess(FileData(path=str(path), orig_name=name))
     message = info.value.message
@@ -539,7 +554,7 @@ def test_space_decodes_good_uploads_as_gr_image_does(tmp_path):
     app = _app()
     path = tmp_path / "ok.jpg"
     path.write_bytes(_jpeg())
-    image = app.UploadImage(label="Image", type="pil", image_mode=None).preprocess(FileData(path=str(path)))
+    image = app.upload_image(label="Image", type="pil", image_mode=None).preprocess(FileData(path=str(path)))
     reference = app.gr.Image(type="pil", image_mode=None).preprocess(FileData(path=str(path)))
     assert np.array_equal(np.asarray(image), np.asarray(reference))
 

@@ -20,7 +20,7 @@ from transformers.integrations.deepspeed import (
 
 from modeling_ross import RossForConditionalGeneration, RossProcessor, from_components
 from modeling_ross.testing import write_tiny_components
-from ross.eval.generation import model_path_problem
+from ross.eval.generation import ModelPathError, model_path_problem
 from ross.train.config import RossRunConfig, looks_like_hub_id
 from ross.train.synthetic import write_llava_dataset
 
@@ -91,7 +91,7 @@ def check_model_sources(run_config: RossRunConfig) -> None:
                     "offline mode is on (HF_HUB_OFFLINE=1): download it first or unset HF_HUB_OFFLINE"
                 )
     if problems:
-        raise ValueError("Cannot load the run's models:\n  " + "\n  ".join(problems))
+        raise ModelPathError("Cannot load the run's models:\n  " + "\n  ".join(problems))
 
 
 def _build_model_and_processor(run_config: RossRunConfig):

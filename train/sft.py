@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from ross.model_cards.publish import push_from_trainer
+from ross.eval.generation import ModelPathError
 from ross.train.build import build_model_and_processor, prepare_tiny_run
 from ross.train.callbacks import (
     BenchmarkEvalCallback,
@@ -40,7 +41,7 @@ from ross.train.callbacks import (
     ReconstructionPreviewCallback,
     preview_images_from_dataset,
 )
-from ross.train.config import ConfigError, build_parser, make_run_config, parse_overrides, read_config, resolve_path
+from ross.train.config import ConfigError, build_parser, make_run_config, parse_overrides, read_config
 from ross.train.collator import RossDataCollator
 from ross.train.dataset import load_training_dataset, skipped_summary
 from ross.train.latent_cache import LatentCache, build_latent_cache
@@ -57,11 +58,11 @@ def load_data(run_config, processor, collator=None):
     open it. With the run's collator, the length pre-pass (`train/lengths.py`) runs next on every rank, each measuring
     its share: samples too long for `model_max_length` are an error listing them all, or with `on_bad_sample: skip`
     are left out, before step 1."""
-    cache_dir = resolve_path(run_config.length_cache_dir)
+    cache_dir = run_config.length_cache_dir  # paths were resolved when the config was loaded
     with run_config.main_process_first(local=True, desc="parsing the training data"):
         dataset = load_training_dataset(
-            resolve_path(run_config.data_path),
-            image_folder=resolve_path(run_config.image_folder),
+            run_config.data_path,
+            image_folder=run_config.image_folder,
             on_bad_sample=run_config.on_bad_sample,
             image_seq_length=processor.image_seq_length,
             image_placement=run_config.image_placement,
@@ -326,10 +327,10 @@ def changed_summary(dataset) -> dict:
     return {rule: count for rule, count in sorted(changed.items()) if count}
 
 
-# Bad input found before or during training (a config that does not parse or check, a data file that is not JSON, a
-# sample that cannot be trained on in error mode): one line naming the file (and the key or sample), status 2, no
-# traceback.
-INPUT_ERRORS = (ConfigError, DataFileError, BadSampleError)
+# Bad input found before or during training (a config that does not parse or check, a model path that is no model, a
+# data file that is not JSON, a sample that cannot be trained on in error mode): one line naming the file (and the key
+# or sample), status 2, no traceback.
+INPUT_ERRORS = (ConfigError, ModelPathError, DataFileError, BadSampleError)
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -339,7 +340,8 @@ def cli(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as error:
         for bar in list(getattr(tqdm, "_instances", ())):  # a progress bar left open: the error starts its own line
             bar.close()
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        first, *rest = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        print(f"error: {first} {'; '.join(rest)}".rstrip(), file=sys.stderr, flush=True)
         return 2
     return 0
 
