@@ -239,3 +239,14 @@ def test_checkpoint_processor_gets_the_runs_aspect_ratio_at_construction(tmp_pat
     run, _ = load_config(None, values)
     _, processor = build_model_and_processor(run)
     assert processor.image_aspect_ratio == "resize"
+
+
+# ---- packing is a run key ----
+def test_padding_free_run_key_builds_a_packing_collator(tmp_path, tiny_processor):
+    from ross.train.sft import make_collator
+
+    run_config, _ = load_config(str(_write(tmp_path, BASE + "padding_free: true\npack_max_tokens: 512\n")), {})
+    collator = make_collator(run_config, tiny_processor)
+    assert collator.padding_free and collator.pack_max_tokens == 512
+    run_config, _ = load_config(str(_write(tmp_path, BASE, "plain.yaml")), {})
+    assert not make_collator(run_config, tiny_processor).padding_free

@@ -132,6 +132,13 @@ class RossRunConfig(RossTrainingArguments):
         "Batch grouping: random (None), by length, or by modality and length (LLaVA's).", default=None
     )
     max_train_samples: int | None = _help("Train on the first N samples only.", default=None)
+    padding_free: bool = _help(
+        "Pack each batch's samples into rows (position ids restart per sample, no padding; docs/training.md).",
+        default=False,
+    )
+    pack_max_tokens: int | None = _help(
+        "With padding_free: tokens per packed row (default: the batch's longest sample).", default=None
+    )
     # ---- latent cache of the teacher's outputs (train/latent_cache.py) ----
     latent_cache_dir: str | None = _help(
         "Read cached teacher targets from here (default: run the teacher every step).", default=None

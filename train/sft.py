@@ -111,6 +111,8 @@ def make_collator(run_config, processor, latent_cache=None) -> RossDataCollator:
         format=run_config.data_format,
         on_bad_sample=run_config.on_bad_sample,
         latent_cache=latent_cache,
+        padding_free=run_config.padding_free,
+        pack_max_tokens=run_config.pack_max_tokens,
     )
 
 
