@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import torch
@@ -26,6 +27,16 @@ def synchronize(device) -> None:
     """Wait for queued CUDA work, so a timer measures it (a no-op on the CPU)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit, with `+dirty` when tracked files differ from it (a stored result names it)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                              text=True).stdout.strip()  # fmt: skip
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def write_outputs(out: Path, stem: str, payload: dict, report: str) -> None:

@@ -310,12 +310,13 @@ def _cpu_model() -> str:
 
 
 def report(rows, args, rates=None):
-    from _common import write_outputs
+    from _common import git_commit, write_outputs
 
     machine = args.machine or f"{_cpu_model()}, {os.cpu_count()} cores"
+    commit = git_commit()
     columns = ["parse_cpu_s", "prepass_s", "prepass_cpu_s", "records_mb", "peak_rss_mb", "cache_mb"]
     lines = [
-        f"# Data path at scale ({machine})", "",
+        f"# Data path at scale ({machine}, commit {commit})", "",
         f"`python bench/data_scale.py --sizes {' '.join(map(str, args.sizes))} --workers {args.workers} "
         f"--num-proc {args.num_proc}`", "",
         "| records | arm | start | parse (s) | parse CPU (s) | pre-pass (s) | pre-pass CPU (s) | CPU ms / record | "
@@ -352,7 +353,7 @@ def report(rows, args, rates=None):
                   f"{rates['now']:.0f} samples per CPU second (with `return_tensors=\"pt\"` in the chat template, "
                   f"the previous collator: {rates['return_tensors_pt']:.0f})."]  # fmt: skip
     lines.append("")
-    payload = {"machine": machine, "rows": rows, "fits": fits, "collator_samples_per_cpu_s": rates}
+    payload = {"machine": machine, "commit": commit, "rows": rows, "fits": fits, "collator_samples_per_cpu_s": rates}
     write_outputs(args.out, "data_scale", payload, "\n".join(lines) + "\n")
 
 
