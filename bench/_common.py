@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 from pathlib import Path
 
@@ -29,14 +30,24 @@ def synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
-def git_commit() -> str:
-    """The repository's HEAD commit, with `+dirty` when tracked files differ from it (a stored result names it)."""
+def cpu_model() -> str:
+    """The CPU's model name (a stored result names it: results are bit-exact only on the same kind of CPU)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> tuple[str, bool]:
+    """(the repository's HEAD commit, whether tracked files differ from it): a stored result names them."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                               text=True).stdout.strip()  # fmt: skip
 
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return git("rev-parse", "HEAD") or "unknown", bool(git("status", "--porcelain", "--untracked-files=no"))
 
 
 def write_outputs(out: Path, stem: str, payload: dict, report: str) -> None:

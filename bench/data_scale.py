@@ -301,19 +301,12 @@ def main(argv=None):
     report(rows, args, rates)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
-
-
 def report(rows, args, rates=None):
-    from _common import git_commit, write_outputs
+    from _common import cpu_model, git_commit, write_outputs
 
-    machine = args.machine or f"{_cpu_model()}, {os.cpu_count()} cores"
-    commit = git_commit()
+    machine = args.machine or f"{cpu_model()}, {os.cpu_count()} cores"
+    sha, dirty = git_commit()
+    commit = sha[:7] + ("+dirty" if dirty else "")
     columns = ["parse_cpu_s", "prepass_s", "prepass_cpu_s", "records_mb", "peak_rss_mb", "cache_mb"]
     lines = [
         f"# Data path at scale ({machine}, commit {commit})", "",

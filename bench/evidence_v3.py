@@ -32,7 +32,6 @@ import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -43,6 +42,9 @@ from scipy import stats
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+from _common import cpu_model, git_commit  # noqa: E402  (bench/'s shared helpers; this file also runs as a script)
+
 PROTOCOL = REPO_ROOT / "bench" / "evidence_v3.yaml"
 # Question prefixes of the synthetic worlds' fine-grained types (existence, count, position; MMVP-style pairs are
 # existence / position questions). Colour and shape questions and captions stay on every image.
@@ -74,24 +76,6 @@ def load_protocol(path: Path = PROTOCOL, mode: str = "full") -> dict:
     protocol["hash"] = hashlib.sha256(text.encode()).hexdigest()[:16]
     protocol["mode"] = mode
     return protocol
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> tuple[str, bool]:
-    """(HEAD commit, whether tracked files differ from it)."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-
-    return git("rev-parse", "HEAD") or "unknown", bool(git("status", "--porcelain", "--untracked-files=no"))
 
 
 def provenance(protocol: dict, started: float | None = None) -> dict:
