@@ -52,6 +52,7 @@ from ross.eval.generation import evaluate_model, get_benchmark, load_model  # no
 from ross.eval.synthetic import BENCHMARKS, DEPTH_BENCHMARKS, chance_rate, write_benchmarks  # noqa: E402
 from ross.model_cards.card import build_model_card  # noqa: E402
 from modeling_ross import RossForConditionalGeneration  # noqa: E402
+from modeling_ross.objective import shuffle_across_images  # noqa: E402  (the check's wrong conditions)
 from ross.train.pretrain_components import (  # noqa: E402
     ComponentSettings,
     component_paths,
@@ -369,11 +370,6 @@ def _psnr01(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse)
 
 
-def shuffled(x: torch.Tensor) -> torch.Tensor:
-    """Each image paired with the next one's (a derangement of the batch): the check's wrong conditions."""
-    return x.roll(1, dims=0)
-
-
 @torch.no_grad()
 def condition_check(model, batch: dict, settings: DemoSettings) -> dict:
     """Does ROSS's denoiser read the image? The visual loss on these images with their own visual outputs vs with the
@@ -388,7 +384,7 @@ def condition_check(model, batch: dict, settings: DemoSettings) -> dict:
     target = model.teacher(batch["pixel_values"]).float()  # (M, N, C)
     losses = {"true": [], "shuffled": []}
     for round_ in range(settings.check_noise_rounds):
-        for name, cond in (("true", condition), ("shuffled", shuffled(condition))):
+        for name, cond in (("true", condition), ("shuffled", shuffle_across_images(condition))):
             generator = torch.Generator().manual_seed(round_)  # the same noise and timesteps for both
             loss = model.objective.loss(model.denoiser, model.teacher, cond, target, generator=generator)
             losses[name].append(loss.item())
@@ -450,13 +446,13 @@ def save_reconstructions(model_dir: Path, data_root: Path, data: dict, path: Pat
                               attention_mask=batch["attention_mask"],
                               output_hidden_states=model.condition_hidden_states_request())  # fmt: skip
         tokens = model.objective.sample(
-            shuffled(model.get_visual_outputs(outputs)), denoiser=model.denoiser, teacher=model.teacher,
+            shuffle_across_images(model.get_visual_outputs(outputs)), denoiser=model.denoiser, teacher=model.teacher,
             num_inference_steps=settings.reconstruction_steps, generator=torch.Generator().manual_seed(0),
         )  # fmt: skip
         ross_shuffled = model.teacher.decode(tokens).float().clamp(0, 1)
     constant = teacher.mean(0, keepdim=True).expand_as(teacher)  # the best constant image (in MSE) for these images
     psnr_true = _psnr01(ross, teacher)
-    psnr_other = _psnr01(ross, shuffled(teacher))  # against another image's teacher decode
+    psnr_other = _psnr01(ross, shuffle_across_images(teacher))  # against another image's teacher decode
     psnr_shuffled = _psnr01(ross_shuffled, teacher)
     psnr_constant = _psnr01(constant, teacher)
     check.update(
