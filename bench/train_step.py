@@ -47,6 +47,17 @@ device (no memory) and its forward FLOPs counted the same way; the denoiser, who
 once on the CPU. Backward = 2x forward for trained modules (LLM, projector, denoiser); the frozen tower and teacher
 need none (no gradient flows into them). Printed as a table of each module's share of the step.
 
+Qwen2.5-VL-7B FLOP account (`--qwen25vl-account-only` writes it alone, as `train_step_qwen25vl_flops.{md,json}`;
+every run adds it to its report). Fine-tuning `Qwen/Qwen2.5-VL-7B-Instruct` without ROSS and with ROSS^D (the
+reference denoiser, 1024 wide, 3 deep, 4 draws; the FLUX VAE teacher at 16 px per image token), one sample of one
+image plus the LLaVA account's text (`--sft-length` - 729 tokens), at 448 x 448 and 1024 x 768 px input (sides
+rounded to multiples of 28 px by transformers' `smart_resize`). Analytic, no model is built: each matmul counted as
+`torch.utils.flop_counter` counts it (the window attention of 28 of the 32 vision blocks over 8 x 8-patch windows,
+the 4 others over the image); `tests/test_bench.py` checks the formulas against that counter on tiny random-weight
+Qwen2.5-VL vision towers, Qwen2 LMs and denoisers, and the grids against the image processor's `image_grid_thw`.
+Only the teacher is counted by the counter itself, on the meta device, as above. Trained: LLM, merger, denoiser
+(vision blocks frozen, as Qwen's own fine-tuning default).
+
 Packing (`--packing`, or `--packing-only`). On the `tiny` configuration (CPU, SDPA), batches of `--packing-batch`
 samples drawn from a LLaVA-665K-like length mix (90% one-image samples: the image tokens plus a log-normal number of
 text tokens, median 180 and the tail of multi-round records, scaled by image tokens / 729 as the tiny tower has
@@ -77,7 +88,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-from _common import noise_images, processor_side, synchronize, write_outputs
+from _common import git_commit, noise_images, processor_side, synchronize, write_outputs
 from modeling_ross import RossProcessor, from_components
 from modeling_ross.denoiser import RossDenoiser
 from modeling_ross.processing_ross import depth_to_rgb
@@ -452,6 +463,161 @@ def flop_account_7b(sft_length: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The Qwen2.5-VL-7B FLOP account (analytic)
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Qwen/Qwen2.5-VL-7B-Instruct's config.json. transformers' `Qwen2_5_VLConfig()` defaults are NOT the 7B model (its
+# text defaults are 72B-sized, its vision `hidden_size` 3584), so the numbers are written out; the module shapes
+# match the 7B checkpoint's printed module tree (vision: Conv3d(3, 1280, (2, 14, 14)), 32 blocks of qkv 1280->3840,
+# proj 1280->1280, gated MLP 1280->3420->1280; merger 5120->5120->3584; LLM: q 3584->3584, k/v 3584->512, o, gated
+# MLP 3584->18944, 28 layers, embeddings / lm_head 152064 x 3584).
+QWEN25VL_7B = dict(
+    vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, temporal_patch_size=2,
+                in_channels=3, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
+                out_hidden_size=3584),
+    llm=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+             num_key_value_heads=4, vocab_size=152064),
+    # ROSS^D's reference denoiser on the Qwen2.5 LLM's width; FLUX VAE latents, 2x2 folded (16 x 4 channels).
+    denoiser=dict(in_channels=64, condition_size=3584, hidden_size=1024, depth=3, num_heads=16, mlp_ratio=4.0),
+    teacher_pixels_per_token=16, num_noise_draws=4,
+)  # fmt: skip
+# (width, height) in pixels of the two inputs of the account.
+QWEN25VL_INPUTS = ((448, 448), (1024, 768))
+
+
+def qwen25vl_grid(width: int, height: int, vision: dict = QWEN25VL_7B["vision"]) -> tuple[int, int]:
+    """The patch grid `(grid_h, grid_w)` Qwen2.5-VL's image processor gives an image of `width x height` px: transformers'
+    own `smart_resize` (sides to multiples of patch x merge = 28 px, pixel count within the processor's default
+    bounds), then one patch per 14 x 14 px. The LLM sees `grid_h * grid_w / 4` image tokens (2 x 2 merge)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    factor = vision["patch_size"] * vision["spatial_merge_size"]
+    resized_h, resized_w = smart_resize(height, width, factor=factor)
+    return resized_h // vision["patch_size"], resized_w // vision["patch_size"]
+
+
+def _window_sides(length: int, window: int) -> list[int]:
+    """Sides of the windows along one axis of merged tokens: full windows, then the remainder (as
+    `transformers.vision_utils.get_vision_window_index`, which drops the empty padding windows)."""
+    return [window] * (length // window) + ([length % window] if length % window else [])
+
+
+def qwen25vl_vision_flops(grid_h: int, grid_w: int, vision: dict) -> dict[str, int]:
+    """Forward FLOPs of Qwen2.5-VL's vision tower for one image of `grid_h x grid_w` patches, `{"blocks": patch
+    embedding + blocks, "merger": the patch merger}`, counted as
+    `torch.utils.flop_counter` counts them (2 per multiply-add of each matmul, attention as its two matmuls over the
+    whole key range; norms, rotary and activations not counted). Window blocks attend within windows of
+    `window_size / patch / merge` (= 4) x 4 merged tokens (8 x 8 patches), the `fullatt_block_indexes` over the image."""
+    patches, width, inner = grid_h * grid_w, vision["hidden_size"], vision["intermediate_size"]
+    merge = vision["spatial_merge_size"]
+    patch_in = vision["in_channels"] * vision["temporal_patch_size"] * vision["patch_size"] ** 2
+    flops = 2 * patches * patch_in * width  # patch embedding (a Conv3d = one matmul per patch)
+    window = vision["window_size"] // merge // vision["patch_size"]
+    rows, cols = _window_sides(grid_h // merge, window), _window_sides(grid_w // merge, window)
+    # Each window holds (rows x cols) merged tokens of merge^2 patches; sum of squared window lengths factorises.
+    window_square_sum = merge**4 * sum(r * r for r in rows) * sum(c * c for c in cols)
+    for block in range(vision["depth"]):
+        square_sum = patches**2 if block in vision["fullatt_block_indexes"] else window_square_sum
+        flops += 2 * patches * (3 * width * width + width * width + 3 * width * inner)  # qkv, proj, gate/up/down
+        flops += 4 * square_sum * width  # q k^T and attn v, all heads
+    merged, merged_width = patches // merge**2, width * merge**2
+    return {"blocks": flops, "merger": 2 * merged * merged_width * (merged_width + vision["out_hidden_size"])}
+
+
+def decoder_flops(tokens: int, llm: dict) -> int:
+    """Forward FLOPs of a Qwen2-style decoder LM (GQA, gated MLP, untied lm_head over every position) on one sequence
+    of `tokens`, counted as `torch.utils.flop_counter` counts them (attention over all `tokens` keys: a kernel that
+    skips the causal half does about `2 * layers * tokens^2 * hidden` fewer)."""
+    hidden, inner = llm["hidden_size"], llm["intermediate_size"]
+    kv = hidden // llm["num_attention_heads"] * llm["num_key_value_heads"]
+    per_layer = 2 * tokens * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inner) + 4 * tokens**2 * hidden
+    return llm["num_hidden_layers"] * per_layer + 2 * tokens * hidden * llm["vocab_size"]
+
+
+def denoiser_flops(tokens: int, rows: int, denoiser: dict) -> int:
+    """Forward FLOPs of `RossDenoiser` on `rows` noisy copies of a `tokens`-token image (one row per noise draw)."""
+    hidden, channels, depth = denoiser["hidden_size"], denoiser["in_channels"], denoiser["depth"]
+    inner = int(hidden * denoiser["mlp_ratio"])
+    per_row = 2 * tokens * (channels * hidden + denoiser["condition_size"] * hidden)  # x and condition embeddings
+    per_row += 2 * (256 * hidden + hidden * hidden)  # timestep MLP, once per row
+    per_row += depth * (2 * tokens * (6 * hidden * hidden + 4 * hidden * hidden + 2 * hidden * inner)
+                        + 4 * tokens**2 * hidden)  # adaLN, qkv + proj, MLP; attention  # fmt: skip
+    per_row += 2 * tokens * (2 * hidden * hidden + hidden * channels)  # final adaLN + linear
+    return rows * per_row
+
+
+def flop_account_qwen25vl(text_tokens: int, inputs=QWEN25VL_INPUTS, ref: dict = QWEN25VL_7B) -> list[dict]:
+    """Per input size: the training-step FLOPs of one sample (one image + `text_tokens`) of Qwen2.5-VL-7B fine-tuned
+    without ROSS and with ROSS^D, module by module. Trained (step = 3 x forward): LLM and merger; the denoiser with
+    ROSS^D. Frozen (step = forward, no gradient flows into them): the vision blocks and the FLUX VAE encoder (the
+    teacher, at `grid * 16` px so that its 2 x 2-folded f8 latents lie on the token grid)."""
+    vision, merge = ref["vision"], ref["vision"]["spatial_merge_size"]
+    results = []
+    for width, height in inputs:
+        grid_h, grid_w = qwen25vl_grid(width, height, vision)
+        token_h, token_w = grid_h // merge, grid_w // merge
+        image_tokens = token_h * token_w
+        sequence = image_tokens + text_tokens
+        tower = qwen25vl_vision_flops(grid_h, grid_w, vision)
+        side = ref["teacher_pixels_per_token"]
+        forward = {
+            "vision blocks (frozen)": tower["blocks"],
+            "merger (trained)": tower["merger"],
+            "LLM (Qwen2.5-7B, trained)": decoder_flops(sequence, ref["llm"]),
+            "teacher (FLUX VAE encoder, frozen)": _vae_encoder_flops(token_h * side, token_w * side),
+            f"denoiser ({ref['denoiser']['hidden_size']} wide, {ref['denoiser']['depth']} deep, "
+            f"{ref['num_noise_draws']} draws, trained)": denoiser_flops(image_tokens, ref["num_noise_draws"],
+                                                                        ref["denoiser"]),
+        }  # fmt: skip
+        rows = [{"module": name, "forward_flops": value, "step_flops": value * (3 if "trained" in name else 1)}
+                for name, value in forward.items()]  # fmt: skip
+        ross_head = sum(row["step_flops"] for row in rows if row["module"].startswith(("teacher", "denoiser")))
+        teacher = next(row["step_flops"] for row in rows if row["module"].startswith("teacher"))
+        total_ross = sum(row["step_flops"] for row in rows)
+        total_none = total_ross - ross_head
+        for row in rows:
+            row["share_ross"] = row["step_flops"] / total_ross
+        results.append({
+            "input": f"{width} x {height}", "resized": f"{grid_w * vision['patch_size']} x {grid_h * vision['patch_size']}",
+            "patch_grid": [grid_h, grid_w], "token_grid": [token_h, token_w], "image_tokens": image_tokens,
+            "text_tokens": text_tokens, "sequence": sequence, "teacher_pixels": [token_h * side, token_w * side],
+            "modules": rows, "step_flops_none": total_none, "step_flops_ross": total_ross,
+            "ross_head_share": ross_head / total_ross, "ross_overhead": total_ross / total_none - 1,
+            "ross_overhead_with_cache": (total_ross - teacher) / total_none - 1,
+        })  # fmt: skip
+    return results
+
+
+def _vae_encoder_flops(height: int, width: int) -> int:
+    """Forward FLOPs of the FLUX VAE encoder (`REFERENCE_7B["vae"]`) on one `height x width` image, built on the meta
+    device (no weights) and counted by `torch.utils.flop_counter`, as the LLaVA-style account does."""
+    with torch.device("meta"):
+        vae = AutoencoderKL(down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                            **REFERENCE_7B["vae"])  # fmt: skip
+        with torch.no_grad():
+            return count_flops(lambda: vae.encode(torch.zeros(1, 3, height, width)))
+
+
+def qwen25vl_markdown(account: list[dict]) -> str:
+    lines = ["Qwen2.5-VL-7B fine-tuning, one sample (one image + text), FLOPs per training step (analytic; trained "
+             "modules 3 x forward, frozen 1 x):", ""]  # fmt: skip
+    for entry in account:
+        lines += [f"Input {entry['input']} px -> smart_resize {entry['resized']} px, {entry['patch_grid'][0]} x "
+                  f"{entry['patch_grid'][1]} patches, {entry['token_grid'][0]} x {entry['token_grid'][1]} = "
+                  f"{entry['image_tokens']} image tokens + {entry['text_tokens']} text tokens = {entry['sequence']}; "
+                  f"teacher input {entry['teacher_pixels'][1]} x {entry['teacher_pixels'][0]} px.", "",
+                  "| module | forward TFLOPs | step TFLOPs | share of the ROSS^D step |", "|---|---|---|---|"]  # fmt: skip
+        for row in entry["modules"]:
+            lines.append(f"| {row['module']} | {row['forward_flops'] / 1e12:.3f} | {row['step_flops'] / 1e12:.3f} | "
+                         f"{row['share_ross']:.1%} |")  # fmt: skip
+        lines += ["", f"Step: no ROSS {entry['step_flops_none'] / 1e12:.2f} TFLOPs, ROSS^D "
+                  f"{entry['step_flops_ross'] / 1e12:.2f} TFLOPs (+{entry['ross_overhead']:.1%}; the ROSS head, teacher "
+                  f"+ denoiser, is {entry['ross_head_share']:.1%} of the step; +{entry['ross_overhead_with_cache']:.1%} "
+                  "with the latent cache).", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -517,6 +683,8 @@ def main(argv=None) -> int:
     parser.add_argument("--depth", action="store_true", help="add the RGB + depth-map arms (two images per sample)")
     parser.add_argument("--packing", action="store_true", help="add the padded vs packed comparison (tiny config)")
     parser.add_argument("--packing-only", action="store_true", help="only the padded vs packed comparison")
+    parser.add_argument("--qwen25vl-account-only", action="store_true",
+                        help="only the analytic Qwen2.5-VL-7B FLOP account (no model is built or timed)")
     parser.add_argument("--packing-batches", type=int, default=12)
     parser.add_argument("--packing-batch", type=int, default=8)
     parser.add_argument("--pack-max-tokens", type=int, default=None,
@@ -528,6 +696,12 @@ def main(argv=None) -> int:
     if args.sft_length <= REFERENCE_7B["image_tokens"]:
         parser.error(f"--sft-length must exceed the {REFERENCE_7B['image_tokens']} image tokens")
     dtype = getattr(torch, args.dtype)
+    qwen_account = flop_account_qwen25vl(args.sft_length - REFERENCE_7B["image_tokens"])
+    if args.qwen25vl_account_only:
+        payload = {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "commit": git_commit()[0], "config": QWEN25VL_7B,
+                   "flop_account": qwen_account}
+        write_outputs(args.out, "train_step_qwen25vl_flops", payload, qwen25vl_markdown(qwen_account))
+        return 0
     if args.packing_only:
         with tempfile.TemporaryDirectory() as tmp:
             packing = {key: value for arm in ("ross", "none") for key, value in measure_packing(
@@ -544,10 +718,11 @@ def main(argv=None) -> int:
             Path(tmp) / "packing" / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype,
             arm, args.pack_max_tokens).items()} if args.packing else None
     account = flop_account_7b(args.sft_length)
-    report = markdown(results, account, args) + ("\n" + packing_markdown(packing, args) if packing else "")
+    report = markdown(results, account, args) + "\n" + qwen25vl_markdown(qwen_account)
+    report += "\n" + packing_markdown(packing, args) if packing else ""
     payload = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "configs": results,
                "overheads": {r["config"]: overheads(r) for r in results}, "flop_account_7b": account,
-               "packing": packing}
+               "flop_account_qwen25vl_7b": qwen_account, "packing": packing}
     write_outputs(args.out, "train_step", payload, report)
     return 0
 

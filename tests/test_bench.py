@@ -223,3 +223,68 @@ def test_ablation_runs_the_registered_runs_and_refuses_a_partial_table(tmp_path,
     protocol_file.write_text(yaml.safe_dump({**SMOKE_PROTOCOL, "protocol_version": 2}))
     with pytest.raises(SystemExit, match="have no result under this protocol"):
         ablation.main(["--protocol", str(protocol_file), "--out", str(out), "--report-only"])
+
+
+def test_qwen25vl_flop_account_matches_the_flop_counter_and_the_image_processor(tmp_path):
+    """The analytic Qwen2.5-VL-7B account: its formulas equal `torch.utils.flop_counter` on tiny random-weight models
+    of the same classes (attention through the math kernel, which the counter sees as matmuls), its grids equal what
+    transformers' Qwen2-VL image processor gives (`image_grid_thw`), and its totals add up."""
+    from PIL import Image
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from modeling_ross.denoiser import RossDenoiser
+
+    train_step = load_script("train_step")
+    # Grids: 448 x 448 -> 32 x 32 patches (256 tokens); 1024 x 768 -> 756 x 1036 px, 54 x 74 patches (999 tokens).
+    processor = Qwen2VLImageProcessorPil()
+    grids = {}
+    for width, height in train_step.QWEN25VL_INPUTS:
+        grid = train_step.qwen25vl_grid(width, height)
+        out = processor(images=Image.new("RGB", (width, height)), return_tensors="pt")
+        assert out["image_grid_thw"].tolist() == [[1, *grid]], (width, height)
+        grids[(width, height)] = grid
+    assert grids == {(448, 448): (32, 32), (1024, 768): (54, 74)}
+
+    with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+        # Vision tower: same structure as the 7B one (window 112 px, merge 2, patch 14), tiny widths, 2 full blocks.
+        vision = dict(depth=3, hidden_size=32, intermediate_size=40, num_heads=2, patch_size=14, temporal_patch_size=2,
+                      in_channels=3, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[1],
+                      out_hidden_size=48)  # fmt: skip
+        tower = Qwen2_5_VisionTransformerPretrainedModel(Qwen2_5_VLVisionConfig(**vision)).eval()
+        for grid_h, grid_w in [(54, 74), (32, 32), (6, 10)]:  # partial windows on both axes, exact, tiny
+            pixels = torch.randn(grid_h * grid_w, 3 * 2 * 14 * 14)
+            counted = train_step.count_flops(lambda: tower(pixels, grid_thw=torch.tensor([[1, grid_h, grid_w]])))
+            assert counted == sum(train_step.qwen25vl_vision_flops(grid_h, grid_w, vision).values()), (grid_h, grid_w)
+        # Decoder LM (GQA, gated MLP, lm_head), as Qwen2.5-7B.
+        llm = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=300)  # fmt: skip
+        model = Qwen2ForCausalLM(Qwen2Config(**llm)).eval()
+        ids = torch.zeros(1, 37, dtype=torch.long)
+        assert train_step.count_flops(lambda: model(input_ids=ids)) == train_step.decoder_flops(37, llm)
+        # The reference denoiser at the 448 px grid (16 x 16 tokens), 4 draws.
+        ref = train_step.QWEN25VL_7B["denoiser"]
+        denoiser = RossDenoiser(**ref, grid_size=16)
+        counted = train_step.count_flops(
+            lambda: denoiser(torch.zeros(4, 256, 64), torch.zeros(4, dtype=torch.long), torch.zeros(4, 256, 3584))
+        )
+        assert counted == train_step.denoiser_flops(256, 4, ref)
+
+    assert train_step.main(["--qwen25vl-account-only", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "train_step_qwen25vl_flops.json").read_text())
+    small, large = payload["flop_account"]
+    assert (small["image_tokens"], large["image_tokens"]) == (256, 999) and large["token_grid"] == [27, 37]
+    assert large["teacher_pixels"] == [432, 592]  # 16 px per token: FLUX f8 latents folded 2 x 2 onto the grid
+    for entry in (small, large):
+        steps = {row["module"].split(" (")[0]: row["step_flops"] for row in entry["modules"]}
+        assert entry["step_flops_ross"] == sum(steps.values())
+        assert entry["step_flops_none"] == entry["step_flops_ross"] - steps["teacher"] - steps["denoiser"]
+        assert abs(sum(row["share_ross"] for row in entry["modules"]) - 1) < 1e-9
+        # The LLM dominates (~2 x 7.6e9 parameters x tokens forward) and the ROSS head costs a few percent.
+        assert 2 * 7e9 * entry["sequence"] < steps["LLM"] / 3 < 2 * 8e9 * entry["sequence"] * 1.3
+        assert 0 < entry["ross_overhead_with_cache"] < entry["ross_overhead"] < 0.1
+    assert large["ross_overhead"] > small["ross_overhead"]  # the head grows with the image, the LLM's text does not
+    assert "27 x 37 = 999 image tokens" in (tmp_path / "train_step_qwen25vl_flops.md").read_text()
