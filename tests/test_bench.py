@@ -273,6 +273,11 @@ def test_qwen25vl_flop_account_matches_the_flop_counter_and_the_image_processor(
         )
         assert counted == train_step.denoiser_flops(256, 4, ref)
 
+    # The LLaVA-style account counts the same shapes with the counter: Qwen2-7B's LLM is Qwen2.5-7B's, same denoiser.
+    llava = {row["module"].split(" (")[0]: row["forward_flops"] for row in train_step.flop_account_7b(1152)}
+    assert llava["LLM"] == train_step.decoder_flops(1152, train_step.QWEN25VL_7B["llm"])
+    assert llava["denoiser"] == train_step.denoiser_flops(729, 4, ref)
+
     assert train_step.main(["--qwen25vl-account-only", "--out", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "train_step_qwen25vl_flops.json").read_text())
     small, large = payload["flop_account"]
