@@ -372,7 +372,7 @@ def test_paper_configs_parse(tmp_path):
         overrides = {"use_cpu": True}
         if not stage1 and not path.name.startswith("tiny"):
             # Stage 2 continues from the stage-1 output and says so when it is missing.
-            with pytest.raises(ValueError, match="_stage1(_baseline|_viral)?/model does not exist. Run stage 1 first"):
+            with pytest.raises(ValueError, match="_stage1(_baseline|_viral|_generative)?/model does not exist. Run stage 1 first"):
                 load_config(str(path), overrides)
             overrides["model_name_or_path"] = str(stage1_model)
         run, _ = load_config(str(path), overrides)
@@ -403,6 +403,8 @@ def test_paper_configs_parse(tmp_path):
             assert args.denoiser_lr == (1e-4 if siglip_ross else None), path.name
             if run.objective == "denoise":
                 assert run.model_overrides["denoiser_position_embedding"] == "learned"
+            # The generative variant: the denoiser conditioned on learnable queries (paper Table 2).
+            assert (run.model_overrides.get("condition") == "queries") == ("generative" in path.name)
             if "viral" in path.name:  # VIRAL: cosine to frozen DINOv2 features from LLM layer 16, weight 0.5
                 assert (run.objective, run.target, run.teacher) == ("regress", "features", "facebook/dinov2-base")
                 assert run.model_overrides["condition_layer"] == 16 and run.model_overrides["weight"] == 0.5
