@@ -88,6 +88,7 @@ from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from _common import git_commit, noise_images, processor_side, synchronize, write_outputs
 from modeling_ross import RossProcessor, from_components
@@ -489,11 +490,9 @@ QWEN25VL_INPUTS = ((448, 448), (1024, 768))
 
 
 def qwen25vl_grid(width: int, height: int, vision: dict = QWEN25VL_7B["vision"]) -> tuple[int, int]:
-    """The patch grid `(grid_h, grid_w)` Qwen2.5-VL's image processor gives an image of `width x height` px: transformers'
-    own `smart_resize` (sides to multiples of patch x merge = 28 px, pixel count within the processor's default
-    bounds), then one patch per 14 x 14 px. The LLM sees `grid_h * grid_w / 4` image tokens (2 x 2 merge)."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
+    """The patch grid `(grid_h, grid_w)` Qwen2.5-VL's image processor gives a `width x height` px image:
+    transformers' own `smart_resize` (sides to multiples of patch x merge = 28 px, pixel count within the
+    processor's default bounds), then one patch per 14 x 14 px. The LLM sees `grid_h * grid_w / 4` image tokens."""
     factor = vision["patch_size"] * vision["spatial_merge_size"]
     resized_h, resized_w = smart_resize(height, width, factor=factor)
     return resized_h // vision["patch_size"], resized_w // vision["patch_size"]
@@ -507,10 +506,10 @@ def _window_sides(length: int, window: int) -> list[int]:
 
 def qwen25vl_vision_flops(grid_h: int, grid_w: int, vision: dict) -> dict[str, int]:
     """Forward FLOPs of Qwen2.5-VL's vision tower for one image of `grid_h x grid_w` patches, `{"blocks": patch
-    embedding + blocks, "merger": the patch merger}`, counted as
-    `torch.utils.flop_counter` counts them (2 per multiply-add of each matmul, attention as its two matmuls over the
-    whole key range; norms, rotary and activations not counted). Window blocks attend within windows of
-    `window_size / patch / merge` (= 4) x 4 merged tokens (8 x 8 patches), the `fullatt_block_indexes` over the image."""
+    embedding + blocks, "merger": the patch merger}`, counted as `torch.utils.flop_counter` counts them (2 per
+    multiply-add of each matmul, attention as its two matmuls over the whole key range; norms, rotary and activations
+    not counted). Window blocks attend within windows of `window_size / patch / merge` (= 4) x 4 merged tokens
+    (8 x 8 patches), the `fullatt_block_indexes` blocks over the whole image."""
     patches, width, inner = grid_h * grid_w, vision["hidden_size"], vision["intermediate_size"]
     merge = vision["spatial_merge_size"]
     patch_in = vision["in_channels"] * vision["temporal_patch_size"] * vision["patch_size"] ** 2
@@ -580,8 +579,9 @@ def flop_account_qwen25vl(text_tokens: int, inputs=QWEN25VL_INPUTS, ref: dict = 
         total_none = total_ross - ross_head
         for row in rows:
             row["share_ross"] = row["step_flops"] / total_ross
+        patch = vision["patch_size"]
         results.append({
-            "input": f"{width} x {height}", "resized": f"{grid_w * vision['patch_size']} x {grid_h * vision['patch_size']}",
+            "input": f"{width} x {height}", "resized": f"{grid_w * patch} x {grid_h * patch}",
             "patch_grid": [grid_h, grid_w], "token_grid": [token_h, token_w], "image_tokens": image_tokens,
             "text_tokens": text_tokens, "sequence": sequence, "teacher_pixels": [token_h * side, token_w * side],
             "modules": rows, "step_flops_none": total_none, "step_flops_ross": total_ross,
@@ -610,14 +610,15 @@ def qwen25vl_markdown(account: list[dict]) -> str:
                   f"{entry['patch_grid'][1]} patches, {entry['token_grid'][0]} x {entry['token_grid'][1]} = "
                   f"{entry['image_tokens']} image tokens + {entry['text_tokens']} text tokens = {entry['sequence']}; "
                   f"teacher input {entry['teacher_pixels'][1]} x {entry['teacher_pixels'][0]} px.", "",
-                  "| module | forward TFLOPs | step TFLOPs | share of the ROSS^D step |", "|---|---|---|---|"]  # fmt: skip
+                  "| module | forward TFLOPs | step TFLOPs | share of the ROSS^D step |",
+                  "|---|---|---|---|"]  # fmt: skip
         for row in entry["modules"]:
             lines.append(f"| {row['module']} | {row['forward_flops'] / 1e12:.3f} | {row['step_flops'] / 1e12:.3f} | "
                          f"{row['share_ross']:.1%} |")  # fmt: skip
         lines += ["", f"Step: no ROSS {entry['step_flops_none'] / 1e12:.2f} TFLOPs, ROSS^D "
-                  f"{entry['step_flops_ross'] / 1e12:.2f} TFLOPs (+{entry['ross_overhead']:.1%}; the ROSS head, teacher "
-                  f"+ denoiser, is {entry['ross_head_share']:.1%} of the step; +{entry['ross_overhead_with_cache']:.1%} "
-                  "with the latent cache).", ""]  # fmt: skip
+                  f"{entry['step_flops_ross'] / 1e12:.2f} TFLOPs (+{entry['ross_overhead']:.1%}; the ROSS head, "
+                  f"teacher + denoiser, is {entry['ross_head_share']:.1%} of the step; "
+                  f"+{entry['ross_overhead_with_cache']:.1%} with the latent cache).", ""]  # fmt: skip
     return "\n".join(lines)
 
 
