@@ -297,3 +297,34 @@ def test_fetch_reads_rows_without_a_memory_map_and_a_fork_opens_its_own_file(var
     os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1"
     assert rows._pid == os.getpid()
+
+
+def test_parallel_parse_of_a_datasets_source_writes_the_serial_store(tmp_path, monkeypatch):
+    import datasets
+    import pyarrow as pa
+
+    import ross.train.records as records_module
+
+    (tmp_path / "images").mkdir()
+    _png(tmp_path / "images", "x.png", 0)
+    good = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "What?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
+    no_answer = good[:1]
+    messages = [no_answer if k % 5 == 2 else good for k in range(11)]
+    images = [["images/missing.png"] if k == 8 else ["images/x.png"] for k in range(11)]
+    hf = datasets.Dataset.from_dict({"id": [f"h{k}" for k in range(11)], "messages": messages, "images": images})
+    monkeypatch.setattr(records_module, "BATCH", 3)
+    stores = []
+    for num_proc in (1, 2):
+        cache = tmp_path / f"cache{num_proc}"
+        dataset = load_training_dataset(hf, image_folder=tmp_path, on_bad_sample="skip", max_bad_fraction=0.9,
+                                        cache_dir=cache, num_proc=num_proc)  # fmt: skip
+        assert records_module.LAST_BUILD["num_proc"] == num_proc
+        arrow, rows = _store_files(cache)
+        with pa.memory_map(str(arrow)) as f:
+            stores.append((dataset, arrow.name, pa.ipc.open_stream(f).read_all(), rows.read_bytes()))
+    (one, name1, table1, rows1), (two, name2, table2, rows2) = stores
+    assert name1 == name2 and table1.equals(table2) and rows1 == rows2
+    assert one.skipped == two.skipped == {"no_assistant_turn": 2, "missing_image": 1}
+    assert [one[i]["id"] for i in range(len(one))] == [two[i]["id"] for i in range(len(two))] == [
+        f"h{k}" for k in range(11) if k % 5 != 2 and k != 8]
