@@ -176,7 +176,8 @@ def _fetch_us(dataset, count: int = 20_000) -> float:
     """Microseconds per `dataset[i]` of `count` random samples, images not decoded (the records' read only)."""
     import ross.train.sources
 
-    decode, order = ross.train.sources.decode_image, random.Random(0).sample(range(len(dataset)), min(count, len(dataset)))
+    decode = ross.train.sources.decode_image
+    order = random.Random(0).sample(range(len(dataset)), min(count, len(dataset)))
     ross.train.sources.decode_image = lambda path, depth=False: path
     fetch = dataset.__getitem__
     if isinstance(dataset, AuthorsDataset):  # its fetch without the image: a deep copy of the record

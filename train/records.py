@@ -185,7 +185,10 @@ def _build(source, check_files: bool, path: Path, num_proc: int) -> dict:
     stats = {"records": count, "read_s": time.perf_counter() - wall, "read_cpu_s": time.process_time() - cpu}
     starts = range(0, count, BATCH)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = {suffix: tempfile.mkstemp(dir=path.parent, suffix=suffix)[1] for suffix in (".arrow.tmp", ".rows.tmp")}
+    tmp = {}
+    for suffix in (".arrow.tmp", ".rows.tmp"):
+        fd, tmp[suffix] = tempfile.mkstemp(dir=path.parent, suffix=suffix)
+        os.close(fd)
     pool, worker_cpu, done, last = None, 0.0, 0, time.perf_counter()
     _WORK = (source, check_files)
     try:
@@ -209,16 +212,18 @@ def _build(source, check_files: bool, path: Path, num_proc: int) -> dict:
         os.replace(tmp[".arrow.tmp"], path)  # last: the store exists once both files do
     finally:
         _WORK = None
-        if pool is not None:
-            pool.close()
+        if pool is not None:  # every chunk was received, or an error stops the others
+            pool.terminate()
             pool.join()
         for name in tmp.values():
             if os.path.exists(name):
                 os.remove(name)
     own_cpu = time.process_time() - cpu
-    stats.update(num_proc=num_proc if pool is not None else 1, parse_cpu_s=worker_cpu, wall_s=time.perf_counter() - wall,
-                 # this process's own CPU besides reading and parsing: receiving the chunks and writing them
-                 write_cpu_s=own_cpu - stats["read_cpu_s"] - (worker_cpu if pool is None else 0.0))  # fmt: skip
+    stats.update(
+        num_proc=num_proc if pool is not None else 1, parse_cpu_s=worker_cpu, wall_s=time.perf_counter() - wall,
+        # this process's own CPU besides reading and parsing: receiving the chunks and writing them
+        write_cpu_s=own_cpu - stats["read_cpu_s"] - (worker_cpu if pool is None else 0.0),
+    )
     return stats
 
 
