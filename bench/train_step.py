@@ -67,6 +67,7 @@ Writes `train_step.json` and `train_step.md` under `--out`.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -80,7 +81,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-from _common import noise_images, processor_side, synchronize, write_outputs
+from _common import cpu_model, git_commit, noise_images, processor_side, synchronize, write_outputs
 from modeling_ross import RossProcessor, from_components
 from modeling_ross.denoiser import RossDenoiser
 from modeling_ross.processing_ross import depth_to_rgb
@@ -424,8 +425,16 @@ def measure_packing(
     return results
 
 
+def run_stamp() -> dict:
+    """The machine and commit a stored result names."""
+    sha, dirty = git_commit()
+    return {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "commit": sha[:7] + ("+dirty" if dirty else "")}
+
+
 def packing_markdown(packing: dict, args) -> str:
-    lines = [f"Packing: tiny config, {args.device}, SDPA, forward + backward, "
+    stamp = run_stamp()
+    lines = [f"Packing ({stamp['machine']}, commit {stamp['commit']}): tiny config, {args.device}, SDPA, "
+             "forward + backward, "
              f"{args.packing_batches} batches of {args.packing_batch} x {args.repeats} (interleaved)", "",
              "| arm | batches | mean sample (tokens) | padding share, padded | padding share, packed | "
              "real tokens/s padded | real tokens/s packed | "
@@ -569,7 +578,8 @@ def main(argv=None) -> int:
             packing = {key: value for arm in ("ross", "none") for key, value in measure_packing(
                 Path(tmp) / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype, arm,
                 args.pack_max_tokens).items()}
-        write_outputs(args.out, "train_step_packing", {"device": args.device, "dtype": args.dtype, "packing": packing},
+        write_outputs(args.out, "train_step_packing",
+                      {**run_stamp(), "device": args.device, "dtype": args.dtype, "packing": packing},
                       packing_markdown(packing, args))  # fmt: skip
         return 0
     requested = [*args.arms, *(DEPTH_ARMS if args.depth else ())]
