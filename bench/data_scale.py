@@ -10,16 +10,25 @@ tokenizer is the tiny Qwen2 one, the processor the 384 px SigLIP-style one of 72
 
 Every (N, arm, start) runs in a fresh Python process, so its peak RSS is its own:
 
-- `ross`: `load_training_dataset` (parse into the memory-mapped Arrow store, `train/records.py`) then `check_lengths`
-  (exact lengths, `--num-proc` processes); the second start opens the store and reads the length cache;
+- `ross`: `load_training_dataset` (parse into the records store, `train/records.py`, in `--num-proc` processes) then
+  `check_lengths` (exact lengths, `--num-proc` processes); the second start opens the store and reads the length
+  cache;
 - `authors`: LLaVA's `LazySupervisedDataset` scheme: `json.load` of the whole file kept as a list of dicts, a deep
   copy per fetch, and LLaVA's `modality_lengths` estimate (words + 128 per image) as its only pre-pass.
 
 Reported per run: wall and CPU seconds (this process and its children) of the parse and of the pre-pass, the memory
-the records hold (RSS after loading minus before), the peak RSS, the cache size on disk, and the total PSS of the
-main process + `--workers` DataLoader workers (fork) at the start and at the end of one full epoch (items fetched
-with images decoded, no collation), and its growth. A linear fit `a + b N` of each per-start figure extrapolates to
-665K and 3.2M records (shown with its coefficients). Timings on a shared machine are noisy: say so next to them.
+the records hold (RSS after loading minus before), the peak RSS, the cache size on disk, the time to fetch a stored
+sample (`dataset.load` without decoding its images, 20K random samples, microseconds), and the total PSS of the main
+process + `--workers` DataLoader workers (fork) at the start and at the end of one full epoch (items fetched with
+images decoded, no collation), and its growth. A linear fit `a + b N` of each per-start figure extrapolates to 665K
+and 3.2M records (shown with its coefficients). Timings on a shared machine are noisy: say so next to them.
+
+First start on a node of C cores: the CPU of a first start is split into a serial part (reading the JSON file and
+writing the store, in the parse's parent process; the pre-pass's own process: cache, merging) and a parallel part
+(parsing the chunks; measuring the lengths), each per record from the largest size run. The node's wall time is
+then extrapolated as `T(N, C) = N * (serial + parallel / C)` (Amdahl; the store is written while the chunks are
+parsed, so the sum is an upper bound there; it assumes the C processes scale linearly, which hyperthreads and
+memory bandwidth may not give).
 
 `--collator N`: also the training collator's rate on N samples of the same records with 384 px images (batches of
 8, samples per CPU second of this process), today's collator next to the same collator with the chat template
@@ -163,6 +172,25 @@ def _epoch_pss(dataset, workers: int) -> tuple[dict, dict, float]:
     return first, last or first, time.perf_counter() - start
 
 
+def _fetch_us(dataset, count: int = 20_000) -> float:
+    """Microseconds per `dataset[i]` of `count` random samples, images not decoded (the records' read only)."""
+    import ross.train.sources
+
+    decode = ross.train.sources.decode_image
+    order = random.Random(0).sample(range(len(dataset)), min(count, len(dataset)))
+    ross.train.sources.decode_image = lambda path, depth=False: path
+    fetch = dataset.__getitem__
+    if isinstance(dataset, AuthorsDataset):  # its fetch without the image: a deep copy of the record
+        fetch = lambda index: copy.deepcopy(dataset.list_data_dict[index])  # noqa: E731
+    try:
+        start = time.perf_counter()
+        for index in order:
+            fetch(index)
+        return 1e6 * (time.perf_counter() - start) / len(order)
+    finally:
+        ross.train.sources.decode_image = decode
+
+
 def run_one(arm: str, data: str, components: str, cache: str, workers: int, num_proc: int, epoch: bool) -> dict:
     from modeling_ross import RossProcessor
 
@@ -178,11 +206,17 @@ def run_one(arm: str, data: str, components: str, cache: str, workers: int, num_
     out = {"arm": arm}
     t, c = time.perf_counter(), _cpu()
     if arm == "ross":
-        dataset = load_training_dataset(data, image_seq_length=processor.image_seq_length, cache_dir=cache)
+        from ross.train.records import LAST_BUILD
+
+        dataset = load_training_dataset(
+            data, image_seq_length=processor.image_seq_length, cache_dir=cache, num_proc=num_proc
+        )
+        # The parse's parts (in its own processes): reading the file, parsing the chunks, writing the store.
+        out.update({f"build_{key}": value for key, value in LAST_BUILD.items()})
     else:
         dataset = AuthorsDataset(data)
     out["parse_s"], out["parse_cpu_s"] = time.perf_counter() - t, _cpu() - c
-    t, c = time.perf_counter(), _cpu()
+    t, c, own = time.perf_counter(), _cpu(), time.process_time()
     if arm == "ross":
         collator = RossDataCollator(processor, max_length=100_000)
         check_lengths(dataset, collator, cache_dir=cache, num_proc=num_proc)
@@ -190,11 +224,13 @@ def run_one(arm: str, data: str, components: str, cache: str, workers: int, num_
     else:
         lengths = dataset.modality_lengths
     out["prepass_s"], out["prepass_cpu_s"] = time.perf_counter() - t, _cpu() - c
+    out["prepass_own_cpu_s"] = time.process_time() - own  # this process's share (the rest: measuring processes)
     out["records"], out["mean_length"] = len(lengths), sum(abs(x) for x in lengths) / len(lengths)
     del lengths
     out["records_mb"] = (_rss_kb() - base_rss) / 1024
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["cache_mb"] = sum(p.stat().st_size for p in Path(cache).glob("*") if p.is_file()) / 2**20 if arm == "ross" else 0
+    out["fetch_us"] = _fetch_us(dataset)
     if epoch:
         first, last, seconds = _epoch_pss(dataset, workers)
         out.update(pss_start_mb=first["Pss"] / 1024, pss_end_mb=last["Pss"] / 1024, epoch_s=seconds,
@@ -301,6 +337,38 @@ def main(argv=None):
     report(rows, args, rates)
 
 
+def first_start_split(r: dict) -> dict:
+    """CPU ms per record of a `ross` first start, serial vs parallel (see the module docstring)."""
+    n = r["n"]
+    parallel = r["build_parse_cpu_s"] + r["prepass_cpu_s"] - r["prepass_own_cpu_s"]
+    serial = r["parse_cpu_s"] - r["build_parse_cpu_s"] + r["prepass_own_cpu_s"]  # read, write, forks, pre-pass own
+    return {"read": 1e3 * r["build_read_cpu_s"] / n, "write": 1e3 * r["build_write_cpu_s"] / n,
+            "parse": 1e3 * r["build_parse_cpu_s"] / n, "lengths": 1e3 * (r["prepass_cpu_s"] - r["prepass_own_cpu_s"]) / n,
+            "serial": 1e3 * serial / n, "parallel": 1e3 * parallel / n}  # fmt: skip
+
+
+def first_start_lines(rows) -> list[str]:
+    firsts = [r for r in rows if r["arm"] == "ross" and r["start"] == "first" and "build_parse_cpu_s" in r]
+    if not firsts:
+        return []
+    lines = ["", "First start, CPU ms per record (`ross`): serial = reading the JSON + writing the store + the rest of the "
+             "parse's parent and the pre-pass's own process; parallel = parsing the chunks + measuring the lengths. "
+             "Extrapolated wall time of a first start on one node of C cores: `T(N, C) = N * (serial + parallel / C)` "
+             "(upper bound for the overlap of writing and parsing; assumes linear scaling over the C processes).", "",
+             "| records | parse processes | read | write | serial in all | parse | lengths | parallel in all | "
+             "parallel fraction | T(665K, 16) | T(3.2M, 16) | T(3.2M, 32) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in firsts:
+        f = first_start_split(r)
+        time_s = lambda n, c: n * (f["serial"] + f["parallel"] / c) / 1e3  # noqa: E731
+        lines.append(
+            f"| {r['n']:,} | {r['build_num_proc']} | {f['read']:.3f} | {f['write']:.3f} | {f['serial']:.3f} | "
+            f"{f['parse']:.3f} | {f['lengths']:.3f} | {f['parallel']:.3f} | "
+            f"{f['parallel'] / (f['serial'] + f['parallel']):.1%} | {time_s(665_000, 16) / 60:.1f} min | "
+            f"{time_s(3_200_000, 16) / 60:.1f} min | {time_s(3_200_000, 32) / 60:.1f} min |"
+        )
+    return lines
+
+
 def report(rows, args, rates=None):
     from _common import cpu_model, git_commit, write_outputs
 
@@ -313,9 +381,9 @@ def report(rows, args, rates=None):
         f"`python bench/data_scale.py --sizes {' '.join(map(str, args.sizes))} --workers {args.workers} "
         f"--num-proc {args.num_proc}`", "",
         "| records | arm | start | parse (s) | parse CPU (s) | pre-pass (s) | pre-pass CPU (s) | CPU ms / record | "
-        "records' memory (MB) | peak RSS (MB) | cache (MB) | PSS main + workers, epoch start -> end (MB) | growth | "
-        "of it anonymous (MB) | growth | of it file-backed (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "records' memory (MB) | peak RSS (MB) | cache (MB) | fetch (us) | PSS main + workers, epoch start -> end (MB) | "
+        "growth | of it anonymous (MB) | growth | of it file-backed (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
         per = 1000 * (r["parse_cpu_s"] + r["prepass_cpu_s"]) / r["n"]
@@ -327,8 +395,10 @@ def report(rows, args, rates=None):
         lines.append(
             f"| {r['n']:,} | {r['arm']} | {r['start']} | {r['parse_s']:.2f} | {r['parse_cpu_s']:.2f} | "
             f"{r['prepass_s']:.2f} | {r['prepass_cpu_s']:.2f} | {per:.3f} | {r['records_mb']:.0f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['cache_mb']:.0f} | {pss} | {growth} | {anon} | {anon_growth} | {file} |"
+            f"{r['peak_rss_mb']:.0f} | {r['cache_mb']:.0f} | {r.get('fetch_us', float('nan')):.0f} | {pss} | {growth} | "
+            f"{anon} | {anon_growth} | {file} |"
         )
+    lines += first_start_lines(rows)
     lines += ["", "Linear fit `a + b N` (b per record) and extrapolation:", "",
               "| arm | start | figure | a | b (per record) | at 665K | at 3.2M |", "|---|---|---|---|---|---|---|"]
     fits = {}

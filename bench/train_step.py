@@ -67,7 +67,10 @@ padding left at row ends is reported), and each batch's forward + backward of
 ROSS^D (the optimizer step, equal for both, left out) is timed interleaved, padded then packed, with the same seed,
 so their losses must agree. Batches come in random order and length-grouped (`ross.train.samplers`). Reported: real
 (non-padding) tokens per second each way, the share of padding tokens of the padded batches, the speed-up next to
-the padding ratio (padded tokens / real tokens: the most packing can gain), and the largest loss difference.
+the padding ratio (padded tokens / real tokens: the most packing can gain), and the largest loss difference. Also the
+share of the padded step that scales with tokens (the language model, LM head and text loss alone, forward +
+backward, on the padded batches' shape) and the speed-up bound it sets (Amdahl: only that part shrinks, by the
+padding ratio): per-image costs (vision tower, denoiser, teacher) are the same whatever the layout.
 
 Writes `train_step.json` and `train_step.md` under `--out`.
 """
@@ -75,6 +78,7 @@ Writes `train_step.json` and `train_step.md` under `--out`.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -90,7 +94,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from _common import git_commit, noise_images, processor_side, synchronize, write_outputs
+from _common import cpu_model, git_commit, noise_images, processor_side, synchronize, write_outputs
 from modeling_ross import RossProcessor, from_components
 from modeling_ross.denoiser import RossDenoiser
 from modeling_ross.processing_ross import depth_to_rgb
@@ -370,6 +374,21 @@ def measure_packing(
         model.zero_grad(set_to_none=True)
         return float(loss.detach())
 
+    hidden = model.config.text_config.hidden_size
+
+    def run_language_model(batch):
+        """The part of a step that scales with the tokens: the language model, the LM head and the text loss,
+        forward + backward, on embeddings of the batch's shape (the vision tower, projector, denoiser and teacher
+        left out: their cost is per image, which no layout changes)."""
+        embeds = torch.randn(*batch["input_ids"].shape, hidden, device=device, dtype=dtype, requires_grad=True)
+        hidden_states = model.model.language_model(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(device), use_cache=False
+        ).last_hidden_state
+        logits = model.lm_head(hidden_states).float()
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].to(device).flatten())
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
     results = {}
     for name, order in orders.items():
         chosen = [order[i * batch_size : (i + 1) * batch_size] for i in range(num_batches)]
@@ -391,12 +410,25 @@ def measure_packing(
                     synchronize(device)
                     times[layout] += time.perf_counter() - start
                 diffs.append(abs(losses["padded"] - losses["packed"]))
+        run_language_model(padded[0])  # warm-up
+        language_model_s = 0.0
+        for _ in range(repeats):
+            for k in range(num_batches):
+                synchronize(device)
+                start = time.perf_counter()
+                run_language_model(padded[k])
+                synchronize(device)
+                language_model_s += time.perf_counter() - start
         real = sum(int(b["attention_mask"].sum()) for b in padded) * repeats
         padded_tokens = sum(b["input_ids"].numel() for b in padded) * repeats
         speed = {layout: real / t for layout, t in times.items()}
         packed_tokens = sum(b["input_ids"].numel() for b in packed) * repeats
         ratio = padded_tokens / real
+        # The most any layout can gain: only the token part shrinks, by the padding ratio (Amdahl).
+        token_share = language_model_s / times["padded"]
+        bound = 1 / ((1 - token_share) + token_share / ratio)
         results[f"{arm}/{name}"] = {
+            "token_share_padded": token_share, "speedup_bound": bound, "bound_over_padding_ratio": bound / ratio,
             "real_tokens_per_s": speed, "padding_share_padded": 1 - real / padded_tokens, "padding_share_packed": 1 - real / packed_tokens,
             "padded_over_real": ratio, "speedup": speed["packed"] / speed["padded"],
             "speedup_over_padding_ratio": speed["packed"] / speed["padded"] / ratio, "max_loss_diff": max(diffs),
@@ -406,21 +438,34 @@ def measure_packing(
     return results
 
 
+def run_stamp() -> dict:
+    """The machine and commit a stored result names."""
+    sha, dirty = git_commit()
+    return {"machine": f"{cpu_model()}, {os.cpu_count()} cores", "commit": sha[:7] + ("+dirty" if dirty else "")}
+
+
 def packing_markdown(packing: dict, args) -> str:
-    lines = [f"Packing: tiny config, {args.device}, SDPA, forward + backward, "
+    stamp = run_stamp()
+    lines = [f"Packing ({stamp['machine']}, commit {stamp['commit']}): tiny config, {args.device}, SDPA, "
+             "forward + backward, "
              f"{args.packing_batches} batches of {args.packing_batch} x {args.repeats} (interleaved)", "",
              "| arm | batches | mean sample (tokens) | padding share, padded | padding share, packed | "
              "real tokens/s padded | real tokens/s packed | "
-             "speed-up | padded / real tokens | speed-up / (padded / real) | max loss diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "speed-up | padded / real tokens | speed-up / (padded / real) | max loss diff | "
+             "token part of the padded step | bound | bound / (padded / real) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, r in packing.items():
         arm, name = key.split("/")
         lines.append(
             f"| {arm} | {name} | {r['mean_sequence']:.0f} | {r['padding_share_padded']:.1%} | "
             f"{r['padding_share_packed']:.1%} | "
             f"{r['real_tokens_per_s']['padded']:,.0f} | {r['real_tokens_per_s']['packed']:,.0f} | {r['speedup']:.2f} | "
-            f"{r['padded_over_real']:.2f} | {r['speedup_over_padding_ratio']:.0%} | {r['max_loss_diff']:.1e} |"
+            f"{r['padded_over_real']:.2f} | {r['speedup_over_padding_ratio']:.0%} | {r['max_loss_diff']:.1e} | "
+            f"{r['token_share_padded']:.0%} | {r['speedup_bound']:.2f} | {r['bound_over_padding_ratio']:.0%} |"
         )
+    lines += ["", "Token part: the language model + LM head + text loss alone (forward + backward) on the padded "
+              "batches, over the padded step; bound: the speed-up if only that part shrank by padded / real tokens "
+              "(no padding left, attention at no extra cost), `1 / ((1 - share) + share / (padded / real))`."]
     return "\n".join(lines) + "\n"
 
 
@@ -712,7 +757,8 @@ def main(argv=None) -> int:
             packing = {key: value for arm in ("ross", "none") for key, value in measure_packing(
                 Path(tmp) / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype, arm,
                 args.pack_max_tokens).items()}
-        write_outputs(args.out, "train_step_packing", {"device": args.device, "dtype": args.dtype, "packing": packing},
+        write_outputs(args.out, "train_step_packing",
+                      {**run_stamp(), "device": args.device, "dtype": args.dtype, "packing": packing},
                       packing_markdown(packing, args))  # fmt: skip
         return 0
     requested = [*args.arms, *(DEPTH_ARMS if args.depth else ())]

@@ -293,3 +293,18 @@ def test_qwen25vl_flop_account_matches_the_flop_counter_and_the_image_processor(
         assert 0 < entry["ross_overhead_with_cache"] < entry["ross_overhead"] < 0.1
     assert large["ross_overhead"] > small["ross_overhead"]  # the head grows with the image, the LLM's text does not
     assert "27 x 37 = 999 image tokens" in (tmp_path / "train_step_qwen25vl_flops.md").read_text()
+
+
+def test_data_scale_splits_a_first_start_into_serial_and_parallel_cpu(tmp_path):
+    """At smoke sizes: the parse's parts (read, parsing, write), the fetch time and the first-start extrapolation
+    `T(N, C) = N * (serial + parallel / C)` are reported for each first start."""
+    data_scale = load_script("data_scale")
+    data_scale.main(["--sizes", "150", "300", "--no-epoch", "--num-proc", "2", "--out", str(tmp_path)])
+    payload = json.loads((tmp_path / "data_scale.json").read_text())
+    firsts = [r for r in payload["rows"] if r["arm"] == "ross" and r["start"] == "first"]
+    assert len(firsts) == 2 and all(r["fetch_us"] > 0 for r in payload["rows"])
+    for r in firsts:
+        assert r["build_records"] == r["n"] and r["build_parse_cpu_s"] > 0 and r["build_read_cpu_s"] >= 0
+        split = data_scale.first_start_split(r)
+        assert split["parallel"] > 0 and split["serial"] > 0
+    assert "T(3.2M, 16)" in (tmp_path / "data_scale.md").read_text()

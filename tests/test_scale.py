@@ -210,3 +210,121 @@ def test_length_prepass_in_forked_processes_equals_one_process(varied_json, tiny
     monkeypatch.setattr(lengths_module, "CHUNK", 3)  # many tasks for 2 processes
     two = check_lengths(load_training_dataset(varied_json), collator, cache_dir=tmp_path / "two", num_proc=2)
     assert one == two and all(isinstance(n, int) and n > 0 for n in one)
+
+
+def _store_files(cache):
+    (arrow,) = cache.glob("records-*.arrow")
+    return arrow, arrow.with_suffix(".rows")
+
+
+@pytest.mark.parametrize("name", ["data.json", "data.jsonl"])
+def test_parallel_parse_writes_the_serial_store_row_by_row(tmp_path, monkeypatch, name):
+    """Records parsed by 2 processes in chunks of 3 give the store of one process: the same key (file name), the same
+    Arrow rows (reasons, details, `changed`) and the same rows file, byte for byte; bad records keep their reasons."""
+    import pyarrow as pa
+
+    import ross.train.records as records_module
+
+    records = _varied_records(tmp_path, n=23)
+    records[4]["conversations"] = [{"from": "human", "value": "no answer"}]  # no_assistant_turn
+    records[7]["image"] = ["images/missing.png"] * len(records[7].get("image", ["x"]))  # missing_image
+    records[11]["conversations"].insert(0, {"from": "gpt", "value": "hello"})  # changed: dropped_leading_gpt_turn
+    records[16] = ["not", "a", "record"]  # invalid_record
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) if name.endswith("l") else json.dumps(records))
+    monkeypatch.setattr(records_module, "BATCH", 3)  # 8 chunks
+    stores = {}
+    for num_proc in (1, 2):
+        cache = tmp_path / f"cache{num_proc}"
+        dataset = load_training_dataset(path, on_bad_sample="skip", max_bad_fraction=0.5, cache_dir=cache,
+                                        num_proc=num_proc)  # fmt: skip
+        assert records_module.LAST_BUILD["num_proc"] == num_proc
+        stores[num_proc] = (dataset, *_store_files(cache))
+    (one, arrow1, rows1), (two, arrow2, rows2) = stores[1], stores[2]
+    assert arrow1.name == arrow2.name  # the store key does not depend on num_proc
+    with pa.memory_map(str(arrow1)) as f1, pa.memory_map(str(arrow2)) as f2:
+        table1, table2 = pa.ipc.open_stream(f1).read_all(), pa.ipc.open_stream(f2).read_all()
+    assert table1.num_rows == len(records) and table1.equals(table2)
+    assert rows1.read_bytes() == rows2.read_bytes()
+    assert one.skipped == two.skipped == {"no_assistant_turn": 1, "missing_image": 1, "invalid_record": 1}
+    assert one.sources[0].changes == two.sources[0].changes == {"dropped_leading_gpt_turn": 1}
+    reasons = table1.column("reason").to_pylist()
+    assert [reasons[k] for k in (4, 7, 16)] == ["no_assistant_turn", "missing_image", "invalid_record"]
+    for index in range(len(one)):
+        a, b = one[index], two[index]
+        assert (a["id"], a["source"], a["messages"], len(a["images"])) == (b["id"], b["source"], b["messages"],
+                                                                          len(b["images"]))
+    # A second start with either setting opens the same store: nothing parsed.
+    load_training_dataset(path, on_bad_sample="skip", max_bad_fraction=0.5, cache_dir=tmp_path / "cache1", num_proc=2)
+    assert records_module.LAST_BUILD == {}
+
+
+def test_parse_error_in_a_parsing_process_is_raised_in_the_caller(tmp_path, monkeypatch):
+    import ross.train.records as records_module
+    import ross.train.sources as sources_module
+
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(_varied_records(tmp_path, n=9)))
+    monkeypatch.setattr(records_module, "BATCH", 3)
+
+    def broken(*args, **kwargs):
+        raise KeyError("boom in a parsing process")
+
+    monkeypatch.setattr(sources_module, "_check_against_images", broken)
+    with pytest.raises(KeyError, match="boom in a parsing process"):
+        load_training_dataset(path, cache_dir=tmp_path / "cache", num_proc=2)
+    assert not list((tmp_path / "cache").glob("records-*"))  # no half store left
+
+
+def test_fetch_reads_rows_without_a_memory_map_and_a_fork_opens_its_own_file(varied_json, tmp_path):
+    """A fetch reads its row with `pread`: the rows file is never mapped (its pages are not counted in the process's
+    memory), and a forked process (a DataLoader worker) reads through a file handle of its own."""
+    import os
+
+    dataset = load_training_dataset(varied_json, cache_dir=tmp_path / "cache")
+    _, rows_path = _store_files(tmp_path / "cache")
+    items = [dataset[i] for i in range(len(dataset))]
+    maps = open("/proc/self/maps").read() if os.path.exists("/proc/self/maps") else ""
+    assert str(rows_path) not in maps
+    rows = dataset.sources[0].rows
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own handle, the same rows
+        ok = rows._pid != os.getpid() and [dataset[i]["messages"] for i in range(len(dataset))] == [
+            item["messages"] for item in items] and rows._pid == os.getpid() and rows._fd is not None
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    assert rows._pid == os.getpid()
+
+
+def test_parallel_parse_of_a_datasets_source_writes_the_serial_store(tmp_path, monkeypatch):
+    import datasets
+    import pyarrow as pa
+
+    import ross.train.records as records_module
+
+    (tmp_path / "images").mkdir()
+    _png(tmp_path / "images", "x.png", 0)
+    good = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "What?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
+    no_answer = good[:1]
+    messages = [no_answer if k % 5 == 2 else good for k in range(11)]
+    images = [["images/missing.png"] if k == 8 else ["images/x.png"] for k in range(11)]
+    hf = datasets.Dataset.from_dict({"id": [f"h{k}" for k in range(11)], "messages": messages, "images": images})
+    monkeypatch.setattr(records_module, "BATCH", 3)
+    stores = []
+    for num_proc in (1, 2):
+        cache = tmp_path / f"cache{num_proc}"
+        dataset = load_training_dataset(hf, image_folder=tmp_path, on_bad_sample="skip", max_bad_fraction=0.9,
+                                        cache_dir=cache, num_proc=num_proc)  # fmt: skip
+        assert records_module.LAST_BUILD["num_proc"] == num_proc
+        arrow, rows = _store_files(cache)
+        with pa.memory_map(str(arrow)) as f:
+            stores.append((dataset, arrow.name, pa.ipc.open_stream(f).read_all(), rows.read_bytes()))
+    (one, name1, table1, rows1), (two, name2, table2, rows2) = stores
+    assert name1 == name2 and table1.equals(table2) and rows1 == rows2
+    assert one.skipped == two.skipped == {"no_assistant_turn": 2, "missing_image": 1}
+    assert [one[i]["id"] for i in range(len(one))] == [two[i]["id"] for i in range(len(two))] == [
+        f"h{k}" for k in range(11) if k % 5 != 2 and k != 8]

@@ -1,10 +1,10 @@
-"""Training samples from LLaVA / messages JSON(L) files or HF `datasets`: samples parsed once into a memory-mapped Arrow
-store, images decoded at fetch, bad samples raised or skipped.
+"""Training samples from LLaVA / messages JSON(L) files or HF `datasets`: samples parsed once into an on-disk store,
+images decoded at fetch, bad samples raised or skipped.
 
 :func:`load_training_dataset` opens the sources (`train/sources.py`) and their parsed-records stores
-(`train/records.py`: every record parsed once per data file and settings, in a forked child, then memory-mapped by
-every process); :class:`RossDataset` keeps numpy arrays per sample and reads a sample's messages from the store and
-its images from disk in `__getitem__`, i.e. in the dataloader workers. Items are::
+(`train/records.py`: every record parsed once per data file and settings, by forked processes, then opened by every
+process); :class:`RossDataset` keeps numpy arrays per sample and reads a sample's messages from the store (one
+positioned read) and its images from disk in `__getitem__`, i.e. in the dataloader workers. Items are::
 
     {"id": str, "source": "file:line" (JSONL, 1-based) | "file:#index" (JSON array or HF dataset, 0-based),
      "messages": [{"role": "system"|"user"|"assistant", "content": [{"type": "image"} | {"type": "text", ...}]}],
@@ -37,7 +37,6 @@ the end-of-training summary. Counts are per process group rank.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -86,10 +85,11 @@ class RossDataset(Dataset):
     `modality_lengths`, as in LLaVA) for the samplers of `train/samplers.py`; `transformers.Trainer`'s own
     `group_by_length` only reads a length column of a `datasets.Dataset`, so pass `dataset.lengths` to a sampler.
 
-    Memory: the parsed records live in each source's memory-mapped Arrow store (`train/records.py`); the dataset
-    holds numpy arrays only (source and position, image count, text characters, exact length per kept sample), so
-    neither a rank nor its forked dataloader workers hold a Python object per record. Images are never held, only
-    their paths (JSON) or the dataset's memory-mapped `images` column.
+    Memory: the parsed records live in each source's store on disk (`train/records.py`), a sample's row read with
+    one `pread` at fetch; the dataset holds numpy arrays only (source and position, image count, text characters,
+    exact length per kept sample, and per record its row's offset), so neither a rank nor its forked dataloader
+    workers hold a Python object per record, nor map the rows. Images are never held, only their paths (JSON) or the
+    dataset's memory-mapped `images` column.
     """
 
     def __init__(
@@ -122,7 +122,7 @@ class RossDataset(Dataset):
     def messages(self, index: int) -> list[dict]:
         """The parsed messages of sample `index` (a fresh copy, read from the source's store)."""
         source_index, local = self.entry(index)
-        return json.loads(self.sources[source_index].records.data.column("messages")[local].as_py())
+        return self.sources[source_index].row(local)["messages"]
 
     def where(self, index: int) -> str:
         """`id=... (file:line)` of sample `index`, for messages."""
@@ -134,13 +134,15 @@ class RossDataset(Dataset):
         """Load sample `index`; raises `BadSampleError` (naming id and file) whatever `on_bad_sample` says."""
         source_index, local = self.entry(index)
         source = self.sources[source_index]
-        sample_id, location = source.sample_id(local), source.locations[local]
+        # Read from the store at every fetch (one positioned read): a caller editing its item never changes later
+        # epochs.
+        row = source.row(local)
+        sample_id, location = row["id"] if row["id"] is not None else row["location"], row["location"]
         try:
-            images = source.load_images(local)
+            images = source.load_images(local, row)
         except BadSampleError as error:
             raise error.located(sample_id, location) from error
-        # Decoded from the store at every fetch: a caller editing its item never changes later epochs.
-        return {"id": sample_id, "messages": self.messages(index), "images": images, "source": location}
+        return {"id": sample_id, "messages": row["messages"], "images": images, "source": location}
 
     def __getitem__(self, index: int) -> dict:
         if self.on_bad_sample == "error":
@@ -229,6 +231,7 @@ def load_training_dataset(
     image_placement: str = "front",
     max_bad_fraction: float = MAX_BAD_FRACTION,
     cache_dir=None,
+    num_proc: int | None = None,
 ) -> RossDataset:
     """
     Load training samples lazily from one or several sources, checking at once what is cheap to check.
@@ -254,6 +257,7 @@ def load_training_dataset(
         cache_dir: where the parsed records are stored (`records-<key>.arrow`, `train/records.py`); default:
             `default_cache_dir` (`.ross_cache/` next to the first data file, else `~/.cache/ross`). On several
             processes, let one build it first (`main_process_first`), the others then open it.
+        num_proc: processes parsing a source on its first load (default: the CPUs available, at most 32).
     """
     check_on_bad_sample(on_bad_sample)
     if image_placement not in ("front", "inplace"):
@@ -275,8 +279,8 @@ def load_training_dataset(
             )
         source = open_source(path, folder, format, split, source_index, image_placement)
         store_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(source)
-        records, missing = open_records(source, check_image_files, store_dir)
-        source.attach(records)
+        records, rows, missing = open_records(source, check_image_files, store_dir, num_proc)
+        source.attach(records, rows)
         sources.append(source)
         table = records.data
         for start in range(0, len(records), BATCH):

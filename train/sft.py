@@ -53,9 +53,9 @@ from ross.train.trainer import RossTrainer, apply_lora, apply_stage, count_train
 def load_data(run_config, processor, collator=None):
     """The training dataset (a `Subset` of it with `max_train_samples`).
 
-    The local main process of each node parses the data once into its memory-mapped Arrow store
-    (`train/records.py`, in `length_cache_dir` or next to the data) while the node's other processes wait, then they
-    open it. With the run's collator, the length pre-pass (`train/lengths.py`) runs next on every rank, each measuring
+    The local main process of each node parses the data once, in a pool of processes using the node's CPUs, into its
+    records store (`train/records.py`, in `length_cache_dir` or next to the data) while the node's other processes
+    wait, then they open it. With the run's collator, the length pre-pass (`train/lengths.py`) runs next on every rank, each measuring
     its share: samples too long for `model_max_length` are an error listing them all, or with `on_bad_sample: skip`
     are left out, before step 1."""
     cache_dir = run_config.length_cache_dir  # paths were resolved when the config was loaded

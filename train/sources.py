@@ -303,7 +303,8 @@ def decode_image(image, depth: bool = False) -> Image.Image:
 class JsonSource:
     """One LLaVA-format or messages-format JSON / JSONL file. `parse_all` reads and parses it once; the dataset then
     stores the parsed rows (`train/records.py`) and `attach`es them, after which the source reads ids, locations
-    (`file:line`, 1-based, for JSONL; `file:#index`, 0-based, for a JSON array) and image paths from that store."""
+    (`file:line`, 1-based, for JSONL; `file:#index`, 0-based, for a JSON array) and image paths from that store's
+    rows."""
 
     def __init__(self, path: str, image_folder: str | None, format: str, image_placement: str = "front"):
         self.path = path
@@ -312,7 +313,7 @@ class JsonSource:
         self.requested_format = format
         self.format = None if format == "auto" else format
         self._records = self._raw_locations = None
-        self.records = None  # the parsed store, once attached
+        self.records = self.rows = None  # the parsed store (load-time table, rows read at fetch), once attached
         self.locations = _StoreColumn(self, "location")
         self._row = {}
         self.changes: Counter = Counter()  # records changed at parse, by rule (for the run summary)
@@ -325,11 +326,11 @@ class JsonSource:
             first = next((r for r in self._records if isinstance(r, Mapping)), {})
             self.format = "messages" if "messages" in first and "conversations" not in first else "llava"
 
-    def attach(self, records) -> None:
+    def attach(self, records, rows) -> None:
         """Read everything from the parsed store from now on (the raw records are gone). The good records that a
         parse rule changed are counted from the store (the parse may have run in another process, or in an earlier
         run), for the run summary, and said once."""
-        self.records, self._records, self._raw_locations, self._row = records, None, None, {}
+        self.records, self.rows, self._records, self._raw_locations, self._row = records, rows, None, None, {}
         table = records.data
         rules = zip(table.column("reason").to_pylist(), table.column("changed").to_pylist())
         self.changes = Counter(rule for reason, changed in rules if reason is None for rule in changed or ())
@@ -348,8 +349,11 @@ class JsonSource:
     def sample_id(self, index: int) -> str:
         if self.records is None:
             return self._row_id(index) or self._raw_locations[index]
-        value = self.records.data.column("id")[index].as_py()
-        return value if value is not None else self.locations[index]
+        return _row_sample_id(self.rows[index])
+
+    def row(self, index: int) -> dict:
+        """The stored row of record `index` (messages, id, location, images, depth; `train/records.py`)."""
+        return self.rows[index]
 
     def _row_id(self, index: int):
         record = self._records[index]
@@ -397,26 +401,33 @@ class JsonSource:
         self.changes.update(changes)
         return parsed
 
-    def parse_all(self, check_files: bool) -> Iterator[tuple[int, ParsedSample | BadSampleError]]:
-        """Yield `(index, ParsedSample or BadSampleError)` for every record (each raw record is released once
-        parsed)."""
+    def parse_all(
+        self, check_files: bool, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, ParsedSample | BadSampleError]]:
+        """Yield `(index, ParsedSample or BadSampleError)` for records `start..stop` (default: all; each raw record
+        is released once parsed)."""
         self._read()
-        for index in range(len(self._raw_locations)):
+        for index in range(start, len(self._raw_locations) if stop is None else stop):
             try:
                 yield index, self._parse(index, check_files)
             except BadSampleError as error:
                 yield index, error
-            if index > 0:
+            if index > start:
                 self._records[index - 1] = None
 
-    def load_images(self, index: int) -> list[Image.Image]:
-        row = self.records.data.slice(index, 1)
-        paths, depth = row.column("images")[0].as_py() or [], row.column("depth")[0].as_py() or ()
-        return [decode_image(path, k in depth) for k, path in enumerate(paths)]
+    def load_images(self, index: int, row: dict | None = None) -> list[Image.Image]:
+        """The images of record `index` (`row`: its stored row, when the caller has read it already)."""
+        row = self.rows[index] if row is None else row
+        depth = row["depth"] or ()
+        return [decode_image(path, k in depth) for k, path in enumerate(row["images"] or [])]
+
+
+def _row_sample_id(row: dict) -> str:
+    return row["id"] if row["id"] is not None else row["location"]
 
 
 class _StoreColumn:
-    """`source.locations[i]`: one string column of the attached store (or the raw read before it)."""
+    """`source.locations[i]`: one field of the attached store's rows (or the raw read before it)."""
 
     def __init__(self, source, name: str):
         self.source, self.name = source, name
@@ -425,7 +436,7 @@ class _StoreColumn:
         if self.source.records is None:
             self.source._read()
             return self.source._raw_locations[index]
-        return self.source.records.data.column(self.name)[index].as_py()
+        return self.source.rows[index][self.name]
 
     def __len__(self) -> int:
         return len(self.source)
@@ -511,21 +522,24 @@ class HFSource:
         self._depth = dataset.select_columns(["depth_images"]) if "depth_images" in dataset.column_names else None
         self.locations = _LazyLocations(name)
         self.requested_format = None
-        self.records = None  # the parsed store (`train/records.py`), once attached
+        self.records = self.rows = None  # the parsed store (`train/records.py`), once attached
         self._ids = {}
 
-    def attach(self, records) -> None:
-        self.records = records
+    def attach(self, records, rows) -> None:
+        self.records, self.rows = records, rows
 
     def __len__(self):
         return len(self.dataset)
 
     def sample_id(self, index: int) -> str:
         if self.records is not None:
-            value = self.records.data.column("id")[index].as_py()
-        else:
-            value = self._ids.get(index)
+            return _row_sample_id(self.rows[index])
+        value = self._ids.get(index)
         return value if value is not None else f"{self.path}:#{index}"
+
+    def row(self, index: int) -> dict:
+        """The stored row of record `index` (messages, id, location; its images stay in the HF dataset)."""
+        return self.rows[index]
 
     def row_extras(self, index: int) -> dict:
         """The stored columns of record `index` besides its messages (right after `parse_all` yielded it); the
@@ -539,9 +553,9 @@ class HFSource:
             return os.path.join(self.image_folder, image)
         return image
 
-    def parse_all(self, check_files: bool, chunk: int = 1000):
-        """Yield `(index, ParsedSample or BadSampleError)`, reading `images` as Arrow list lengths (no decoding, no
-        copy of the image bytes into Python)."""
+    def parse_all(self, check_files: bool, chunk: int = 1000, start: int = 0, stop: int | None = None):
+        """Yield `(index, ParsedSample or BadSampleError)` for records `start..stop` (default: all), reading `images`
+        as Arrow list lengths (no decoding, no copy of the image bytes into Python)."""
         # pyarrow comes with `datasets` (the optional `train` extra): only a datasets source needs it.
         import pyarrow.compute as pc
 
@@ -550,14 +564,16 @@ class HFSource:
         inner = getattr(self.dataset.features.get("images"), "feature", None)
         paths_to_check = check_files and getattr(inner, "dtype", None) == "string"
         id_column = self.dataset.select_columns(["id"]) if "id" in self.dataset.column_names else None
-        for start in range(0, len(messages_only), chunk):
-            batch = messages_only[start : start + chunk]["messages"]
+        stop = len(messages_only) if stop is None else stop
+        for first in range(start, stop, chunk):
+            end = min(first + chunk, stop)
+            batch = messages_only[first:end]["messages"]
             if id_column is not None:
-                ids = id_column[start : start + chunk]["id"]
-                self._ids = {start + k: None if v is None else str(v) for k, v in enumerate(ids)}
+                ids = id_column[first:end]["id"]
+                self._ids = {first + k: None if v is None else str(v) for k, v in enumerate(ids)}
             counts, paths = [0] * len(batch), None
             if images_arrow is not None:
-                column = images_arrow[start : start + chunk]["images"]
+                column = images_arrow[first:end]["images"]
                 counts = pc.fill_null(pc.list_value_length(column), 0).to_pylist()
                 paths = column.to_pylist() if paths_to_check else None
             for offset, messages in enumerate(batch):
@@ -565,11 +581,11 @@ class HFSource:
                     parsed = _check_against_images(_normalize_messages(messages, self.image_placement), counts[offset])
                     if paths is not None:
                         _check_files_exist(self._resolve(ref) for ref in paths[offset] or [])
-                    yield start + offset, parsed
+                    yield first + offset, parsed
                 except BadSampleError as error:
-                    yield start + offset, error
+                    yield first + offset, error
 
-    def load_images(self, index: int) -> list[Image.Image]:
+    def load_images(self, index: int, row: dict | None = None) -> list[Image.Image]:
         images = (self._images[index]["images"] or []) if self._images is not None else []
         depth = _depth_positions(self._depth[index]["depth_images"], len(images)) if self._depth is not None else ()
         return [decode_image(self._resolve(image), k in depth) for k, image in enumerate(images)]
