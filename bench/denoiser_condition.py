@@ -7,7 +7,7 @@ stream) are computed once, then a copy of the denoiser is trained on them with t
 16, `--lr`). Every 250 steps it prints the visual loss on held-out images (synthetic_colour's benchmark images, or
 fresh scenes without `--data`) with each image's own visual outputs and with the visual outputs shuffled across the
 images (the same noise and timesteps: `make demo`'s ROSS-active check). A denoiser that reads its condition gets a
-lower loss with the true ones. Used in README's default-run status (issue 22).
+lower loss with the true ones. Used in docs/evidence.md's default-run numbers (issue 22).
 """
 
 from __future__ import annotations

@@ -243,7 +243,8 @@ if _LmmsBase is not None:
 def __getattr__(name):
     if name in ("RossLmms", "RossLmmsChat"):
         raise ImportError(
-            f"ross.eval.lmms_plugin.{name} needs lmms-eval (see README, Evaluate: eval/lmms-eval-requirements.txt); "
+            f"ross.eval.lmms_plugin.{name} needs lmms-eval (see docs/evaluation.md, 'lmms-eval plugin': "
+            f"eval/lmms-eval-requirements.txt); "
             f"importing it failed: {_IMPORT_ERROR}"
         )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

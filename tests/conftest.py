@@ -37,6 +37,29 @@ def tiny_processor(tiny_components):
     return RossProcessor.from_components(tiny_components["vision_model"], tiny_components["language_model"])
 
 
+def run_demo_cli(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m ross.train.demo --fast --out OUT ARGS...` (a smoke run: tiny step counts), checked for success."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ross.train.demo", "--fast", "--out", str(out), *args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def fast_demo(tmp_path_factory):
+    """One `make demo`-like run per test session (the demo's tests and README's quick start share it): returns the
+    output root (what `runs/` is after `make demo`), the summary and the console output (progress goes to stderr)."""
+    import json
+
+    out = tmp_path_factory.mktemp("demo") / "runs"
+    result = run_demo_cli(out, "--probe")  # the per-quadrant probes are optional (a diagnostic); tested here
+    summary = json.loads((out / "demo" / "summary.json").read_text())
+    return out, summary, result.stdout + result.stderr
+
+
 @pytest.fixture()
 def tiny_model(tiny_components):
     import torch

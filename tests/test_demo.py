@@ -2,36 +2,17 @@
 reconstructions), the Hub-ready model folder in a fresh process, and the component cache on a second run."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run_isolated
+from conftest import run_demo_cli, run_isolated
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("synthetic_pope", "synthetic_mmvp", "synthetic_count", "synthetic_colour", "synthetic_position")
 
 
-def _run_demo(out: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(
-        [sys.executable, "-m", "ross.train.demo", "--fast", "--out", str(out), *args],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return result
-
-
-@pytest.fixture(scope="module")
-def fast_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "runs"
-    result = _run_demo(out, "--probe")  # the per-quadrant probes are optional (a diagnostic); tested here
-    summary = json.loads((out / "demo" / "summary.json").read_text())
-    return out, summary, result.stdout + result.stderr  # progress lines go to stderr
+# `fast_demo` (conftest.py, session scope): `python -m ross.train.demo --fast --probe`, shared with test_readme.py.
 
 
 @pytest.mark.slow
@@ -61,6 +42,7 @@ def test_summary_has_every_phase_and_metric(fast_demo):
         assert (Path(summary["paths"]["eval"]) / name / "predictions.jsonl").is_file()
     assert "pair_accuracy" in summary["evaluation"]["synthetic_mmvp"]
     assert Path(summary["reconstruction"]["path"]).is_file()
+    assert all((out / "demo" / "benchmarks" / name).is_dir() for name in BENCHMARKS)  # README's stable data path
     assert Path(summary["paths"]["model"]) == out.resolve() / "demo" / "model"
     card = (out / "demo" / "model" / "README.md").read_text()  # the card: the Space's header name, the scores
     assert "\n# ross-tiny-demo\n" in card and "synthetic_pope" in card
@@ -117,7 +99,7 @@ def test_model_folder_answers_in_a_fresh_process(fast_demo, tmp_path):
 @pytest.mark.slow
 def test_second_run_reuses_the_component_and_data_caches(fast_demo):
     out, first, _ = fast_demo
-    _run_demo(out, "--stop-after", "data")
+    run_demo_cli(out, "--stop-after", "data")
     second = json.loads((out / "demo" / "summary.json").read_text())
     assert second["components"]["cached"] is True and second["data"]["cached"] is True
     assert second["components"]["key"] == first["components"]["key"]

@@ -608,6 +608,13 @@ def run_demo(
     data = run.phase("data", lambda: prepare_data(out / "data", settings))
     data_root = out / "data" / data["key"]
     summary["data"] = {**data, "folder": str(data_root)}
+    # The data folder is keyed by a settings hash; `<run>/benchmarks` is a stable name for this run's benchmarks
+    # (README's `python -m ross.eval.run ... --data runs/demo/benchmarks/synthetic_pope`).
+    link = run_dir / "benchmarks"
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(os.path.relpath(data_root / "benchmarks", run_dir), target_is_directory=True)
+    summary["paths"]["benchmarks"] = str(link)
     if run.stops_after("data"):
         return summary
 
