@@ -285,3 +285,118 @@ def write_tiny_components(root, vision_kwargs=None, language_kwargs=None, vae_kw
         "teacher": str(write_tiny_vae(root / "vae-tiny", **(vae_kwargs or {}))),
         "teacher_subfolder": "vae",
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Native transformers VLMs (RossForPreTraining): tiny random-weight configs of the real classes, saved like Hub repos.
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Qwen2-VL's chat template, reduced to what the tests use (images, text, generation prompt); the same markers.
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# llava-hf's template shape: "USER: <image>\n... ASSISTANT: ..."
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% if message['role'] != 'user' %}<|im_end|>{% endif %} {% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def build_processor_without_torchvision(processor_class, **parts):
+    """`processor_class(**parts)` where an optional sub-processor is absent (None).
+
+    transformers 5.23 checks every sub-processor's class, also an absent one, and without torchvision the check of
+    `video_processor=None` fails (`'VIDEO_PROCESSOR_MAPPING' has no attribute '_extra_content'`), so
+    `Qwen2_5_VLProcessor` cannot be built on a machine without torchvision. For tests only: the check is skipped for
+    None arguments while the processor is constructed; users with torchvision call `AutoProcessor.from_pretrained`.
+    """
+    from unittest import mock
+
+    from transformers import ProcessorMixin
+
+    original = ProcessorMixin.check_argument_for_proper_class
+
+    def check(self, argument_name, argument):
+        return None if argument is None else original(self, argument_name, argument)
+
+    with mock.patch.object(ProcessorMixin, "check_argument_for_proper_class", check):
+        return processor_class(**parts)
+
+
+def tiny_qwen25_vl(seed: int = 0, vision_depth: int = 1, min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 36):
+    """A random-weight `Qwen2_5_VLForConditionalGeneration` (LLM 64 wide, 2 layers; vision tower 32 wide, window
+    attention, patch 14, merge 2) and its `Qwen2_5_VLProcessor` (PIL image processor, Qwen-style tokenizer, no video
+    processor: see `build_processor_without_torchvision`). `vision_depth=0` gives a tower without attention, whose
+    token features depend on their own 28 x 28 px cell only (the grid-mapping tests)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
+
+    tokenizer = build_tiny_tokenizer(extra_special_tokens=QWEN25_SPECIAL_TOKENS, added_tokens=QWEN25_ADDED_TOKENS)
+    ids = tokenizer.convert_tokens_to_ids
+    torch.manual_seed(seed)
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64, "intermediate_size": 133,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
+            "tie_word_embeddings": False,
+        },
+        vision_config={
+            "depth": vision_depth, "hidden_size": 32, "intermediate_size": 40, "num_heads": 4, "out_hidden_size": 64,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
+            "fullatt_block_indexes": [0],
+        },
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    processor = build_processor_without_torchvision(
+        Qwen2_5_VLProcessor, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor
+
+
+def tiny_llava(seed: int = 0, vision_layers: int = 1, image_size: int = 32, patch_size: int = 4,
+               vision_feature_layer: int = -1):
+    """A random-weight llava-hf `LlavaForConditionalGeneration` (SigLIP tower 32 px / patch 4 = 8 x 8 tokens, Qwen2
+    LLM 64 wide) and its `LlavaProcessor` (SigLIP PIL image processor). `vision_feature_layer=0` takes the tower's
+    embeddings (patch + position), before any attention mixes tokens (the grid-mapping tests)."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = build_tiny_tokenizer(extra_special_tokens=["<image>"])
+    torch.manual_seed(seed)
+    config = LlavaConfig(
+        vision_config={
+            "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch_size,
+            "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
+            "vision_use_head": False,
+        },
+        text_config={
+            "model_type": "qwen2", "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64,
+            "intermediate_size": 133, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="full",
+        vision_feature_layer=vision_feature_layer, image_seq_length=(image_size // patch_size) ** 2,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlavaForConditionalGeneration(config)
+    image_processor = SiglipImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+        vision_feature_select_strategy="full", chat_template=LLAVA_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor
