@@ -1,0 +1,260 @@
+"""ROSS around native transformers VLMs (`RossForPreTraining`): tiny random-weight configs of the real classes
+(llava-hf `LlavaForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`), offline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling_ross.denoiser import RossDenoiser, build_noise_scheduler, grid_sincos_table
+from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
+from modeling_ross.objective import grid_denoising_loss
+from modeling_ross.testing import tiny_llava, tiny_qwen25_vl, write_tiny_vae
+from tests.conftest import run_isolated
+
+
+HEAD = {"denoiser_hidden_size": 64, "denoiser_depth": 2, "denoiser_num_heads": 4, "num_noise_draws": 2}
+
+
+@pytest.fixture(scope="module")
+def kl16_vae(tmp_path_factory):
+    """A KL-16 teacher (5 blocks: downsample 16, no folding), as the paper's default."""
+    return str(write_tiny_vae(tmp_path_factory.mktemp("vae"), block_out_channels=(8, 16, 16, 16, 16)))
+
+
+def objective(vae: str, **overrides) -> dict:
+    return {"teacher": vae, "teacher_subfolder": "vae", **HEAD, **overrides}
+
+
+def ross_for(build, vae, **kwargs):
+    vlm, processor = build(**kwargs)
+    image_processor = processor.image_processor
+    ross = RossForPreTraining.from_vlm(
+        vlm, objective(vae), image_mean=image_processor.image_mean, image_std=image_processor.image_std
+    )
+    return ross, processor
+
+
+def random_image(height: int, width: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def chat_batch(processor, images_per_sample, answers=("red", "two")):
+    """A padded batch of user (images + question) -> assistant turns; a sample with no image is text-only."""
+    texts, images = [], []
+    for sample_images, answer in zip(images_per_sample, answers):
+        content = [{"type": "image"} for _ in sample_images] + [{"type": "text", "text": "what colour is it"}]
+        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+        texts.append(processor.apply_chat_template(messages, tokenize=False))
+        images.extend(sample_images)
+    return processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+
+
+# ---- the variable-grid denoiser and loss ----
+
+
+def test_grid_sincos_table_equals_the_square_table():
+    denoiser = RossDenoiser(in_channels=4, condition_size=8, hidden_size=32, depth=1, num_heads=4, grid_size=5)
+    assert torch.allclose(grid_sincos_table(32, 5, 5), denoiser.sincos_table(), atol=1e-6)
+
+
+def test_mixed_grid_loss_equals_the_per_image_computation():
+    """One padded, key-masked denoiser call over images of different grids == each image alone, to 1e-5."""
+    torch.manual_seed(0)
+    denoiser = RossDenoiser(in_channels=6, condition_size=16, hidden_size=32, depth=2, num_heads=4, grid_size=4)
+    for parameter in denoiser.parameters():  # leave adaLN-Zero's identity start, so attention matters
+        torch.nn.init.normal_(parameter, std=0.1)
+    scheduler = build_noise_scheduler()
+    grids, num_draws = [(2, 3), (4, 4), (3, 1)], 2
+    conditions = [torch.randn(r * c, 16) for r, c in grids]
+    targets = [torch.randn(r * c, 6) for r, c in grids]
+    rows, max_tokens = num_draws * len(grids), 16
+    noise, timesteps = torch.randn(rows, max_tokens, 6), torch.randint(0, 1000, (rows,))
+    batched = grid_denoising_loss(denoiser, scheduler, conditions, targets, grids, num_draws, noise, timesteps)
+
+    per_image = []
+    for i, (grid, condition, target) in enumerate(zip(grids, conditions, targets)):
+        n = grid[0] * grid[1]
+        draws = [d * len(grids) + i for d in range(num_draws)]  # rows are tiled draw-major
+        eps, t = noise[draws, :n], timesteps[draws]
+        noisy = scheduler.add_noise(target.expand(num_draws, -1, -1), eps, t)
+        prediction = denoiser(noisy, t, condition.expand(num_draws, -1, -1), grid_sizes=[grid] * num_draws)
+        per_image.append(torch.nn.functional.mse_loss(prediction, eps))
+    assert torch.allclose(batched, torch.stack(per_image).mean(), atol=1e-5, rtol=0)
+
+
+def test_square_grid_path_matches_the_fixed_grid_denoiser():
+    torch.manual_seed(0)
+    denoiser = RossDenoiser(in_channels=6, condition_size=16, hidden_size=32, depth=1, num_heads=4, grid_size=3)
+    for parameter in denoiser.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    noisy, condition, t = torch.randn(2, 9, 6), torch.randn(2, 9, 16), torch.tensor([3, 700])
+    assert torch.allclose(denoiser(noisy, t, condition), denoiser(noisy, t, condition, grid_sizes=[(3, 3)] * 2), atol=1e-6)
+
+
+def test_learned_table_refuses_per_image_grids():
+    denoiser = RossDenoiser(in_channels=4, condition_size=8, hidden_size=32, depth=1, num_heads=4, grid_size=2,
+                            position_embedding="learned")  # fmt: skip
+    with pytest.raises(ValueError, match="sincos"):
+        denoiser(torch.randn(1, 4, 4), torch.tensor([1]), torch.randn(1, 4, 8), grid_sizes=[(2, 2)])
+
+
+# ---- grid mapping: a change in one cell moves the feature of the token the adapter assigns to it ----
+
+
+def _changed_tokens(features_a, features_b) -> list[int]:
+    return torch.nonzero((features_a - features_b).abs().amax(-1) > 1e-6).flatten().tolist()
+
+
+def test_qwen25_vl_grid_mapping(kl16_vae):
+    """Tower without attention (depth 0: patch embed + 2 x 2 merger): token k's feature depends on its own 28 px cell
+    only. A 84 x 112 px image is 3 x 4 tokens; changing cell (row 1, col 2) changes token 1 * 4 + 2 and no other, and
+    the adapter's reconstruction of the image seen moves in that cell only."""
+    ross, processor = ross_for(tiny_qwen25_vl, kl16_vae, vision_depth=0)
+    image = np.asarray(random_image(84, 112, seed=0)).copy()
+    changed = image.copy()
+    changed[28:56, 56:84] = 255 - changed[28:56, 56:84]
+    features, seen = [], []
+    for array in (image, changed):
+        inputs = processor.image_processor(images=[Image.fromarray(array)], return_tensors="pt")
+        assert ross.adapter.image_grids(inputs) == [(3, 4)]
+        with torch.no_grad():
+            features.append(ross.model.get_image_features(**inputs, return_dict=True).pooler_output[0])
+        seen.append(ross.adapter.images_seen(inputs)[0])
+    assert _changed_tokens(features[0], features[1]) == [1 * 4 + 2]
+    assert torch.allclose(seen[0], torch.from_numpy(image).permute(2, 0, 1).float() / 255, atol=1e-5)
+    moved = torch.nonzero((seen[0] - seen[1]).abs().amax(0) > 1e-6)
+    assert moved[:, 0].min() == 28 and moved[:, 0].max() == 55 and moved[:, 1].min() == 56 and moved[:, 1].max() == 83
+
+
+def test_llava_grid_mapping(kl16_vae):
+    """llava-hf Llava with `vision_feature_layer=0` (SigLIP embeddings, before attention): 32 px / patch 4 = 8 x 8
+    tokens; changing the 4 x 4 px cell (5, 3) changes token 5 * 8 + 3 only, and the image seen in that cell only."""
+    ross, processor = ross_for(tiny_llava, kl16_vae, vision_feature_layer=0)
+    image = np.asarray(random_image(32, 32, seed=1)).copy()
+    changed = image.copy()
+    changed[20:24, 12:16] = 255 - changed[20:24, 12:16]
+    features, seen = [], []
+    for array in (image, changed):
+        inputs = processor.image_processor(images=[Image.fromarray(array)], return_tensors="pt")
+        with torch.no_grad():  # layer 0 is only kept when hidden states are asked for (transformers 5.23)
+            outputs = ross.model.get_image_features(**inputs, output_hidden_states=True, return_dict=True)
+            features.append(outputs.pooler_output[0])
+        seen.append(ross.adapter.images_seen(inputs)[0])
+    assert ross.adapter.image_grids(inputs) == [(8, 8)]
+    assert _changed_tokens(features[0], features[1]) == [5 * 8 + 3]
+    moved = torch.nonzero((seen[0] - seen[1]).abs().amax(0) > 1e-6)
+    assert moved[:, 0].min() == 20 and moved[:, 0].max() == 23 and moved[:, 1].min() == 12 and moved[:, 1].max() == 15
+
+
+# ---- the training forward ----
+
+
+@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_llava], ids=["qwen2_5_vl", "llava"])
+def test_forward_loss_is_text_plus_visual(build, kl16_vae):
+    torch.manual_seed(0)
+    ross, processor = ross_for(build, kl16_vae)
+    ross.train()
+    images = [[random_image(56, 84, 0)], [random_image(84, 56, 1), random_image(56, 56, 2)]]  # a multi-image sample
+    batch = chat_batch(processor, images)
+    outputs = ross(**batch, labels=batch["input_ids"])
+    assert torch.allclose(outputs.loss, outputs.text_loss + outputs.visual_loss)
+    assert len(outputs.visual_outputs) == 3
+    if build is tiny_qwen25_vl:  # variable grids, from image_grid_thw
+        assert outputs.image_grids == [(2, 3), (3, 2), (2, 2)]
+    # The text loss is exactly the VLM's own.
+    vlm_loss = ross.model(**batch, labels=batch["input_ids"]).loss
+    assert torch.allclose(outputs.text_loss, vlm_loss)
+    outputs.loss.backward()
+    assert ross.denoiser.final_layer.linear.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in ross.teacher.parameters())
+    # The step's image count weights the visual term.
+    half = ross(**batch, labels=batch["input_ids"], num_images_in_batch=6)
+    assert torch.allclose(half.visual_term, half.visual_loss * 0.5)
+
+
+def test_visual_outputs_are_the_last_hidden_states_at_each_image(kl16_vae):
+    torch.manual_seed(0)
+    ross, processor = ross_for(tiny_qwen25_vl, kl16_vae)
+    ross.train()
+    batch = chat_batch(processor, [[random_image(56, 84, 0)], [random_image(84, 56, 1)]])
+    outputs = ross(**batch, labels=batch["input_ids"])
+    last = ross.model.model(**{k: v for k, v in batch.items()}).last_hidden_state
+    mask = batch["input_ids"] == ross.model.config.image_token_id
+    assert torch.allclose(torch.cat(outputs.visual_outputs), last[mask], atol=1e-6)
+    assert [v.shape[0] for v in outputs.visual_outputs] == [6, 6]
+
+
+def test_text_only_batch_keeps_the_head_in_the_graph(kl16_vae):
+    ross, processor = ross_for(tiny_qwen25_vl, kl16_vae)
+    ross.train()
+    batch = chat_batch(processor, [[], []])
+    outputs = ross(**batch, labels=batch["input_ids"])
+    assert outputs.visual_loss.item() == 0.0
+    assert torch.allclose(outputs.loss, outputs.text_loss)
+    outputs.loss.backward()
+    assert ross.denoiser.final_layer.linear.weight.grad is not None  # connected, at zero weight
+    assert ross.model.model.visual.merger.mlp[0].weight.grad is not None  # the tower ran too
+
+
+def test_truncated_image_span_is_a_clear_error(kl16_vae):
+    ross, processor = ross_for(tiny_qwen25_vl, kl16_vae)
+    ross.train()
+    batch = chat_batch(processor, [[random_image(56, 84, 0)], [random_image(84, 56, 1)]])
+    hidden = torch.zeros(*batch["input_ids"].shape, 64)
+    with pytest.raises(ValueError, match="placeholders and image grids do not match"):
+        ross.split_conditions(batch["input_ids"][:, :10], hidden[:, :10], [(2, 3), (3, 2)])
+
+
+# ---- saving: the plain VLM + the head beside it ----
+
+
+@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_llava], ids=["qwen2_5_vl", "llava"])
+def test_save_loads_as_the_plain_vlm_without_ross(build, kl16_vae, tmp_path):
+    torch.manual_seed(0)
+    ross, processor = ross_for(build, kl16_vae)
+    with torch.no_grad():
+        for parameter in ross.denoiser.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))  # a "trained" head
+    ross.eval()
+    batch = chat_batch(processor, [[random_image(56, 84, 3)]], answers=("",))
+    batch = {k: v for k, v in batch.items()}
+    expected = ross.model.generate(**batch, max_new_tokens=6, do_sample=False)
+    ross.save_pretrained(tmp_path / "ckpt")
+
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["model_type"] == ross.model.config.model_type and "auto_map" not in config
+    assert (tmp_path / "ckpt" / HEAD_FOLDER / "model.safetensors").is_file()
+    torch.save({"inputs": batch, "expected": expected}, tmp_path / "io.pt")
+    result = run_isolated(
+        f"""
+        import torch
+        from transformers import AutoModelForImageTextToText
+        model = AutoModelForImageTextToText.from_pretrained({str(tmp_path / "ckpt")!r})
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        out = model.generate(**io["inputs"], max_new_tokens=6, do_sample=False)
+        assert torch.equal(out, io["expected"]), (out, io["expected"])
+        print("OK", type(model).__name__)
+        """,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"OK {type(ross.model).__name__}" in result.stdout
+
+    restored = RossForPreTraining.from_pretrained(tmp_path / "ckpt")
+    for (name, a), (_, b) in zip(ross.state_dict().items(), restored.state_dict().items()):
+        assert torch.equal(a, b), name
+    restored.eval()
+    images = restored.reconstruct(num_inference_steps=2, output_type="pt", **batch)
+    rows, cols = restored.adapter.image_grids(batch)[0]
+    assert images[0].shape == (3, rows * 16, cols * 16)
+
+
+def test_from_pretrained_of_a_plain_vlm_says_what_to_do(kl16_vae, tmp_path):
+    vlm, _ = tiny_llava()
+    vlm.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="from_vlm"):
+        RossForPreTraining.from_pretrained(tmp_path)
