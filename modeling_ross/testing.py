@@ -400,3 +400,41 @@ def tiny_llava(seed: int = 0, vision_layers: int = 1, image_size: int = 32, patc
         vision_feature_select_strategy="full", chat_template=LLAVA_CHAT_TEMPLATE,
     )  # fmt: skip
     return model, processor
+
+
+def tiny_qwen3_vl(seed: int = 0, vision_depth: int = 1, min_pixels: int = 32 * 32 * 4, max_pixels: int = 32 * 32 * 36):
+    """A random-weight `Qwen3VLForConditionalGeneration` (patch 16, merge 2: one token = 32 x 32 px; DeepStack on
+    the tower's layer 0 when `vision_depth > 0`) and its `Qwen3VLProcessor` (PIL image processor with patch 16, same
+    torchvision trap and workaround as `tiny_qwen25_vl`)."""
+    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+
+    tokenizer = build_tiny_tokenizer(extra_special_tokens=QWEN25_SPECIAL_TOKENS, added_tokens=QWEN3_ADDED_TOKENS)
+    ids = tokenizer.convert_tokens_to_ids
+    torch.manual_seed(seed)
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64, "intermediate_size": 133,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3],
+                                "mrope_interleaved": True},
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
+        },
+        vision_config={
+            "depth": vision_depth, "hidden_size": 32, "intermediate_size": 40, "num_heads": 4, "out_hidden_size": 64,
+            "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [0] if vision_depth > 0 else [],
+        },
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model = Qwen3VLForConditionalGeneration(config)
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, min_pixels=min_pixels, max_pixels=max_pixels,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )  # fmt: skip
+    processor = build_processor_without_torchvision(
+        Qwen3VLProcessor, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor

@@ -11,7 +11,7 @@ from PIL import Image
 from modeling_ross.denoiser import RossDenoiser, build_noise_scheduler, grid_sincos_table
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
 from modeling_ross.objective import grid_denoising_loss
-from modeling_ross.testing import tiny_llava, tiny_qwen25_vl, write_tiny_vae
+from modeling_ross.testing import tiny_llava, tiny_qwen3_vl, tiny_qwen25_vl, write_tiny_vae
 from tests.conftest import run_isolated
 
 
@@ -130,6 +130,25 @@ def test_qwen25_vl_grid_mapping(kl16_vae):
     assert moved[:, 0].min() == 28 and moved[:, 0].max() == 55 and moved[:, 1].min() == 56 and moved[:, 1].max() == 83
 
 
+def test_qwen3_vl_grid_mapping(kl16_vae):
+    """Qwen3-VL (patch 16, merge 2: 32 px per token; learned position table interpolated per patch), tower without
+    attention: a 96 x 128 px image is 3 x 4 tokens; changing cell (2, 1) changes token 2 * 4 + 1 only."""
+    ross, processor = ross_for(tiny_qwen3_vl, kl16_vae, vision_depth=0)
+    image = np.asarray(random_image(96, 128, seed=0)).copy()
+    changed = image.copy()
+    changed[64:96, 32:64] = 255 - changed[64:96, 32:64]
+    features, seen = [], []
+    for array in (image, changed):
+        inputs = processor.image_processor(images=[Image.fromarray(array)], return_tensors="pt")
+        assert ross.adapter.image_grids(inputs) == [(3, 4)]
+        with torch.no_grad():
+            features.append(ross.model.get_image_features(**inputs, return_dict=True).pooler_output[0])
+        seen.append(ross.adapter.images_seen(inputs)[0])
+    assert _changed_tokens(features[0], features[1]) == [2 * 4 + 1]
+    moved = torch.nonzero((seen[0] - seen[1]).abs().amax(0) > 1e-6)
+    assert moved[:, 0].min() == 64 and moved[:, 0].max() == 95 and moved[:, 1].min() == 32 and moved[:, 1].max() == 63
+
+
 def test_llava_grid_mapping(kl16_vae):
     """llava-hf Llava with `vision_feature_layer=0` (SigLIP embeddings, before attention): 32 px / patch 4 = 8 x 8
     tokens; changing the 4 x 4 px cell (5, 3) changes token 5 * 8 + 3 only, and the image seen in that cell only."""
@@ -153,7 +172,7 @@ def test_llava_grid_mapping(kl16_vae):
 # ---- the training forward ----
 
 
-@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_llava], ids=["qwen2_5_vl", "llava"])
+@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_qwen3_vl, tiny_llava], ids=["qwen2_5_vl", "qwen3_vl", "llava"])
 def test_forward_loss_is_text_plus_visual(build, kl16_vae):
     torch.manual_seed(0)
     ross, processor = ross_for(build, kl16_vae)
@@ -163,7 +182,9 @@ def test_forward_loss_is_text_plus_visual(build, kl16_vae):
     outputs = ross(**batch, labels=batch["input_ids"])
     assert torch.allclose(outputs.loss, outputs.text_loss + outputs.visual_loss)
     assert len(outputs.visual_outputs) == 3
-    if build is tiny_qwen25_vl:  # variable grids, from image_grid_thw
+    if build is tiny_qwen25_vl:  # variable grids, from image_grid_thw (28 px per token)
+        assert outputs.image_grids == [(2, 3), (3, 2), (2, 2)]
+    if build is tiny_qwen3_vl:  # 32 px per token; the processor rounds 56 / 84 px to multiples of 32
         assert outputs.image_grids == [(2, 3), (3, 2), (2, 2)]
     # The text loss is exactly the VLM's own.
     vlm_loss = ross.model(**batch, labels=batch["input_ids"]).loss
@@ -212,7 +233,7 @@ def test_truncated_image_span_is_a_clear_error(kl16_vae):
 # ---- saving: the plain VLM + the head beside it ----
 
 
-@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_llava], ids=["qwen2_5_vl", "llava"])
+@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_qwen3_vl, tiny_llava], ids=["qwen2_5_vl", "qwen3_vl", "llava"])
 def test_save_loads_as_the_plain_vlm_without_ross(build, kl16_vae, tmp_path):
     torch.manual_seed(0)
     ross, processor = ross_for(build, kl16_vae)
