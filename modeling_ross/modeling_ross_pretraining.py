@@ -202,6 +202,9 @@ class RossForPreTraining(nn.Module):
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
 
+    def enable_input_require_grads(self):
+        self.model.enable_input_require_grads()
+
     def count_images(self, inputs: dict) -> int:
         """Images whose visual loss a batch averages over (the Trainer's `num_images_in_batch` counts these)."""
         return self.adapter.count_images(inputs)

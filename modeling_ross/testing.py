@@ -18,6 +18,7 @@ Newer backbones (tests/test_backbones.py), the same way:
                                  (like google/siglip2-base-patch16-naflex; `from_components` refuses it)
 """
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -309,13 +310,15 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-def build_processor_without_torchvision(processor_class, **parts):
-    """`processor_class(**parts)` where an optional sub-processor is absent (None).
+@contextlib.contextmanager
+def absent_subprocessors_unchecked():
+    """While active, `ProcessorMixin` skips its class check of sub-processors that are absent (None).
 
-    transformers 5.23 checks every sub-processor's class, also an absent one, and without torchvision the check of
-    `video_processor=None` fails (`'VIDEO_PROCESSOR_MAPPING' has no attribute '_extra_content'`), so
-    `Qwen2_5_VLProcessor` cannot be built on a machine without torchvision. For tests only: the check is skipped for
-    None arguments while the processor is constructed; users with torchvision call `AutoProcessor.from_pretrained`.
+    transformers 5.23 checks every sub-processor's class, an absent one too, and without torchvision the check of
+    `video_processor=None` fails (`'VIDEO_PROCESSOR_MAPPING' has no attribute '_extra_content'`): `Qwen2_5_VLProcessor`
+    / `Qwen3VLProcessor` can then be neither constructed nor loaded with `AutoProcessor.from_pretrained`. For tests on
+    machines without torchvision only; users (with torchvision, as every GPU install of these models has) call
+    `AutoProcessor.from_pretrained` as usual, and nothing in the training code depends on this.
     """
     from unittest import mock
 
@@ -327,7 +330,36 @@ def build_processor_without_torchvision(processor_class, **parts):
         return None if argument is None else original(self, argument_name, argument)
 
     with mock.patch.object(ProcessorMixin, "check_argument_for_proper_class", check):
-        return processor_class(**parts)
+        yield
+
+
+def build_processor_without_torchvision(processor_class, **parts):
+    """`processor_class(**parts)` with an absent (None) sub-processor, e.g. `video_processor=None` without
+    torchvision (see `absent_subprocessors_unchecked`). Its `save_pretrained` writes the parts that exist (the stock
+    one fails on the absent one)."""
+    with absent_subprocessors_unchecked():
+        processor = processor_class(**parts)
+    present = [name for name in processor_class.get_attributes() if getattr(processor, name, None) is not None]
+    processor.get_attributes = lambda: present  # read by save_pretrained as `self.get_attributes()`
+    return processor
+
+
+def load_qwen_vl_processor_without_torchvision(path):
+    """What `AutoProcessor.from_pretrained(path)` gives with torchvision, for a Qwen2/2.5/3-VL folder, built here from
+    its saved parts (tokenizer, PIL image processor, chat template) because the video processor needs torchvision."""
+    import json
+
+    from transformers import AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil, Qwen3VLProcessor
+
+    path = Path(path)
+    model_type = json.loads((path / "config.json").read_text())["model_type"]
+    processor_class = Qwen3VLProcessor if model_type == "qwen3_vl" else Qwen2_5_VLProcessor
+    template = path / "chat_template.jinja"
+    return build_processor_without_torchvision(
+        processor_class, image_processor=Qwen2VLImageProcessorPil.from_pretrained(path),
+        tokenizer=AutoTokenizer.from_pretrained(path), video_processor=None,
+        chat_template=template.read_text() if template.is_file() else None,
+    )  # fmt: skip
 
 
 def tiny_qwen25_vl(seed: int = 0, vision_depth: int = 1, min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 36):

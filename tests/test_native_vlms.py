@@ -279,3 +279,84 @@ def test_from_pretrained_of_a_plain_vlm_says_what_to_do(kl16_vae, tmp_path):
     vlm.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="from_vlm"):
         RossForPreTraining.from_pretrained(tmp_path)
+
+
+# ---- the training path: train/sft.py on a native VLM folder ----
+
+
+def write_native_data(root, fmt: str):
+    """Images of three sizes; a one-image, a two-image and a text-only sample, in LLaVA JSON or HF messages JSONL."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for name, (height, width), seed in (("a.png", (56, 84), 0), ("b.png", (84, 56), 1), ("c.png", (56, 56), 2)):
+        random_image(height, width, seed).save(images / name)
+    if fmt == "llava":
+        records = [
+            {"id": "one", "image": "a.png", "conversations": [
+                {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]},
+            {"id": "two", "image": ["b.png", "c.png"], "conversations": [
+                {"from": "human", "value": "<image>\n<image>\nHow many are there?"}, {"from": "gpt", "value": "two"}]},
+            {"id": "text", "conversations": [
+                {"from": "human", "value": "Is there a circle?"}, {"from": "gpt", "value": "yes"}]},
+        ] * 2  # fmt: skip
+        path = root / "data.json"
+        path.write_text(json.dumps(records))
+    else:
+        records = [
+            {"id": "one", "images": ["a.png"], "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]},
+            {"id": "two", "images": ["b.png", "c.png"], "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "How many?"}]},
+                {"role": "assistant", "content": "two"}]},
+            {"id": "text", "messages": [
+                {"role": "user", "content": "Is there a circle?"}, {"role": "assistant", "content": "yes"}]},
+        ] * 2  # fmt: skip
+        path = root / "data.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path, images
+
+
+@pytest.mark.parametrize(
+    "build, fmt", [(tiny_qwen25_vl, "llava"), (tiny_qwen25_vl, "messages"), (tiny_llava, "llava")],
+    ids=["qwen2_5_vl-llava_json", "qwen2_5_vl-messages", "llava-llava_json"],
+)
+def test_sft_trains_a_native_vlm_end_to_end(build, fmt, kl16_vae, tmp_path, monkeypatch):
+    """train/sft.py with model_name_or_path = a native VLM folder (laid out like its Hub repo) and objective denoise:
+    the model's own processor and chat template, assistant-only labels, text-only and two-image samples; the saved
+    folder is the plain VLM + ross_head/, and training continues from it."""
+    import ross.train.build
+    from modeling_ross.testing import load_qwen_vl_processor_without_torchvision
+    from ross.train.sft import main
+
+    vlm, processor = build()
+    base = tmp_path / "base"
+    vlm.save_pretrained(base)
+    processor.save_pretrained(base)
+    if build is tiny_qwen25_vl:  # no torchvision here: see load_native_processor
+        monkeypatch.setattr(ross.train.build, "load_native_processor", load_qwen_vl_processor_without_torchvision)
+    data, images = write_native_data(tmp_path, fmt)
+    argv = [
+        "--model_name_or_path", str(base), "--objective", "denoise", "--teacher", kl16_vae, "--teacher_subfolder", "vae",
+        "--model_overrides", "{denoiser_hidden_size: 64, denoiser_depth: 2, denoiser_num_heads: 4, num_noise_draws: 2}",
+        "--data_path", str(data), "--image_folder", str(images), "--data_format", "chat", "--stage", "2",
+        "--output_dir", str(tmp_path / "out"), "--max_steps", "3", "--per_device_train_batch_size", "2",
+        "--learning_rate", "1e-3", "--logging_steps", "1", "--save_strategy", '"no"', "--report_to", "none",
+        "--use_cpu", "true", "--model_max_length", "512",
+    ]  # fmt: skip
+    summary = main(argv)
+    assert summary["global_step"] == 3
+    assert np.isfinite(summary["final_text_loss"]) and summary["final_visual_loss"] > 0
+    counts = summary["trainable_parameters"]
+    assert counts["vision_tower"] == counts["teacher"] == 0
+    assert counts["projector"] > 0 and counts["language_model"] > 0 and counts["denoiser"] > 0
+
+    folder = tmp_path / "out" / "model"
+    assert json.loads((folder / "config.json").read_text())["model_type"] == vlm.config.model_type
+    assert (folder / HEAD_FOLDER / "model.safetensors").is_file()
+    trained = RossForPreTraining.from_pretrained(folder)
+    assert not torch.equal(trained.denoiser.final_layer.linear.weight, torch.zeros_like(trained.denoiser.final_layer.linear.weight))
+    # Continue from the saved folder: the head is restored, not rebuilt.
+    again = main([*argv[:argv.index("--output_dir")], "--model_name_or_path", str(folder), "--output_dir",
+                  str(tmp_path / "again"), *argv[argv.index("--output_dir") + 2:]])  # fmt: skip
+    assert again["global_step"] == 3
