@@ -360,3 +360,43 @@ def test_sft_trains_a_native_vlm_end_to_end(build, fmt, kl16_vae, tmp_path, monk
     again = main([*argv[:argv.index("--output_dir")], "--model_name_or_path", str(folder), "--output_dir",
                   str(tmp_path / "again"), *argv[argv.index("--output_dir") + 2:]])  # fmt: skip
     assert again["global_step"] == 3
+
+
+def test_native_collator_supervises_only_the_answers(kl16_vae):
+    from ross.train.native_collator import NativeVlmDataCollator
+
+    _, processor = tiny_qwen25_vl()
+    collator = NativeVlmDataCollator(processor, max_length=512)
+    features = [
+        {"id": "one", "images": [random_image(56, 84, 0)], "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]},
+        {"id": "text", "images": [], "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Is there a circle?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
+            {"role": "user", "content": [{"type": "text", "text": "How many?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "two"}]}]},
+    ]  # fmt: skip
+    batch = collator(features)
+    tokenizer = processor.tokenizer
+    supervised = [tokenizer.decode(row[row != -100]) for row in batch["labels"]]
+    assert supervised == ["red<|im_end|>\n", "yes<|im_end|>\ntwo<|im_end|>\n"]
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 6]] and batch["pixel_values"].shape[0] == 24
+    image_id = processor.image_token_id
+    assert int((batch["input_ids"][0] == image_id).sum()) == 6 and int((batch["input_ids"][1] == image_id).sum()) == 0
+    # mm_token_type_ids (M-RoPE) padded like input_ids, 1 exactly at the image tokens
+    assert batch["mm_token_type_ids"].shape == batch["input_ids"].shape
+    assert torch.equal(batch["mm_token_type_ids"] == 1, batch["input_ids"] == image_id)
+
+
+def test_native_collator_too_long_sample_names_it():
+    from ross.train.native_collator import NativeVlmDataCollator
+    from ross.train.sources import BadSampleError
+
+    _, processor = tiny_qwen25_vl()
+    collator = NativeVlmDataCollator(processor, max_length=8)
+    feature = {"id": "long", "source": "data.json", "images": [random_image(56, 84, 0)], "messages": [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]}  # fmt: skip
+    with pytest.raises(BadSampleError, match="long.*data.json|too_long"):
+        collator([feature])
