@@ -10,6 +10,7 @@ model's config. `../docs/native-vlms.md` lists what each adapter maps and how it
 | adapter | model types | grid | image seen |
 |---|---|---|---|
 | `LlavaAdapter` | `llava` | fixed `image_size / patch_size` square (CLS dropped by `"default"`) | `pixel_values[i]` |
+| `Gemma3Adapter` | `gemma3` | fixed `sqrt(mm_tokens_per_image)` square (16 x 16: the tower's patches average-pooled) | `pixel_values[i]` (each pan-and-scan crop is an image of its own) |
 | `QwenVLAdapter` | `qwen2_vl`, `qwen2_5_vl`, `qwen3_vl` | `image_grid_thw[i] = (1, h, w)` -> `(h / merge, w / merge)`; one token = `merge * patch` px (28 for Qwen2/2.5-VL, 32 for Qwen3-VL) | `pixel_values` rows of image i, un-patchified |
 """
 
@@ -89,6 +90,19 @@ class LlavaAdapter(NativeVlmAdapter):
     def dummy_image_inputs(self, device, dtype) -> dict:
         size = self.config.vision_config.image_size
         return {"pixel_values": torch.zeros(1, 3, size, size, device=device, dtype=dtype)}
+
+
+class Gemma3Adapter(LlavaAdapter):
+    """Gemma 3: `pixel_values` `(num_images, 3, S, S)`; the projector average-pools the SigLIP patch grid to
+    `tokens_per_side = sqrt(mm_tokens_per_image)` (16 x 16 = 256 tokens for 896 px / patch 14), row-major
+    (`Gemma3MultiModalProjector.forward`). The placeholder is the soft image token `config.image_token_id`
+    (`image_token_index`), not the processor's `image_token_id` (which is `<start_of_image>`)."""
+
+    model_types = ("gemma3",)
+
+    @property
+    def grid_side(self) -> int:
+        return int(round(self.config.mm_tokens_per_image**0.5))
 
 
 class QwenVLAdapter(NativeVlmAdapter):
@@ -173,7 +187,11 @@ def _as_int(value) -> int:
     return int(value[0] if isinstance(value, (list, tuple)) else value)
 
 
-ADAPTERS = {model_type: adapter for adapter in (LlavaAdapter, QwenVLAdapter) for model_type in adapter.model_types}
+ADAPTERS = {
+    model_type: adapter
+    for adapter in (LlavaAdapter, Gemma3Adapter, QwenVLAdapter)
+    for model_type in adapter.model_types
+}
 
 
 def adapter_for(config, image_mean: list[float], image_std: list[float]) -> NativeVlmAdapter:
@@ -186,4 +204,4 @@ def adapter_for(config, image_mean: list[float], image_std: list[float]) -> Nati
     return ADAPTERS[model_type](config, image_mean, image_std)
 
 
-__all__ = ["ADAPTERS", "LlavaAdapter", "NativeVlmAdapter", "QwenVLAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "Gemma3Adapter", "LlavaAdapter", "NativeVlmAdapter", "QwenVLAdapter", "adapter_for"]

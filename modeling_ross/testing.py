@@ -470,3 +470,29 @@ def tiny_qwen3_vl(seed: int = 0, vision_depth: int = 1, min_pixels: int = 32 * 3
         chat_template=QWEN_VL_CHAT_TEMPLATE,
     )  # fmt: skip
     return model, processor
+
+
+def tiny_gemma3(seed: int = 0, vision_layers: int = 1, image_size: int = 32, patch_size: int = 4, tokens_per_side: int = 4):
+    """A random-weight `Gemma3ForConditionalGeneration` (SigLIP tower 32 px / patch 4 = 8 x 8 patches, average-pooled
+    to `tokens_per_side` ** 2 = 16 image tokens; Gemma 3 text model 64 wide, 2 layers). No processor: the tests build
+    `input_ids` (`<start_of_image>`, the soft image tokens, `<end_of_image>`) and `token_type_ids` themselves.
+    Returns `(model, ids)` with `ids` = {"image", "boi", "eoi", "pad"}."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    ids = {"pad": 0, "boi": 5, "eoi": 6, "image": 7}
+    config = Gemma3Config(
+        text_config={
+            "vocab_size": 128, "hidden_size": 64, "intermediate_size": 133, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16,
+            "pad_token_id": ids["pad"], "eos_token_id": 1, "bos_token_id": 2,
+        },
+        vision_config={
+            "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch_size,
+            "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
+            "vision_use_head": False,
+        },
+        mm_tokens_per_image=tokens_per_side**2, boi_token_index=ids["boi"], eoi_token_index=ids["eoi"],
+        image_token_index=ids["image"],
+    )  # fmt: skip
+    return Gemma3ForConditionalGeneration(config), ids

@@ -11,7 +11,7 @@ from PIL import Image
 from modeling_ross.denoiser import RossDenoiser, build_noise_scheduler, grid_sincos_table
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
 from modeling_ross.objective import grid_denoising_loss
-from modeling_ross.testing import tiny_llava, tiny_qwen3_vl, tiny_qwen25_vl, write_tiny_vae
+from modeling_ross.testing import tiny_gemma3, tiny_llava, tiny_qwen3_vl, tiny_qwen25_vl, write_tiny_vae
 from tests.conftest import run_isolated
 
 
@@ -400,3 +400,44 @@ def test_native_collator_too_long_sample_names_it():
         {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]}  # fmt: skip
     with pytest.raises(BadSampleError, match="long.*data.json|too_long"):
         collator([feature])
+
+
+# ---- Gemma 3 (model level: the tests build input_ids without a processor) ----
+
+
+def gemma3_batch(ids, num_tokens: int, text_lengths=(3, 5)):
+    """Two rows: text, <start_of_image>, `num_tokens` soft image tokens, <end_of_image>, text; right-padded."""
+    rows = [[9] * n + [ids["boi"]] + [ids["image"]] * num_tokens + [ids["eoi"]] + [10, 11] for n in text_lengths]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([row + [ids["pad"]] * (width - len(row)) for row in rows])
+    attention_mask = (input_ids != ids["pad"]).long()
+    token_type_ids = (input_ids == ids["image"]).long()
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+
+def test_gemma3_forward_and_grid_mapping(kl16_vae, tmp_path):
+    """Gemma 3's fixed 4 x 4 grid (8 x 8 SigLIP patches average-pooled 2 x 2): a change in the 8 px cell (1, 2)
+    moves token 1 * 4 + 2 only (tower embeddings, before attention); the training forward is text + visual."""
+    torch.manual_seed(0)
+    vlm, ids = tiny_gemma3(vision_layers=0)
+    torch.nn.init.normal_(vlm.model.multi_modal_projector.mm_input_projection_weight)  # zero-initialised
+    ross = RossForPreTraining.from_vlm(vlm, objective(kl16_vae), image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    pixels = torch.rand(1, 3, 32, 32) * 2 - 1
+    changed = pixels.clone()
+    changed[:, :, 8:16, 16:24] *= -1
+    with torch.no_grad():
+        features = [ross.model.get_image_features(pixel_values=p, return_dict=True).pooler_output[0] for p in (pixels, changed)]
+    assert ross.adapter.image_grids({"pixel_values": pixels}) == [(4, 4)]
+    assert _changed_tokens(features[0], features[1]) == [1 * 4 + 2]
+
+    ross.train()
+    batch = {**gemma3_batch(ids, 16), "pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1}
+    labels = batch["input_ids"].masked_fill(batch["token_type_ids"].bool() | ~batch["attention_mask"].bool(), -100)
+    outputs = ross(**batch, labels=labels)
+    assert torch.allclose(outputs.loss, outputs.text_loss + outputs.visual_loss) and outputs.visual_loss > 0
+    assert outputs.image_grids == [(4, 4), (4, 4)]
+    outputs.loss.backward()
+    assert ross.denoiser.final_layer.linear.weight.grad.abs().sum() > 0
+    ross.save_pretrained(tmp_path / "ckpt")
+    restored = RossForPreTraining.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(restored.denoiser.x_embedder.weight, ross.denoiser.x_embedder.weight)
