@@ -229,13 +229,17 @@ class RossForPreTraining(nn.Module):
         """
         computes_visual_loss = labels is not None and self.training
         index = self.condition_index()
-        outputs = self.model(**inputs, labels=labels, output_hidden_states=computes_visual_loss, return_dict=True)
+        input_ids = inputs.get("input_ids")
+        vlm_inputs = inputs
+        if self.training and self.adapter.count_images(inputs) == 0 and input_ids is not None:
+            vlm_inputs = self.with_idle_vision_tower(inputs)
+        outputs = self.model(**vlm_inputs, labels=labels, output_hidden_states=computes_visual_loss, return_dict=True)
         if not computes_visual_loss:
             return RossPreTrainingOutput(loss=outputs.loss, text_loss=outputs.loss, logits=outputs.logits)
 
         hidden_states = outputs.hidden_states[index]
         grids = self.adapter.image_grids(inputs)
-        conditions = self.split_conditions(inputs.get("input_ids"), hidden_states, grids)
+        conditions = self.split_conditions(input_ids, hidden_states, grids)
         if grids:
             images = self.adapter.images_seen(inputs)
             targets = self.teacher_targets(images, grids, teacher_targets)
@@ -295,19 +299,34 @@ class RossForPreTraining(nn.Module):
             targets.append(sample_targets(mean, std)[0])
         return targets
 
+    def with_idle_vision_tower(self, inputs: dict) -> dict:
+        """A training batch without images: the VLM's own forward would skip its vision tower and projector, so they
+        run here on the adapter's minimal dummy input, at zero weight, between the token embedding and the LLM (the
+        order in which a batch with images calls them), and the VLM gets `inputs_embeds`. Every rank then calls the
+        same modules in the same order, which DeepSpeed ZeRO-3's per-module parameter gathers need.
+
+        Without `input_ids` a Qwen-VL model would reuse the M-RoPE offsets (`rope_deltas`) of the last batch with
+        images; they are cleared, so the text gets plain positions, which is what `get_rope_index` gives text."""
+        input_ids = inputs["input_ids"]
+        embeds = self.model.get_input_embeddings()(input_ids)
+        dummy = self.adapter.dummy_image_inputs(embeds.device, self.model.dtype)
+        features = self.model.get_image_features(**dummy, return_dict=True).pooler_output  # per image, or a tensor
+        embeds = embeds + 0.0 * sum(feature.sum() for feature in features).to(embeds.dtype)
+        inner = getattr(self.model, "model", None)
+        if getattr(inner, "rope_deltas", None) is not None:
+            inner.rope_deltas = None
+        return {**{key: value for key, value in inputs.items() if key != "input_ids"}, "inputs_embeds": embeds}
+
     def empty_batch_loss(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """A batch without images: vision tower, teacher and denoiser still run (on a grey 2 x 2-token image), at
-        zero weight, so every rank calls the same modules (DeepSpeed ZeRO-3 / DDP would otherwise hang or error)."""
-        device = hidden_states.device
-        dummy = self.adapter.dummy_image_inputs(device, self.model.dtype)
-        features = self.model.get_image_features(**dummy, return_dict=True).pooler_output  # per-image list or tuple
-        features_sum = sum(feature.float().sum() for feature in features)
+        """A batch without images: teacher and denoiser still run (on a grey 2 x 2-token image), at zero weight, so
+        every rank calls the same modules (DeepSpeed ZeRO-3 / DDP would otherwise hang or error); the vision tower
+        ran in `with_idle_vision_tower`."""
         grid = (2, 2)
-        grey = torch.full((1, 3, 32, 32), 0.5, device=device)
+        grey = torch.full((1, 3, 32, 32), 0.5, device=hidden_states.device)
         target = self.teacher.encode_grid_distribution(grey, grid)[0][0]
         condition = hidden_states[0, :1].expand(4, -1) * 0.0
         loss = grid_denoising_loss(self.denoiser, self.noise_scheduler, [condition], [target], [grid], 1)
-        return (loss + features_sum) * 0.0
+        return loss * 0.0
 
     # ---- reconstruction ----
     @torch.no_grad()

@@ -441,3 +441,28 @@ def test_gemma3_forward_and_grid_mapping(kl16_vae, tmp_path):
     ross.save_pretrained(tmp_path / "ckpt")
     restored = RossForPreTraining.from_pretrained(tmp_path / "ckpt")
     assert torch.equal(restored.denoiser.x_embedder.weight, ross.denoiser.x_embedder.weight)
+
+
+@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_llava], ids=["qwen2_5_vl", "llava"])
+def test_text_only_batch_runs_the_same_modules_in_the_same_order(build, kl16_vae):
+    """ZeRO-3 gathers each module's parameters when it is called: a rank with a text-only batch must call the same
+    modules in the same order as a rank with images. Its text loss is unchanged by the idle tower."""
+    torch.manual_seed(0)
+    ross, processor = ross_for(build, kl16_vae)
+    ross.train()
+    order = []
+    names = {"embed": ross.model.get_input_embeddings(), "llm": ross.model.model.language_model,
+             "teacher": ross.teacher.vae.encoder, "denoiser": ross.denoiser}  # fmt: skip
+    names["tower"] = ross.model.model.visual if build is tiny_qwen25_vl else ross.model.model.vision_tower
+    hooks = [module.register_forward_pre_hook(lambda m, a, n=name: order.append(n)) for name, module in names.items()]
+    calls = {}
+    for kind, images in (("images", [[random_image(56, 84, 0)], [random_image(84, 56, 1)]]), ("text", [[], []])):
+        order.clear()
+        batch = chat_batch(processor, images)
+        outputs = ross(**batch, labels=batch["input_ids"])
+        calls[kind] = [name for k, name in enumerate(order) if k == 0 or order[k - 1] != name]
+        if kind == "text":
+            assert torch.allclose(outputs.text_loss, ross.model(**batch, labels=batch["input_ids"]).loss, atol=1e-6)
+    for hook in hooks:
+        hook.remove()
+    assert calls["images"] == calls["text"] == ["embed", "tower", "llm", "teacher", "denoiser"]
