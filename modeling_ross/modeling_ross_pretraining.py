@@ -74,7 +74,8 @@ class RossForPreTraining(nn.Module):
 
     Args:
         model: the VLM, e.g. `Qwen2_5_VLForConditionalGeneration` (its class is kept; nothing in it is replaced).
-        config (`RossHeadConfig`): the objective and the condition width.
+        config (`RossHeadConfig`): the objective and the condition width, kept as `head_config` (`config` is the
+            VLM's, which the Trainer and DeepSpeed read).
 
     Build one with `from_vlm` (a pretrained VLM + an objective) or `from_pretrained` (a folder this class saved).
     """
@@ -89,10 +90,11 @@ class RossForPreTraining(nn.Module):
                 f"The ROSS head was trained with a {config.vlm_model_type!r} model, not {model.config.model_type!r}."
             )
         self.model = model
-        self.config = config
+        self.head_config = config
         objective = config.objective_config
         self.adapter = adapter_for(model.config, objective.image_mean, objective.image_std)
-        self.teacher = build_teacher(objective, self.adapter.nominal_grid)
+        # Not a registered child: see `teacher`.
+        self._frozen = {"teacher": build_teacher(objective, self.adapter.nominal_grid)}
         self.denoiser = RossDenoiser(
             in_channels=self.teacher.num_channels,
             condition_size=config.condition_size,
@@ -107,6 +109,8 @@ class RossForPreTraining(nn.Module):
         )
         with torch.device("cpu"):  # tables only, not a module
             self.noise_scheduler = build_noise_scheduler(objective)
+        self._idle_tower_armed = False
+        self.adapter.language_model(model).register_forward_pre_hook(self._run_idle_vision_tower, with_kwargs=True)
 
     # ---- construction ----
     @classmethod
@@ -156,10 +160,11 @@ class RossForPreTraining(nn.Module):
         config = RossHeadConfig.from_pretrained(head_dir)
         ross = cls(model, config)
         state_dict = load_file(head_dir / HEAD_WEIGHTS)
-        has_teacher = any(key.startswith("teacher.") for key in state_dict)
-        if not has_teacher:
+        teacher_state = {k[len("teacher.") :]: v for k, v in state_dict.items() if k.startswith("teacher.")}
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("teacher.")}
+        if not teacher_state:
             _, teacher_state, _ = load_teacher_source(config.objective_config)
-            state_dict.update({f"teacher.{key}": value for key, value in teacher_state.items()})
+        ross.load_teacher_weights(teacher_state)
         missing, unexpected = ross.load_state_dict(state_dict, strict=False)
         head_missing = [key for key in missing if not key.startswith("model.")]
         if head_missing or unexpected:
@@ -167,7 +172,6 @@ class RossForPreTraining(nn.Module):
                 f"{head_dir / HEAD_WEIGHTS} does not match the head its config builds: missing {head_missing}, "
                 f"unexpected {unexpected}."
             )
-        freeze(ross.teacher)
         return ross
 
     def load_teacher_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -182,17 +186,40 @@ class RossForPreTraining(nn.Module):
         The frozen teacher is left out unless `objective_config.save_teacher`."""
         state_dict = self.state_dict() if state_dict is None else state_dict
         vlm_state = {key[len("model.") :]: value for key, value in state_dict.items() if key.startswith("model.")}
-        keep = ("denoiser.", "teacher.") if self.config.objective_config.save_teacher else ("denoiser.",)
-        head_state = {key: value.detach().contiguous().cpu() for key, value in state_dict.items() if key.startswith(keep)}
+        head_state = {key: value for key, value in state_dict.items() if key.startswith("denoiser.")}
+        if self.head_config.objective_config.save_teacher:
+            head_state.update({f"teacher.{key}": value for key, value in self.teacher.state_dict().items()})
+        head_state = {key: value.detach().contiguous().cpu() for key, value in head_state.items()}
         self.model.save_pretrained(save_directory, state_dict=vlm_state, **kwargs)
         if not kwargs.get("is_main_process", True):
             return
         head_dir = Path(save_directory) / HEAD_FOLDER
         head_dir.mkdir(parents=True, exist_ok=True)
-        self.config.save_pretrained(head_dir)
+        self.head_config.save_pretrained(head_dir)
         save_file(head_state, head_dir / HEAD_WEIGHTS, metadata={"format": "pt"})
 
-    # ---- passthroughs the Trainer and PEFT use ----
+    @property
+    def teacher(self) -> nn.Module:
+        """The frozen teacher. It is deliberately not a registered child module: it runs once per image (the grids
+        differ), so ranks with different image counts call it a different number of times, which DeepSpeed ZeRO-3's
+        per-module parameter gathers (and its check that every rank traces the same modules) cannot allow. Kept
+        outside, it is a whole, frozen copy on every rank, moved to the batch's device when used, never partitioned,
+        never in the optimizer or `state_dict` (`save_pretrained` adds it with `save_teacher`)."""
+        return self._frozen["teacher"]
+
+    def teacher_on(self, device: torch.device) -> nn.Module:
+        teacher = self.teacher
+        parameter = next(teacher.parameters(), None)
+        if parameter is not None and parameter.device != device:
+            teacher.to(device)
+        return teacher
+
+    # ---- passthroughs the Trainer, DeepSpeed and PEFT use ----
+    @property
+    def config(self):
+        """The VLM's config (what the Trainer and DeepSpeed's `auto` sizes read); the head's is `head_config`."""
+        return self.model.config
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
@@ -230,10 +257,11 @@ class RossForPreTraining(nn.Module):
         computes_visual_loss = labels is not None and self.training
         index = self.condition_index()
         input_ids = inputs.get("input_ids")
-        vlm_inputs = inputs
-        if self.training and self.adapter.count_images(inputs) == 0 and input_ids is not None:
-            vlm_inputs = self.with_idle_vision_tower(inputs)
-        outputs = self.model(**vlm_inputs, labels=labels, output_hidden_states=computes_visual_loss, return_dict=True)
+        self._idle_tower_armed = self.training and self.adapter.count_images(inputs) == 0
+        try:
+            outputs = self.model(**inputs, labels=labels, output_hidden_states=computes_visual_loss, return_dict=True)
+        finally:
+            self._idle_tower_armed = False
         if not computes_visual_loss:
             return RossPreTrainingOutput(loss=outputs.loss, text_loss=outputs.loss, logits=outputs.logits)
 
@@ -245,7 +273,7 @@ class RossForPreTraining(nn.Module):
             targets = self.teacher_targets(images, grids, teacher_targets)
             visual_loss = grid_denoising_loss(
                 self.denoiser, self.noise_scheduler, conditions, targets, grids,
-                self.config.objective_config.num_noise_draws,
+                self.head_config.objective_config.num_noise_draws,
             )  # fmt: skip
         else:
             visual_loss = self.empty_batch_loss(hidden_states)
@@ -253,7 +281,7 @@ class RossForPreTraining(nn.Module):
         if num_images_in_batch is not None:
             images_in_step = torch.as_tensor(num_images_in_batch, device=visual_loss.device).clamp(min=1)
             visual_term = visual_loss * (len(grids) / images_in_step.to(torch.float32))
-        loss = outputs.loss + self.config.objective_config.weight * visual_term
+        loss = outputs.loss + self.head_config.objective_config.weight * visual_term
         return RossPreTrainingOutput(
             loss=loss,
             text_loss=outputs.loss,
@@ -266,7 +294,7 @@ class RossForPreTraining(nn.Module):
 
     def condition_index(self) -> int:
         """Index into the VLM's `hidden_states` tuple: -1 (the last, after the final norm) or `condition_layer`."""
-        layer = self.config.objective_config.condition_layer
+        layer = self.head_config.objective_config.condition_layer
         return -1 if layer is None else layer
 
     def split_conditions(
@@ -295,35 +323,33 @@ class RossForPreTraining(nn.Module):
             return [sample_targets(entry["mean"].float(), _std(entry)) for entry in cached]
         targets = []
         for image, grid in zip(images, grids):
-            mean, std = self.teacher.encode_grid_distribution(image[None], grid)
+            mean, std = self.teacher_on(image.device).encode_grid_distribution(image[None], grid)
             targets.append(sample_targets(mean, std)[0])
         return targets
 
-    def with_idle_vision_tower(self, inputs: dict) -> dict:
-        """A training batch without images: the VLM's own forward would skip its vision tower and projector, so they
-        run here on the adapter's minimal dummy input, at zero weight, between the token embedding and the LLM (the
-        order in which a batch with images calls them), and the VLM gets `inputs_embeds`. Every rank then calls the
-        same modules in the same order, which DeepSpeed ZeRO-3's per-module parameter gathers need.
+    def _run_idle_vision_tower(self, module, args, kwargs):
+        """Forward pre-hook of the VLM's language model, armed for a training batch without images.
 
-        Without `input_ids` a Qwen-VL model would reuse the M-RoPE offsets (`rope_deltas`) of the last batch with
-        images; they are cleared, so the text gets plain positions, which is what `get_rope_index` gives text."""
-        input_ids = inputs["input_ids"]
-        embeds = self.model.get_input_embeddings()(input_ids)
+        The VLM's own forward would then skip its vision tower and projector; they run here instead, on the adapter's
+        minimal dummy input, at zero weight, inside the VLM's forward between the token embedding and the LLM: the
+        place and order in which a batch with images calls them. Every rank then calls the same modules in the same
+        order, which DeepSpeed ZeRO-3 checks and needs for its per-module parameter gathers."""
+        if not self._idle_tower_armed:
+            return None
+        self._idle_tower_armed = False
+        embeds = kwargs["inputs_embeds"]
         dummy = self.adapter.dummy_image_inputs(embeds.device, self.model.dtype)
         features = self.model.get_image_features(**dummy, return_dict=True).pooler_output  # per image, or a tensor
-        embeds = embeds + 0.0 * sum(feature.sum() for feature in features).to(embeds.dtype)
-        inner = getattr(self.model, "model", None)
-        if getattr(inner, "rope_deltas", None) is not None:
-            inner.rope_deltas = None
-        return {**{key: value for key, value in inputs.items() if key != "input_ids"}, "inputs_embeds": embeds}
+        kwargs["inputs_embeds"] = embeds + 0.0 * sum(feature.sum() for feature in features).to(embeds.dtype)
+        return args, kwargs
 
     def empty_batch_loss(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """A batch without images: teacher and denoiser still run (on a grey 2 x 2-token image), at zero weight, so
         every rank calls the same modules (DeepSpeed ZeRO-3 / DDP would otherwise hang or error); the vision tower
-        ran in `with_idle_vision_tower`."""
+        ran in `_run_idle_vision_tower`."""
         grid = (2, 2)
         grey = torch.full((1, 3, 32, 32), 0.5, device=hidden_states.device)
-        target = self.teacher.encode_grid_distribution(grey, grid)[0][0]
+        target = self.teacher_on(grey.device).encode_grid_distribution(grey, grid)[0][0]
         condition = hidden_states[0, :1].expand(4, -1) * 0.0
         loss = grid_denoising_loss(self.denoiser, self.noise_scheduler, [condition], [target], [grid], 1)
         return loss * 0.0
@@ -346,7 +372,7 @@ class RossForPreTraining(nn.Module):
                 self.denoiser, condition[None], self.teacher.num_channels, scheduler=sampler,
                 num_inference_steps=num_inference_steps, generator=generator, grid_sizes=[grid],
             )  # fmt: skip
-            images.append(self.teacher.decode(tokens, grid=grid).float().clamp(0, 1)[0])
+            images.append(self.teacher_on(tokens.device).decode(tokens, grid=grid).float().clamp(0, 1)[0])
         if output_type == "pt":
             return images
         return [Image.fromarray((image.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")) for image in images]

@@ -15,6 +15,7 @@ model's config. `../docs/native-vlms.md` lists what each adapter maps and how it
 """
 
 import torch
+from torch import nn
 
 
 class NativeVlmAdapter:
@@ -34,6 +35,11 @@ class NativeVlmAdapter:
 
     def count_images(self, inputs: dict) -> int:
         raise NotImplementedError
+
+    @staticmethod
+    def language_model(vlm) -> nn.Module:
+        """The VLM's LLM (decoder), called with `inputs_embeds` once the image features are in place."""
+        return vlm.model.language_model
 
     def image_grids(self, inputs: dict) -> list[tuple[int, int]]:
         """`(rows, cols)` of each image's token grid, in placeholder order."""

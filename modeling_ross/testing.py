@@ -496,3 +496,15 @@ def tiny_gemma3(seed: int = 0, vision_layers: int = 1, image_size: int = 32, pat
         image_token_index=ids["image"],
     )  # fmt: skip
     return Gemma3ForConditionalGeneration(config), ids
+
+
+def load_native_processor_without_torchvision(path):
+    """`AutoProcessor.from_pretrained(path)`, except for Qwen-VL folders (`load_qwen_vl_processor_without_torchvision`)."""
+    import json
+
+    from transformers import AutoProcessor
+
+    model_type = json.loads((Path(path) / "config.json").read_text())["model_type"]
+    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        return load_qwen_vl_processor_without_torchvision(path)
+    return AutoProcessor.from_pretrained(path)

@@ -268,6 +268,9 @@ def test_save_loads_as_the_plain_vlm_without_ross(build, kl16_vae, tmp_path):
     restored = RossForPreTraining.from_pretrained(tmp_path / "ckpt")
     for (name, a), (_, b) in zip(ross.state_dict().items(), restored.state_dict().items()):
         assert torch.equal(a, b), name
+    for (name, a), (_, b) in zip(ross.teacher.state_dict().items(), restored.teacher.state_dict().items()):
+        assert torch.equal(a, b), name  # restored from its source (not saved: save_teacher is off)
+    assert not any(key.startswith("teacher.") for key in ross.state_dict())  # never partitioned, never trained
     restored.eval()
     images = restored.reconstruct(num_inference_steps=2, output_type="pt", **batch)
     rows, cols = restored.adapter.image_grids(batch)[0]
@@ -326,15 +329,15 @@ def test_sft_trains_a_native_vlm_end_to_end(build, fmt, kl16_vae, tmp_path, monk
     the model's own processor and chat template, assistant-only labels, text-only and two-image samples; the saved
     folder is the plain VLM + ross_head/, and training continues from it."""
     import ross.train.build
-    from modeling_ross.testing import load_qwen_vl_processor_without_torchvision
+    from modeling_ross.testing import load_native_processor_without_torchvision
     from ross.train.sft import main
 
     vlm, processor = build()
     base = tmp_path / "base"
     vlm.save_pretrained(base)
     processor.save_pretrained(base)
-    if build is tiny_qwen25_vl:  # no torchvision here: see load_native_processor
-        monkeypatch.setattr(ross.train.build, "load_native_processor", load_qwen_vl_processor_without_torchvision)
+    # No torchvision here: see load_native_processor (Qwen-VL's processor needs it; others load as usual).
+    monkeypatch.setattr(ross.train.build, "load_native_processor", load_native_processor_without_torchvision)
     data, images = write_native_data(tmp_path, fmt)
     argv = [
         "--model_name_or_path", str(base), "--objective", "denoise", "--teacher", kl16_vae, "--teacher_subfolder", "vae",
@@ -466,3 +469,61 @@ def test_text_only_batch_runs_the_same_modules_in_the_same_order(build, kl16_vae
     for hook in hooks:
         hook.remove()
     assert calls["images"] == calls["text"] == ["embed", "tower", "llm", "teacher", "denoiser"]
+
+
+# ---- DeepSpeed on 2 CPU processes (see tests/test_distributed.py for how DeepSpeed runs on CPU here) ----
+
+_SFT_NO_TORCHVISION = """
+import sys
+sys.path.insert(0, {repo!r})
+import ross.train.build
+from modeling_ross.testing import load_native_processor_without_torchvision
+from ross.train.sft import main
+
+ross.train.build.load_native_processor = load_native_processor_without_torchvision  # no torchvision here
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_llava], ids=["qwen2_5_vl", "llava"])
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_deepspeed_two_processes_with_a_text_only_rank(build, zero, kl16_vae, tmp_path):
+    """torchrun, 2 CPU processes, DeepSpeed ZeRO-2 / ZeRO-3: records alternate image / text-only with a sequential
+    sampler and one sample per rank, so rank 1 never has an image. Every rank must call the same modules (the idle
+    tower, teacher and denoiser at zero weight) or ZeRO-3's gathers hang; the run finishing, and the saved plain VLM
+    + ross_head with gathered (non-empty) weights, show it."""
+    from tests.test_distributed import REPO_ROOT, _torchrun
+
+    vlm, processor = build()
+    base = tmp_path / "base"
+    vlm.save_pretrained(base)
+    processor.save_pretrained(base)
+    data, images = write_native_data(tmp_path, "llava")
+    records = json.loads(data.read_text())[:3]  # one image, two images, text-only
+    alternating = [records[0], records[2], records[1], records[2]]
+    data.write_text(json.dumps(alternating))
+    script = tmp_path / "sft.py"
+    script.write_text(_SFT_NO_TORCHVISION.format(repo=str(REPO_ROOT)))
+    output_dir = tmp_path / "out"
+    result = _torchrun(
+        [
+            "--model_name_or_path", str(base), "--objective", "denoise", "--teacher", kl16_vae,
+            "--teacher_subfolder", "vae",
+            "--model_overrides", "{denoiser_hidden_size: 64, denoiser_depth: 2, denoiser_num_heads: 4, num_noise_draws: 2}",
+            "--data_path", str(data), "--image_folder", str(images), "--data_format", "chat", "--stage", "2",
+            "--use_cpu", "false", "--deepspeed", str(REPO_ROOT / "train" / "configs" / f"{zero}.json"),
+            "--output_dir", str(output_dir), "--max_steps", "2", "--per_device_train_batch_size", "1",
+            "--gradient_accumulation_steps", "1", "--train_sampling_strategy", "sequential", "--learning_rate", "1e-3",
+            "--save_strategy", '"no"', "--report_to", "none", "--model_max_length", "512", "--logging_steps", "1",
+        ],
+        cwd=tmp_path, script=str(script),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_step"] == 2
+    assert summary["images_seen_per_rank"] == [3, 0]  # rank 1 never saw an image
+    assert summary["final_visual_loss"] > 0 and np.isfinite(summary["final_text_loss"])
+    restored = RossForPreTraining.from_pretrained(output_dir / "model")
+    assert all(p.numel() > 0 for p in restored.parameters())
+    assert restored.denoiser.final_layer.linear.weight.abs().sum() > 0  # trained and gathered

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
         )
         counts = count_trainable_parameters(model)
     if run_config.gradient_checkpointing:
-        (model.model if native else model).config.use_cache = False
+        model.config.use_cache = False
         if run_config.stage == 1 or run_config.lora:
             # Frozen LLM: checkpointed blocks need an input that requires grad for the backward to reach the projector.
             model.enable_input_require_grads()
