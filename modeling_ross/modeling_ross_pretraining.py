@@ -174,6 +174,15 @@ class RossForPreTraining(nn.Module):
             )
         return ross
 
+    def load_checkpoint_weights(self, folder: str | Path) -> None:
+        """Copy into this model, in place, the weights of a folder `save_pretrained` wrote (a Trainer checkpoint when
+        resuming): the VLM read back with its own class (which undoes any key renaming its `save_pretrained` did)
+        and the denoiser from `ross_head/`. The optimizer and RNG states are the Trainer's business."""
+        saved = type(self.model).from_pretrained(str(folder), dtype=self.model.dtype)
+        self.model.load_state_dict(saved.state_dict())
+        head = load_file(Path(folder) / HEAD_FOLDER / HEAD_WEIGHTS)
+        self.denoiser.load_state_dict({k[len("denoiser.") :]: v for k, v in head.items() if k.startswith("denoiser.")})
+
     def load_teacher_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         if state_dict:
             self.teacher.load_state_dict(state_dict)

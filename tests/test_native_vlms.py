@@ -2,6 +2,8 @@
 (llava-hf `LlavaForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`), offline."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -527,3 +529,72 @@ def test_deepspeed_two_processes_with_a_text_only_rank(build, zero, kl16_vae, tm
     restored = RossForPreTraining.from_pretrained(output_dir / "model")
     assert all(p.numel() > 0 for p in restored.parameters())
     assert restored.denoiser.final_layer.linear.weight.abs().sum() > 0  # trained and gathered
+
+
+_KILL_AFTER_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+import ross.train.build
+from transformers import TrainerCallback
+from modeling_ross.testing import load_native_processor_without_torchvision
+from ross.train.sft import main
+
+ross.train.build.load_native_processor = load_native_processor_without_torchvision  # no torchvision here
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 2 and os.environ.get("KILL_AT_2"):
+            os.kill(os.getpid(), signal.SIGKILL)  # like a preempted job
+
+main(sys.argv[1:], callbacks=[KillAfterSave()])
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(kl16_vae, tmp_path):
+    """Qwen2.5-VL through train/sft.py: killed (SIGKILL) right after the step-2 checkpoint, resumed with
+    `--resume_from_checkpoint true`, the final VLM and head equal an uninterrupted 4-step run's."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    vlm, processor = tiny_qwen25_vl()
+    base = tmp_path / "base"
+    vlm.save_pretrained(base)
+    processor.save_pretrained(base)
+    data, images = write_native_data(tmp_path, "llava")
+    script = tmp_path / "sft.py"
+    script.write_text(_KILL_AFTER_SAVE.format(repo=str(Path(__file__).resolve().parents[1])))
+
+    def run(output_dir, kill=False, resume=False):
+        argv = [
+            "--model_name_or_path", str(base), "--objective", "denoise", "--teacher", kl16_vae,
+            "--teacher_subfolder", "vae",
+            "--model_overrides", "{denoiser_hidden_size: 64, denoiser_depth: 2, denoiser_num_heads: 4, num_noise_draws: 2}",
+            "--data_path", str(data), "--image_folder", str(images), "--data_format", "chat", "--stage", "2",
+            "--output_dir", str(output_dir), "--max_steps", "4", "--per_device_train_batch_size", "2",
+            "--learning_rate", "1e-3", "--save_strategy", "steps", "--save_steps", "2", "--report_to", "none",
+            "--use_cpu", "true", "--model_max_length", "512", "--logging_steps", "1",
+        ]  # fmt: skip
+        if resume:
+            argv += ["--resume_from_checkpoint", "true"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+        if kill:
+            env["KILL_AT_2"] = "1"
+        return subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=400,
+                              env=env, cwd=tmp_path)  # fmt: skip
+
+    full = run(tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = run(tmp_path / "interrupted", kill=True)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (tmp_path / "interrupted" / "checkpoint-2" / HEAD_FOLDER / "model.safetensors").is_file()
+    resumed = run(tmp_path / "interrupted", resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for part in ("model.safetensors", f"{HEAD_FOLDER}/model.safetensors"):
+        expected = load_file(str(tmp_path / "full" / "model" / part))
+        got = load_file(str(tmp_path / "interrupted" / "model" / part))
+        assert expected.keys() == got.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)

@@ -261,6 +261,14 @@ class RossTrainer(Trainer):
                 self.processing_class.save_pretrained(output_dir)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """`RossForPreTraining`'s checkpoint is the plain VLM + `ross_head/`, which the stock loader (one state dict in
+        this model's keys) would silently fail to match: the model loads it itself."""
+        unwrapped = self.accelerator.unwrap_model(self.model if model is None else model, keep_torch_compile=False)
+        if isinstance(unwrapped, PreTrainedModel) or not hasattr(unwrapped, "load_checkpoint_weights"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        unwrapped.load_checkpoint_weights(resume_from_checkpoint)
+
     def _get_train_sampler(self, train_dataset=None):
         """`group_by="length"` / `"modality_length"` use `ross.train.samplers`' seeded samplers on `dataset.lengths` /
         `dataset.modality_lengths` (the stock `group_by_length` only reads a column of a `datasets.Dataset`)."""
