@@ -82,6 +82,8 @@ class RossForPreTraining(nn.Module):
 
     # The Trainer passes `num_items_in_batch` on (the text loss of a GA step is then exact).
     accepts_loss_kwargs = True
+    # Read by PEFT (through transformers' checkpoint conversion mapping) when it wraps this model for LoRA.
+    base_model_prefix = "model"
 
     def __init__(self, model: nn.Module, config: RossHeadConfig):
         super().__init__()

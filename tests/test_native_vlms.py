@@ -598,3 +598,37 @@ def test_resume_after_kill_matches_uninterrupted_run(kl16_vae, tmp_path):
         assert expected.keys() == got.keys()
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_sft_lora_on_qwen25_vl_saves_a_merged_plain_vlm(kl16_vae, tmp_path, monkeypatch):
+    """LoRA on the LLM of a native Qwen2.5-VL through train/sft.py: the patch merger (projector) and the denoiser train
+    fully, the LLM's base weights stay, and the saved folder is the merged plain VLM + ross_head."""
+    import ross.train.build
+    from modeling_ross.testing import load_native_processor_without_torchvision
+    from ross.train.sft import main
+
+    vlm, processor = tiny_qwen25_vl()
+    base = tmp_path / "base"
+    vlm.save_pretrained(base)
+    processor.save_pretrained(base)
+    monkeypatch.setattr(ross.train.build, "load_native_processor", load_native_processor_without_torchvision)
+    data, images = write_native_data(tmp_path, "llava")
+    summary = main([
+        "--model_name_or_path", str(base), "--objective", "denoise", "--teacher", kl16_vae, "--teacher_subfolder", "vae",
+        "--model_overrides", "{denoiser_hidden_size: 64, denoiser_depth: 2, denoiser_num_heads: 4, num_noise_draws: 2}",
+        "--data_path", str(data), "--image_folder", str(images), "--data_format", "chat", "--stage", "2",
+        "--lora", "true", "--lora_r", "4", "--lora_alpha", "8",
+        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--per_device_train_batch_size", "2",
+        "--learning_rate", "1e-2", "--save_strategy", '"no"', "--report_to", "none", "--use_cpu", "true",
+        "--model_max_length", "512",
+    ])  # fmt: skip
+    counts = summary["trainable_parameters"]
+    assert counts["projector"] > 0 and counts["denoiser"] > 0 and counts["vision_tower"] == counts["teacher"] == 0
+    assert 0 < counts["language_model"] < sum(p.numel() for p in vlm.model.language_model.parameters())  # LoRA only
+    folder = tmp_path / "out" / "model"
+    assert not list(folder.glob("adapter_*"))
+    trained = RossForPreTraining.from_pretrained(folder)
+    assert not any("lora_" in name for name, _ in trained.named_parameters())
+    merged_q = trained.model.model.language_model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(merged_q, vlm.model.language_model.layers[0].self_attn.q_proj.weight)  # LoRA merged in
+    assert not torch.equal(trained.model.model.visual.merger.mlp[0].weight, vlm.model.visual.merger.mlp[0].weight)

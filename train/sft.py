@@ -179,7 +179,6 @@ def save_model(trainer, model, processor, run_config, resolved: dict, directory:
 def check_native_run(run_config) -> None:
     """What a native VLM run (`RossForPreTraining`) does not support yet, named before anything trains."""
     unsupported = {
-        "lora": run_config.lora,
         "latent_cache_dir": run_config.latent_cache_dir is not None,
         "padding_free": run_config.padding_free,
         "preview_every_n_steps": bool(run_config.preview_every_n_steps),

@@ -129,8 +129,12 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 
 
     names = target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     # Only the LLM's layers: a regex keeps LoRA off the vision tower and the denoiser, which share layer names.
-    pattern = r"model\.language_model\..*\.(" + "|".join(map(re.escape, names)) + r")"
-    modules_to_save = ["projector"] + [
+    # `model.language_model.` (RossForConditionalGeneration) or `model.model.language_model.` (a native VLM inside
+    # RossForPreTraining).
+    pattern = r"(model\.)?model\.language_model\..*\.(" + "|".join(map(re.escape, names)) + r")"
+    # The projector: ours, llava-hf's `multi_modal_projector`, or Qwen-VL's patch `merger` (suffix matches).
+    projectors = [name for name in ("projector", "merger") if any(n.endswith(name) for n, _ in model.named_modules())]
+    modules_to_save = projectors + [
         name for name in ("denoiser", "queries") if getattr(model, name, None) is not None
     ]
     config = LoraConfig(
