@@ -311,19 +311,21 @@ class RossForPreTraining(nn.Module):
     def split_conditions(
         self, input_ids: torch.LongTensor, hidden_states: torch.Tensor, grids: list[tuple[int, int]]
     ) -> list[torch.Tensor]:
-        """The `(N_i, D)` hidden states at each image's placeholder span. Boolean indexing is row-major, the order
-        in which the VLM's `masked_scatter` filled the image features; each span must be whole."""
+        """The `(rows * cols, D)` hidden states on each image's grid: its placeholder span (boolean indexing is
+        row-major, the order in which the VLM's `masked_scatter` filled the image features), of which the first
+        `rows * cols` tokens are the grid (the whole span except for LLaVA-OneVision's tiles); each span must be whole."""
         if input_ids is None:
             raise ValueError("RossForPreTraining needs input_ids to find the image placeholders.")
         mask = input_ids == self.adapter.image_token_id
-        lengths = [rows * cols for rows, cols in grids]
+        lengths = self.adapter.span_lengths(mask, grids) if grids else []
         if int(mask.sum()) != sum(lengths):
             raise ValueError(
                 f"Image placeholders and image grids do not match: {int(mask.sum())} tokens of id "
                 f"{self.adapter.image_token_id}, grids {grids} ({sum(lengths)} tokens). A span was cut by truncation "
                 "or the processor does not match the model."
             )
-        return list(hidden_states[mask].split(lengths)) if lengths else []
+        spans = hidden_states[mask].split(lengths) if lengths else []
+        return [span[: rows * cols] for span, (rows, cols) in zip(spans, grids)]
 
     def teacher_targets(self, images, grids, cached: list[dict] | None = None) -> list[torch.Tensor]:
         """`(N_i, C)` fp32 targets per image: the frozen teacher on the image resized to its grid, or drawn from

@@ -10,6 +10,7 @@ model's config. `../docs/native-vlms.md` lists what each adapter maps and how it
 | adapter | model types | grid | image seen |
 |---|---|---|---|
 | `LlavaAdapter` | `llava` | fixed `image_size / patch_size` square (CLS dropped by `"default"`) | `pixel_values[i]` |
+| `LlavaOnevisionAdapter` | `llava_onevision` | the base view's fixed square (tiles and newline tokens get no visual loss) | `pixel_values[i, 0]` |
 | `Gemma3Adapter` | `gemma3` | fixed `sqrt(mm_tokens_per_image)` square (16 x 16: the tower's patches average-pooled) | `pixel_values[i]` (each pan-and-scan crop is an image of its own) |
 | `QwenVLAdapter` | `qwen2_vl`, `qwen2_5_vl`, `qwen3_vl` | `image_grid_thw[i] = (1, h, w)` -> `(h / merge, w / merge)`; one token = `merge * patch` px (28 for Qwen2/2.5-VL, 32 for Qwen3-VL) | `pixel_values` rows of image i, un-patchified |
 """
@@ -48,6 +49,11 @@ class NativeVlmAdapter:
     def images_seen(self, inputs: dict) -> list[torch.Tensor]:
         """Each image as the model saw it, `(3, H, W)` fp32 in [0, 1], in placeholder order."""
         raise NotImplementedError
+
+    def span_lengths(self, image_mask: torch.Tensor, grids: list[tuple[int, int]]) -> list[int]:
+        """Placeholder tokens of each image, in order (`image_mask` `(batch, seq)`). Its first `rows * cols` tokens
+        are the grid the visual loss reconstructs. Default: the span is exactly the grid."""
+        return [rows * cols for rows, cols in grids]
 
     def dummy_image_inputs(self, device: torch.device, dtype: torch.dtype) -> dict:
         """The smallest image input `get_image_features` accepts: a batch without images runs the vision tower on it
@@ -96,6 +102,47 @@ class LlavaAdapter(NativeVlmAdapter):
     def dummy_image_inputs(self, device, dtype) -> dict:
         size = self.config.vision_config.image_size
         return {"pixel_values": torch.zeros(1, 3, size, size, device=device, dtype=dtype)}
+
+
+class LlavaOnevisionAdapter(LlavaAdapter):
+    """LLaVA-OneVision (any-res): `pixel_values` `(num_images, num_views, 3, S, S)`, view 0 the base view (the whole
+    image resized to S x S), then the any-res tiles. `pack_image_features` lays out each image's span as the base
+    view's `(S / patch) ** 2` tokens, row-major, then the unpadded tiles with one image-newline token per row.
+
+    Only the base view gets the visual loss: its tokens sit on a fixed square grid (ROSS's own 27 x 27 for SigLIP-384)
+    and see the whole image, which the teacher reconstructs; the tiles' grid depends on the image's size and their
+    newline tokens hold no image cell. A span's length (base + tiles + newlines) is read from the placeholders: each
+    image is one contiguous run of image tokens (the chat template puts text between images); runs that do not match
+    the image count are an error."""
+
+    model_types = ("llava_onevision",)
+
+    def images_seen(self, inputs: dict) -> list[torch.Tensor]:
+        pixel_values = inputs.get("pixel_values")
+        return [] if pixel_values is None else [self.unnormalise(views[0]) for views in pixel_values]
+
+    def span_lengths(self, image_mask, grids):
+        runs = []
+        for row in image_mask:
+            edges = torch.diff(torch.nn.functional.pad(row.long(), (1, 1)))
+            starts, ends = torch.nonzero(edges == 1).flatten(), torch.nonzero(edges == -1).flatten()
+            runs += (ends - starts).tolist()
+        if len(runs) != len(grids):
+            raise ValueError(
+                f"{len(runs)} runs of image tokens for {len(grids)} images: LLaVA-OneVision images must be separated "
+                "by text in the prompt (its chat template does this)."
+            )
+        short = [n for n, (rows, cols) in zip(runs, grids) if n < rows * cols]
+        if short:
+            raise ValueError(f"image spans {short} are shorter than the base view's {grids[0][0] * grids[0][1]} tokens.")
+        return runs
+
+    def dummy_image_inputs(self, device, dtype) -> dict:
+        size = self.config.vision_config.image_size
+        return {
+            "pixel_values": torch.zeros(1, 1, 3, size, size, device=device, dtype=dtype),
+            "image_sizes": torch.tensor([[size, size]], device=device),
+        }
 
 
 class Gemma3Adapter(LlavaAdapter):
@@ -195,7 +242,7 @@ def _as_int(value) -> int:
 
 ADAPTERS = {
     model_type: adapter
-    for adapter in (LlavaAdapter, Gemma3Adapter, QwenVLAdapter)
+    for adapter in (LlavaAdapter, LlavaOnevisionAdapter, Gemma3Adapter, QwenVLAdapter)
     for model_type in adapter.model_types
 }
 
@@ -210,4 +257,4 @@ def adapter_for(config, image_mean: list[float], image_std: list[float]) -> Nati
     return ADAPTERS[model_type](config, image_mean, image_std)
 
 
-__all__ = ["ADAPTERS", "Gemma3Adapter", "LlavaAdapter", "NativeVlmAdapter", "QwenVLAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "Gemma3Adapter", "LlavaAdapter", "LlavaOnevisionAdapter", "NativeVlmAdapter", "QwenVLAdapter", "adapter_for"]

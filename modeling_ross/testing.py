@@ -508,3 +508,46 @@ def load_native_processor_without_torchvision(path):
     if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         return load_qwen_vl_processor_without_torchvision(path)
     return AutoProcessor.from_pretrained(path)
+
+
+def tiny_llava_onevision(seed: int = 0, vision_layers: int = 1, image_size: int = 32, patch_size: int = 4,
+                         vision_feature_layer: int = -1):
+    """A random-weight `LlavaOnevisionForConditionalGeneration` (SigLIP 32 px / patch 4: an 8 x 8 base view; any-res
+    tiles on pinpoints up to 64 x 64 px) and its `LlavaOnevisionProcessor` (PIL image processor, no video processor:
+    see `build_processor_without_torchvision`)."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+    )
+
+    tokenizer = build_tiny_tokenizer(extra_special_tokens=["<image>", "<video>"])
+    pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
+    torch.manual_seed(seed)
+    config = LlavaOnevisionConfig(
+        vision_config={
+            "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch_size,
+            "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
+            "vision_use_head": False,
+        },
+        text_config={
+            "model_type": "qwen2", "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64,
+            "intermediate_size": 133, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"), vision_feature_select_strategy="full",
+        vision_feature_layer=vision_feature_layer, image_grid_pinpoints=pinpoints, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlavaOnevisionForConditionalGeneration(config)
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )  # fmt: skip
+    processor = build_processor_without_torchvision(
+        LlavaOnevisionProcessor, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+        num_image_tokens=(image_size // patch_size) ** 2, vision_feature_select_strategy="full",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor

@@ -13,7 +13,14 @@ from PIL import Image
 from modeling_ross.denoiser import RossDenoiser, build_noise_scheduler, grid_sincos_table
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
 from modeling_ross.objective import grid_denoising_loss
-from modeling_ross.testing import tiny_gemma3, tiny_llava, tiny_qwen3_vl, tiny_qwen25_vl, write_tiny_vae
+from modeling_ross.testing import (
+    tiny_gemma3,
+    tiny_llava,
+    tiny_llava_onevision,
+    tiny_qwen3_vl,
+    tiny_qwen25_vl,
+    write_tiny_vae,
+)
 from tests.conftest import run_isolated
 
 
@@ -171,10 +178,37 @@ def test_llava_grid_mapping(kl16_vae):
     assert moved[:, 0].min() == 20 and moved[:, 0].max() == 23 and moved[:, 1].min() == 12 and moved[:, 1].max() == 15
 
 
+def test_llava_onevision_base_view_mapping(kl16_vae):
+    """LLaVA-OneVision: a 32 px image is a base view (8 x 8 tokens) + one any-res tile (8 rows of 8 tokens + a newline
+    each): 136 tokens. Changing the 4 x 4 px cell (5, 3) changes base token 5 * 8 + 3 and tile token 64 + 5 * 9 + 3;
+    the adapter's grid is the base view (the span's first 64 tokens), so its condition moves at token 43 only."""
+    ross, processor = ross_for(tiny_llava_onevision, kl16_vae, vision_feature_layer=0)
+    image = np.asarray(random_image(32, 32, seed=1)).copy()
+    changed = image.copy()
+    changed[20:24, 12:16] = 255 - changed[20:24, 12:16]
+    features, seen = [], []
+    for array in (image, changed):
+        inputs = processor.image_processor(images=[Image.fromarray(array)], return_tensors="pt")
+        with torch.no_grad():  # layer 0 is only kept when hidden states are asked for (transformers 5.23)
+            outputs = ross.model.get_image_features(**inputs, output_hidden_states=True, return_dict=True)
+        features.append(outputs.pooler_output[0])
+        seen.append(ross.adapter.images_seen(inputs)[0])
+    assert features[0].shape[0] == 136 and ross.adapter.image_grids(inputs) == [(8, 8)]
+    assert _changed_tokens(features[0], features[1]) == [5 * 8 + 3, 64 + 5 * 9 + 3]
+    mask = torch.zeros(1, 140, dtype=torch.bool)
+    mask[0, 2:138] = True
+    assert ross.adapter.span_lengths(mask, [(8, 8)]) == [136]
+    moved = torch.nonzero((seen[0] - seen[1]).abs().amax(0) > 1e-6)
+    assert moved[:, 0].min() == 20 and moved[:, 0].max() == 23 and moved[:, 1].min() == 12 and moved[:, 1].max() == 15
+
+
 # ---- the training forward ----
 
 
-@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_qwen3_vl, tiny_llava], ids=["qwen2_5_vl", "qwen3_vl", "llava"])
+@pytest.mark.parametrize(
+    "build", [tiny_qwen25_vl, tiny_qwen3_vl, tiny_llava, tiny_llava_onevision],
+    ids=["qwen2_5_vl", "qwen3_vl", "llava", "llava_onevision"],
+)
 def test_forward_loss_is_text_plus_visual(build, kl16_vae):
     torch.manual_seed(0)
     ross, processor = ross_for(build, kl16_vae)
@@ -235,7 +269,10 @@ def test_truncated_image_span_is_a_clear_error(kl16_vae):
 # ---- saving: the plain VLM + the head beside it ----
 
 
-@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_qwen3_vl, tiny_llava], ids=["qwen2_5_vl", "qwen3_vl", "llava"])
+@pytest.mark.parametrize(
+    "build", [tiny_qwen25_vl, tiny_qwen3_vl, tiny_llava, tiny_llava_onevision],
+    ids=["qwen2_5_vl", "qwen3_vl", "llava", "llava_onevision"],
+)
 def test_save_loads_as_the_plain_vlm_without_ross(build, kl16_vae, tmp_path):
     torch.manual_seed(0)
     ross, processor = ross_for(build, kl16_vae)
