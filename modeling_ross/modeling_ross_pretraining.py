@@ -44,8 +44,6 @@ logger = logging.get_logger(__name__)
 
 HEAD_FOLDER = "ross_head"
 HEAD_WEIGHTS = "model.safetensors"
-# Inputs that belong to ROSS, not to the VLM's forward.
-ROSS_INPUTS = ("labels", "teacher_targets", "num_images_in_batch")
 
 
 @dataclass
