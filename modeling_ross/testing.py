@@ -507,7 +507,27 @@ def load_native_processor_without_torchvision(path):
     model_type = json.loads((Path(path) / "config.json").read_text())["model_type"]
     if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         return load_qwen_vl_processor_without_torchvision(path)
+    if model_type == "llava_onevision":
+        return load_llava_onevision_processor_without_torchvision(path)
     return AutoProcessor.from_pretrained(path)
+
+
+def load_llava_onevision_processor_without_torchvision(path):
+    """`LlavaOnevisionProcessor` from a folder's saved parts (its video processor needs torchvision)."""
+    import json
+
+    from transformers import AutoTokenizer, LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor
+
+    path = Path(path)
+    settings = json.loads((path / "processor_config.json").read_text())
+    template = path / "chat_template.jinja"
+    return build_processor_without_torchvision(
+        LlavaOnevisionProcessor, image_processor=LlavaOnevisionImageProcessorPil.from_pretrained(path),
+        tokenizer=AutoTokenizer.from_pretrained(path), video_processor=None,
+        num_image_tokens=settings.get("num_image_tokens"),
+        vision_feature_select_strategy=settings.get("vision_feature_select_strategy"),
+        chat_template=template.read_text() if template.is_file() else None,
+    )  # fmt: skip
 
 
 def tiny_llava_onevision(seed: int = 0, vision_layers: int = 1, image_size: int = 32, patch_size: int = 4,

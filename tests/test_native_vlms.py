@@ -360,9 +360,12 @@ def write_native_data(root, fmt: str):
 
 
 @pytest.mark.parametrize(
-    "build, fmt", [(tiny_qwen25_vl, "llava"), (tiny_qwen25_vl, "messages"), (tiny_llava, "llava")],
-    ids=["qwen2_5_vl-llava_json", "qwen2_5_vl-messages", "llava-llava_json"],
-)
+    "build, fmt",
+    [(tiny_qwen25_vl, "llava"), (tiny_qwen25_vl, "messages"), (tiny_llava, "llava"), (tiny_qwen3_vl, "llava"),
+     (tiny_llava_onevision, "messages")],
+    ids=["qwen2_5_vl-llava_json", "qwen2_5_vl-messages", "llava-llava_json", "qwen3_vl-llava_json",
+         "llava_onevision-messages"],
+)  # fmt: skip
 def test_sft_trains_a_native_vlm_end_to_end(build, fmt, kl16_vae, tmp_path, monkeypatch):
     """train/sft.py with model_name_or_path = a native VLM folder (laid out like its Hub repo) and objective denoise:
     the model's own processor and chat template, assistant-only labels, text-only and two-image samples; the saved

@@ -5,8 +5,8 @@ template's `{% generation %}` markers or from rendered prefixes, image tokens an
 multi-image samples, nothing ever truncated, bad samples raise or are counted skips) and changes what depends on the
 processor: an image expands to as many placeholder tokens as the processor makes of it (variable for Qwen-VL), and
 every tensor the processor returns travels into the batch: per image (`pixel_values`, `image_grid_thw`,
-`image_sizes`) concatenated in sample order, per token (`mm_token_type_ids`, which Qwen-VL's M-RoPE needs) padded like
-`input_ids`.
+`image_sizes`, LLaVA-OneVision's per-sample `batch_num_images`) concatenated in sample order (any-res views padded to
+the most), per token (`mm_token_type_ids`, which Qwen-VL's M-RoPE needs) padded like `input_ids`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from ross.train.sources import BadSampleError, is_creation
 
 # What the processors of the supported VLMs return next to `input_ids` / `attention_mask`.
 PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
-PER_IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes")
+# Concatenated in sample order: per image, or per sample with images (LLaVA-OneVision's `batch_num_images`, which
+# tells the model that a multi-image sample's images are not split into any-res tiles).
+PER_IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes", "batch_num_images")
 
 
 class NativeVlmDataCollator(RossDataCollator):
@@ -80,8 +82,17 @@ class NativeVlmDataCollator(RossDataCollator):
         for key in PER_IMAGE_KEYS:
             values = [e["per_image"][key] for e in encoded if key in e["per_image"]]
             if values:
-                batch[key] = torch.cat(values, dim=0)
+                batch[key] = torch.cat(_pad_views(values), dim=0)
         return batch
+
+
+def _pad_views(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Any-res `pixel_values` `(images, views, 3, S, S)` of several samples, zero-padded to the most views (what the
+    processor does within one call; the model reads each image's own view count from `image_sizes`)."""
+    if values[0].ndim != 5:
+        return values
+    views = max(value.shape[1] for value in values)
+    return [torch.nn.functional.pad(v, (0, 0, 0, 0, 0, 0, 0, views - v.shape[1])) for v in values]
 
 
 __all__ = ["NativeVlmDataCollator"]
