@@ -1,5 +1,5 @@
 """ROSS around native transformers VLMs (`RossForPreTraining`): tiny random-weight configs of the real classes
-(llava-hf `LlavaForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`), offline."""
+(Qwen2.5-VL, Qwen3-VL, llava-hf Llava, LLaVA-OneVision, Gemma 3), offline. See docs/native-vlms.md."""
 
 import json
 import os
