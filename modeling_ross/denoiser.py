@@ -61,7 +61,7 @@ from .configuration_ross import RossObjectiveConfig
 
 try:
     from diffusers import DDPMScheduler
-    from diffusers.models.embeddings import Timesteps, get_2d_sincos_pos_embed
+    from diffusers.models.embeddings import Timesteps, get_2d_sincos_pos_embed, get_2d_sincos_pos_embed_from_grid
     from diffusers.utils.torch_utils import randn_tensor
 
     _DIFFUSERS_IMPORT_ERROR = None
@@ -116,12 +116,13 @@ class RossAttention(nn.Module):
         self.qkv = RossLinear(hidden_size, 3 * hidden_size)
         self.proj = RossLinear(hidden_size, hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(B, N, H) -> (B, N, H)."""
+    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, H) -> (B, N, H). `token_mask` `(B, N)` bool: padding tokens (False) are never attended to."""
         batch_size, num_tokens, hidden_size = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch_size, num_tokens, 3, self.num_heads, -1)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
-        attended = F.scaled_dot_product_attention(query, key, value)  # default scale = head_dim ** -0.5
+        attn_mask = None if token_mask is None else token_mask[:, None, None, :]
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)  # scale = head_dim ** -0.5
         return self.proj(attended.transpose(1, 2).reshape(batch_size, num_tokens, hidden_size))
 
 
@@ -158,12 +159,14 @@ class RossDenoiserBlock(nn.Module):
         num_modulations = 6 if self_attention else 3
         self.adaLN_modulation = RossLinear(hidden_size, num_modulations * hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
-        """hidden_states (B, N, H), conditioning (B, N, H) -> (B, N, H)."""
+    def forward(
+        self, hidden_states: torch.Tensor, conditioning: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """hidden_states (B, N, H), conditioning (B, N, H), token_mask (B, N) bool or None -> (B, N, H)."""
         modulation = self.adaLN_modulation(F.silu(conditioning)).chunk(6 if self.self_attention else 3, dim=-1)
         if self.self_attention:
             shift_msa, scale_msa, gate_msa, *modulation = modulation
-            attended = self.attn(modulate(self.norm1(hidden_states), shift_msa, scale_msa))
+            attended = self.attn(modulate(self.norm1(hidden_states), shift_msa, scale_msa), token_mask)
             hidden_states = hidden_states + gate_msa * attended
         shift_mlp, scale_mlp, gate_mlp = modulation
         return hidden_states + gate_mlp * self.mlp(modulate(self.norm2(hidden_states), shift_mlp, scale_mlp))
@@ -310,7 +313,13 @@ class RossDenoiser(nn.Module):
         time_embeds = self.t_embedder(self.time_proj(timesteps).to(dtype))
         return condition_embeds + time_embeds[:, None, :]
 
-    def forward(self, noisy_tokens: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        noisy_tokens: torch.Tensor,
+        timesteps: torch.Tensor,
+        condition: torch.Tensor,
+        grid_sizes: list[tuple[int, int]] | None = None,
+    ) -> torch.Tensor:
         """Predict the noise (or velocity) of `noisy_tokens`.
 
         Args:
@@ -318,6 +327,12 @@ class RossDenoiser(nn.Module):
             timesteps (`torch.Tensor` of shape `(B,)` or a scalar): diffusion step of each row (0..T-1).
             condition (`torch.Tensor` of shape `(B, N, D)`): the LLM's final-norm hidden states at the image
                 positions, token i aligned with latent token i (not yet normalised: the LayerNorm is applied here).
+            grid_sizes (`list[tuple[int, int]]`, *optional*): the `(rows, cols)` token grid of each row, for images
+                whose grids differ (native VLMs such as Qwen2.5-VL). Row b then holds `rows * cols <= N` real tokens
+                followed by padding: each row gets the sin-cos table of its own grid, padding tokens are never
+                attended to, and their outputs are meaningless (mask them out of any loss). Needs
+                `position_embedding="sincos"` (a learned table exists for one grid only). Without it every row is
+                the square `grid_size x grid_size` grid.
 
         Returns:
             `torch.Tensor` of shape `(B, N, C)` in the compute dtype (fp32 by default).
@@ -325,11 +340,13 @@ class RossDenoiser(nn.Module):
         batch_size, num_tokens, channels = noisy_tokens.shape
         if channels != self.in_channels:
             raise ValueError(f"noisy_tokens have {channels} channels, the denoiser expects {self.in_channels}.")
-        if num_tokens != self.grid_size**2:
+        if grid_sizes is None and num_tokens != self.grid_size**2:
             raise ValueError(
                 f"noisy_tokens have {num_tokens} tokens, the denoiser's grid is {self.grid_size}x{self.grid_size} "
                 f"= {self.grid_size**2}."
             )
+        if grid_sizes is not None:
+            self._check_grid_sizes(grid_sizes, batch_size, num_tokens)
         if condition.shape != (batch_size, num_tokens, self.condition_size):
             raise ValueError(
                 f"condition has shape {tuple(condition.shape)}, expected ({batch_size}, {num_tokens}, "
@@ -342,17 +359,58 @@ class RossDenoiser(nn.Module):
             raise ValueError(f"timesteps has shape {tuple(timesteps.shape)}, expected ({batch_size},).")
 
         if self.compute_dtype == "weights":
-            return self._denoise(noisy_tokens, timesteps, condition, self.x_embedder.weight.dtype)
+            return self._denoise(noisy_tokens, timesteps, condition, self.x_embedder.weight.dtype, grid_sizes)
         # fp32 maths as the reference's fp32 autocast; an outer bf16 autocast would otherwise cast every matmul down.
         with torch.autocast(device_type=noisy_tokens.device.type, enabled=False):
-            return self._denoise(noisy_tokens, timesteps, condition, torch.float32)
+            return self._denoise(noisy_tokens, timesteps, condition, torch.float32, grid_sizes)
 
-    def _denoise(self, noisy_tokens, timesteps, condition, dtype: torch.dtype) -> torch.Tensor:
-        hidden_states = self.x_embedder(noisy_tokens.to(dtype)) + self.position_embedding(noisy_tokens.device, dtype)
+    def _check_grid_sizes(self, grid_sizes, batch_size: int, num_tokens: int) -> None:
+        if self.position_embedding_type != "sincos":
+            raise ValueError(
+                "Per-image grids (grid_sizes) need denoiser_position_embedding='sincos': a learned table "
+                f"exists only for the {self.grid_size}x{self.grid_size} grid."
+            )
+        if len(grid_sizes) != batch_size:
+            raise ValueError(f"grid_sizes has {len(grid_sizes)} entries for a batch of {batch_size} rows.")
+        too_large = [(rows, cols) for rows, cols in grid_sizes if rows * cols > num_tokens]
+        if too_large:
+            raise ValueError(f"grids {too_large} hold more tokens than the {num_tokens} token slots given.")
+
+    def _denoise(self, noisy_tokens, timesteps, condition, dtype: torch.dtype, grid_sizes=None) -> torch.Tensor:
+        token_mask = None
+        if grid_sizes is None:
+            positions = self.position_embedding(noisy_tokens.device, dtype)
+        else:
+            positions, token_mask = self.padded_position_tables(grid_sizes, noisy_tokens.shape[1], noisy_tokens.device)
+            positions = positions.to(dtype)
+        hidden_states = self.x_embedder(noisy_tokens.to(dtype)) + positions
         conditioning = self.embed_condition(condition, timesteps, dtype)
         for block in self.blocks:
-            hidden_states = block(hidden_states, conditioning)
+            hidden_states = block(hidden_states, conditioning, token_mask)
         return self.final_layer(hidden_states, conditioning)
+
+    def padded_position_tables(
+        self, grid_sizes: list[tuple[int, int]], num_tokens: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(B, N, H)` sin-cos tables, row b the table of `grid_sizes[b]` followed by zeros, and the `(B, N)` bool
+        mask of real tokens."""
+        tables = torch.zeros(len(grid_sizes), num_tokens, self.hidden_size, device=device)
+        token_mask = torch.zeros(len(grid_sizes), num_tokens, dtype=torch.bool, device=device)
+        for row, (rows, cols) in enumerate(grid_sizes):
+            tables[row, : rows * cols] = grid_sincos_table(self.hidden_size, rows, cols, device)
+            token_mask[row, : rows * cols] = True
+        return tables, token_mask
+
+
+def grid_sincos_table(hidden_size: int, rows: int, cols: int, device: torch.device | None = None) -> torch.Tensor:
+    """DiT's 2-D sin-cos table for a `rows x cols` grid, `(rows * cols, hidden_size)` fp32, row-major, integer
+    positions (first half of the channels encodes the column, second half the row, as diffusers'
+    `get_2d_sincos_pos_embed`, which it equals for a square grid with `base_size` = the side)."""
+    _require_diffusers("grid_sincos_table")
+    row_positions = torch.arange(rows, device=device, dtype=torch.float32)
+    col_positions = torch.arange(cols, device=device, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(col_positions, row_positions, indexing="xy"))  # (2, rows, cols): x, then y
+    return get_2d_sincos_pos_embed_from_grid(hidden_size, grid, output_type="pt").float()
 
 
 class RossMLPHead(nn.Module):
@@ -425,6 +483,7 @@ def sample_tokens(
     scheduler=None,
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
+    grid_sizes: list[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """Reverse diffusion: draw latent tokens z_0 ~ J(. ; condition).
 
@@ -438,6 +497,8 @@ def sample_tokens(
             scheduler's `prediction_type`.
         num_inference_steps (`int`, defaults to 50): Reverse steps.
         generator (`torch.Generator`, *optional*): For reproducible draws.
+        grid_sizes (`list[tuple[int, int]]`, *optional*): per-row token grids, passed to the denoiser (see
+            `RossDenoiser.forward`); padding rows come back as noise and are to be dropped by the caller.
 
     Returns:
         `torch.Tensor` of shape `(B, N, C)`, float32.
@@ -455,9 +516,17 @@ def sample_tokens(
     for timestep in scheduler.timesteps:
         model_input = scheduler.scale_model_input(sample, timestep)
         timesteps = timestep.expand(batch_size).to(condition.device)
-        prediction = denoiser(model_input.to(dtype), timesteps, condition).float()
+        extra = {} if grid_sizes is None else {"grid_sizes": grid_sizes}
+        prediction = denoiser(model_input.to(dtype), timesteps, condition, **extra).float()
         sample = scheduler.step(prediction, timestep, sample, generator=generator).prev_sample
     return sample
 
 
-__all__ = ["RossDenoiser", "RossLinear", "RossMLPHead", "build_noise_scheduler", "sample_tokens"]
+__all__ = [
+    "RossDenoiser",
+    "RossLinear",
+    "RossMLPHead",
+    "build_noise_scheduler",
+    "grid_sincos_table",
+    "sample_tokens",
+]

@@ -256,11 +256,72 @@ def make_sampling_scheduler(train_scheduler, name: str):
     return classes[name].from_config(train_scheduler.config)
 
 
+
+
+def grid_denoising_loss(
+    denoiser: nn.Module,
+    scheduler,
+    conditions: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    grids: list[tuple[int, int]],
+    num_draws: int,
+    noise: torch.Tensor | None = None,
+    timesteps: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """ROSS^D's loss for images whose token grids differ (native VLMs): one padded denoiser call with a key mask.
+
+    Args:
+        conditions: per image `(N_i, D)` visual outputs, `N_i = rows_i * cols_i`.
+        targets: per image `(N_i, C)` clean teacher tokens, on the same grid.
+        grids: per image `(rows_i, cols_i)`.
+        num_draws: noise draws per image (rows are tiled draw-major, as `condition.repeat(num_draws, 1, 1)`).
+        noise, timesteps: `(num_draws * M, max N_i, C)` and `(num_draws * M,)`, drawn here when not given (tests
+            pass them to compare with the per-image computation).
+    Returns:
+        `()` fp32: the mean over images of each image's mean squared error over its draws, tokens and channels (with
+        equal grids, exactly `F.mse_loss` of the fixed-grid path). Padding contributes nothing.
+    """
+    num_images = len(conditions)
+    lengths = [rows * cols for rows, cols in grids]
+    if [c.shape[0] for c in conditions] != lengths or [t.shape[0] for t in targets] != lengths:
+        raise ValueError(
+            f"conditions {[c.shape[0] for c in conditions]} / targets {[t.shape[0] for t in targets]} tokens per "
+            f"image do not match the grids {grids} ({lengths} tokens)."
+        )
+    max_tokens = max(lengths)
+    condition = _pad_rows(conditions, max_tokens).repeat(num_draws, 1, 1)
+    target = _pad_rows([t.float() for t in targets], max_tokens).repeat(num_draws, 1, 1)
+    row_grids = list(grids) * num_draws
+    if noise is None:
+        noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
+    if timesteps is None:
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (target.shape[0],), generator=generator, device=target.device
+        )
+    noisy = scheduler.add_noise(target, noise, timesteps)
+    prediction = denoiser(noisy, timesteps, condition, grid_sizes=row_grids).float()
+    goal = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(target, noise, timesteps)
+    token_mask = torch.zeros(target.shape[:2], dtype=torch.float32, device=target.device)
+    for row, length in enumerate(lengths * num_draws):
+        token_mask[row, :length] = 1.0
+    squared = ((prediction - goal) ** 2).mean(-1) * token_mask  # (rows, N): per-token mean over channels
+    per_image = squared.view(num_draws, num_images, max_tokens).sum(dim=(0, 2))
+    per_image = per_image / (torch.tensor(lengths, device=target.device, dtype=torch.float32) * num_draws)
+    return per_image.mean()
+
+
+def _pad_rows(rows: list[torch.Tensor], length: int) -> torch.Tensor:
+    """`[(N_i, X)]` -> `(M, length, X)`, zeros after each row's tokens."""
+    return torch.stack([F.pad(row, (0, 0, 0, length - row.shape[0])) for row in rows])
+
+
 __all__ = [
     "RossDenoisingObjective",
     "RossLatentToPixelObjective",
     "RossObjective",
     "RossRegressionObjective",
     "build_objective",
+    "grid_denoising_loss",
     "shuffle_across_images",
 ]

@@ -124,14 +124,29 @@ def _fold(latents: torch.Tensor, fold: int) -> torch.Tensor:
     return latents.flatten(2).transpose(1, 2)
 
 
-def _unfold(tokens: torch.Tensor, fold: int) -> torch.Tensor:
-    """Inverse of `_fold`: (B, g*g, C*fold*fold) -> (B, C, g*fold, g*fold)."""
+def _unfold(tokens: torch.Tensor, fold: int, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Inverse of `_fold`: (B, rows*cols, C*fold*fold) -> (B, C, rows*fold, cols*fold); `grid` = (rows, cols)
+    defaults to the square grid of the token count."""
     batch_size, num_tokens, channels = tokens.shape
-    grid = int(round(num_tokens**0.5))
-    if grid * grid != num_tokens:
-        raise ValueError(f"Tokens must form a square grid, got {num_tokens} tokens.")
-    latents = tokens.transpose(1, 2).reshape(batch_size, channels, grid, grid)
+    rows, cols = grid if grid is not None else _square_grid(num_tokens)
+    if rows * cols != num_tokens:
+        raise ValueError(f"{num_tokens} tokens do not form a {rows}x{cols} grid.")
+    latents = tokens.transpose(1, 2).reshape(batch_size, channels, rows, cols)
     return F.pixel_shuffle(latents, fold) if fold > 1 else latents
+
+
+def _square_grid(num_tokens: int) -> tuple[int, int]:
+    side = int(round(num_tokens**0.5))
+    if side * side != num_tokens:
+        raise ValueError(f"Tokens must form a square grid, got {num_tokens} tokens.")
+    return side, side
+
+
+def _resize_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear, antialiased resize of (B, C, H, W) to (B, C, height, width); a no-op when the size already matches."""
+    if images.shape[-2:] == (height, width):
+        return images
+    return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 
 def _require_diffusers() -> None:
@@ -169,6 +184,19 @@ class RossTeacher(nn.Module):
 
     def encode_distribution(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
+
+    def encode_grid_distribution(
+        self, images: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Targets on any `(rows, cols)` token grid, for native VLMs whose grid varies per image.
+
+        `images` `(B, 3, H, W)` in [0, 1] (already de-normalised: each VLM normalises differently) are resized so that
+        the teacher's token grid is `rows x cols`; returns `(mean, std)` each `(B, rows * cols, num_channels)` fp32
+        (`std` None for a deterministic target), tokens row-major over the grid.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no variable-grid targets: use target='vae' or 'pixel' with a native VLM."
+        )
 
     def forward(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 3, H, W) tower-normalised images -> (B, grid_size**2, num_channels) fp32 target tokens.
@@ -238,12 +266,27 @@ class RossVaeTeacher(RossTeacher):
         """Posterior mean and std of the scaled, shifted latents before folding, each
         (B, latent_channels, grid*fold, grid*fold), fp32, no graph; std is None with `latent_sample="mode"`."""
         with _frozen_fp32(pixel_values.device):
-            images = self.preprocess(pixel_values)
+            return self._posterior(self.preprocess(pixel_values))
+
+    def _posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """fp32 images in [-1, 1] -> scaled, shifted posterior mean and std (None with `latent_sample="mode"`)."""
+        with _frozen_fp32(images.device):
             # If a training engine cast the VAE to bf16, compute in that dtype and return fp32.
             posterior = self.vae.encode(images.to(_parameter_dtype(self.vae))).latent_dist
             mean = (posterior.mean.float() - self.shift_factor) * self.scaling_factor
             std = posterior.std.float() * self.scaling_factor if self.latent_sample == "sample" else None
         return mean, std
+
+    def encode_grid_distribution(self, images, grid):
+        """`RossTeacher.encode_grid_distribution`: the image is resized to `(rows * 16, cols * 16)` px for a KL-16
+        VAE (`rows * downsample * fold` in general; the f8 FLUX VAE with 2 x 2 folding: the same size)."""
+        _check_pixel_values(images)
+        rows, cols = grid
+        side = self.downsample * self.fold
+        with _frozen_fp32(images.device):
+            resized = _resize_to(images.float() * 2.0 - 1.0, rows * side, cols * side).clamp(-1.0, 1.0)
+            mean, std = self._posterior(resized)
+        return _fold(mean, self.fold), None if std is None else _fold(std, self.fold)
 
     def encode_latents(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled, shifted latents before folding: (B, latent_channels, grid*fold, grid*fold), fp32, no graph.
@@ -268,8 +311,9 @@ class RossVaeTeacher(RossTeacher):
             )
         return tokens, None if std is None else _fold(std, self.fold)
 
-    def decode(self, tokens: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-        """(B, N, num_channels) tokens -> (B, 3, image_size, image_size) fp32 images in [0, 1].
+    def decode(self, tokens: torch.Tensor, clamp: bool = True, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, N, num_channels) tokens -> (B, 3, image_size, image_size) fp32 images in [0, 1] (with `grid` =
+        (rows, cols): (B, 3, rows * 16, cols * 16) for a KL-16 VAE).
 
         Unfolds, un-scales / un-shifts and runs the frozen VAE decoder. No parameter receives a gradient, but the
         graph to `tokens` is kept (the latent2pixel objective backpropagates through the decoder): wrap the call
@@ -280,7 +324,7 @@ class RossVaeTeacher(RossTeacher):
             raise ValueError(
                 f"Expected tokens of shape (batch, num_tokens, {self.num_channels}), got {tuple(tokens.shape)}."
             )
-        latents = _unfold(tokens.float(), self.fold) / self.scaling_factor + self.shift_factor
+        latents = _unfold(tokens.float(), self.fold, grid) / self.scaling_factor + self.shift_factor
         with _frozen_fp32(tokens.device, keep_graph=True):
             images = self.vae.decode(latents.to(_parameter_dtype(self.vae))).sample.float()
         images = (images + 1.0) / 2.0
@@ -310,20 +354,34 @@ class RossPixelTeacher(RossTeacher):
         return 3 * self.patch_size**2
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, g*P, g*P) -> (B, g*g, P*P*3), channel order (row, col, rgb)."""
+        """(B, 3, rows*P, cols*P) -> (B, rows*cols, P*P*3), channel order (row, col, rgb)."""
         batch_size, channels, height, width = images.shape
-        p, g = self.patch_size, height // self.patch_size
-        patches = images.reshape(batch_size, channels, g, p, g, p).permute(0, 2, 4, 3, 5, 1)
-        return patches.reshape(batch_size, g * g, p * p * channels)
+        p = self.patch_size
+        rows, cols = height // p, width // p
+        patches = images.reshape(batch_size, channels, rows, p, cols, p).permute(0, 2, 4, 3, 5, 1)
+        return patches.reshape(batch_size, rows * cols, p * p * channels)
 
-    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Inverse of `patchify`: (B, g*g, P*P*3) -> (B, 3, g*P, g*P)."""
+    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Inverse of `patchify`: (B, rows*cols, P*P*3) -> (B, 3, rows*P, cols*P); `grid` defaults to square."""
         batch_size, num_tokens, _ = tokens.shape
-        p, g = self.patch_size, int(round(num_tokens**0.5))
-        if g * g != num_tokens:
-            raise ValueError(f"Tokens must form a square grid, got {num_tokens} tokens.")
-        images = tokens.reshape(batch_size, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4)
-        return images.reshape(batch_size, 3, g * p, g * p)
+        p = self.patch_size
+        rows, cols = grid if grid is not None else _square_grid(num_tokens)
+        if rows * cols != num_tokens:
+            raise ValueError(f"{num_tokens} tokens do not form a {rows}x{cols} grid.")
+        images = tokens.reshape(batch_size, rows, cols, p, p, 3).permute(0, 5, 1, 3, 2, 4)
+        return images.reshape(batch_size, 3, rows * p, cols * p)
+
+    def encode_grid_distribution(self, images, grid):
+        """`RossTeacher.encode_grid_distribution`: the image resized to `(rows * P, cols * P)` px and patchified."""
+        _check_pixel_values(images)
+        rows, cols = grid
+        with _frozen_fp32(images.device):
+            resized = _resize_to(images.float() * 2.0 - 1.0, rows * self.patch_size, cols * self.patch_size)
+            tokens = self.patchify(resized.clamp(-1.0, 1.0))
+        if self.pixel_norm:
+            mean, std = self.patch_statistics(tokens)
+            tokens = (tokens - mean) / std
+        return tokens, None
 
     def encode_distribution(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, None]:
         """(B, 3, H, W) tower-normalised images -> ((B, grid_size**2, 3 * patch_size**2) fp32 targets in [-1, 1]
@@ -346,7 +404,9 @@ class RossPixelTeacher(RossTeacher):
         """Per-patch mean and std (MAE's `norm_pix_loss`: unbiased variance, eps 1e-6), each (B, N, 1)."""
         return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
 
-    def decode(self, tokens: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self, tokens: torch.Tensor, pixel_values: torch.Tensor | None = None, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """(B, N, 3 * patch_size**2) tokens -> (B, 3, image_size, image_size) fp32 images in [0, 1].
 
         Without `pixel_norm` this inverts `forward` exactly (up to the resize). With `pixel_norm`, the per-patch
@@ -359,8 +419,8 @@ class RossPixelTeacher(RossTeacher):
             mean, std = self.patch_statistics(self.raw_patches(pixel_values))
             tokens = tokens * std + mean
         elif self.pixel_norm:
-            return ((self.unpatchify(tokens) + 2.0) / 4.0).clamp(0.0, 1.0)
-        return ((self.unpatchify(tokens) + 1.0) / 2.0).clamp(0.0, 1.0)
+            return ((self.unpatchify(tokens, grid) + 2.0) / 4.0).clamp(0.0, 1.0)
+        return ((self.unpatchify(tokens, grid) + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
 class RossFeatureTeacher(RossTeacher):

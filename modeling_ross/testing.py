@@ -18,6 +18,7 @@ Newer backbones (tests/test_backbones.py), the same way:
                                  (like google/siglip2-base-patch16-naflex; `from_components` refuses it)
 """
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -285,3 +286,288 @@ def write_tiny_components(root, vision_kwargs=None, language_kwargs=None, vae_kw
         "teacher": str(write_tiny_vae(root / "vae-tiny", **(vae_kwargs or {}))),
         "teacher_subfolder": "vae",
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Native transformers VLMs (RossForPreTraining): tiny random-weight configs of the real classes, saved like Hub repos.
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Qwen2-VL's chat template, reduced to what the tests use (images, text, generation prompt); the same markers.
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# llava-hf's template shape: "USER: <image>\n... ASSISTANT: ..."
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% if message['role'] != 'user' %}<|im_end|>{% endif %} {% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+@contextlib.contextmanager
+def absent_subprocessors_unchecked():
+    """While active, `ProcessorMixin` skips its class check of sub-processors that are absent (None).
+
+    transformers 5.23 checks every sub-processor's class, an absent one too, and without torchvision the check of
+    `video_processor=None` fails (`'VIDEO_PROCESSOR_MAPPING' has no attribute '_extra_content'`): `Qwen2_5_VLProcessor`
+    / `Qwen3VLProcessor` can then be neither constructed nor loaded with `AutoProcessor.from_pretrained`. For tests on
+    machines without torchvision only; users (with torchvision, as every GPU install of these models has) call
+    `AutoProcessor.from_pretrained` as usual, and nothing in the training code depends on this.
+    """
+    from unittest import mock
+
+    from transformers import ProcessorMixin
+
+    original = ProcessorMixin.check_argument_for_proper_class
+
+    def check(self, argument_name, argument):
+        return None if argument is None else original(self, argument_name, argument)
+
+    with mock.patch.object(ProcessorMixin, "check_argument_for_proper_class", check):
+        yield
+
+
+def build_processor_without_torchvision(processor_class, **parts):
+    """`processor_class(**parts)` with an absent (None) sub-processor, e.g. `video_processor=None` without
+    torchvision (see `absent_subprocessors_unchecked`). Its `save_pretrained` writes the parts that exist (the stock
+    one fails on the absent one)."""
+    with absent_subprocessors_unchecked():
+        processor = processor_class(**parts)
+    present = [name for name in processor_class.get_attributes() if getattr(processor, name, None) is not None]
+    processor.get_attributes = lambda: present  # read by save_pretrained as `self.get_attributes()`
+    return processor
+
+
+def load_qwen_vl_processor_without_torchvision(path):
+    """What `AutoProcessor.from_pretrained(path)` gives with torchvision, for a Qwen2/2.5/3-VL folder, built here from
+    its saved parts (tokenizer, PIL image processor, chat template) because the video processor needs torchvision."""
+    import json
+
+    from transformers import AutoTokenizer, Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil, Qwen3VLProcessor
+
+    path = Path(path)
+    model_type = json.loads((path / "config.json").read_text())["model_type"]
+    processor_class = Qwen3VLProcessor if model_type == "qwen3_vl" else Qwen2_5_VLProcessor
+    template = path / "chat_template.jinja"
+    return build_processor_without_torchvision(
+        processor_class, image_processor=Qwen2VLImageProcessorPil.from_pretrained(path),
+        tokenizer=AutoTokenizer.from_pretrained(path), video_processor=None,
+        chat_template=template.read_text() if template.is_file() else None,
+    )  # fmt: skip
+
+
+def tiny_qwen25_vl(seed: int = 0, vision_depth: int = 1, min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 36):
+    """A random-weight `Qwen2_5_VLForConditionalGeneration` (LLM 64 wide, 2 layers; vision tower 32 wide, window
+    attention, patch 14, merge 2) and its `Qwen2_5_VLProcessor` (PIL image processor, Qwen-style tokenizer, no video
+    processor: see `build_processor_without_torchvision`). `vision_depth=0` gives a tower without attention, whose
+    token features depend on their own 28 x 28 px cell only (the grid-mapping tests)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
+
+    tokenizer = build_tiny_tokenizer(extra_special_tokens=QWEN25_SPECIAL_TOKENS, added_tokens=QWEN25_ADDED_TOKENS)
+    ids = tokenizer.convert_tokens_to_ids
+    torch.manual_seed(seed)
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64, "intermediate_size": 133,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
+            "tie_word_embeddings": False,
+        },
+        vision_config={
+            "depth": vision_depth, "hidden_size": 32, "intermediate_size": 40, "num_heads": 4, "out_hidden_size": 64,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
+            "fullatt_block_indexes": [0],
+        },
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    processor = build_processor_without_torchvision(
+        Qwen2_5_VLProcessor, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor
+
+
+def tiny_llava(seed: int = 0, vision_layers: int = 1, image_size: int = 32, patch_size: int = 4,
+               vision_feature_layer: int = -1):
+    """A random-weight llava-hf `LlavaForConditionalGeneration` (SigLIP tower 32 px / patch 4 = 8 x 8 tokens, Qwen2
+    LLM 64 wide) and its `LlavaProcessor` (SigLIP PIL image processor). `vision_feature_layer=0` takes the tower's
+    embeddings (patch + position), before any attention mixes tokens (the grid-mapping tests)."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = build_tiny_tokenizer(extra_special_tokens=["<image>"])
+    torch.manual_seed(seed)
+    config = LlavaConfig(
+        vision_config={
+            "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch_size,
+            "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
+            "vision_use_head": False,
+        },
+        text_config={
+            "model_type": "qwen2", "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64,
+            "intermediate_size": 133, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="full",
+        vision_feature_layer=vision_feature_layer, image_seq_length=(image_size // patch_size) ** 2,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlavaForConditionalGeneration(config)
+    image_processor = SiglipImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+        vision_feature_select_strategy="full", chat_template=LLAVA_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor
+
+
+def tiny_qwen3_vl(seed: int = 0, vision_depth: int = 1, min_pixels: int = 32 * 32 * 4, max_pixels: int = 32 * 32 * 36):
+    """A random-weight `Qwen3VLForConditionalGeneration` (patch 16, merge 2: one token = 32 x 32 px; DeepStack on
+    the tower's layer 0 when `vision_depth > 0`) and its `Qwen3VLProcessor` (PIL image processor with patch 16, same
+    torchvision trap and workaround as `tiny_qwen25_vl`)."""
+    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+
+    tokenizer = build_tiny_tokenizer(extra_special_tokens=QWEN25_SPECIAL_TOKENS, added_tokens=QWEN3_ADDED_TOKENS)
+    ids = tokenizer.convert_tokens_to_ids
+    torch.manual_seed(seed)
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64, "intermediate_size": 133,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3],
+                                "mrope_interleaved": True},
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
+        },
+        vision_config={
+            "depth": vision_depth, "hidden_size": 32, "intermediate_size": 40, "num_heads": 4, "out_hidden_size": 64,
+            "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [0] if vision_depth > 0 else [],
+        },
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model = Qwen3VLForConditionalGeneration(config)
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, min_pixels=min_pixels, max_pixels=max_pixels,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )  # fmt: skip
+    processor = build_processor_without_torchvision(
+        Qwen3VLProcessor, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+        chat_template=QWEN_VL_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor
+
+
+def tiny_gemma3(seed: int = 0, vision_layers: int = 1, image_size: int = 32, patch_size: int = 4, tokens_per_side: int = 4):
+    """A random-weight `Gemma3ForConditionalGeneration` (SigLIP tower 32 px / patch 4 = 8 x 8 patches, average-pooled
+    to `tokens_per_side` ** 2 = 16 image tokens; Gemma 3 text model 64 wide, 2 layers). No processor: the tests build
+    `input_ids` (`<start_of_image>`, the soft image tokens, `<end_of_image>`) and `token_type_ids` themselves.
+    Returns `(model, ids)` with `ids` = {"image", "boi", "eoi", "pad"}."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    ids = {"pad": 0, "boi": 5, "eoi": 6, "image": 7}
+    config = Gemma3Config(
+        text_config={
+            "vocab_size": 128, "hidden_size": 64, "intermediate_size": 133, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16,
+            "pad_token_id": ids["pad"], "eos_token_id": 1, "bos_token_id": 2,
+        },
+        vision_config={
+            "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch_size,
+            "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
+            "vision_use_head": False,
+        },
+        mm_tokens_per_image=tokens_per_side**2, boi_token_index=ids["boi"], eoi_token_index=ids["eoi"],
+        image_token_index=ids["image"],
+    )  # fmt: skip
+    return Gemma3ForConditionalGeneration(config), ids
+
+
+def load_native_processor_without_torchvision(path):
+    """`AutoProcessor.from_pretrained(path)`, except for Qwen-VL folders (`load_qwen_vl_processor_without_torchvision`)."""
+    import json
+
+    from transformers import AutoProcessor
+
+    model_type = json.loads((Path(path) / "config.json").read_text())["model_type"]
+    if model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        return load_qwen_vl_processor_without_torchvision(path)
+    if model_type == "llava_onevision":
+        return load_llava_onevision_processor_without_torchvision(path)
+    return AutoProcessor.from_pretrained(path)
+
+
+def load_llava_onevision_processor_without_torchvision(path):
+    """`LlavaOnevisionProcessor` from a folder's saved parts (its video processor needs torchvision)."""
+    import json
+
+    from transformers import AutoTokenizer, LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor
+
+    path = Path(path)
+    settings = json.loads((path / "processor_config.json").read_text())
+    template = path / "chat_template.jinja"
+    return build_processor_without_torchvision(
+        LlavaOnevisionProcessor, image_processor=LlavaOnevisionImageProcessorPil.from_pretrained(path),
+        tokenizer=AutoTokenizer.from_pretrained(path), video_processor=None,
+        num_image_tokens=settings.get("num_image_tokens"),
+        vision_feature_select_strategy=settings.get("vision_feature_select_strategy"),
+        chat_template=template.read_text() if template.is_file() else None,
+    )  # fmt: skip
+
+
+def tiny_llava_onevision(seed: int = 0, vision_layers: int = 1, image_size: int = 32, patch_size: int = 4,
+                         vision_feature_layer: int = -1):
+    """A random-weight `LlavaOnevisionForConditionalGeneration` (SigLIP 32 px / patch 4: an 8 x 8 base view; any-res
+    tiles on pinpoints up to 64 x 64 px) and its `LlavaOnevisionProcessor` (PIL image processor, no video processor:
+    see `build_processor_without_torchvision`)."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+    )
+
+    tokenizer = build_tiny_tokenizer(extra_special_tokens=["<image>", "<video>"])
+    pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
+    torch.manual_seed(seed)
+    config = LlavaOnevisionConfig(
+        vision_config={
+            "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch_size,
+            "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
+            "vision_use_head": False,
+        },
+        text_config={
+            "model_type": "qwen2", "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64,
+            "intermediate_size": 133, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"), vision_feature_select_strategy="full",
+        vision_feature_layer=vision_feature_layer, image_grid_pinpoints=pinpoints, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlavaOnevisionForConditionalGeneration(config)
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )  # fmt: skip
+    processor = build_processor_without_torchvision(
+        LlavaOnevisionProcessor, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+        num_image_tokens=(image_size // patch_size) ** 2, vision_feature_select_strategy="full",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor

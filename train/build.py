@@ -6,6 +6,7 @@ checkpoint (`model_name_or_path`, trained denoiser included). Used by `train/sft
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from transformers.integrations.deepspeed import (
 )
 
 from modeling_ross import RossForConditionalGeneration, RossProcessor, from_components
+from modeling_ross.modeling_ross_pretraining import RossForPreTraining
+from modeling_ross.native_adapters import ADAPTERS
 from modeling_ross.testing import write_tiny_components
 from ross.eval.generation import ModelPathError, model_path_problem
 from ross.train.config import RossRunConfig, looks_like_hub_id
@@ -94,11 +97,46 @@ def check_model_sources(run_config: RossRunConfig) -> None:
         raise ModelPathError("Cannot load the run's models:\n  " + "\n  ".join(problems))
 
 
+def native_vlm_type(path: str | None) -> str | None:
+    """The `model_type` of `path` when it is a local folder of a native transformers VLM ROSS has an adapter for
+    (Qwen2.5-VL, llava-hf Llava, ...; `modeling_ross/native_adapters.py`), else None (a ROSS checkpoint)."""
+    config_file = Path(path or "") / "config.json"
+    if not path or not config_file.is_file():
+        return None
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    return model_type if model_type in ADAPTERS else None
+
+
+def build_native_model_and_processor(run_config: RossRunConfig, dtype):
+    """`RossForPreTraining` around the native VLM at `model_name_or_path` (a fresh ROSS head from the run's objective
+    keys, or the saved one when the folder has `ross_head/`) and the VLM's own processor (`AutoProcessor`)."""
+    path = run_config.model_name_or_path
+    kwargs = {"dtype": dtype or "auto"}
+    if (Path(path) / "ross_head" / "config.json").is_file():
+        model = RossForPreTraining.from_pretrained(path, **kwargs)
+    else:
+        objective = {
+            "objective": run_config.objective, "target": run_config.target, "teacher": run_config.teacher,
+            "teacher_subfolder": run_config.teacher_subfolder, **run_config.model_overrides,
+        }  # fmt: skip
+        model = RossForPreTraining.from_vlm(path, objective, **kwargs)
+    processor = load_native_processor(path)
+    return model, processor
+
+
+def load_native_processor(path: str):
+    """The VLM's own processor (`AutoProcessor`). On a machine without torchvision transformers 5.23 cannot load
+    Qwen2/2.5/3-VL's (their video processor needs it); the tests replace this function, users install torchvision."""
+    return AutoProcessor.from_pretrained(path)
+
+
 def _build_model_and_processor(run_config: RossRunConfig):
     check_model_sources(run_config)
     # fp32 master weights unless the run asks otherwise, also from a bf16 checkpoint: bf16 runs under autocast (or
     # DeepSpeed's bf16 engine); updating bf16 weights directly would round lr-2e-5 steps away.
     dtype = None if run_config.weights_dtype == "auto" else getattr(torch, run_config.weights_dtype)
+    if native_vlm_type(run_config.model_name_or_path):
+        return build_native_model_and_processor(run_config, dtype)
     if run_config.model_name_or_path:
         path = run_config.model_name_or_path
         model = RossForConditionalGeneration.from_pretrained(path, load_objective=True, dtype=dtype or "auto")
@@ -133,4 +171,4 @@ def _build_model_and_processor(run_config: RossRunConfig):
     return model, processor
 
 
-__all__ = ["build_model_and_processor", "check_model_sources", "prepare_tiny_run"]
+__all__ = ["build_model_and_processor", "check_model_sources", "native_vlm_type", "prepare_tiny_run"]

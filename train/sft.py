@@ -32,6 +32,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 from transformers import set_seed
 
+from modeling_ross.modeling_ross_pretraining import RossForPreTraining
 from ross.model_cards.publish import push_from_trainer
 from ross.eval.generation import ModelPathError
 from ross.train.build import build_model_and_processor, prepare_tiny_run
@@ -43,6 +44,7 @@ from ross.train.callbacks import (
 )
 from ross.train.config import ConfigError, build_parser, make_run_config, parse_overrides, read_config
 from ross.train.collator import RossDataCollator
+from ross.train.native_collator import NativeVlmDataCollator
 from ross.train.dataset import load_training_dataset, skipped_summary
 from ross.train.latent_cache import LatentCache, build_latent_cache
 from ross.train.lengths import check_lengths
@@ -64,7 +66,7 @@ def load_data(run_config, processor, collator=None):
             run_config.data_path,
             image_folder=run_config.image_folder,
             on_bad_sample=run_config.on_bad_sample,
-            image_seq_length=processor.image_seq_length,
+            image_seq_length=getattr(processor, "image_seq_length", None),  # None: a native VLM's varies
             image_placement=run_config.image_placement,
             max_bad_fraction=run_config.max_bad_fraction,
             cache_dir=cache_dir,
@@ -103,8 +105,14 @@ def make_benchmark_callback(run_config) -> BenchmarkEvalCallback | None:
     )
 
 
-def make_collator(run_config, processor, latent_cache=None) -> RossDataCollator:
-    """The run's collator; with a `LatentCache` (see `prepare_latent_cache`) every batch carries `teacher_targets`."""
+def make_collator(run_config, processor, latent_cache=None, native: bool = False) -> RossDataCollator:
+    """The run's collator; with a `LatentCache` (see `prepare_latent_cache`) every batch carries `teacher_targets`.
+    `native`: the collator of a native VLM's own processor (`RossForPreTraining`)."""
+    if native:
+        return NativeVlmDataCollator(
+            processor, max_length=run_config.model_max_length, format=run_config.data_format,
+            on_bad_sample=run_config.on_bad_sample, padding_free=run_config.padding_free, latent_cache=latent_cache,
+        )  # fmt: skip
     return RossDataCollator(
         processor,
         max_length=run_config.model_max_length,
@@ -168,6 +176,23 @@ def save_model(trainer, model, processor, run_config, resolved: dict, directory:
             yaml.safe_dump(public, f, sort_keys=True)
 
 
+def check_native_run(run_config) -> None:
+    """What a native VLM run (`RossForPreTraining`) does not support yet, named before anything trains."""
+    unsupported = {
+        "latent_cache_dir": run_config.latent_cache_dir is not None,
+        "padding_free": run_config.padding_free,
+        "preview_every_n_steps": bool(run_config.preview_every_n_steps),
+        "group_by": run_config.group_by is not None,
+        "data_format: plain": run_config.data_format != "chat",
+    }
+    named = [key for key, used in unsupported.items() if used]
+    if named:
+        raise ConfigError(
+            f"A native VLM run (model_name_or_path={run_config.model_name_or_path}) does not support {', '.join(named)} "
+            "yet (docs/native-vlms.md)."
+        )
+
+
 def setup_cpu_deepspeed(values: dict[str, Any]) -> dict[str, Any]:
     """
     DeepSpeed on CPU (tests, no GPU): launch with `torchrun --nproc_per_node N` (or `accelerate launch
@@ -210,6 +235,9 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     check_data_paths(run_config)  # before the (long) model load
     set_seed(run_config.seed)
     model, processor = build_model_and_processor(run_config)
+    native = isinstance(model, RossForPreTraining)
+    if native:
+        check_native_run(run_config)
 
     teacher = model.teacher  # before any PEFT wrapping; used by the latent cache
     counts = apply_stage(model, run_config.stage, train_position_embedding=run_config.train_position_embedding)
@@ -226,9 +254,10 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
             model.enable_input_require_grads()
 
     # The length pre-pass encodes with a cacheless collator; training's collator gets the latent cache it reads.
-    dataset = load_data(run_config, processor, make_collator(run_config, processor))
+    # A native VLM's image token count depends on each image's size: its lengths are checked per batch instead.
+    dataset = load_data(run_config, processor, None if native else make_collator(run_config, processor))
     latent_cache = prepare_latent_cache(run_config, teacher, processor, dataset)
-    collator = make_collator(run_config, processor, latent_cache=latent_cache)
+    collator = make_collator(run_config, processor, latent_cache=latent_cache, native=native)
     callbacks = [ProgressCallback(label=f"stage {run_config.stage}"), *(callbacks or [])]
     if run_config.preview_every_n_steps:
         images = run_config.preview_images or preview_images_from_dataset(dataset, 4)

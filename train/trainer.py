@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_callback import CallbackHandler
 from transformers.utils import logging
 
@@ -45,6 +45,15 @@ MODULE_PREFIXES = {
     "queries": ("queries.",),  # the generative variant's learnable queries (condition="queries")
     "teacher": ("teacher.",),
 }
+# The same groups in `RossForPreTraining` (a native VLM as `model`, its own parameter names under it). Checked first,
+# in this order: Qwen-VL's projector (the patch merger, and Qwen3-VL's DeepStack mergers) sits inside its tower.
+NATIVE_MODULE_PREFIXES = {
+    "projector": (
+        "model.model.multi_modal_projector.", "model.model.visual.merger.", "model.model.visual.deepstack_merger_list.",
+    ),
+    "vision_tower": ("model.model.vision_tower.", "model.model.visual."),
+    "language_model": ("model.model.language_model.", "model.lm_head."),
+}  # fmt: skip
 # The queries, where they exist, train with the denoiser they condition.
 STAGE_TRAINABLE = {
     1: ("projector", "denoiser", "queries"),  # alignment: vision tower, LLM and teacher frozen
@@ -63,7 +72,7 @@ def _strip_peft_prefix(name: str) -> str:
 def module_of(name: str) -> str:
     """Which module group a parameter belongs to (`"other"` if none)."""
     name = _strip_peft_prefix(name)
-    for module, prefixes in MODULE_PREFIXES.items():
+    for module, prefixes in (*NATIVE_MODULE_PREFIXES.items(), *MODULE_PREFIXES.items()):
         if name.startswith(prefixes):
             return module
     return "other"
@@ -120,8 +129,12 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 
 
     names = target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     # Only the LLM's layers: a regex keeps LoRA off the vision tower and the denoiser, which share layer names.
-    pattern = r"model\.language_model\..*\.(" + "|".join(map(re.escape, names)) + r")"
-    modules_to_save = ["projector"] + [
+    # `model.language_model.` (RossForConditionalGeneration) or `model.model.language_model.` (a native VLM inside
+    # RossForPreTraining).
+    pattern = r"(model\.)?model\.language_model\..*\.(" + "|".join(map(re.escape, names)) + r")"
+    # The projector: ours, llava-hf's `multi_modal_projector`, or Qwen-VL's patch `merger` (suffix matches).
+    projectors = [name for name in ("projector", "merger") if any(n.endswith(name) for n, _ in model.named_modules())]
+    modules_to_save = projectors + [
         name for name in ("denoiser", "queries") if getattr(model, name, None) is not None
     ]
     config = LoraConfig(
@@ -238,6 +251,27 @@ class RossTrainer(Trainer):
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             write_run_totals(folder, {**self.run_totals(), "images_seen_per_rank": images})
         super()._save_checkpoint(model, trial)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """`RossForPreTraining` is no `PreTrainedModel` (it holds one): its own `save_pretrained` writes the VLM as its
+        plain architecture plus `ross_head/`, where the stock `_save` would write one raw state dict."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if isinstance(model, PreTrainedModel) or not hasattr(model, "save_pretrained"):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=self.args.should_save)
+        if self.args.should_save:
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """`RossForPreTraining`'s checkpoint is the plain VLM + `ross_head/`, which the stock loader (one state dict in
+        this model's keys) would silently fail to match: the model loads it itself."""
+        unwrapped = self.accelerator.unwrap_model(self.model if model is None else model, keep_torch_compile=False)
+        if isinstance(unwrapped, PreTrainedModel) or not hasattr(unwrapped, "load_checkpoint_weights"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        unwrapped.load_checkpoint_weights(resume_from_checkpoint)
 
     def _get_train_sampler(self, train_dataset=None):
         """`group_by="length"` / `"modality_length"` use `ross.train.samplers`' seeded samplers on `dataset.lengths` /
@@ -406,6 +440,9 @@ def images_seen_per_rank(trainer: RossTrainer) -> list[int]:
 def _num_images(batch, model) -> int:
     """The images a batch's visual loss averages over: its input images, or its creation targets when the model is
     conditioned on queries (`condition="queries"`), as the model counts them."""
+    count_images = getattr(model, "count_images", None)  # RossForPreTraining: the VLM's own image inputs
+    if count_images is not None:
+        return count_images(batch)
     uses_queries = getattr(getattr(model, "config", None), "uses_queries", False)
     key = "target_pixel_values" if uses_queries else "pixel_values"
     pixel_values = batch.get(key) if hasattr(batch, "get") else None
