@@ -672,3 +672,48 @@ def test_sft_lora_on_qwen25_vl_saves_a_merged_plain_vlm(kl16_vae, tmp_path, monk
     merged_q = trained.model.model.language_model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(merged_q, vlm.model.language_model.layers[0].self_attn.q_proj.weight)  # LoRA merged in
     assert not torch.equal(trained.model.model.visual.merger.mlp[0].weight, vlm.model.visual.merger.mlp[0].weight)
+
+
+@pytest.mark.parametrize("recipe", ["qwen2.5vl_7b_ross.yaml", "qwen2.5vl_7b_ross_lora24gb.yaml"])
+def test_qwen25_vl_recipes_train_with_their_own_settings(recipe, kl16_vae, tmp_path, monkeypatch):
+    """The Qwen2.5-VL-7B recipes' own keys (stage, LoRA, weights dtype, learning rates, objective, sin-cos table)
+    drive train/sft.py on a tiny Qwen2.5-VL; only the site keys (paths, GPUs, batch, precision flags) are swapped."""
+    import yaml
+    from conftest import REPO_ROOT
+
+    import ross.train.build
+    from modeling_ross.testing import load_native_processor_without_torchvision
+    from ross.train.sft import main
+
+    site = {"model_name_or_path", "teacher", "teacher_subfolder", "data_path", "image_folder", "output_dir",
+            "deepspeed", "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "gradient_checkpointing",
+            "dataloader_num_workers", "save_strategy", "save_steps", "save_total_limit", "report_to",
+            "model_max_length", "num_train_epochs", "logging_steps"}  # fmt: skip
+    settings = yaml.safe_load((REPO_ROOT / "train" / "configs" / recipe).read_text())
+    assert settings["model_name_or_path"] == "Qwen/Qwen2.5-VL-7B-Instruct" and settings["objective"] == "denoise"
+    vlm, processor = tiny_qwen25_vl()
+    base = tmp_path / "base"
+    vlm.save_pretrained(base)
+    processor.save_pretrained(base)
+    monkeypatch.setattr(ross.train.build, "load_native_processor", load_native_processor_without_torchvision)
+    data, images = write_native_data(tmp_path, "llava")
+    argv = []
+    for key, value in settings.items():
+        if key in site:
+            continue
+        if key == "model_overrides":
+            value = {"denoiser_hidden_size": 64, "denoiser_depth": 2, "denoiser_num_heads": 4, "num_noise_draws": 2, **value}
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    argv += [
+        "--model_name_or_path", str(base), "--teacher", kl16_vae, "--teacher_subfolder", "vae", "--data_path", str(data),
+        "--image_folder", str(images), "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
+        "--per_device_train_batch_size", "2", "--save_strategy", '"no"', "--report_to", "none", "--use_cpu", "true",
+        "--model_max_length", "512", "--logging_steps", "1",
+    ]  # fmt: skip
+    summary = main(argv)
+    counts = summary["trainable_parameters"]
+    assert counts["vision_tower"] == counts["teacher"] == 0
+    assert counts["projector"] > 0 and counts["denoiser"] > 0 and counts["language_model"] > 0
+    assert np.isfinite(summary["final_text_loss"]) and summary["final_visual_loss"] > 0
+    trained = RossForPreTraining.from_pretrained(tmp_path / "out" / "model")
+    assert not any("lora_" in name for name, _ in trained.named_parameters())
