@@ -60,6 +60,7 @@ from ross.train.pretrain_components import (  # noqa: E402
     prepare_components,
     psnr,
 )
+from ross.train.build import quiet_deepspeed_on_cpu  # noqa: E402
 from ross.train.synthetic import write_llava_dataset  # noqa: E402
 
 
@@ -772,6 +773,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--stop-after", choices=PHASES, default=None, help="stop after this phase")
     parser.add_argument("--probe", action="store_true", help="also run the per-quadrant component probes (diagnostic)")
     args = parser.parse_args(argv)
+    quiet_deepspeed_on_cpu()  # the demo never uses DeepSpeed; its stages inherit this
     hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the report
     settings = DemoSettings.fast() if args.fast else DemoSettings()
     summary = run_demo(args.out, settings, baseline=args.baseline, stop_after=args.stop_after, probe=args.probe)
