@@ -18,6 +18,7 @@ BENCHMARKS = ("synthetic_pope", "synthetic_mmvp", "synthetic_count", "synthetic_
 
 def _run_demo(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("DS_ACCELERATOR", None)  # as a user's shell: the demo must keep DeepSpeed quiet itself (console test)
     result = subprocess.run(
         [sys.executable, "-m", "ross.train.demo", "--fast", "--out", str(out), *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
@@ -32,6 +33,27 @@ def fast_demo(tmp_path_factory):
     result = _run_demo(out, "--probe")  # the per-quadrant probes are optional (a diagnostic); tested here
     summary = json.loads((out / "demo" / "summary.json").read_text())
     return out, summary, result.stdout + result.stderr  # progress lines go to stderr
+
+
+# A warning the project prints on purpose carries the action to take; none is expected in a default run.
+ACTIONABLE_WARNINGS = ()
+
+
+def warning_lines(text: str) -> list[str]:
+    lines = text.replace("\r", "\n").splitlines()
+    return [line for line in lines if "warning" in line.lower() and not line.startswith(ACTIONABLE_WARNINGS)]
+
+
+@pytest.mark.slow
+def test_console_has_no_warning_a_user_cannot_act_on(fast_demo):
+    """The demo's own output and its two `train/sft.py` stages (each launched by accelerate, logs in train.log):
+    no DeepSpeed accelerator notice, no torchvision fallback, no deprecation or library warning."""
+    out, _, output = fast_demo
+    assert warning_lines(output) == []
+    for stage in ("stage1", "stage2"):
+        log = (out / "demo" / stage / "train.log").read_text()
+        assert "[ross] summary:" in log  # the stage's whole console output, to its end
+        assert warning_lines(log) == [], stage
 
 
 @pytest.mark.slow
