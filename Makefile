@@ -11,6 +11,9 @@ LMMS_PY := $(LMMS_VENV)/bin/python
 LMMS_STAMP := $(LMMS_VENV)/.ross-installed
 LMMS_PINS := eval/lmms-eval-requirements.txt
 LMMS_CONSTRAINTS := eval/lmms-eval-constraints.txt
+# setuptools ends every editable build with an informational "Editable installation ... be careful with folders ...
+# with the same name as your package" message that a user cannot act on; this filter drops that message only.
+EDITABLE_QUIET := PYTHONWARNINGS="ignore:Editable installation"
 
 .PHONY: demo test test-main test-lmms venv venv-lmms browser clean
 
@@ -21,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch 2.13 (a bare `torch` could pull a multi-GB CUDA build).
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(EDITABLE_QUIET) $(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 # Debian's chromium for the Spaces browser test (skipped if it cannot be installed).
@@ -39,7 +42,7 @@ venv-lmms: $(LMMS_STAMP)
 $(LMMS_STAMP): setup.cfg pyproject.toml $(LMMS_PINS) $(LMMS_CONSTRAINTS)
 	test -x $(LMMS_PY) || $(PYTHON) -m venv $(LMMS_VENV)
 	$(LMMS_PY) -m pip install -q --upgrade pip
-	$(LMMS_PY) -m pip install -q -c $(LMMS_CONSTRAINTS) torch==2.13.0 -e ".[dev]"
+	$(EDITABLE_QUIET) $(LMMS_PY) -m pip install -q -c $(LMMS_CONSTRAINTS) torch==2.13.0 -e ".[dev]"
 	$(LMMS_PY) -m pip install -q --no-deps -c $(LMMS_CONSTRAINTS) -r $(LMMS_PINS)
 	touch $(LMMS_STAMP)
 
@@ -49,7 +52,7 @@ $(LMMS_STAMP): setup.cfg pyproject.toml $(LMMS_PINS) $(LMMS_CONSTRAINTS)
 test: test-lmms test-main
 
 test-main: venv browser
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests --durations=15
 
 test-lmms: venv-lmms
 	HF_HUB_OFFLINE=1 $(LMMS_VENV)/bin/pytest -q tests/test_lmms_plugin.py \

@@ -15,7 +15,7 @@ What the card is built from (all optional except `config.json`):
 * ``scores.json`` files (``eval/generation.py``): any under the folder, plus those in the sibling ``eval/`` folder
   (``<run>/eval/<benchmark>/scores.json``, the demo's layout) whose ``model`` is this folder; or passed explicitly.
 
-The YAML header carries ``pipeline_tag``, ``library_name``, ``base_model`` (vision tower + LLM), ``datasets``,
+The YAML header carries ``pipeline_tag``, ``library_name``, ``base_model`` (vision tower + LLM, Hub ids only), ``datasets``,
 ``license``, ``tags`` and a ``model-index`` made of one `EvalResult` per top-level metric of each benchmark.
 """
 
@@ -129,6 +129,12 @@ def component_id(path: str | None) -> str | None:
     if p.is_absolute() or p.exists() or path.startswith((".", "~")) or path.count("/") > 1:
         return p.name
     return path
+
+
+def hub_id(path: str | None) -> str | None:
+    """``path`` if it names a Hub repo, else None: a card's ``base_model`` must list Hub ids only (the Hub links them
+    and refuses a card whose ids do not exist), so a local component is left out rather than named by its folder."""
+    return path if path and component_id(path) == path else None
 
 
 def _short_path(path: str | None) -> str | None:
@@ -405,7 +411,7 @@ def build_model_card(folder: str | Path, eval_results=None, **overrides) -> Mode
     language_path = run.get("language_model") or (config.get("text_config") or {}).get("_name_or_path")
     base_model = overrides.get("base_model")
     if base_model is None:
-        base_model = [c for c in (component_id(vision_path), component_id(language_path)) if c]
+        base_model = [c for c in (hub_id(vision_path), hub_id(language_path)) if c]
     base_model = [base_model] if isinstance(base_model, str) else list(base_model)
 
     is_demo = overrides.get("demo")

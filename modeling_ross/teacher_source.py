@@ -81,7 +81,7 @@ def _load_feature_source(source: str, subfolder: str | None, where: str):
         raise ValueError(f"Could not load a transformers vision model from {where!r}: {error}") from error
     extra = {"teacher_image_size": _as_int(vision_config.image_size)}
     try:
-        processor = AutoImageProcessor.from_pretrained(source, **kwargs)
+        processor = AutoImageProcessor.from_pretrained(source, backend="pil", **kwargs)  # only its size, mean, std
     except (OSError, ValueError):
         processor = None
     if processor is not None:

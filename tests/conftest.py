@@ -40,6 +40,7 @@ def tiny_processor(tiny_components):
 def run_demo_cli(out: Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m ross.train.demo --fast --out OUT ARGS...` (a smoke run: tiny step counts), checked for success."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("DS_ACCELERATOR", None)  # as a user's shell: the demo must keep DeepSpeed quiet itself (console test)
     result = subprocess.run(
         [sys.executable, "-m", "ross.train.demo", "--fast", "--out", str(out), *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,

@@ -15,6 +15,27 @@ BENCHMARKS = ("synthetic_pope", "synthetic_mmvp", "synthetic_count", "synthetic_
 # `fast_demo` (conftest.py, session scope): `python -m ross.train.demo --fast --probe`, shared with test_readme.py.
 
 
+# A warning the project prints on purpose carries the action to take; none is expected in a default run.
+ACTIONABLE_WARNINGS = ()
+
+
+def warning_lines(text: str) -> list[str]:
+    lines = text.replace("\r", "\n").splitlines()
+    return [line for line in lines if "warning" in line.lower() and not line.startswith(ACTIONABLE_WARNINGS)]
+
+
+@pytest.mark.slow
+def test_console_has_no_warning_a_user_cannot_act_on(fast_demo):
+    """The demo's own output and its two `train/sft.py` stages (each launched by accelerate, logs in train.log):
+    no DeepSpeed accelerator notice, no torchvision fallback, no deprecation or library warning."""
+    out, _, output = fast_demo
+    assert warning_lines(output) == []
+    for stage in ("stage1", "stage2"):
+        log = (out / "demo" / stage / "train.log").read_text()
+        assert "[ross] summary:" in log  # the stage's whole console output, to its end
+        assert warning_lines(log) == [], stage
+
+
 @pytest.mark.slow
 def test_summary_has_every_phase_and_metric(fast_demo):
     out, summary, stdout = fast_demo

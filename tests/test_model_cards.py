@@ -88,7 +88,8 @@ def test_card_of_tiny_run_parses_back_with_metadata_and_model_index(run_dir, tmp
     loaded, text = load_back(build_model_card(folder, repo_id="me/ross-tiny"), tmp_path)
     data = loaded.data
     assert data.pipeline_tag == "image-text-to-text" and data.library_name == "transformers"
-    assert data.base_model == ["siglip-tiny", "qwen2-tiny"]  # local components: their folder names
+    assert data.base_model is None  # local components are not Hub ids: left out (a folder name would be a dead link)
+    assert "base_model" not in text.split("---")[1]
     assert data.license == "apache-2.0" and data.datasets is None  # synthetic data is not a Hub dataset
     assert {"ross", "multimodal", "synthetic-demo"} <= set(data.tags)
     assert data.model_name == "ross-tiny"

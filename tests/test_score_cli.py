@@ -1,7 +1,10 @@
-"""`python -m ross.eval.score` end to end, on small JSONL files."""
+"""`python -m ross.eval.score` end to end, on small JSONL files: its `main` in this process (an interpreter per call
+would cost seconds of imports each), and the module entry point in a fresh process once."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -9,12 +12,29 @@ from pathlib import Path
 
 import pytest
 
+from ross.eval import score
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ross.eval.score", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    """`python -m ross.eval.score ARGS` as its exit status and its stdout and stderr, run in this process."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = score.main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+    return subprocess.CompletedProcess(["ross.eval.score", *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+def test_module_entry_point_exits_with_main_status(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", ['{"question_id": 1, "question": "?", "answer": "yes"}'])
+    proc = subprocess.run([sys.executable, "-m", "ross.eval.score", "--benchmark", "pope", "--predictions", str(path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {path}:1: missing field 'prediction'"]
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

@@ -56,6 +56,16 @@ def build_model_and_processor(run_config: RossRunConfig):
             set_hf_deepspeed_config(run_config.hf_deepspeed_config)
 
 
+def quiet_deepspeed_on_cpu(uses_deepspeed: bool = False) -> None:
+    """Name DeepSpeed's accelerator (`DS_ACCELERATOR=cpu`, what it detects anyway) on a machine without CUDA, for a run
+    that does not use DeepSpeed. accelerate imports DeepSpeed whenever it is installed (`extract_model_from_parallel`,
+    reached from every `save_pretrained` and the Trainer), and DeepSpeed's detection then warns "Setting accelerator to
+    CPU ..." on every CPU run: a line the user can do nothing about. A run with `deepspeed` set is left alone
+    (`DS_ACCELERATOR=cpu` is the switch of `train/sft.py`'s CPU DeepSpeed mode), as is a value the user set."""
+    if not uses_deepspeed and "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 MODEL_PATH_KEYS = ("model_name_or_path", "vision_model", "language_model", "teacher")
 
 

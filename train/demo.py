@@ -60,6 +60,7 @@ from ross.train.pretrain_components import (  # noqa: E402
     prepare_components,
     psnr,
 )
+from ross.train.build import quiet_deepspeed_on_cpu  # noqa: E402
 from ross.train.synthetic import write_llava_dataset  # noqa: E402
 
 
@@ -274,6 +275,13 @@ def stream_process(command: list[str], log, env: dict, cwd) -> int:
     return process.wait()
 
 
+def _threads() -> str:
+    """Intra-op threads of a stage: `OMP_NUM_THREADS` when the caller set it (the tests set 1: their models are so
+    small that a second thread only adds synchronisation), else one per core. accelerate launch would otherwise
+    overwrite the caller's value with its `--num_cpu_threads_per_process`."""
+    return os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count() or 1)
+
+
 def run_stage(stage: int, out_dir: Path, overrides: dict, log_file: Path, cpu: bool = True) -> dict:
     """`accelerate launch train/sft.py --config train/configs/tiny_stage{stage}.yaml --key value ...` in one process
     (on the CPU unless `cpu=False`); the output goes to `log_file`. Returns `<out_dir>/summary.json` plus the first
@@ -281,7 +289,7 @@ def run_stage(stage: int, out_dir: Path, overrides: dict, log_file: Path, cpu: b
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        *(["--cpu"] if cpu else []), "--num_cpu_threads_per_process", str(os.cpu_count() or 1),
+        *(["--cpu"] if cpu else []), "--num_cpu_threads_per_process", _threads(),
         str(REPO_ROOT / "train" / "sft.py"), "--config", str(REPO_ROOT / "train" / "configs" / f"tiny_stage{stage}.yaml"),
     ]  # fmt: skip
     for key, value in overrides.items():
@@ -779,6 +787,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--stop-after", choices=PHASES, default=None, help="stop after this phase")
     parser.add_argument("--probe", action="store_true", help="also run the per-quadrant component probes (diagnostic)")
     args = parser.parse_args(argv)
+    quiet_deepspeed_on_cpu()  # the demo never uses DeepSpeed; its stages inherit this
     hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the report
     settings = DemoSettings.fast() if args.fast else DemoSettings()
     summary = run_demo(args.out, settings, baseline=args.baseline, stop_after=args.stop_after, probe=args.probe)

@@ -39,6 +39,7 @@ from diffusers import AutoencoderKL
 from transformers import AutoImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
 from modeling_ross.testing import write_tiny_components
+from ross.train.build import quiet_deepspeed_on_cpu
 from ross.synthetic.world import COLOURS, POSITIONS, SHAPES, colour_presence_labels, iter_scenes
 
 
@@ -537,6 +538,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--probe", action="store_true", help="also run the per-quadrant probes (diagnostic)")
     parser.add_argument("--measure-bf16", action="store_true", help="only time fp32 vs bf16 training steps")
     args = parser.parse_args(argv)
+    quiet_deepspeed_on_cpu()
     settings = ComponentSettings.fast() if args.fast else ComponentSettings()
     if args.no_bf16:
         settings.bf16 = False

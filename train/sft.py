@@ -35,7 +35,7 @@ from transformers import set_seed
 from modeling_ross.modeling_ross_pretraining import RossForPreTraining
 from ross.model_cards.publish import push_from_trainer
 from ross.eval.generation import ModelPathError
-from ross.train.build import build_model_and_processor, prepare_tiny_run
+from ross.train.build import build_model_and_processor, prepare_tiny_run, quiet_deepspeed_on_cpu
 from ross.train.callbacks import (
     BenchmarkEvalCallback,
     ProgressCallback,
@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     config_path = None if config_path is None else str(config_path)
     resume = overrides.pop("resume_from_checkpoint", None)
     values = setup_cpu_deepspeed(read_config(config_path, overrides))
+    quiet_deepspeed_on_cpu(uses_deepspeed=bool(values.get("deepspeed")))
     run_config = make_run_config(values, config_path)
     resolved = {**values, "resume_from_checkpoint": resume} if resume is not None else values
 
