@@ -691,6 +691,13 @@ def test_qwen25_vl_recipes_train_with_their_own_settings(recipe, kl16_vae, tmp_p
             "model_max_length", "num_train_epochs", "logging_steps"}  # fmt: skip
     settings = yaml.safe_load((REPO_ROOT / "train" / "configs" / recipe).read_text())
     assert settings["model_name_or_path"] == "Qwen/Qwen2.5-VL-7B-Instruct" and settings["objective"] == "denoise"
+    # The paper's stage-2 schedule: global batch 128 (8 GPUs, or 1 with LoRA), 3% warmup + cosine, wd 0, 1 epoch.
+    lora = settings.get("lora", False)
+    world = 1 if lora else 8
+    assert world * settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"] == 128
+    assert settings["learning_rate"] == (2e-4 if lora else 2e-5) and settings["weight_decay"] == 0.0
+    assert settings["warmup_steps"] == 0.03 and settings["lr_scheduler_type"] == "cosine" and settings["bf16"]
+    assert settings.get("deepspeed") == (None if lora else "train/configs/zero3.json") and settings["stage"] == 2
     vlm, processor = tiny_qwen25_vl()
     base = tmp_path / "base"
     vlm.save_pretrained(base)
