@@ -43,8 +43,8 @@ from ross.eval.scoring import RULES
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ross.eval.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id: a ROSS checkpoint (remote code) or a "
-                        "native VLM folder (e.g. RossForPreTraining's: Qwen2.5-VL, llava-hf Llava + ross_head/)")
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id: a ROSS checkpoint (remote "
+                        "code) or a native VLM folder (e.g. RossForPreTraining's: Qwen2.5-VL, llava-hf Llava + ross_head/)")
     parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(benchmark_names())}")
     parser.add_argument("--data", required=True, type=Path, help="local copy: save_to_disk folder, parquet or .tsv")
     parser.add_argument("--rules", default="lmms-eval", choices=RULES, help="prompt and scoring rules")

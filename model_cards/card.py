@@ -545,4 +545,7 @@ def build_native_model_card(folder: Path, config: Mapping, head: Mapping, eval_r
     )
 
 
-__all__ = ["build_model_card", "build_native_model_card", "read_native_head", "eval_results_from_scores", "find_scores", "load_scores", "read_stages"]
+__all__ = [
+    "build_model_card", "build_native_model_card", "eval_results_from_scores", "find_scores", "load_scores",
+    "read_native_head", "read_stages",
+]

@@ -68,9 +68,9 @@ class LoadedModel:
     def describe(self) -> str:
         config = self.model.config
         if config.model_type != "ross":
-            objective = f"objective `{self.native_ross.head_config.objective_config.objective}`" if self.native_ross else (
-                "ROSS head not loaded"
-            )
+            objective = "ROSS head not loaded"
+            if self.native_ross is not None:
+                objective = f"objective `{self.native_ross.head_config.objective_config.objective}`"
             return (
                 f"**Model** `{self.name}` · {self.device.type} · {str(self.dtype).replace('torch.', '')} · "
                 f"native `{config.model_type}` trained with ROSS · {objective}"
@@ -188,8 +188,8 @@ def load_native_model(name: str, device: torch.device, dtype: torch.dtype) -> Lo
     problem, ross = None, None
     if not (Path(name) / NATIVE_HEAD_FOLDER / "config.json").is_file():
         problem = (
-            f"this is a plain `{model_type}` checkpoint without a local `{NATIVE_HEAD_FOLDER}/` folder (the ROSS head); "
-            "for a Hub repo, download it first (`hf download REPO --local-dir DIR`) and pass the folder."
+            f"this is a plain `{model_type}` checkpoint without a local `{NATIVE_HEAD_FOLDER}/` folder (the ROSS "
+            "head); for a Hub repo, download it first (`hf download REPO --local-dir DIR`) and pass the folder."
         )
     else:
         try:
@@ -203,7 +203,9 @@ def load_native_model(name: str, device: torch.device, dtype: torch.dtype) -> Lo
             try:
                 ross = RossForPreTraining.from_pretrained(name, dtype=dtype)
             except Exception as error:  # noqa: BLE001 - the chat still works without the head (e.g. no teacher)
-                problem = f"the ROSS head in `{NATIVE_HEAD_FOLDER}/` could not be loaded ({type(error).__name__}: {error})."
+                problem = (
+                    f"the ROSS head in `{NATIVE_HEAD_FOLDER}/` could not be loaded ({type(error).__name__}: {error})."
+                )
     if ross is not None:
         ross.to(device).eval()
         model = ross.model

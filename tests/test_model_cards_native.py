@@ -1,5 +1,6 @@
 """Model cards and `python -m ross.model_cards.publish --dry-run` for native VLM folders (RossForPreTraining's: a plain
-llava-hf Llava / Qwen2.5-VL + `ross_head/`): the card names the base model and the objective, `ross_head/` is uploaded."""
+llava-hf Llava / Qwen2.5-VL + `ross_head/`): the card names the base model and the objective; `ross_head/` goes
+along."""
 
 import json
 
