@@ -152,7 +152,11 @@ def load_model(
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
 ):
-    """``AutoModelForImageTextToText`` + ``AutoProcessor`` from ``path`` (remote code), in eval mode on ``device``.
+    """``AutoModelForImageTextToText`` + ``AutoProcessor`` from ``path``, in eval mode on ``device``.
+
+    ``path`` is a ROSS checkpoint (remote code: ``auto_map`` in its ``config.json``) or a native VLM folder such as
+    ``RossForPreTraining.save_pretrained`` writes (a plain Qwen2.5-VL, llava-hf Llava, ... plus ``ross_head/``, which
+    generation does not need); either way prompts go through the processor's own chat template.
 
     Pass ``attn_implementation="eager"`` to get attention weights (:mod:`ross.eval.attention`). A path that is not a
     loadable model (:func:`model_path_problem`; a Hub id that cannot be fetched) is a :class:`ModelPathError`.
@@ -168,11 +172,32 @@ def load_model(
         kwargs["device_map"] = str(device)
     try:
         model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
-        processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
+        processor = load_processor(path)
     except OSError as error:  # a Hub id that is not there (or not cached offline), a file that is not a model's
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelPathError(f"cannot load model {path}: {first_line}") from error
+        raise ModelPathError(f"cannot load model {path}: {_first_line(error)}") from error
+    except ValueError as error:  # e.g. a text-only LLM's config: no image-text-to-text class maps to it
+        raise ModelPathError(
+            f"cannot load model {path} as an image-text-to-text model (a ROSS checkpoint with its remote code, or a "
+            f"native VLM such as Qwen2.5-VL or llava-hf Llava): {_first_line(error)}"
+        ) from error
+    if getattr(processor, "chat_template", None) is None:
+        # Prompts are built with the model's own chat template; a guessed one would change the scores silently.
+        raise ModelPathError(
+            f"model folder {path} has no chat template (chat_template.jinja or the processor's chat_template): "
+            "prompts are built with the model's own template"
+        )
     return model.to(device).eval(), processor
+
+
+def load_processor(path: str | Path):
+    """The checkpoint's processor: ``AutoProcessor`` (remote code for a ROSS checkpoint; a native VLM's own class).
+    Qwen2/2.5/3-VL processors need torchvision in transformers 5.23 (their video processor); the tests, which run
+    without it, replace this function."""
+    return AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------
@@ -558,6 +583,7 @@ __all__ = [
     "greedy_config",
     "load_items",
     "load_model",
+    "load_processor",
     "model_path_problem",
     "prediction_record",
     "resolve_device",

@@ -1,7 +1,9 @@
 """Evaluate a checkpoint on one benchmark: ``python -m ross.eval.run --model PATH --benchmark NAME --data PATH``.
 
 Loads the model with ``AutoModelForImageTextToText.from_pretrained(PATH, trust_remote_code=True)``
-and ``AutoProcessor`` (bf16 on GPU, fp16 where bf16 is unsupported, fp32 on CPU unless
+and ``AutoProcessor``: a ROSS checkpoint through its remote code, a native VLM folder (what ``RossForPreTraining``
+saves: a plain Qwen2.5-VL, llava-hf Llava, ... with ``ross_head/`` beside it) as its own class; prompts use the
+processor's own chat template (bf16 on GPU, fp16 where bf16 is unsupported, fp32 on CPU unless
 ``--dtype`` says otherwise), generates greedily in batches (left padding, KV cache), scores
 with the benchmark's rules, and writes ``predictions.jsonl``, ``scores.json`` and ``scores.md``
 under ``--out`` (default ``runs/eval/<benchmark>``; formats in :mod:`ross.eval.generation`).
@@ -10,7 +12,8 @@ unless ``--no-progress``.
 
 Bad input exits with status 2 and a one-line ``error: ...`` message naming the file (and the row: index and id),
 before or after the model loads: a missing column, an item id on two rows, an image that cannot be opened or decoded,
-a ``--model`` folder that does not exist or has no config or weights. ``--on-bad-item skip``
+a ``--model`` folder that does not exist, has no config or weights, is no image-text-to-text model (e.g. a
+text-only LLM) or has no chat template. ``--on-bad-item skip``
 leaves such rows out instead and lists them under ``"skipped"`` in ``scores.json`` (scores cover the other rows).
 ``predictions.jsonl`` grows batch by batch, so a crash or Ctrl-C keeps the finished items; ``--resume`` generates
 only the rest and scores all of them.
@@ -40,7 +43,8 @@ from ross.eval.scoring import RULES
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ross.eval.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id (loaded with remote code)")
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id: a ROSS checkpoint (remote "
+                        "code) or a native VLM folder (e.g. RossForPreTraining's: Qwen2.5-VL, llava-hf Llava + ross_head/)")
     parser.add_argument("--benchmark", required=True, help=f"one of: {', '.join(benchmark_names())}")
     parser.add_argument("--data", required=True, type=Path, help="local copy: save_to_disk folder, parquet or .tsv")
     parser.add_argument("--rules", default="lmms-eval", choices=RULES, help="prompt and scoring rules")

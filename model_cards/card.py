@@ -37,6 +37,9 @@ from ross.eval.benchmarks import SYNTHETIC_BENCHMARKS, get_benchmark
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
+NATIVE_TEMPLATE_PATH = Path(__file__).with_name("template_native.md")
+# RossForPreTraining's HEAD_FOLDER (not imported: that module pulls in torch and diffusers).
+NATIVE_HEAD_FOLDER = "ross_head"
 PAPER_URL = "https://arxiv.org/abs/2410.09575"
 REFERENCE_CODE_URL = "https://github.com/Haochen-Wang409/ross"
 TASK_TYPE = "image-text-to-text"
@@ -399,8 +402,13 @@ def build_model_card(folder: str | Path, eval_results=None, **overrides) -> Mode
         raise TypeError(f"Unknown card option(s) {unknown}; valid: {', '.join(CARD_OVERRIDES)}")
     folder = Path(folder)
     config = _read_json(folder / "config.json")
+    if isinstance(config, dict) and config.get("model_type") != "ross" and read_native_head(folder) is not None:
+        return build_native_model_card(folder, config, read_native_head(folder), eval_results, **overrides)
     if not isinstance(config, dict) or config.get("model_type") != "ross":
-        raise ValueError(f"{folder}: no ROSS config.json (model_type 'ross') in this folder")
+        raise ValueError(
+            f"{folder}: no ROSS config.json (model_type 'ross') in this folder, and no native VLM with "
+            f"{NATIVE_HEAD_FOLDER}/config.json (as RossForPreTraining.save_pretrained writes)"
+        )
 
     run = read_run_config(folder)
     stages = read_stages(folder)
@@ -458,4 +466,92 @@ def build_model_card(folder: str | Path, eval_results=None, **overrides) -> Mode
     )
 
 
-__all__ = ["build_model_card", "eval_results_from_scores", "find_scores", "load_scores", "read_stages"]
+# ---------------------------------------------------------------------------------------
+# Native VLMs (RossForPreTraining: a plain Qwen2.5-VL, llava-hf Llava, ... + ross_head/)
+# ---------------------------------------------------------------------------------------
+
+
+def read_native_head(folder: str | Path) -> dict | None:
+    """``ross_head/config.json`` of a folder `RossForPreTraining.save_pretrained` wrote (None when there is none)."""
+    head = _read_json(Path(folder) / NATIVE_HEAD_FOLDER / "config.json")
+    return head if isinstance(head, dict) and head.get("model_type") == "ross_head" else None
+
+
+def _native_architecture(config: Mapping, folder: Path) -> dict:
+    text = config.get("text_config") or config
+    vision = config.get("vision_config") or {}
+    head_parameters = count_parameters(folder / NATIVE_HEAD_FOLDER)
+    num_parameters = count_parameters(folder)
+    return {
+        "model_type": config.get("model_type"),
+        "model_class": (config.get("architectures") or ["unknown"])[0],
+        "vision": f"{vision.get('model_type', config.get('model_type'))} "
+        f"({vision.get('num_hidden_layers', vision.get('depth'))} layers, width {vision.get('hidden_size')})",
+        "language": f"{text.get('model_type')} ({text.get('num_hidden_layers')} layers, width "
+        f"{text.get('hidden_size')}, vocabulary {text.get('vocab_size')})",
+        "num_parameters": f"{num_parameters:,}" if num_parameters else "unknown",
+        "head_parameters": f"{head_parameters:,}" if head_parameters else "unknown",
+    }
+
+
+def build_native_model_card(folder: Path, config: Mapping, head: Mapping, eval_results=None, **overrides) -> ModelCard:
+    """The card of a native VLM trained with ROSS (`RossForPreTraining`): the base model comes from
+    ``ross_head/config.json``'s ``base_model`` (a Hub id as is, a local path as its folder name) unless ``base_model``
+    is given; the objective from its ``objective_config``. Same overrides as `build_model_card`."""
+    run = read_run_config(folder)
+    stages = read_stages(folder)
+    runs = [read_run_config(Path(s["folder"])) for s in stages if s.get("folder")]
+    base_model = overrides.get("base_model")
+    if base_model is None:
+        base_model = component_id(head.get("base_model") or run.get("model_name_or_path"))
+    base_model = [base_model] if isinstance(base_model, str) else list(base_model or [])
+    architecture = _native_architecture(config, folder)
+    is_demo = overrides.get("demo")
+    if is_demo is None:
+        is_demo = (count_parameters(folder) or 0) < DEMO_MAX_PARAMETERS
+    datasets = overrides.get("datasets")
+    datasets = _datasets_of(runs) if datasets is None else ([datasets] if isinstance(datasets, str) else datasets)
+    license_ = overrides.get("license") or _license_of(base_model[0] if base_model else None)
+    repo_id = overrides.get("repo_id")
+    model_name = overrides.get("model_name") or (repo_id.split("/")[-1] if repo_id else folder.resolve().name)
+    tags = ["ross", "multimodal", "vision-language", str(config.get("model_type"))]
+    tags += ["synthetic-demo"] if is_demo else []
+    tags += [t for t in overrides.get("tags") or [] if t not in tags]
+    eval_results = list(find_scores(folder) if eval_results is None else eval_results)
+    scores = load_scores([e for e in eval_results if not isinstance(e, EvalResult)])
+    results = [e for e in eval_results if isinstance(e, EvalResult)] + eval_results_from_scores(scores)
+    card_data = ModelCardData(
+        base_model=base_model or None,
+        datasets=datasets or None,
+        license=license_,
+        language=overrides.get("language") or ["en"],
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        tags=tags,
+        model_name=model_name,
+        eval_results=results or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(NATIVE_TEMPLATE_PATH),
+        model_title=model_name,
+        repo_id=repo_id or f"<your-org>/{model_name}",
+        is_demo=is_demo,
+        base_model_text=", ".join(base_model) if base_model else f"A {config.get('model_type')} model (base unknown)",
+        head_folder=NATIVE_HEAD_FOLDER,
+        paper_url=PAPER_URL,
+        code_url=REFERENCE_CODE_URL,
+        architecture=architecture,
+        objective=_objective(head),
+        stages=stages,
+        results=_results_table(scores),
+        extra_results=[e for e in eval_results if isinstance(e, EvalResult)],
+        license_name=license_,
+        notes=overrides.get("notes"),
+    )
+
+
+__all__ = [
+    "build_model_card", "build_native_model_card", "eval_results_from_scores", "find_scores", "load_scores",
+    "read_native_head", "read_stages",
+]

@@ -7,12 +7,15 @@ Steps (the same from the CLI, from Python with `publish_folder`, and from a Trai
 
 1. **Stage** the repo in a new folder (``--dry-run DIR``, else a temporary one): the files a user needs and nothing
    else: safetensors weights (re-sharded when a file is over ``--max-shard-size``), ``config.json`` with ``auto_map``,
-   the code files, the processor (``processor_config.json``, tokenizer files, ``chat_template.jinja``),
+   the code files (a native VLM folder, as ``RossForPreTraining`` saves: its own ``config.json``, no code files, and
+   ``ross_head/`` with the trained head; the card names the base model and the objective from
+   ``ross_head/config.json``), the processor (``processor_config.json``, tokenizer files, ``chat_template.jinja``),
    ``generation_config.json``, ``training_args.json`` / ``train_config.yaml`` (tokens masked), and a generated
    ``README.md`` (`ross.model_cards.card.build_model_card`, eval results from ``scores.json``).
 2. **Verify** the staged folder in a fresh Python process that cannot import this project (the repo and the
    editable-install finder are removed from ``sys.path`` / ``sys.meta_path``): load it with
-   ``AutoModelForImageTextToText`` / ``AutoProcessor`` and ``trust_remote_code=True`` (no missing weights allowed),
+   ``AutoModelForImageTextToText`` / ``AutoProcessor`` and ``trust_remote_code=True`` (no missing weights allowed; a
+   native VLM must load as transformers' own class),
    and generate a few tokens for a drawn image through the chat template. A folder that fails is never uploaded.
 3. **Upload** (skipped by ``--dry-run``): ``HfApi.create_repo(exist_ok=True)``, ``create_branch`` for a revision other
    than ``main``, then one ``upload_folder`` commit that also removes stale weight/code files of an older upload.
@@ -44,7 +47,7 @@ from modeling_ross.safetensors_io import (
     weight_files,
     write_shards,
 )
-from ross.model_cards.card import build_model_card
+from ross.model_cards.card import NATIVE_HEAD_FOLDER, build_model_card, read_native_head
 
 
 # Top-level files of a trained folder that belong in the repo (besides the weights and `*.py` code files).
@@ -131,8 +134,13 @@ def check_folder(folder: Path) -> dict:
     except ValueError as error:
         raise PublishError(f"{config_file} is not valid JSON: {error}") from error
     model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "ross" and (folder / NATIVE_HEAD_FOLDER).is_dir():
+        return check_native_folder(folder, config)
     if model_type != "ross":
-        raise PublishError(f"{config_file}: model_type is {model_type!r}, expected 'ross'")
+        raise PublishError(
+            f"{config_file}: model_type is {model_type!r}, expected 'ross' (or a native VLM folder with "
+            f"{NATIVE_HEAD_FOLDER}/, as RossForPreTraining.save_pretrained writes)"
+        )
     auto_map = config.get("auto_map") or {}
     missing = [name for name in REQUIRED_AUTO_MAP if name not in auto_map]
     if missing:
@@ -146,10 +154,29 @@ def check_folder(folder: Path) -> dict:
         for module in re.findall(r"^\s*from\s+\.(\w+)\s+import", code_file.read_text(), flags=re.MULTILINE):
             if not (folder / f"{module}.py").is_file():
                 raise PublishError(f"{folder}: code file {module}.py (imported by {code_file.name}) is missing")
+    _check_processor_files(folder)
+    _weight_files(folder)
+    return config
+
+
+def _check_processor_files(folder: Path) -> None:
     if not ((folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file()):
         raise PublishError(f"{folder}: no chat template (chat_template.jinja); save the processor into the folder")
     if not (folder / "processor_config.json").is_file() and not (folder / "preprocessor_config.json").is_file():
         raise PublishError(f"{folder}: no processor_config.json; save the processor into the folder")
+
+
+def check_native_folder(folder: Path, config: dict) -> dict:
+    """`check_folder` for a native VLM trained with `RossForPreTraining`: the VLM's own config (no remote code), the
+    processor, weights, and a complete ``ross_head/`` (``config.json`` naming the objective, ``model.safetensors``)."""
+    if config.get("auto_map"):
+        raise PublishError(f"{folder / 'config.json'}: a native VLM folder should not carry an auto_map (remote code)")
+    head = read_native_head(folder)
+    if head is None:
+        raise PublishError(f"{folder / NATIVE_HEAD_FOLDER / 'config.json'}: missing or not a ross_head config")
+    if not (folder / NATIVE_HEAD_FOLDER / WEIGHTS_NAME).is_file():
+        raise PublishError(f"{folder / NATIVE_HEAD_FOLDER}: no {WEIGHTS_NAME} (the trained reconstruction head)")
+    _check_processor_files(folder)
     _weight_files(folder)
     return config
 
@@ -168,7 +195,7 @@ def stage_folder(
         raise PublishError(f"{src}: no such folder")
     if out.exists() and any(out.iterdir()):
         raise PublishError(f"{out} is not empty: the staged repo must contain exactly the published files")
-    check_folder(src)
+    config = check_folder(src)
     out.mkdir(parents=True, exist_ok=True)
 
     weights = _weight_files(src)
@@ -187,6 +214,11 @@ def stage_folder(
         if (src / name).is_file():
             shutil.copy2(src / name, out / name)
             written.append(name)
+    if config.get("model_type") != "ross":  # a native VLM: its trained ROSS head goes along (for further training)
+        (out / NATIVE_HEAD_FOLDER).mkdir()
+        for name in ("config.json", WEIGHTS_NAME):
+            _link_or_copy(src / NATIVE_HEAD_FOLDER / name, out / NATIVE_HEAD_FOLDER / name)
+            written.append(f"{NATIVE_HEAD_FOLDER}/{name}")
     try:
         if (src / "training_args.json").is_file():
             args = json.loads((src / "training_args.json").read_text())
@@ -206,7 +238,7 @@ def stage_folder(
 
     used = {*written, WEIGHTS_INDEX_NAME, *(f.name for f in weights)}  # re-sharded weights are not left out
     skipped = sorted(p.name for p in src.iterdir() if p.is_file() and p.name not in used)
-    skipped += sorted(f"{p.name}/" for p in src.iterdir() if p.is_dir())
+    skipped += sorted(f"{p.name}/" for p in src.iterdir() if p.is_dir() and f"{p.name}/config.json" not in used)
     return sorted(written), skipped
 
 
@@ -219,6 +251,8 @@ VERIFY_SCRIPT = r"""
 import json, os, sys
 
 folder, device, max_new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+# A native VLM (RossForPreTraining's) loads as transformers' own class; a ROSS checkpoint through its remote code.
+native = os.path.isdir(os.path.join(folder, "ross_head"))
 # A user's machine: this project is not installed, only the folder's own code files can be used.
 sys.path = [p for p in sys.path if p not in ("", ".") and not os.path.isdir(os.path.join(p, "modeling_ross"))]
 sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
@@ -241,7 +275,9 @@ model, info = AutoModelForImageTextToText.from_pretrained(
 problems = {k: sorted(v)[:10] for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
 if problems:
     raise SystemExit(f"the weights do not fill the model: {problems}")
-if not type(model).__module__.startswith("transformers_modules"):
+if native and not type(model).__module__.startswith("transformers.models."):
+    raise SystemExit(f"the native model class came from {type(model).__module__}, not from transformers")
+if not native and not type(model).__module__.startswith("transformers_modules"):
     raise SystemExit(f"the model class came from {type(model).__module__}, not from the folder's code files")
 model.to(device).eval()
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -448,8 +484,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[publish] refused: {error}", file=sys.stderr)
         return 1
     check = result.verification
+    remote = check["model_module"].startswith("transformers_modules")
+    source = "from the folder's code" if remote else "(transformers' own class, no remote code)"
     print(
-        f"[publish] verified: {check['model_class']} from the folder's code on {check['device']}, "
+        f"[publish] verified: {check['model_class']} {source} on {check['device']}, "
         f"generated {check['new_tokens']} token(s): {check['text']!r}"
     )
     print(f"[publish] {len(result.files)} files: {', '.join(result.files)}")

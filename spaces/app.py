@@ -18,6 +18,10 @@ single-channel map in millimetres (a 16-bit PNG) is turned into 3 channels by th
 (`depth_to_rgb` in the checkpoint's `processing_ross.py`, the rule training and evaluation use); the reconstruction
 panel shows the RGB image's.
 
+A native VLM folder (a plain Qwen2.5-VL, llava-hf Llava, ... with `ross_head/`, as `RossForPreTraining` saves) loads
+as transformers' own class for chat; its reconstruction panel needs this project's `modeling_ross` installed and a
+local folder (`load_native_model`), else it says why.
+
 An upload that cannot be decoded (corrupt, truncated, empty, not an image, a decompression bomb) is a message in the
 page naming the file and the problem (`upload_image`); a `--model` folder that does not exist or holds no weights is
 one `error: ...` line and status 2.
@@ -37,7 +41,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
 
 
 HERE = Path(__file__).resolve().parent
@@ -45,6 +49,7 @@ DEFAULT_MODEL = HERE.parent / "runs" / "demo" / "model"  # written by `make demo
 EXAMPLES = sorted((HERE / "examples").glob("*.png"))
 RECONSTRUCTION_PROMPT = "Describe the image briefly."  # text after the image does not change its visual outputs
 DISPLAY_SIZE = 256  # the tiny model works at 32 px: show its images enlarged (nearest neighbour)
+NATIVE_HEAD_FOLDER = "ross_head"  # RossForPreTraining's head folder next to a plain (native) VLM
 
 
 @dataclass
@@ -57,9 +62,19 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     reconstruction_error: str | None = None
+    # A native VLM (see `load_native_model`): its `RossForPreTraining` (VLM + ross_head/) when the head could be loaded.
+    native_ross: torch.nn.Module | None = None
 
     def describe(self) -> str:
         config = self.model.config
+        if config.model_type != "ross":
+            objective = "ROSS head not loaded"
+            if self.native_ross is not None:
+                objective = f"objective `{self.native_ross.head_config.objective_config.objective}`"
+            return (
+                f"**Model** `{self.name}` · {self.device.type} · {str(self.dtype).replace('torch.', '')} · "
+                f"native `{config.model_type}` trained with ROSS · {objective}"
+            )
         objective = config.objective_config
         return (
             f"**Model** `{self.name}` · {self.device.type} · {str(self.dtype).replace('torch.', '')} · "
@@ -146,6 +161,8 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
         raise ModelPathError(problem)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if AutoConfig.from_pretrained(name, trust_remote_code=True).model_type != "ross":
+        return load_native_model(name, device, dtype)
     kwargs = dict(trust_remote_code=True, dtype=dtype)
     try:
         # `load_objective=True` also builds the frozen teacher: from the checkpoint if it was saved there
@@ -160,6 +177,42 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
     processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
     model.to(device).eval()
     return LoadedModel(model, processor, display_name(str(name)), device, dtype, problem)
+
+
+def load_native_model(name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """A native VLM (a plain Qwen2.5-VL, llava-hf Llava, ... as `RossForPreTraining.save_pretrained` writes it, with
+    the trained head in `ross_head/`): chat with transformers' own class. The reconstruction panel needs
+    `RossForPreTraining` from this project's `modeling_ross` (the head has no remote code) and a local folder; without
+    either the model is loaded for chat only and the panel says why."""
+    model_type = AutoConfig.from_pretrained(name).model_type
+    problem, ross = None, None
+    if not (Path(name) / NATIVE_HEAD_FOLDER / "config.json").is_file():
+        problem = (
+            f"this is a plain `{model_type}` checkpoint without a local `{NATIVE_HEAD_FOLDER}/` folder (the ROSS "
+            "head); for a Hub repo, download it first (`hf download REPO --local-dir DIR`) and pass the folder."
+        )
+    else:
+        try:
+            from modeling_ross.modeling_ross_pretraining import RossForPreTraining
+        except ImportError:
+            problem = (
+                f"the ROSS head of this native `{model_type}` checkpoint (`{NATIVE_HEAD_FOLDER}/`) runs with the ROSS "
+                "project's `modeling_ross` code (`RossForPreTraining`), which is not installed here."
+            )
+        else:
+            try:
+                ross = RossForPreTraining.from_pretrained(name, dtype=dtype)
+            except Exception as error:  # noqa: BLE001 - the chat still works without the head (e.g. no teacher)
+                problem = (
+                    f"the ROSS head in `{NATIVE_HEAD_FOLDER}/` could not be loaded ({type(error).__name__}: {error})."
+                )
+    if ross is not None:
+        ross.to(device).eval()
+        model = ross.model
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype).to(device).eval()
+    processor = AutoProcessor.from_pretrained(name)
+    return LoadedModel(model, processor, display_name(str(name)), device, dtype, problem, native_ross=ross)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -286,6 +339,25 @@ def stream_answer(loaded: LoadedModel, image: Image.Image | None, history: list[
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def reconstruct_native(loaded: LoadedModel, batch, steps: int, seed: int, generator):
+    """The panel for a native VLM: `RossForPreTraining.reconstruct` on the image's own token grid (not square for
+    Qwen-VL), shown with its aspect ratio. No PSNR line: the native teacher decodes per grid, not the whole upload."""
+    with torch.no_grad():
+        result = loaded.native_ross.reconstruct(
+            num_inference_steps=int(steps), scheduler="ddim", generator=generator, output_type="pt", **batch
+        )[0]
+    array = (result.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype("uint8")
+    height, width = array.shape[:2]
+    scale = DISPLAY_SIZE / max(height, width)
+    shown = Image.fromarray(array).resize((round(width * scale), round(height * scale)), Image.NEAREST)
+    objective = loaded.native_ross.head_config.objective_config
+    info = (
+        f"Reconstructed from the LLM's visual outputs: {int(steps)} DDIM steps (seed {int(seed)}) with the trained "
+        f"denoiser of `{NATIVE_HEAD_FOLDER}/`, decoded by the `{objective.target}` teacher at {width}x{height} px."
+    )
+    return shown, info
+
+
 def reconstruct(loaded: LoadedModel, image: Image.Image | None, steps: int = 25, seed: int = 0):
     """(reconstruction image or None, a sentence for the panel)."""
     if image is None:
@@ -297,6 +369,8 @@ def reconstruct(loaded: LoadedModel, image: Image.Image | None, steps: int = 25,
     prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     batch = processor(text=[prompt], images=[image], return_tensors="pt").to(loaded.device)
     generator = torch.Generator(device=loaded.device).manual_seed(int(seed))
+    if loaded.native_ross is not None:
+        return reconstruct_native(loaded, batch, steps, seed, generator)
     with torch.no_grad():
         result = model.reconstruct(
             batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

@@ -334,3 +334,40 @@ def test_lmms_eval_cli_matches_the_runner(interface, saved_model, cli_env, runne
     for ours, theirs in [("accuracy", "pope_accuracy"), ("precision", "pope_precision"), ("recall", "pope_recall"),
                          ("f1", "pope_f1_score"), ("gt_yes_ratio", "pope_yes_ratio")]:  # lmms-eval's yes-ratio quirk
         assert lmms_metrics[f"{theirs},none"] == pytest.approx(metrics[ours]), theirs
+
+
+@pytest.fixture(scope="module")
+def native_plugin_models(saved_model, tmp_path_factory):
+    """Both interfaces on a native VLM folder (RossForPreTraining's: a plain llava-hf Llava + ross_head/)."""
+    from lmms_eval.models import get_model
+
+    from modeling_ross.modeling_ross_pretraining import RossForPreTraining
+    from modeling_ross.testing import tiny_llava, write_tiny_vae
+
+    root = tmp_path_factory.mktemp("native-lmms")
+    vae = write_tiny_vae(root / "vae", block_out_channels=(8, 16, 16, 16, 16))
+    torch.manual_seed(0)
+    vlm, processor = tiny_llava()
+    objective = {"teacher": str(vae), "teacher_subfolder": "vae", "denoiser_hidden_size": 64, "denoiser_depth": 2,
+                 "denoiser_num_heads": 4}  # fmt: skip
+    ross = RossForPreTraining.from_vlm(vlm, objective, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    ross.save_pretrained(root / "ckpt")
+    processor.save_pretrained(root / "ckpt")
+    settings = {"batch_size": 4, "device": "cpu"}
+    arg = f"pretrained={root / 'ckpt'}"
+    return (get_model("ross", force_simple=True).create_from_arg_string(arg, settings),
+            get_model("ross").create_from_arg_string(arg, settings), saved_model[1])
+
+
+def test_native_vlm_folder_matches_the_runner(native_plugin_models):
+    """A native VLM loads as its own class; both interfaces give the runner's batch-size-1 answers."""
+    from ross.eval.generation import generate_answers, load_items
+
+    simple, chat, data = native_plugin_models
+    assert type(simple.model).__name__ == "LlavaForConditionalGeneration"
+    _, rows, prompts = load_items("synthetic_pope", data)
+    reference = generate_answers(simple.model, simple.processor, [(r["images"], p) for r, p in zip(rows, prompts)],
+                                 6, batch_size=1, progress=False)
+    for lm, make_requests in ((simple, _simple_requests), (chat, _chat_requests)):
+        lm.task_dict = {TASK: {"test": rows}}
+        assert lm.generate_until(make_requests(prompts, {"max_new_tokens": 6, "temperature": 0})) == reference
