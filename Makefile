@@ -48,11 +48,12 @@ $(LMMS_STAMP): setup.cfg pyproject.toml $(LMMS_PINS) $(LMMS_CONSTRAINTS)
 
 # The tests that need lmms-eval, in .venv-lmms and a process of their own (the plugin, the real `lmms-eval eval` CLI
 # included, and the scoring cross-check), then the main suite (lmms-eval absent: those tests skip), whose summary line
-# is the last one printed.
+# is the last one printed. The main suite runs in two pytest-xdist workers (one test file per worker at a time:
+# a file's module fixtures are built once); `--durations=15` lists the slowest tests.
 test: test-lmms test-main
 
 test-main: venv browser
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests --durations=15
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile tests --durations=15
 
 test-lmms: venv-lmms
 	HF_HUB_OFFLINE=1 $(LMMS_VENV)/bin/pytest -q tests/test_lmms_plugin.py \
