@@ -92,3 +92,15 @@ def run_isolated(script: str, cwd: Path, timeout: int = 300) -> subprocess.Compl
         [sys.executable, "-c", ISOLATION_PRELUDE + textwrap.dedent(script)],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env},
     )  # fmt: skip
+
+
+def load_spaces_app():
+    """`spaces/app.py` as the module `ross_spaces_app` (a Space is a script, not a package), loaded once."""
+    import importlib.util
+
+    if "ross_spaces_app" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("ross_spaces_app", REPO_ROOT / "spaces" / "app.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["ross_spaces_app"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["ross_spaces_app"]

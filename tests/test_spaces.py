@@ -5,7 +5,6 @@ The browser test drives Debian's chromium (`/usr/bin/chromium`, installed by `ma
 when either is missing. Set ROSS_SPACES_SCREENSHOT=PATH to keep its screenshot (the docs one is made that way).
 """
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -15,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_OBJECTIVE
+from conftest import TINY_OBJECTIVE, load_spaces_app
 from PIL import Image
 
 from modeling_ross import RossProcessor, from_components
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-APP_PATH = REPO_ROOT / "spaces" / "app.py"
 # Debian chromium on this closed network: without the background-networking flags it keeps dialling out.
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -39,16 +37,7 @@ gradio = pytest.importorskip("gradio", reason="gradio is not installed (demo ext
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
-def _load_app():
-    if "ross_spaces_app" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("ross_spaces_app", APP_PATH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["ross_spaces_app"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules["ross_spaces_app"]
-
-
-app = _load_app()
+app = load_spaces_app()
 
 
 def _save_model(components, folder: Path, **settings) -> Path:

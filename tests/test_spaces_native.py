@@ -1,12 +1,12 @@
 """The Spaces demo (spaces/app.py) on a native VLM folder (RossForPreTraining's: a plain llava-hf Llava + ross_head/):
 chat with transformers' own class, the reconstruction panel from ross_head/, or a panel that says why not."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_spaces_app
 from PIL import Image
 
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
@@ -14,20 +14,10 @@ from modeling_ross.testing import tiny_llava, write_tiny_vae
 
 
 gradio = pytest.importorskip("gradio", reason="gradio is not installed (demo extra: pip install -e '.[demo]')")
-APP_PATH = Path(__file__).resolve().parents[1] / "spaces" / "app.py"
 HEAD = {"teacher_subfolder": "vae", "denoiser_hidden_size": 64, "denoiser_depth": 2, "denoiser_num_heads": 4}
 
 
-def _load_app():
-    if "ross_spaces_app" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("ross_spaces_app", APP_PATH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["ross_spaces_app"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules["ross_spaces_app"]
-
-
-app = _load_app()
+app = load_spaces_app()
 
 
 @pytest.fixture(scope="module")
