@@ -385,6 +385,30 @@ def _tags(is_demo: bool, extra: list[str] | None) -> list[str]:
     return tags + [t for t in extra or [] if t not in tags]
 
 
+def _card_data(folder: Path, runs, base_model, license_, tags, eval_results, overrides):
+    """What both cards put in their YAML header (datasets, scores, name), with the overrides applied. Returns
+    `(ModelCardData, scores, eval_results, model_name, repo_id)`."""
+    datasets = overrides.get("datasets")
+    datasets = _datasets_of(runs) if datasets is None else ([datasets] if isinstance(datasets, str) else datasets)
+    repo_id = overrides.get("repo_id")
+    model_name = overrides.get("model_name") or (repo_id.split("/")[-1] if repo_id else folder.resolve().name)
+    eval_results = list(find_scores(folder) if eval_results is None else eval_results)
+    scores = load_scores([e for e in eval_results if not isinstance(e, EvalResult)])
+    results = [e for e in eval_results if isinstance(e, EvalResult)] + eval_results_from_scores(scores)
+    card_data = ModelCardData(
+        base_model=base_model or None,
+        datasets=datasets or None,
+        license=license_,
+        language=overrides.get("language") or ["en"],
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        tags=tags,
+        model_name=model_name,
+        eval_results=results or None,
+    )
+    return card_data, scores, eval_results, model_name, repo_id
+
+
 def build_model_card(folder: str | Path, eval_results=None, **overrides) -> ModelCard:
     """
     The model card of a trained ROSS folder (see the module docstring for what it reads).
@@ -425,27 +449,10 @@ def build_model_card(folder: str | Path, eval_results=None, **overrides) -> Mode
     is_demo = overrides.get("demo")
     if is_demo is None:
         is_demo = any(r.get("prepare_tiny") for r in runs) or (num_parameters or 0) < DEMO_MAX_PARAMETERS
-    datasets = overrides.get("datasets")
-    datasets = _datasets_of(runs) if datasets is None else ([datasets] if isinstance(datasets, str) else datasets)
     license_ = overrides.get("license") or _license_of(language_path)
-    repo_id = overrides.get("repo_id")
-    model_name = overrides.get("model_name") or (repo_id.split("/")[-1] if repo_id else folder.resolve().name)
     tags = _tags(is_demo, overrides.get("tags"))
-    eval_results = list(find_scores(folder) if eval_results is None else eval_results)
-    scores = load_scores([e for e in eval_results if not isinstance(e, EvalResult)])
-    results = [e for e in eval_results if isinstance(e, EvalResult)] + eval_results_from_scores(scores)
-
-    card_data = ModelCardData(
-        base_model=base_model or None,
-        datasets=datasets or None,
-        license=license_,
-        language=overrides.get("language") or ["en"],
-        library_name="transformers",
-        pipeline_tag="image-text-to-text",
-        tags=tags,
-        model_name=model_name,
-        eval_results=results or None,
-    )
+    card_data, scores, eval_results, model_name, repo_id = _card_data(folder, runs, base_model, license_, tags,
+                                                                      eval_results, overrides)
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
@@ -509,28 +516,12 @@ def build_native_model_card(folder: Path, config: Mapping, head: Mapping, eval_r
     is_demo = overrides.get("demo")
     if is_demo is None:
         is_demo = (count_parameters(folder) or 0) < DEMO_MAX_PARAMETERS
-    datasets = overrides.get("datasets")
-    datasets = _datasets_of(runs) if datasets is None else ([datasets] if isinstance(datasets, str) else datasets)
     license_ = overrides.get("license") or _license_of(base_model[0] if base_model else None)
-    repo_id = overrides.get("repo_id")
-    model_name = overrides.get("model_name") or (repo_id.split("/")[-1] if repo_id else folder.resolve().name)
     tags = ["ross", "multimodal", "vision-language", str(config.get("model_type"))]
     tags += ["synthetic-demo"] if is_demo else []
     tags += [t for t in overrides.get("tags") or [] if t not in tags]
-    eval_results = list(find_scores(folder) if eval_results is None else eval_results)
-    scores = load_scores([e for e in eval_results if not isinstance(e, EvalResult)])
-    results = [e for e in eval_results if isinstance(e, EvalResult)] + eval_results_from_scores(scores)
-    card_data = ModelCardData(
-        base_model=base_model or None,
-        datasets=datasets or None,
-        license=license_,
-        language=overrides.get("language") or ["en"],
-        library_name="transformers",
-        pipeline_tag="image-text-to-text",
-        tags=tags,
-        model_name=model_name,
-        eval_results=results or None,
-    )
+    card_data, scores, eval_results, model_name, repo_id = _card_data(folder, runs, base_model, license_, tags,
+                                                                      eval_results, overrides)
     return ModelCard.from_template(
         card_data,
         template_path=str(NATIVE_TEMPLATE_PATH),

@@ -399,6 +399,23 @@ def tiny_qwen25_vl(seed: int = 0, vision_depth: int = 1, min_pixels: int = 28 * 
     return model, processor
 
 
+def _tiny_llava_family_configs(tokenizer, vision_layers: int, image_size: int, patch_size: int) -> dict:
+    """`vision_config` (SigLIP, 32 wide) and `text_config` (Qwen2, 64 wide) shared by the tiny Llava and
+    LLaVA-OneVision models."""
+    return {
+        "vision_config": {
+            "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch_size,
+            "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
+            "vision_use_head": False,
+        },
+        "text_config": {
+            "model_type": "qwen2", "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64,
+            "intermediate_size": 133, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
+        },
+    }  # fmt: skip
+
+
 def tiny_llava(seed: int = 0, vision_layers: int = 1, image_size: int = 32, patch_size: int = 4,
                vision_feature_layer: int = -1):
     """A random-weight llava-hf `LlavaForConditionalGeneration` (SigLIP tower 32 px / patch 4 = 8 x 8 tokens, Qwen2
@@ -409,16 +426,7 @@ def tiny_llava(seed: int = 0, vision_layers: int = 1, image_size: int = 32, patc
     tokenizer = build_tiny_tokenizer(extra_special_tokens=["<image>"])
     torch.manual_seed(seed)
     config = LlavaConfig(
-        vision_config={
-            "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch_size,
-            "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
-            "vision_use_head": False,
-        },
-        text_config={
-            "model_type": "qwen2", "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64,
-            "intermediate_size": 133, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
-        },
+        **_tiny_llava_family_configs(tokenizer, vision_layers, image_size, patch_size),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="full",
         vision_feature_layer=vision_feature_layer, image_seq_length=(image_size // patch_size) ** 2,
         tie_word_embeddings=False,
@@ -546,16 +554,7 @@ def tiny_llava_onevision(seed: int = 0, vision_layers: int = 1, image_size: int 
     pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
     torch.manual_seed(seed)
     config = LlavaOnevisionConfig(
-        vision_config={
-            "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch_size,
-            "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
-            "vision_use_head": False,
-        },
-        text_config={
-            "model_type": "qwen2", "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64,
-            "intermediate_size": 133, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
-        },
+        **_tiny_llava_family_configs(tokenizer, vision_layers, image_size, patch_size),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<video>"), vision_feature_select_strategy="full",
         vision_feature_layer=vision_feature_layer, image_grid_pinpoints=pinpoints, tie_word_embeddings=False,
