@@ -414,7 +414,7 @@ def _processor_normalisation(path: str | None) -> tuple[list[float], list[float]
                 return list(data["image_mean"]), list(data["image_std"])
     if path:
         try:
-            processor = AutoImageProcessor.from_pretrained(path)
+            processor = AutoImageProcessor.from_pretrained(path, backend="pil")  # only its mean and std
             return list(processor.image_mean), list(processor.image_std)
         except (OSError, ValueError):
             pass

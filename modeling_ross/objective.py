@@ -256,8 +256,6 @@ def make_sampling_scheduler(train_scheduler, name: str):
     return classes[name].from_config(train_scheduler.config)
 
 
-
-
 def grid_denoising_loss(
     denoiser: nn.Module,
     scheduler,

@@ -93,11 +93,13 @@ def _to_unit_range(pixel_values: torch.Tensor, mean: list[float], std: list[floa
     return (pixel_values * _channel_stats(std, pixel_values) + _channel_stats(mean, pixel_values)).clamp(0.0, 1.0)
 
 
-def _resize(images: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
-    """Bilinear resize of (B, C, H, W) to (B, C, size, size); a no-op when the size already matches."""
-    if images.shape[-2:] == (size, size):
+def _resize(images: torch.Tensor, size: int | tuple[int, int], antialias: bool = True) -> torch.Tensor:
+    """Bilinear resize of (B, C, H, W) to (B, C, size, size), or to (B, C, height, width) for `size` = (height,
+    width); a no-op when the size already matches."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if images.shape[-2:] == size:
         return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
 
 def _parameter_dtype(module: nn.Module) -> torch.dtype:
@@ -140,13 +142,6 @@ def _square_grid(num_tokens: int) -> tuple[int, int]:
     if side * side != num_tokens:
         raise ValueError(f"Tokens must form a square grid, got {num_tokens} tokens.")
     return side, side
-
-
-def _resize_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear, antialiased resize of (B, C, H, W) to (B, C, height, width); a no-op when the size already matches."""
-    if images.shape[-2:] == (height, width):
-        return images
-    return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 
 def _require_diffusers() -> None:
@@ -284,7 +279,7 @@ class RossVaeTeacher(RossTeacher):
         rows, cols = grid
         side = self.downsample * self.fold
         with _frozen_fp32(images.device):
-            resized = _resize_to(images.float() * 2.0 - 1.0, rows * side, cols * side).clamp(-1.0, 1.0)
+            resized = _resize(images.float() * 2.0 - 1.0, (rows * side, cols * side)).clamp(-1.0, 1.0)
             mean, std = self._posterior(resized)
         return _fold(mean, self.fold), None if std is None else _fold(std, self.fold)
 
@@ -376,7 +371,7 @@ class RossPixelTeacher(RossTeacher):
         _check_pixel_values(images)
         rows, cols = grid
         with _frozen_fp32(images.device):
-            resized = _resize_to(images.float() * 2.0 - 1.0, rows * self.patch_size, cols * self.patch_size)
+            resized = _resize(images.float() * 2.0 - 1.0, (rows * self.patch_size, cols * self.patch_size))
             tokens = self.patchify(resized.clamp(-1.0, 1.0))
         if self.pixel_norm:
             mean, std = self.patch_statistics(tokens)

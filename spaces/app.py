@@ -161,8 +161,9 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
         raise ModelPathError(problem)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if AutoConfig.from_pretrained(name, trust_remote_code=True).model_type != "ross":
-        return load_native_model(name, device, dtype)
+    model_type = AutoConfig.from_pretrained(name, trust_remote_code=True).model_type
+    if model_type != "ross":
+        return load_native_model(name, device, dtype, model_type)
     kwargs = dict(trust_remote_code=True, dtype=dtype)
     try:
         # `load_objective=True` also builds the frozen teacher: from the checkpoint if it was saved there
@@ -179,12 +180,11 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
     return LoadedModel(model, processor, display_name(str(name)), device, dtype, problem)
 
 
-def load_native_model(name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def load_native_model(name: str, device: torch.device, dtype: torch.dtype, model_type: str) -> LoadedModel:
     """A native VLM (a plain Qwen2.5-VL, llava-hf Llava, ... as `RossForPreTraining.save_pretrained` writes it, with
     the trained head in `ross_head/`): chat with transformers' own class. The reconstruction panel needs
     `RossForPreTraining` from this project's `modeling_ross` (the head has no remote code) and a local folder; without
     either the model is loaded for chat only and the panel says why."""
-    model_type = AutoConfig.from_pretrained(name).model_type
     problem, ross = None, None
     if not (Path(name) / NATIVE_HEAD_FOLDER / "config.json").is_file():
         problem = (
@@ -344,12 +344,11 @@ def reconstruct_native(loaded: LoadedModel, batch, steps: int, seed: int, genera
     Qwen-VL), shown with its aspect ratio. No PSNR line: the native teacher decodes per grid, not the whole upload."""
     with torch.no_grad():
         result = loaded.native_ross.reconstruct(
-            num_inference_steps=int(steps), scheduler="ddim", generator=generator, output_type="pt", **batch
+            num_inference_steps=int(steps), scheduler="ddim", generator=generator, output_type="pil", **batch
         )[0]
-    array = (result.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype("uint8")
-    height, width = array.shape[:2]
+    width, height = result.size
     scale = DISPLAY_SIZE / max(height, width)
-    shown = Image.fromarray(array).resize((round(width * scale), round(height * scale)), Image.NEAREST)
+    shown = result.resize((round(width * scale), round(height * scale)), Image.NEAREST)
     objective = loaded.native_ross.head_config.objective_config
     info = (
         f"Reconstructed from the LLM's visual outputs: {int(steps)} DDIM steps (seed {int(seed)}) with the trained "

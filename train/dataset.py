@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ross.train.records import BATCH, open_records
-from ross.train.sources import SKIP_REASONS, BadSampleError, open_source
+from ross.train.sources import SKIP_REASONS, BadSampleError, open_source, row_sample_id
 
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class RossDataset(Dataset):
         # Read from the store at every fetch (one positioned read): a caller editing its item never changes later
         # epochs.
         row = source.row(local)
-        sample_id, location = row["id"] if row["id"] is not None else row["location"], row["location"]
+        sample_id, location = row_sample_id(row), row["location"]
         try:
             images = source.load_images(local, row)
         except BadSampleError as error:

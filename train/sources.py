@@ -77,6 +77,7 @@ __all__ = [
     "llava_to_messages",
     "decode_image",
     "is_creation",
+    "row_sample_id",
 ]
 
 
@@ -349,7 +350,7 @@ class JsonSource:
     def sample_id(self, index: int) -> str:
         if self.records is None:
             return self._row_id(index) or self._raw_locations[index]
-        return _row_sample_id(self.rows[index])
+        return row_sample_id(self.rows[index])
 
     def row(self, index: int) -> dict:
         """The stored row of record `index` (messages, id, location, images, depth; `train/records.py`)."""
@@ -422,7 +423,8 @@ class JsonSource:
         return [decode_image(path, k in depth) for k, path in enumerate(row["images"] or [])]
 
 
-def _row_sample_id(row: dict) -> str:
+def row_sample_id(row: dict) -> str:
+    """A stored row's sample id: its record's id, else its location (`file:line` / `file:#index`)."""
     return row["id"] if row["id"] is not None else row["location"]
 
 
@@ -533,7 +535,7 @@ class HFSource:
 
     def sample_id(self, index: int) -> str:
         if self.records is not None:
-            return _row_sample_id(self.rows[index])
+            return row_sample_id(self.rows[index])
         value = self._ids.get(index)
         return value if value is not None else f"{self.path}:#{index}"
 
