@@ -256,8 +256,9 @@ class RossForPreTraining(nn.Module):
         r"""
         Args:
             labels: `(batch_size, sequence_length)`, -100 where not supervised.
-            teacher_targets: optional cached teacher outputs, one `{"mean", "std"}` per image (each `(N_i, C)`),
-                in placeholder order: the teacher is then not run.
+            teacher_targets: optional cached teacher outputs (`train/latent_cache.py`), one `{"mean", "std"}` per
+                image (each `(rows_i * cols_i, C)`), in placeholder order: the teacher is then not run (an empty list
+                for a batch without images).
             num_images_in_batch: images in the whole accumulation step (summed over ranks); the visual term is this
                 batch's share of them, so micro-batches add up to one large batch.
             inputs: the VLM's own inputs, as its processor returns them (`input_ids`, `attention_mask`,
@@ -285,7 +286,7 @@ class RossForPreTraining(nn.Module):
                 self.head_config.objective_config.num_noise_draws,
             )  # fmt: skip
         else:
-            visual_loss = self.empty_batch_loss(hidden_states)
+            visual_loss = self.empty_batch_loss(hidden_states, cached=teacher_targets is not None)
         visual_term = visual_loss
         if num_images_in_batch is not None:
             images_in_step = torch.as_tensor(num_images_in_batch, device=visual_loss.device).clamp(min=1)
@@ -331,6 +332,10 @@ class RossForPreTraining(nn.Module):
         if cached is not None:
             if len(cached) != len(grids):
                 raise ValueError(f"teacher_targets has {len(cached)} entries for {len(grids)} images.")
+            shapes = [tuple(entry["mean"].shape) for entry in cached]
+            expected = [(rows * cols, self.teacher.num_channels) for rows, cols in grids]
+            if shapes != expected:
+                raise ValueError(f"teacher_targets' shapes {shapes} do not match the images' grids {grids} ({expected}).")
             return [sample_targets(entry["mean"].float(), _std(entry)) for entry in cached]
         targets = []
         for image, grid in zip(images, grids):
@@ -354,13 +359,16 @@ class RossForPreTraining(nn.Module):
         kwargs["inputs_embeds"] = embeds + 0.0 * sum(feature.sum() for feature in features).to(embeds.dtype)
         return args, kwargs
 
-    def empty_batch_loss(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def empty_batch_loss(self, hidden_states: torch.Tensor, cached: bool = False) -> torch.Tensor:
         """A batch without images: teacher and denoiser still run (on a grey 2 x 2-token image), at zero weight, so
         every rank calls the same modules (DeepSpeed ZeRO-3 / DDP would otherwise hang or error); the vision tower
-        ran in `_run_idle_vision_tower`."""
+        ran in `_run_idle_vision_tower`. With the latent cache (`cached`) no rank runs the teacher: a zero target."""
         grid = (2, 2)
-        grey = torch.full((1, 3, 32, 32), 0.5, device=hidden_states.device)
-        target = self.teacher_on(grey.device).encode_grid_distribution(grey, grid)[0][0]
+        if cached:
+            target = hidden_states.new_zeros(4, self.teacher.num_channels, dtype=torch.float32)
+        else:
+            grey = torch.full((1, 3, 32, 32), 0.5, device=hidden_states.device)
+            target = self.teacher_on(grey.device).encode_grid_distribution(grey, grid)[0][0]
         condition = hidden_states[0, :1].expand(4, -1) * 0.0
         loss = grid_denoising_loss(self.denoiser, self.noise_scheduler, [condition], [target], [grid], 1)
         return loss * 0.0

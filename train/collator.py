@@ -394,7 +394,7 @@ class RossDataCollator:
             "ross_empty_batch": torch.tensor(True),
         }
         if self.latent_cache is not None:
-            batch["teacher_targets"] = self.latent_cache.targets_for([])
+            batch["teacher_targets"] = self.latent_cache.empty_targets()
         return batch
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:

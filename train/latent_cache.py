@@ -24,6 +24,15 @@ Keys:
   `latent_sample`, tower mean / std, patch size ...; the inner model's config; a fingerprint of its weights and
   dtype); the storage dtype and the cache format. Change any of them and a new folder is used.
 
+Native VLMs (`RossForPreTraining`, `adapter` given): the target of an image is the teacher's
+`encode_grid_distribution` of the image the VLM saw (`adapter.images_seen`) on that image's token grid
+(`adapter.image_grids`), exactly what `RossForPreTraining.teacher_targets` computes without a cache. The grid of a
+Qwen-VL image depends on its size and the processor's min / max pixels, so the entry key is `image key` +
+`-{rows}x{cols}` (`grid_image_key`), the token count varies per entry (`Array2D((None, C))`), and the settings add
+the adapter (class, model type, the normalisation it undoes); the processor's settings (min / max pixels, patch and
+merge size, ...) are already in them. The collator attaches one `{"mean", "std"}` per image in placeholder order
+(`LatentCache.grid_targets_for`).
+
 Use:
 * training: `latent_cache_dir: PATH` (+ `build_latent_cache: true` to fill it first, on the main process) in the run
   config of `train/sft.py`; the collator attaches `teacher_targets` and the model skips the teacher.
@@ -61,7 +70,8 @@ from tqdm.auto import tqdm
 from transformers import AutoProcessor
 
 from modeling_ross import RossForConditionalGeneration
-from ross.train.build import build_model_and_processor, prepare_tiny_run
+from modeling_ross.modeling_ross_pretraining import RossForPreTraining
+from ross.train.build import build_model_and_processor, load_native_processor, native_vlm_type, prepare_tiny_run
 from ross.train.config import load_config, resolve_path
 from ross.train.dataset import load_training_dataset
 
@@ -77,6 +87,7 @@ __all__ = [
     "LatentCacheMiss",
     "build_latent_cache",
     "cache_settings",
+    "grid_image_key",
     "image_key",
     "settings_key",
     "teacher_fingerprint",
@@ -94,6 +105,12 @@ def image_key(image) -> str:
     digest.update(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
     digest.update(image.tobytes())
     return digest.hexdigest()
+
+
+def grid_image_key(image, grid: tuple[int, int]) -> str:
+    """Key of a native VLM's entry: the image's content key and its token grid, `"<image_key>-{rows}x{cols}"`."""
+    rows, cols = grid
+    return f"{image_key(image)}-{rows}x{cols}"
 
 
 def teacher_fingerprint(teacher: torch.nn.Module) -> str:
@@ -128,8 +145,9 @@ def _config_dict(module) -> dict | None:
     return {k: _plain(v) for k, v in values.items() if not k.startswith("_") and k not in volatile}
 
 
-def cache_settings(teacher: torch.nn.Module, processor, dtype: str = "float32") -> dict:
-    """Everything the cached targets depend on (see the module docstring), as a JSON-able dict."""
+def cache_settings(teacher: torch.nn.Module, processor, dtype: str = "float32", adapter=None) -> dict:
+    """Everything the cached targets depend on (see the module docstring), as a JSON-able dict. `adapter`: a native
+    VLM's (`RossForPreTraining.adapter`); its entries are then keyed by image and grid."""
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
     attributes = {
@@ -141,7 +159,7 @@ def cache_settings(teacher: torch.nn.Module, processor, dtype: str = "float32") 
     image_processor = processor.image_processor
     processor_values = {k: _plain(v) for k, v in image_processor.to_dict().items() if not k.startswith("_")}
     processor_values.pop("processor_class", None)
-    return {
+    settings = {
         "format_version": FORMAT_VERSION,
         "storage_dtype": dtype,
         "teacher_class": type(teacher).__name__,
@@ -153,6 +171,14 @@ def cache_settings(teacher: torch.nn.Module, processor, dtype: str = "float32") 
         "image_processor": processor_values,
         "image_aspect_ratio": getattr(processor, "image_aspect_ratio", None),
     }
+    if adapter is not None:  # absent for LLaVA-style caches, so their keys (and folders) are unchanged
+        settings["native_vlm"] = {
+            "adapter": type(adapter).__name__,
+            "model_type": adapter.config.model_type,
+            "image_mean": adapter.image_mean.flatten().tolist(),
+            "image_std": adapter.image_std.flatten().tolist(),
+        }
+    return settings
 
 
 def settings_key(settings: dict) -> str:
@@ -163,7 +189,8 @@ def settings_key(settings: dict) -> str:
 class LatentCache:
     """Read-only view of one settings folder `<cache_dir>/<settings_key>`: image key -> `(mean, std)` tokens.
 
-    The shards are memory-mapped Arrow files; the object pickles cheaply into dataloader workers.
+    The shards are memory-mapped Arrow files; the object pickles cheaply into dataloader workers. A native VLM's cache
+    (`per_image_grid`) is keyed by image and grid and its entries have their own token counts.
     """
 
     def __init__(self, directory: str | os.PathLike):
@@ -183,13 +210,15 @@ class LatentCache:
         for row, key in enumerate(keys):
             self._rows.setdefault(key, row)
         self.stochastic = bool(parts) and "std" in self._dataset.column_names
+        self.per_image_grid = "native_vlm" in self.settings
         self.build_stats: dict | None = None
         self._arrays = None
 
     @classmethod
-    def open(cls, cache_dir, teacher, processor, dtype: str = "float32") -> "LatentCache":
-        """The cache of `cache_dir` for these teacher / preprocessing settings; a clear error if it was not built."""
-        settings = cache_settings(teacher, processor, dtype)
+    def open(cls, cache_dir, teacher, processor, dtype: str = "float32", adapter=None) -> "LatentCache":
+        """The cache of `cache_dir` for these teacher / preprocessing settings (and native VLM `adapter`); a clear
+        error if it was not built."""
+        settings = cache_settings(teacher, processor, dtype, adapter)
         directory = Path(cache_dir) / settings_key(settings)
         if not (directory / "settings.json").is_file():
             others = sorted(p.name for p in Path(cache_dir).glob("*/settings.json")) if Path(cache_dir).is_dir() else []
@@ -216,46 +245,95 @@ class LatentCache:
             return None
         return tuple(self._dataset.features["mean"].shape)
 
-    def lookup(self, keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(mean, std)` fp32 tensors `(len(keys), N, C)` (std None for a deterministic target). Keys must exist."""
+    def _read(self, keys: Sequence[str]) -> dict:
+        """The rows of `keys` (which must exist), as numpy: `(len(keys), N, C)` arrays, or per-row `(N_i, C)` arrays
+        when the token counts differ (a native VLM's cache)."""
         if self._arrays is None:
             columns = ["mean", "std"] if self.stochastic else ["mean"]
             self._arrays = self._dataset.with_format("numpy", columns=columns)
-        rows = self._arrays[[self._rows[key] for key in keys]]
+        return self._arrays[[self._rows[key] for key in keys]]
+
+    def lookup(self, keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(mean, std)` fp32 tensors `(len(keys), N, C)` (std None for a deterministic target). Keys must exist."""
+        rows = self._read(keys)
         mean = torch.from_numpy(np.ascontiguousarray(rows["mean"], dtype=np.float32))
         std = torch.from_numpy(np.ascontiguousarray(rows["std"], dtype=np.float32)) if self.stochastic else None
         return mean, std
+
+    def lookup_each(self, keys: Sequence[str]) -> list[dict[str, torch.Tensor]]:
+        """One `{"mean", "std"}` (fp32 `(N_i, C)` each; no `std` for a deterministic target) per key, which must exist;
+        the entries may have different token counts."""
+        if not keys:
+            return []
+        rows = self._read(keys)
+        columns = ["mean", "std"] if self.stochastic else ["mean"]
+        return [
+            {name: torch.from_numpy(np.ascontiguousarray(rows[name][i], dtype=np.float32)) for name in columns}
+            for i in range(len(keys))
+        ]
+
+    def _key_or_miss(self, key: str, feature: dict, index: int, image) -> str:
+        if key not in self._rows:
+            filename = getattr(image, "filename", "") or "decoded image"
+            raise LatentCacheMiss(
+                f"image {index} ({filename}) of sample id={feature.get('id')!r} ({feature.get('source')}) is "
+                f"not in the latent cache {self.directory} (key {key}, {len(self)} images cached). Rebuild "
+                "the cache for this data (`build_latent_cache: true` or `python -m ross.train.latent_cache`)."
+            )
+        return key
+
+    def empty_targets(self) -> dict[str, torch.Tensor] | list:
+        """`teacher_targets` of a batch without images: empty `(0, N, C)` tensors, or for a native VLM's cache an
+        empty list (one entry per image). Either way the model skips the teacher."""
+        if self.per_image_grid:
+            return []
+        empty = torch.zeros(0, *(self.num_tokens_channels or (0, 0)))
+        return {"mean": empty, "std": empty.clone()} if self.stochastic else {"mean": empty}
 
     def targets_for(self, features: Iterable[dict]) -> dict[str, torch.Tensor]:
         """`teacher_targets` for a batch: the cached `mean` (and `std`) of every image of `features` in row-major order
         (sample 0's images, then sample 1's, ...: the order of the collator's `pixel_values`). A batch without images
         gets empty `(0, N, C)` tensors, so the model still knows to skip the teacher (see the module docstring)."""
-        keys = []
-        for feature in features:
-            for index, image in enumerate(feature.get("images") or []):
-                key = image_key(image)
-                if key not in self._rows:
-                    filename = getattr(image, "filename", "") or "decoded image"
-                    raise LatentCacheMiss(
-                        f"image {index} ({filename}) of sample id={feature.get('id')!r} ({feature.get('source')}) is "
-                        f"not in the latent cache {self.directory} (key {key}, {len(self)} images cached). Rebuild "
-                        "the cache for this data (`build_latent_cache: true` or `python -m ross.train.latent_cache`)."
-                    )
-                keys.append(key)
+        if self.per_image_grid:
+            raise ValueError(f"{self.directory} is keyed by image and grid (native VLM): use grid_targets_for.")
+        keys = [
+            self._key_or_miss(image_key(image), feature, index, image)
+            for feature in features
+            for index, image in enumerate(feature.get("images") or [])
+        ]
         if not keys:
-            shape = self.num_tokens_channels or (0, 0)
-            empty = torch.zeros(0, *shape)
-            return {"mean": empty, "std": empty.clone()} if self.stochastic else {"mean": empty}
+            return self.empty_targets()
         mean, std = self.lookup(keys)
         return {"mean": mean} if std is None else {"mean": mean, "std": std}
+
+    def grid_targets_for(self, features: Iterable[dict], grids: Sequence[tuple[int, int]]) -> list[dict]:
+        """A native VLM's `teacher_targets` (`RossForPreTraining.forward`): one `{"mean", "std"}` `(rows * cols, C)`
+        per image of `features` (sample 0's images, then sample 1's, ...: placeholder order), looked up by image and
+        `grids[i]`, the grid the VLM's processor gave image i in this batch. An empty list for a batch without
+        images (the model then skips the teacher)."""
+        images = [(f, index, image) for f in features for index, image in enumerate(f.get("images") or [])]
+        if len(images) != len(grids):
+            raise ValueError(
+                f"The batch has {len(images)} images but the processor's inputs give {len(grids)} grids: the latent "
+                "cache needs one grid per image (e.g. no pan-and-scan crops)."
+            )
+        keys = [
+            self._key_or_miss(grid_image_key(image, grid), feature, index, image)
+            for (feature, index, image), grid in zip(images, grids)
+        ]
+        return self.lookup_each(keys)
 
 
 # ----------------------------------------------------------------------------- building
 class _Prepare:
-    """Dataloader collate: (key, pixel_values (1, 3, H, W) or None if already cached) for every image of the items."""
+    """Dataloader collate: `(key, what to encode, or None if already cached)` for every image of the items.
 
-    def __init__(self, processor, known: frozenset):
-        self.processor, self.known = processor, known
+    What to encode: the collator's `pixel_values` `(1, 3, H, W)`; with a native VLM's `adapter`, the image the VLM
+    sees and its grid, `((3, H, W) in [0, 1], (rows, cols))`, from the VLM's image processor (the grid is part of the
+    key, so it is computed also for a cached image)."""
+
+    def __init__(self, processor, known: frozenset, adapter=None):
+        self.processor, self.known, self.adapter = processor, known, adapter
 
     def __call__(self, items):
         out = []
@@ -263,25 +341,45 @@ class _Prepare:
             if item is None:  # a sample found bad at fetch (skip mode): nothing to encode
                 continue
             for image in item.get("images") or []:
-                key = image_key(image)
-                if key in self.known:
-                    out.append((key, None))
-                else:
-                    out.append((key, self.processor(images=[image], return_tensors="pt")["pixel_values"]))
+                out.append(self._prepare(image) if self.adapter is not None else self._prepare_fixed(image))
         return out
 
+    def _prepare_fixed(self, image):
+        key = image_key(image)
+        if key in self.known:
+            return key, None
+        return key, self.processor(images=[image], return_tensors="pt")["pixel_values"]
 
-def _write_shard(directory: Path, keys, means, stds, dtype: str) -> None:
+    def _prepare(self, image):
+        inputs = self.processor.image_processor(images=[image], return_tensors="pt")
+        grids = self.adapter.image_grids(inputs)
+        if len(grids) != 1:
+            raise ValueError(
+                f"{getattr(image, 'filename', '') or 'an image'}: the VLM's image processor made {len(grids)} "
+                "images of it (e.g. pan-and-scan crops); the latent cache needs one grid per image."
+            )
+        (grid,) = grids
+        key = grid_image_key(image, grid)
+        return key, None if key in self.known else (self.adapter.images_seen(inputs)[0], grid)
+
+
+def _write_shard(directory: Path, keys, means, stds, dtype: str, per_image_grid: bool = False) -> None:
+    """`means` / `stds`: one `(N, C)` array per key (`stds` empty for a deterministic target). A native VLM's cache
+    (`per_image_grid`) stores `(None, C)` arrays: each entry has its own token count."""
     # `datasets` is the optional `train` extra (see `LatentCache.__init__`).
     import datasets
 
-    mean = np.concatenate(means).astype(dtype)
-    num_tokens, channels = mean.shape[1:]
-    features = {"key": datasets.Value("string"), "mean": datasets.Array2D((num_tokens, channels), dtype)}
+    if per_image_grid:
+        shape = (None, means[0].shape[-1])
+        mean, std = [m.astype(dtype) for m in means], [s.astype(dtype) for s in stds]
+    else:
+        mean, std = np.stack(means).astype(dtype), np.stack(stds).astype(dtype) if stds else None
+        shape = mean.shape[1:]
+    features = {"key": datasets.Value("string"), "mean": datasets.Array2D(shape, dtype)}
     columns = {"key": keys, "mean": mean}
     if stds:
-        features["std"] = datasets.Array2D((num_tokens, channels), dtype)
-        columns["std"] = np.concatenate(stds).astype(dtype)
+        features["std"] = datasets.Array2D(shape, dtype)
+        columns["std"] = std
     shard = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
     index = len([p for p in directory.iterdir() if p.name.startswith(SHARD_PREFIX)])
     temporary = directory / f".tmp-{uuid.uuid4().hex}"
@@ -303,17 +401,22 @@ def _settings_folder(cache_dir, settings: dict) -> Path:
 
 class _ShardEncoder:
     """Encodes pending images with the teacher `batch_size` at a time and writes a shard every `shard_size` images
-    (so memory stays bounded); `finish` encodes and writes what is left."""
+    (so memory stays bounded); `finish` encodes and writes what is left. `per_image_grid`: a native VLM's images,
+    each encoded on its own grid (`_encode_on_grids`)."""
 
-    def __init__(self, teacher, device, directory: Path, batch_size: int, shard_size: int, dtype: str):
+    def __init__(
+        self, teacher, device, directory: Path, batch_size: int, shard_size: int, dtype: str, per_image_grid: bool
+    ):
         self.teacher, self.device, self.directory = teacher, device, directory
         self.batch_size, self.shard_size, self.dtype = batch_size, shard_size, dtype
+        self.per_image_grid = per_image_grid
         self.pending_keys, self.pending_pixels = [], []
         self.shard_keys, self.means, self.stds = [], [], []
         self.encoded = 0
 
-    def add(self, key: str, pixel_values: torch.Tensor) -> None:
-        """`pixel_values`: `(1, 3, H, W)`, the collator's preprocessing of one image."""
+    def add(self, key: str, pixel_values) -> None:
+        """`pixel_values`: `(1, 3, H, W)`, the collator's preprocessing of one image; for a native VLM the pair
+        `(image seen (3, H, W) in [0, 1], grid)`."""
         self.pending_keys.append(key)
         self.pending_pixels.append(pixel_values)
         if len(self.pending_keys) >= self.batch_size:
@@ -328,18 +431,39 @@ class _ShardEncoder:
     def _encode_pending(self) -> None:
         if not self.pending_keys:
             return
-        mean, std = self.teacher.encode_distribution(torch.cat(self.pending_pixels).to(self.device))
+        if self.per_image_grid:
+            means, stds = _encode_on_grids(self.teacher, self.pending_pixels, self.device)
+        else:
+            mean, std = self.teacher.encode_distribution(torch.cat(self.pending_pixels).to(self.device))
+            means, stds = list(mean.float().cpu().numpy()), None if std is None else list(std.float().cpu().numpy())
         self.shard_keys.extend(self.pending_keys)
-        self.means.append(mean.float().cpu().numpy())
-        if std is not None:
-            self.stds.append(std.float().cpu().numpy())
+        self.means.extend(means)
+        if stds is not None:
+            self.stds.extend(stds)
         self.encoded += len(self.pending_keys)
         self.pending_keys, self.pending_pixels = [], []
 
     def _write(self) -> None:
         if self.shard_keys:
-            _write_shard(self.directory, self.shard_keys, self.means, self.stds, self.dtype)
+            _write_shard(self.directory, self.shard_keys, self.means, self.stds, self.dtype, self.per_image_grid)
             self.shard_keys, self.means, self.stds = [], [], []
+
+
+def _encode_on_grids(teacher, pending, device) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """A native VLM's targets: `teacher.encode_grid_distribution` of each `(image seen, grid)` of `pending` (one call
+    per grid, its images stacked: equal grids are equal sizes), as `RossForPreTraining.teacher_targets` computes them.
+    Returns per image `(rows * cols, C)` fp32 means and stds (None for a deterministic target), in `pending`'s order."""
+    by_grid: dict[tuple[int, int], list[int]] = {}
+    for index, (_, grid) in enumerate(pending):
+        by_grid.setdefault(tuple(grid), []).append(index)
+    means, stds = [None] * len(pending), [None] * len(pending)
+    for grid, indices in by_grid.items():
+        images = torch.stack([pending[i][0] for i in indices]).to(device)
+        mean, std = teacher.encode_grid_distribution(images, grid)
+        for row, i in enumerate(indices):
+            means[i] = mean[row].float().cpu().numpy()
+            stds[i] = None if std is None else std[row].float().cpu().numpy()
+    return means, None if stds[0] is None else stds
 
 
 def _encode_missing(loader, known: frozenset, encoder: _ShardEncoder) -> dict:
@@ -371,11 +495,13 @@ def build_latent_cache(
     dtype: str = "float32",
     shard_size: int = 1024,
     device: str | torch.device | None = None,
+    adapter=None,
 ) -> LatentCache:
     """
     Encode every image of `dataset` (items with `"images"`: PIL images, as `ross.train.dataset.RossDataset` yields) that is
     not cached yet, and return the cache. Images already cached (same content, same settings) are not re-encoded;
     a fully cached dataset calls the teacher zero times. Preprocessing is the collator's (`processor(images=...)`).
+    With a native VLM's `adapter`, each image is keyed by content and grid and encoded on its grid (module docstring).
 
     Args:
         teacher: the model's frozen teacher (`model.teacher`), weights loaded.
@@ -386,21 +512,22 @@ def build_latent_cache(
         dtype: storage dtype, `"float32"` (exact) or `"float16"` (half the disk, rounded targets).
         shard_size: images per Arrow shard (bounds the memory held before writing).
         device: where the teacher runs (default: where its parameters are); moved back afterwards.
+        adapter: a native VLM's (`RossForPreTraining.adapter`), whose processor `processor` is.
     Returns:
         The `LatentCache`, with `build_stats` = `{"images", "unique", "encoded", "reused", "seconds"}`.
     """
     start = time.perf_counter()
-    directory = _settings_folder(cache_dir, cache_settings(teacher, processor, dtype))
+    directory = _settings_folder(cache_dir, cache_settings(teacher, processor, dtype, adapter))
     known = frozenset(LatentCache(directory).keys)
     parameter = next(teacher.parameters(), None)
     home = parameter.device if parameter is not None else torch.device("cpu")
     device = torch.device(device) if device is not None else home
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_Prepare(processor, known)
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_Prepare(processor, known, adapter)
     )
     teacher.to(device)
     try:
-        encoder = _ShardEncoder(teacher, device, directory, batch_size, shard_size, dtype)
+        encoder = _ShardEncoder(teacher, device, directory, batch_size, shard_size, dtype, adapter is not None)
         stats = _encode_missing(loader, known, encoder)
     finally:
         teacher.to(home)
@@ -413,7 +540,8 @@ def build_latent_cache(
 
 # ----------------------------------------------------------------------------- CLI
 def _load_model_and_processor(model: str, output_dir: str | None):
-    """A run config (YAML, as `train/sft.py` takes) or a ROSS checkpoint folder -> (model, processor, run_config)."""
+    """A run config (YAML, as `train/sft.py` takes) or a ROSS checkpoint folder (LLaVA-style, or a native VLM's with
+    `ross_head/`) -> (model, processor, run_config)."""
     if model.endswith((".yaml", ".yml")):
         overrides = {"output_dir": output_dir} if output_dir else {}
         run_config, _ = load_config(model, overrides)
@@ -421,6 +549,8 @@ def _load_model_and_processor(model: str, output_dir: str | None):
             prepare_tiny_run(run_config)
         built, processor = build_model_and_processor(run_config)
         return built, processor, run_config
+    if native_vlm_type(model):
+        return RossForPreTraining.from_pretrained(model), load_native_processor(model), None
     built = RossForConditionalGeneration.from_pretrained(model, load_objective=True)
     return built, AutoProcessor.from_pretrained(model, trust_remote_code=True), None
 
@@ -455,7 +585,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cache = build_latent_cache(
         model.teacher, processor, dataset, out, batch_size=args.batch_size, num_workers=args.num_workers,
-        dtype=args.dtype, shard_size=args.shard_size, device=device,
+        dtype=args.dtype, shard_size=args.shard_size, device=device, adapter=getattr(model, "adapter", None),
     )
     report = {"cache": str(cache.directory), "cached_images": len(cache), **cache.build_stats}
     print("[ross] latent cache: " + json.dumps(report), flush=True)

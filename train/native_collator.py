@@ -7,6 +7,11 @@ processor: an image expands to as many placeholder tokens as the processor makes
 every tensor the processor returns travels into the batch: per image (`pixel_values`, `image_grid_thw`,
 `image_sizes`, LLaVA-OneVision's per-sample `batch_num_images`) concatenated in sample order (any-res views padded to
 the most), per token (`mm_token_type_ids`, which Qwen-VL's M-RoPE needs) padded like `input_ids`.
+
+With a native VLM's latent cache (`train/latent_cache.py`, built with the model's `adapter`), every batch also gets
+`teacher_targets`: one `{"mean", "std"}` per image in placeholder order, looked up by image content and the grid the
+processor gave it (`adapter.image_grids` of the batch); an empty list for a batch without images. A miss raises
+`LatentCacheMiss`. Not covered: LLaVA-OneVision samples with several images (an error naming the sample).
 """
 
 from __future__ import annotations
@@ -27,15 +32,24 @@ PER_IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes", "batch_num_im
 
 
 class NativeVlmDataCollator(RossDataCollator):
-    """`RossDataCollator` for a native VLM's processor (see the module docstring). `padding_free` and the latent cache
-    are not supported here (`train/sft.py` refuses them for native VLMs)."""
+    """`RossDataCollator` for a native VLM's processor (see the module docstring). `adapter`
+    (`RossForPreTraining.adapter`) gives the batch's image grids, which a `latent_cache` needs. `padding_free` is not
+    supported here (`train/sft.py` refuses it for native VLMs)."""
 
-    def __init__(self, processor, max_length: int, **kwargs):
-        if kwargs.get("padding_free") or kwargs.get("latent_cache") is not None:
-            raise ValueError("Native VLM runs support neither padding_free nor the latent cache yet.")
+    def __init__(self, processor, max_length: int, adapter=None, **kwargs):
+        if kwargs.get("padding_free"):
+            raise ValueError("Native VLM runs do not support padding_free yet.")
         if kwargs.get("format", "chat") != "chat":
             raise ValueError("Native VLM runs use the model's own chat template: data_format must be 'chat'.")
+        latent_cache = kwargs.get("latent_cache")
+        if latent_cache is not None and (adapter is None or not latent_cache.per_image_grid):
+            raise ValueError(
+                "A native VLM's latent cache is keyed by image and grid: pass the model's adapter and a cache built "
+                f"with it (build_latent_cache(..., adapter=model.adapter)); got adapter={adapter!r}, cache "
+                f"{latent_cache.directory}."
+            )
         super().__init__(processor, max_length, **kwargs)
+        self.adapter = adapter
 
     def sample_length(self, messages, num_images: int) -> int:
         raise NotImplementedError(
@@ -55,6 +69,13 @@ class NativeVlmDataCollator(RossDataCollator):
             raise BadSampleError(
                 "image_count_mismatch", f"{num_image_tokens} image tokens in the text for {len(images)} images"
             )
+        if self.latent_cache is not None and images and int(out.get("batch_num_images", torch.ones(1)).max()) > 1:
+            # LLaVA-OneVision pads a multi-image sample's images to squares instead of tiling them: its base view is
+            # then not the one the cache holds for that image (keyed by image and grid only).
+            raise ValueError(
+                "the latent cache does not cover LLaVA-OneVision samples with several images (their base views are "
+                "padded to squares, not the cached single-image views); unset latent_cache_dir for this data."
+            )
         labels = input_ids.masked_fill(~mask | is_image, IGNORE_INDEX)
         if not (labels != IGNORE_INDEX).any():
             raise BadSampleError("template", "the rendered conversation supervises no token")
@@ -69,7 +90,7 @@ class NativeVlmDataCollator(RossDataCollator):
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         num_drawn = len(features)
         features = [feature for feature in features if feature is not None]
-        encoded, _ = self._encode_or_skip(features)
+        encoded, kept = self._encode_or_skip(features)
         if not encoded:
             return self._placeholder_batch(num_drawn)
         batch = self._pad(encoded)
@@ -83,6 +104,8 @@ class NativeVlmDataCollator(RossDataCollator):
             values = [e["per_image"][key] for e in encoded if key in e["per_image"]]
             if values:
                 batch[key] = torch.cat(_pad_views(values), dim=0)
+        if self.latent_cache is not None:
+            batch["teacher_targets"] = self.latent_cache.grid_targets_for(kept, self.adapter.image_grids(batch))
         return batch
 
 

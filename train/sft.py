@@ -105,12 +105,12 @@ def make_benchmark_callback(run_config) -> BenchmarkEvalCallback | None:
     )
 
 
-def make_collator(run_config, processor, latent_cache=None, native: bool = False) -> RossDataCollator:
+def make_collator(run_config, processor, latent_cache=None, adapter=None) -> RossDataCollator:
     """The run's collator; with a `LatentCache` (see `prepare_latent_cache`) every batch carries `teacher_targets`.
-    `native`: the collator of a native VLM's own processor (`RossForPreTraining`)."""
-    if native:
+    `adapter` (`RossForPreTraining.adapter`): the collator of a native VLM's own processor."""
+    if adapter is not None:
         return NativeVlmDataCollator(
-            processor, max_length=run_config.model_max_length, format=run_config.data_format,
+            processor, max_length=run_config.model_max_length, adapter=adapter, format=run_config.data_format,
             on_bad_sample=run_config.on_bad_sample, padding_free=run_config.padding_free, latent_cache=latent_cache,
         )  # fmt: skip
     return RossDataCollator(
@@ -125,8 +125,9 @@ def make_collator(run_config, processor, latent_cache=None, native: bool = False
 
 
 # ---- latent cache (train/latent_cache.py) -------------------------------------------------------------------------
-def prepare_latent_cache(run_config, teacher, processor, dataset):
+def prepare_latent_cache(run_config, teacher, processor, dataset, adapter=None):
     """The `LatentCache` of `latent_cache_dir` for this teacher and preprocessing, or None without `latent_cache_dir`.
+    `adapter`: a native VLM's (`RossForPreTraining.adapter`); its cache is keyed by image and grid.
 
     With `build_latent_cache`, the global main process encodes the images missing from the cache (on the training
     device) while the other processes wait, then they open it (the folder must be shared by all processes, like
@@ -142,10 +143,12 @@ def prepare_latent_cache(run_config, teacher, processor, dataset):
     dtype = run_config.latent_cache_dtype
     with run_config.main_process_first(local=False, desc="building the latent cache"):
         if run_config.build_latent_cache and run_config.process_index == 0:
-            cache = build_latent_cache(teacher, processor, dataset, cache_dir, dtype=dtype, device=run_config.device)
+            cache = build_latent_cache(
+                teacher, processor, dataset, cache_dir, dtype=dtype, device=run_config.device, adapter=adapter
+            )
             print(f"[ross] latent cache {cache.directory}: {cache.build_stats}", flush=True)
         else:
-            cache = LatentCache.open(cache_dir, teacher, processor, dtype=dtype)
+            cache = LatentCache.open(cache_dir, teacher, processor, dtype=dtype, adapter=adapter)
     return cache
 
 
@@ -179,7 +182,6 @@ def save_model(trainer, model, processor, run_config, resolved: dict, directory:
 def check_native_run(run_config) -> None:
     """What a native VLM run (`RossForPreTraining`) does not support yet, named before anything trains."""
     unsupported = {
-        "latent_cache_dir": run_config.latent_cache_dir is not None,
         "padding_free": run_config.padding_free,
         "preview_every_n_steps": bool(run_config.preview_every_n_steps),
         "group_by": run_config.group_by is not None,
@@ -241,6 +243,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
         check_native_run(run_config)
 
     teacher = model.teacher  # before any PEFT wrapping; used by the latent cache
+    adapter = model.adapter if native else None  # a native VLM's grids, for its collator and latent cache
     counts = apply_stage(model, run_config.stage, train_position_embedding=run_config.train_position_embedding)
     if run_config.lora:
         model = apply_lora(
@@ -257,8 +260,8 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     # The length pre-pass encodes with a cacheless collator; training's collator gets the latent cache it reads.
     # A native VLM's image token count depends on each image's size: its lengths are checked per batch instead.
     dataset = load_data(run_config, processor, None if native else make_collator(run_config, processor))
-    latent_cache = prepare_latent_cache(run_config, teacher, processor, dataset)
-    collator = make_collator(run_config, processor, latent_cache=latent_cache, native=native)
+    latent_cache = prepare_latent_cache(run_config, teacher, processor, dataset, adapter)
+    collator = make_collator(run_config, processor, latent_cache=latent_cache, adapter=adapter)
     callbacks = [ProgressCallback(label=f"stage {run_config.stage}"), *(callbacks or [])]
     if run_config.preview_every_n_steps:
         images = run_config.preview_images or preview_images_from_dataset(dataset, 4)
