@@ -50,6 +50,11 @@ class NativeVlmAdapter:
         """Each image as the model saw it, `(3, H, W)` fp32 in [0, 1], in placeholder order."""
         raise NotImplementedError
 
+    def image_views(self, inputs: dict) -> list[str]:
+        """Per image, in placeholder order, a name for how the processor made the image seen when that depends on more
+        than the image and its grid (the latent cache keys on it); "" when it does not, as here."""
+        return [""] * self.count_images(inputs)
+
     def span_lengths(self, image_mask: torch.Tensor, grids: list[tuple[int, int]]) -> list[int]:
         """Placeholder tokens of each image, in order (`image_mask` `(batch, seq)`). Its first `rows * cols` tokens
         are the grid the visual loss reconstructs. Default: the span is exactly the grid."""
@@ -120,6 +125,14 @@ class LlavaOnevisionAdapter(LlavaAdapter):
     def images_seen(self, inputs: dict) -> list[torch.Tensor]:
         pixel_values = inputs.get("pixel_values")
         return [] if pixel_values is None else [self.unnormalise(views[0]) for views in pixel_values]
+
+    def image_views(self, inputs: dict) -> list[str]:
+        """"square" for the images of a sample with several (`batch_num_images[s] > 1`): the processor pads each to a
+        square and resizes it, without tiles, instead of resizing the whole image to the base view."""
+        per_sample = inputs.get("batch_num_images")
+        if per_sample is None:
+            return super().image_views(inputs)
+        return [view for n in per_sample.tolist() for view in ["square" if n > 1 else ""] * n]
 
     def span_lengths(self, image_mask, grids):
         runs = []

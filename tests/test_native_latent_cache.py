@@ -32,12 +32,10 @@ def item(index: int, images: list, answer: str = "red") -> dict:
     }
 
 
-def mixed_items(multi_image: bool = True) -> list[dict]:
-    """Three sizes (Qwen2.5-VL grids 2x3, 3x2, 2x2), a two-image sample (or two one-image ones), a text-only one, an
-    image seen twice."""
+def mixed_items() -> list[dict]:
+    """Three sizes (Qwen2.5-VL grids 2x3, 3x2, 2x2), a two-image sample, a text-only one, an image seen twice."""
     a, b, c = random_image(56, 84, 0), random_image(84, 56, 1), random_image(56, 56, 2)
-    middle = [item(1, [b, c], "two")] if multi_image else [item(1, [b], "two"), item(4, [c], "one")]
-    return [item(0, [a]), *middle, item(2, []), item(3, [a], "blue")]
+    return [item(0, [a]), item(1, [b, c], "two"), item(2, []), item(3, [a], "blue")]
 
 
 class CountEncodes:
@@ -70,8 +68,7 @@ def test_cached_loss_equals_the_teacher_loss(build, grids, kl16_vae, tmp_path, m
     never calls the teacher."""
     torch.manual_seed(0)
     ross, processor = ross_for(build, kl16_vae)
-    # LLaVA-OneVision pads a multi-image sample's images to squares: not covered by the cache (a named error).
-    items = mixed_items(multi_image=build is not tiny_llava_onevision)
+    items = mixed_items()
     calls = CountEncodes(monkeypatch)
     cache = build_latent_cache(ross.teacher, processor, items, tmp_path, batch_size=2, adapter=ross.adapter)
     assert cache.per_image_grid and cache.build_stats["images"] == 4 and cache.build_stats["unique"] == 3
@@ -114,9 +111,6 @@ def test_cached_loss_equals_the_teacher_loss(build, grids, kl16_vae, tmp_path, m
     short = {key: value[1:] for key, value in targets[0].items()}
     with pytest.raises(ValueError, match="do not match the images' grids"):
         ross(**{**batch, "teacher_targets": [short, *targets[1:]]})
-    if build is tiny_llava_onevision:
-        with pytest.raises(ValueError, match="id='s1'.*LLaVA-OneVision samples with several images"):
-            collator(mixed_items())
 
 
 def test_the_grid_is_part_of_the_key(kl16_vae, tmp_path):
@@ -191,3 +185,21 @@ def test_sft_builds_then_reuses_the_native_cache(kl16_vae, tmp_path, monkeypatch
     second, second_counter = run("second")
     assert calls.images == 0 and second_counter.during == 0  # the cache is hit: nothing re-encoded
     assert second["first_logged"] == first["first_logged"] and second["last_logged"] == first["last_logged"]
+
+
+def test_llava_onevision_multi_image_view_is_its_own_entry(kl16_vae, tmp_path):
+    """LLaVA-OneVision pads the images of a multi-image sample to squares (no tiles), so the same image on the same
+    8 x 8 grid is seen differently alone and next to another: two entries (`-8x8`, `-8x8-square`), each the teacher's
+    targets of what the VLM saw in that sample."""
+    ross, processor = ross_for(tiny_llava_onevision, kl16_vae)
+    b, c = random_image(84, 56, 1), random_image(56, 56, 2)
+    items = [item(0, [b]), item(1, [b, c], "two")]
+    cache = build_latent_cache(ross.teacher, processor, items, tmp_path, adapter=ross.adapter)
+    expected = [f"{image_key(b)}-8x8", f"{image_key(b)}-8x8-square", f"{image_key(c)}-8x8-square"]
+    assert sorted(cache.keys) == sorted(expected)
+    batch = NativeVlmDataCollator(processor, max_length=512, adapter=ross.adapter, latent_cache=cache)(items)
+    assert ross.adapter.image_views(batch) == ["", "square", "square"]
+    seen = ross.adapter.images_seen(batch)
+    assert (seen[0] - seen[1]).abs().max() > 0.1  # image b, alone and in the pair
+    for entry, image in zip(batch["teacher_targets"], seen):
+        torch.testing.assert_close(entry["mean"], ross.teacher.encode_grid_distribution(image[None], (8, 8))[0][0])

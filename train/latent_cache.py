@@ -28,10 +28,11 @@ Native VLMs (`RossForPreTraining`, `adapter` given): the target of an image is t
 `encode_grid_distribution` of the image the VLM saw (`adapter.images_seen`) on that image's token grid
 (`adapter.image_grids`), exactly what `RossForPreTraining.teacher_targets` computes without a cache. The grid of a
 Qwen-VL image depends on its size and the processor's min / max pixels, so the entry key is `image key` +
-`-{rows}x{cols}` (`grid_image_key`), the token count varies per entry (`Array2D((None, C))`), and the settings add
-the adapter (class, model type, the normalisation it undoes); the processor's settings (min / max pixels, patch and
-merge size, ...) are already in them. The collator attaches one `{"mean", "std"}` per image in placeholder order
-(`LatentCache.grid_targets_for`).
+`-{rows}x{cols}` (+ `-{view}` where the adapter names one, `adapter.image_views`: LLaVA-OneVision pads the images of
+a multi-image sample to squares) (`grid_image_key`); the token count varies per entry (`Array2D((None, C))`), and the
+settings add the adapter (class, model type, the normalisation it undoes); the processor's settings (min / max
+pixels, patch and merge size, ...) are already in them. The collator attaches one `{"mean", "std"}` per image in
+placeholder order (`LatentCache.grid_targets_for`).
 
 Use:
 * training: `latent_cache_dir: PATH` (+ `build_latent_cache: true` to fill it first, on the main process) in the run
@@ -107,10 +108,11 @@ def image_key(image) -> str:
     return digest.hexdigest()
 
 
-def grid_image_key(image, grid: tuple[int, int]) -> str:
-    """Key of a native VLM's entry: the image's content key and its token grid, `"<image_key>-{rows}x{cols}"`."""
+def grid_image_key(image, grid: tuple[int, int], view: str = "") -> str:
+    """Key of a native VLM's entry: the image's content key and its token grid, `"<image_key>-{rows}x{cols}"`, and
+    the adapter's view name when it has one (`-square`: LLaVA-OneVision's view of an image in a multi-image sample)."""
     rows, cols = grid
-    return f"{image_key(image)}-{rows}x{cols}"
+    return f"{image_key(image)}-{rows}x{cols}" + (f"-{view}" if view else "")
 
 
 def teacher_fingerprint(teacher: torch.nn.Module) -> str:
@@ -306,20 +308,23 @@ class LatentCache:
         mean, std = self.lookup(keys)
         return {"mean": mean} if std is None else {"mean": mean, "std": std}
 
-    def grid_targets_for(self, features: Iterable[dict], grids: Sequence[tuple[int, int]]) -> list[dict]:
+    def grid_targets_for(
+        self, features: Iterable[dict], grids: Sequence[tuple[int, int]], views: Sequence[str] | None = None
+    ) -> list[dict]:
         """A native VLM's `teacher_targets` (`RossForPreTraining.forward`): one `{"mean", "std"}` `(rows * cols, C)`
-        per image of `features` (sample 0's images, then sample 1's, ...: placeholder order), looked up by image and
-        `grids[i]`, the grid the VLM's processor gave image i in this batch. An empty list for a batch without
-        images (the model then skips the teacher)."""
+        per image of `features` (sample 0's images, then sample 1's, ...: placeholder order), looked up by image,
+        `grids[i]`, the grid the VLM's processor gave image i in this batch, and `views[i]` (`adapter.image_views`).
+        An empty list for a batch without images (the model then skips the teacher)."""
         images = [(f, index, image) for f in features for index, image in enumerate(f.get("images") or [])]
         if len(images) != len(grids):
             raise ValueError(
                 f"The batch has {len(images)} images but the processor's inputs give {len(grids)} grids: the latent "
                 "cache needs one grid per image (e.g. no pan-and-scan crops)."
             )
+        views = [""] * len(grids) if views is None else views
         keys = [
-            self._key_or_miss(grid_image_key(image, grid), feature, index, image)
-            for (feature, index, image), grid in zip(images, grids)
+            self._key_or_miss(grid_image_key(image, grid, view), feature, index, image)
+            for (feature, index, image), grid, view in zip(images, grids, views)
         ]
         return self.lookup_each(keys)
 
@@ -329,8 +334,10 @@ class _Prepare:
     """Dataloader collate: `(key, what to encode, or None if already cached)` for every image of the items.
 
     What to encode: the collator's `pixel_values` `(1, 3, H, W)`; with a native VLM's `adapter`, the image the VLM
-    sees and its grid, `((3, H, W) in [0, 1], (rows, cols))`, from the VLM's image processor (the grid is part of the
-    key, so it is computed also for a cached image)."""
+    sees and its grid, `((3, H, W) in [0, 1], (rows, cols))`. Those come from the VLM's image processor called on the
+    sample's images as the collator calls it (`images=[sample images]`), since a view can depend on the sample
+    (LLaVA-OneVision's multi-image samples); the grid and view are part of the key, so they are computed also for a
+    cached image."""
 
     def __init__(self, processor, known: frozenset, adapter=None):
         self.processor, self.known, self.adapter = processor, known, adapter
@@ -340,8 +347,11 @@ class _Prepare:
         for item in items:
             if item is None:  # a sample found bad at fetch (skip mode): nothing to encode
                 continue
-            for image in item.get("images") or []:
-                out.append(self._prepare(image) if self.adapter is not None else self._prepare_fixed(image))
+            images = item.get("images") or []
+            if self.adapter is not None:
+                out.extend(self._prepare_sample(images) if images else [])
+            else:
+                out.extend(self._prepare_fixed(image) for image in images)
         return out
 
     def _prepare_fixed(self, image):
@@ -350,17 +360,19 @@ class _Prepare:
             return key, None
         return key, self.processor(images=[image], return_tensors="pt")["pixel_values"]
 
-    def _prepare(self, image):
-        inputs = self.processor.image_processor(images=[image], return_tensors="pt")
-        grids = self.adapter.image_grids(inputs)
-        if len(grids) != 1:
+    def _prepare_sample(self, images):
+        inputs = self.processor.image_processor(images=[images], return_tensors="pt")
+        grids, views = self.adapter.image_grids(inputs), self.adapter.image_views(inputs)
+        if len(grids) != len(images):
             raise ValueError(
-                f"{getattr(image, 'filename', '') or 'an image'}: the VLM's image processor made {len(grids)} "
-                "images of it (e.g. pan-and-scan crops); the latent cache needs one grid per image."
+                f"{getattr(images[0], 'filename', '') or 'a sample'}: the VLM's image processor made {len(grids)} "
+                f"images of {len(images)} (e.g. pan-and-scan crops); the latent cache needs one grid per image."
             )
-        (grid,) = grids
-        key = grid_image_key(image, grid)
-        return key, None if key in self.known else (self.adapter.images_seen(inputs)[0], grid)
+        keys = [grid_image_key(image, grid, view) for image, grid, view in zip(images, grids, views)]
+        if all(key in self.known for key in keys):
+            return [(key, None) for key in keys]
+        seen = self.adapter.images_seen(inputs)
+        return [(key, None if key in self.known else (s, grid)) for key, s, grid in zip(keys, seen, grids)]
 
 
 def _write_shard(directory: Path, keys, means, stds, dtype: str, per_image_grid: bool = False) -> None:

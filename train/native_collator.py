@@ -9,9 +9,9 @@ every tensor the processor returns travels into the batch: per image (`pixel_val
 the most), per token (`mm_token_type_ids`, which Qwen-VL's M-RoPE needs) padded like `input_ids`.
 
 With a native VLM's latent cache (`train/latent_cache.py`, built with the model's `adapter`), every batch also gets
-`teacher_targets`: one `{"mean", "std"}` per image in placeholder order, looked up by image content and the grid the
-processor gave it (`adapter.image_grids` of the batch); an empty list for a batch without images. A miss raises
-`LatentCacheMiss`. Not covered: LLaVA-OneVision samples with several images (an error naming the sample).
+`teacher_targets`: one `{"mean", "std"}` per image in placeholder order, looked up by image content, the grid the
+processor gave it and its view (`adapter.image_grids` / `adapter.image_views` of the batch); an empty list for a
+batch without images. A miss raises `LatentCacheMiss`.
 """
 
 from __future__ import annotations
@@ -69,13 +69,6 @@ class NativeVlmDataCollator(RossDataCollator):
             raise BadSampleError(
                 "image_count_mismatch", f"{num_image_tokens} image tokens in the text for {len(images)} images"
             )
-        if self.latent_cache is not None and images and int(out.get("batch_num_images", torch.ones(1)).max()) > 1:
-            # LLaVA-OneVision pads a multi-image sample's images to squares instead of tiling them: its base view is
-            # then not the one the cache holds for that image (keyed by image and grid only).
-            raise ValueError(
-                "the latent cache does not cover LLaVA-OneVision samples with several images (their base views are "
-                "padded to squares, not the cached single-image views); unset latent_cache_dir for this data."
-            )
         labels = input_ids.masked_fill(~mask | is_image, IGNORE_INDEX)
         if not (labels != IGNORE_INDEX).any():
             raise BadSampleError("template", "the rendered conversation supervises no token")
@@ -105,7 +98,8 @@ class NativeVlmDataCollator(RossDataCollator):
             if values:
                 batch[key] = torch.cat(_pad_views(values), dim=0)
         if self.latent_cache is not None:
-            batch["teacher_targets"] = self.latent_cache.grid_targets_for(kept, self.adapter.image_grids(batch))
+            grids, views = self.adapter.image_grids(batch), self.adapter.image_views(batch)
+            batch["teacher_targets"] = self.latent_cache.grid_targets_for(kept, grids, views)
         return batch
 
 
