@@ -17,6 +17,7 @@ model's config. `../docs/native-vlms.md` lists what each adapter maps and how it
 
 import torch
 from torch import nn
+from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 
 class NativeVlmAdapter:
@@ -151,9 +152,12 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         return runs
 
     def dummy_image_inputs(self, device, dtype) -> dict:
+        """One S x S image with the views the model expects of it (base + the any-res tiles of its best pinpoint):
+        `get_image_features` reads that count from `image_sizes` and splits the tower's output by it."""
         size = self.config.vision_config.image_size
+        views = image_size_to_num_patches((size, size), self.config.image_grid_pinpoints, patch_size=size)
         return {
-            "pixel_values": torch.zeros(1, 1, 3, size, size, device=device, dtype=dtype),
+            "pixel_values": torch.zeros(1, views, 3, size, size, device=device, dtype=dtype),
             "image_sizes": torch.tensor([[size, size]], device=device),
         }
 

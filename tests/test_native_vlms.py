@@ -488,7 +488,9 @@ def test_gemma3_forward_and_grid_mapping(kl16_vae, tmp_path):
     assert torch.equal(restored.denoiser.x_embedder.weight, ross.denoiser.x_embedder.weight)
 
 
-@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_llava], ids=["qwen2_5_vl", "llava"])
+@pytest.mark.parametrize(
+    "build", [tiny_qwen25_vl, tiny_llava, tiny_llava_onevision], ids=["qwen2_5_vl", "llava", "llava_onevision"]
+)
 def test_text_only_batch_runs_the_same_modules_in_the_same_order(build, kl16_vae):
     """ZeRO-3 gathers each module's parameters when it is called: a rank with a text-only batch must call the same
     modules in the same order as a rank with images. Its text loss is unchanged by the idle tower."""
