@@ -68,6 +68,8 @@ def sample_bounds(batch: int, length: int, position_ids=None, cu_seq_lens_q=None
     if cu_seq_lens_q is None:
         if position_ids is None:
             return None
+        if position_ids.ndim != 2:  # e.g. multimodal RoPE's (3, batch, length): no sample boundaries to read
+            raise ValueError(f"sdpa_varlen reads packed samples from 2-D position_ids, got {tuple(position_ids.shape)}")
         (cu_seq_lens_q, _), _ = prepare_fa_kwargs_from_position_ids(position_ids.expand(batch, length))
     bounds = cu_seq_lens_q.tolist()
     if bounds[0] != 0 or bounds[-1] != batch * length:
