@@ -128,9 +128,10 @@ def test_trainer_turns_the_cache_off_for_packed_batches(features, tiny_processor
 def test_sdpa_varlen_builds_no_mask_and_attends_per_sample(tiny_model):
     """`sdpa_varlen` on packed rows: `create_causal_mask` returns None (no L x L mask), and the attention (grouped
     query heads, two rows, a one-token sample) equals SDPA under transformers' block-causal mask, values and
-    gradients; with a padding mask it builds SDPA's mask as "sdpa" does."""
+    gradients; with a padding mask, a sliding window or a bidirectional overlay it builds SDPA's mask as "sdpa"
+    does."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import create_causal_mask
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
     language_model = tiny_model.model.language_model
     layer = language_model.layers[0].self_attn
@@ -149,6 +150,18 @@ def test_sdpa_varlen_builds_no_mask_and_attends_per_sample(tiny_model):
     padding = torch.ones(2, 13, dtype=torch.long)
     padding[1, -2:] = 0
     torch.testing.assert_close(mask(SDPA_VARLEN, padding), mask("sdpa", padding), rtol=0, atol=0)
+    # What the attention could not keep by itself gets SDPA's own mask: a sliding window, a bidirectional overlay.
+    config = copy.deepcopy(language_model.config)
+    config.sliding_window = 3
+    blocks = torch.full((2, 13), -1)
+    blocks[:, 8:11] = 0
+    for make, kwargs in ((create_sliding_window_causal_mask, {}), (create_causal_mask, {"block_sequence_ids": blocks})):
+        masks = []
+        for attn in ("sdpa", SDPA_VARLEN):
+            config._attn_implementation = attn
+            masks.append(make(config, embeds, None, None, position_ids=position_ids, **kwargs))
+        assert masks[0] is not None
+        torch.testing.assert_close(masks[1], masks[0], rtol=0, atol=0)
 
     torch.manual_seed(0)
     heads, kv_heads, dim = layer.config.num_attention_heads, layer.config.num_key_value_heads, layer.head_dim

@@ -12,8 +12,9 @@ but flash-attention needs a GPU. This module registers one more implementation t
   unchanged. The boundaries come from `cu_seq_lens_q` when the batch carries them (as
   `DataCollatorWithFlattening(return_flash_attn_kwargs=True)` makes) or else from `position_ids`, through
   `prepare_fa_kwargs_from_position_ids`, flash-attention's own reader. Only the per-sample loop is written here.
-- `AttentionMaskInterface` "sdpa_varlen" -> `sdpa_varlen_mask`: no mask at all when there is no padding mask and no
-  mask overlay (the attention function keeps each sample to itself), else transformers' `sdpa_mask`.
+- `AttentionMaskInterface` "sdpa_varlen" -> `sdpa_varlen_mask`: no mask at all for a causal decoder's batch without
+  padding, packed or not (the attention function keeps each sample to itself), else transformers' `sdpa_mask`
+  (padding, sliding windows, mask overlays: then the attention is `sdpa_attention_forward` with that mask).
 
 Importing the module registers both (`train/build.py` does); then `model.set_attn_implementation("sdpa_varlen")`,
 or the run key `attn_implementation: sdpa_varlen`. Loss and gradients equal the padded batch's (tests/test_packing.py).
@@ -26,7 +27,7 @@ import sys
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
 
@@ -52,13 +53,24 @@ def pack_capacity(attn_implementation: str | None, pack_max_tokens: int | None =
     return sys.maxsize if attn_implementation in VARLEN_ATTENTION else None
 
 
-def sdpa_varlen_mask(attention_mask: torch.Tensor | None = None, use_vmap: bool = False, **kwargs):
-    """`AttentionMaskInterface` entry: None (no L x L mask is built) when there is no padding mask and no overlay
-    (`use_vmap` is set by transformers exactly when an `or_/and_mask_function` is combined with the causal one), so
-    that `sdpa_varlen_attention_forward` confines attention to each sample; else `sdpa_mask`, as for "sdpa"."""
-    if attention_mask is None and not use_vmap:
+def sdpa_varlen_mask(
+    mask_function=causal_mask_function,
+    attention_mask: torch.Tensor | None = None,
+    local_size: int | None = None,
+    use_vmap: bool = False,
+    **kwargs,
+):
+    """`AttentionMaskInterface` entry: None (no L x L mask is built) for the two masks of a causal decoder without
+    padding, which `sdpa_varlen_attention_forward` keeps itself: plain causal (`causal_mask_function`) and causal per
+    packed sample (`packed_sequence_compatibility_function`, an `and_masks`; other `and_masks` come with `use_vmap`,
+    a user's mask function, or `local_size`, sliding and chunked windows). Anything else (padding, windows, overlays
+    such as Gemma 3's bidirectional image blocks) gets `sdpa_mask`, as for "sdpa"."""
+    causal = mask_function is causal_mask_function or getattr(mask_function, "__name__", "") == "and_mask"
+    if attention_mask is None and local_size is None and not use_vmap and causal:
         return None
-    return sdpa_mask(attention_mask=attention_mask, use_vmap=use_vmap, **kwargs)
+    return sdpa_mask(
+        mask_function=mask_function, attention_mask=attention_mask, local_size=local_size, use_vmap=use_vmap, **kwargs
+    )
 
 
 def sample_bounds(batch: int, length: int, position_ids=None, cu_seq_lens_q=None) -> list[int] | None:
