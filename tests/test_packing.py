@@ -155,7 +155,8 @@ def test_sdpa_varlen_builds_no_mask_and_attends_per_sample(tiny_model):
     config.sliding_window = 3
     blocks = torch.full((2, 13), -1)
     blocks[:, 8:11] = 0
-    for make, kwargs in ((create_sliding_window_causal_mask, {}), (create_causal_mask, {"block_sequence_ids": blocks})):
+    overlays = ((create_sliding_window_causal_mask, {}), (create_causal_mask, {"block_sequence_ids": blocks}))
+    for make, kwargs in overlays:
         masks = []
         for attn in ("sdpa", SDPA_VARLEN):
             config._attn_implementation = attn
