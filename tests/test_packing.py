@@ -192,5 +192,5 @@ def test_pack_capacity_is_one_row_for_per_sample_attention():
     assert pack_capacity(SDPA_VARLEN) >= 10**12 and pack_capacity("flash_attention_2") >= 10**12
     assert pack_capacity("sdpa") is None and pack_capacity(None) is None
     assert pack_capacity(SDPA_VARLEN, 512) == 512
-    with pytest.raises(ValueError, match="flash_attention_2: flash-attention keeps packed samples apart only in one row"):
+    with pytest.raises(ValueError, match="flash_attention_2: flash-attention keeps packed samples apart only"):
         pack_capacity("flash_attention_2", 512)  # several rows: transformers would attend across samples
