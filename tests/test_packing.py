@@ -127,9 +127,9 @@ def test_trainer_turns_the_cache_off_for_packed_batches(features, tiny_processor
 
 def test_sdpa_varlen_builds_no_mask_and_attends_per_sample(tiny_model):
     """`sdpa_varlen` on packed rows: `create_causal_mask` returns None (no L x L mask), and the attention (grouped
-    query heads, two rows, a one-token sample) equals SDPA under transformers' block-causal mask, values and
-    gradients; with a padding mask, a sliding window or a bidirectional overlay it builds SDPA's mask as "sdpa"
-    does."""
+    query heads, two rows, a one-token sample), its boundaries read from `position_ids` or `cu_seq_lens_q`, equals
+    SDPA under transformers' block-causal mask, values and gradients; with a padding mask, a sliding window or a
+    bidirectional overlay it builds SDPA's mask as "sdpa" does."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
@@ -184,6 +184,11 @@ def test_sdpa_varlen_builds_no_mask_and_attends_per_sample(tiny_model):
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6, rtol=1e-5)
     for varlen, dense in zip(grads[1], grads[0]):
         torch.testing.assert_close(varlen, dense, atol=1e-6, rtol=1e-5)
+    # The boundaries as `DataCollatorWithFlattening(return_flash_attn_kwargs=True)` passes them: the same output.
+    cu_seq_lens = torch.tensor([0, 5, 6, 13, 17, 26], dtype=torch.int32)
+    with torch.no_grad():
+        out, _ = sdpa_varlen_attention_forward(layer, q, k, v, None, scaling=layer.scaling, cu_seq_lens_q=cu_seq_lens)
+    torch.testing.assert_close(out, outputs[0], atol=1e-6, rtol=1e-5)
 
 
 def test_pack_capacity_is_one_row_for_per_sample_attention():
