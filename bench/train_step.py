@@ -62,8 +62,10 @@ Packing (`--packing`, or `--packing-only`). On the `tiny` configuration (CPU, SD
 samples drawn from a LLaVA-665K-like length mix (90% one-image samples: the image tokens plus a log-normal number of
 text tokens, median 180 and the tail of multi-round records, scaled by image tokens / 729 as the tiny tower has
 fewer image tokens than SigLIP at 384 px; 10% text-only) are collated by `RossDataCollator` padded (right padding) and
-packed (`padding_free=True`: rows no longer than the longest sample, position ids restarting per sample; the
-padding left at row ends is reported), and each batch's forward + backward of
+packed (`padding_free=True`, position ids restarting per sample). With `--packed-attention sdpa_varlen` (default;
+`train/packed_attention.py`: SDPA causal per packed sample, no dense mask) the whole batch is one row; with `sdpa`
+(transformers' dense block-causal mask over each row) rows are no longer than the longest sample, and the padding
+left at row ends is reported. Each batch's forward + backward of
 ROSS^D (the optimizer step, equal for both, left out) is timed interleaved, padded then packed, with the same seed,
 so their losses must agree. Batches come in random order and length-grouped (`ross.train.samplers`). Reported: real
 (non-padding) tokens per second each way, the share of padding tokens of the padded batches, the speed-up next to
@@ -99,6 +101,7 @@ from modeling_ross import RossProcessor, from_components
 from modeling_ross.denoiser import RossDenoiser
 from modeling_ross.processing_ross import depth_to_rgb
 from modeling_ross.testing import write_tiny_components, write_tiny_dinov2
+from ross.train.packed_attention import SDPA_VARLEN, pack_capacity
 
 
 CONFIGS = {
@@ -342,10 +345,13 @@ def packing_samples(processor, mix: list[int]) -> list[dict]:
 
 
 def measure_packing(
-    root: Path, repeats: int, num_batches: int, batch_size: int, device, dtype, arm="ross", pack_max_tokens=None
+    root: Path, repeats: int, num_batches: int, batch_size: int, device, dtype, arm="ross", pack_max_tokens=None,
+    attention=SDPA_VARLEN,
 ) -> dict:
     """Real tokens per second, padded vs packed, random and length-grouped batches (see the docstring); `arm`:
-    `ross` (ROSS^D) or `none` (the LLaVA baseline: no per-image denoiser cost, which packing cannot reduce)."""
+    `ross` (ROSS^D) or `none` (the LLaVA baseline: no per-image denoiser cost, which packing cannot reduce);
+    `attention`: the model's attention implementation, `sdpa` or `sdpa_varlen` (on padded batches both are
+    transformers' SDPA path, unchanged)."""
     import copy
 
     from ross.train.collator import RossDataCollator
@@ -353,7 +359,8 @@ def measure_packing(
 
     models, processors = build_arms("tiny", root, device, dtype)
     model, processor = models[arm], processors["ross"]
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation(attention)
+    pack_max_tokens = pack_capacity(attention, pack_max_tokens)
     model.train()
     model.model.vision_tower.requires_grad_(False)
     mix = length_mix(num_batches * batch_size * 4, processor.image_seq_length)
@@ -446,8 +453,10 @@ def run_stamp() -> dict:
 
 def packing_markdown(packing: dict, args) -> str:
     stamp = run_stamp()
-    lines = [f"Packing ({stamp['machine']}, commit {stamp['commit']}): tiny config, {args.device}, SDPA, "
-             "forward + backward, "
+    capacity = args.pack_max_tokens or ("one row per batch" if args.packed_attention == SDPA_VARLEN
+                                        else "rows of at most the longest sample")  # fmt: skip
+    lines = [f"Packing ({stamp['machine']}, commit {stamp['commit']}): tiny config, {args.device}, "
+             f"attention {args.packed_attention}, packed {capacity}, forward + backward, "
              f"{args.packing_batches} batches of {args.packing_batch} x {args.repeats} (interleaved)", "",
              "| arm | batches | mean sample (tokens) | padding share, padded | padding share, packed | "
              "real tokens/s padded | real tokens/s packed | "
@@ -738,7 +747,11 @@ def main(argv=None) -> int:
     parser.add_argument("--packing-batches", type=int, default=12)
     parser.add_argument("--packing-batch", type=int, default=8)
     parser.add_argument("--pack-max-tokens", type=int, default=None,
-                        help="the packed rows' capacity (default: each batch's longest sample)")
+                        help="the packed rows' capacity (default: the whole batch in one row with sdpa_varlen, each "
+                        "batch's longest sample with sdpa)")
+    parser.add_argument("--packed-attention", default=SDPA_VARLEN, choices=["sdpa", SDPA_VARLEN],
+                        help="attention of the packing comparison: sdpa_varlen (SDPA per packed sample, "
+                        "train/packed_attention.py) or sdpa (transformers' dense block-causal mask over each row)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train_step"))
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -756,7 +769,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             packing = {key: value for arm in ("ross", "none") for key, value in measure_packing(
                 Path(tmp) / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype, arm,
-                args.pack_max_tokens).items()}
+                args.pack_max_tokens, args.packed_attention).items()}
         write_outputs(args.out, "train_step_packing",
                       {**run_stamp(), "device": args.device, "dtype": args.dtype, "packing": packing},
                       packing_markdown(packing, args))  # fmt: skip
@@ -767,7 +780,7 @@ def main(argv=None) -> int:
         results = [measure_config(name, Path(tmp), args.device, dtype, args.repeats, arms) for name in args.configs]
         packing = {key: value for arm in ("ross", "none") for key, value in measure_packing(
             Path(tmp) / "packing" / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype,
-            arm, args.pack_max_tokens).items()} if args.packing else None
+            arm, args.pack_max_tokens, args.packed_attention).items()} if args.packing else None
     account = flop_account_7b(args.sft_length)
     report = markdown(results, account, args) + "\n" + qwen25vl_markdown(qwen_account)
     report += "\n" + packing_markdown(packing, args) if packing else ""

@@ -252,3 +252,29 @@ def test_padding_free_run_key_builds_a_packing_collator(tmp_path, tiny_processor
     assert collator.padding_free and collator.pack_max_tokens == 512
     run_config, _ = load_config(str(_write(tmp_path, BASE, "plain.yaml")), {})
     assert not make_collator(run_config, tiny_processor).padding_free
+
+
+def test_sdpa_varlen_run_key_sets_the_attention_and_packs_one_row(tmp_path, tiny_components, tiny_processor):
+    """`attn_implementation: sdpa_varlen` reaches every attention layer of the built model, and with `padding_free`
+    the collator's default capacity becomes the whole micro-batch (one row, no padding)."""
+    from conftest import TINY_OBJECTIVE
+
+    from ross.train.build import build_model_and_processor
+    from ross.train.sft import make_collator
+
+    values = {"output_dir": str(tmp_path / "o"), "data_path": "d", "stage": 1, "use_cpu": True,
+              "vision_model": tiny_components["vision_model"], "language_model": tiny_components["language_model"],
+              "teacher": tiny_components["teacher"], "teacher_subfolder": tiny_components["teacher_subfolder"],
+              "model_overrides": TINY_OBJECTIVE,
+              "attn_implementation": "sdpa_varlen", "padding_free": True}  # fmt: skip
+    run_config, _ = load_config(None, values)
+    model, _ = build_model_and_processor(run_config)
+    assert model.model.language_model.config._attn_implementation == "sdpa_varlen"
+    assert model.model.vision_tower.config._attn_implementation == "sdpa_varlen"
+    collator = make_collator(run_config, tiny_processor)
+    assert collator.padding_free and collator.pack_max_tokens >= 10**12
+    batch = collator([{"id": str(i), "source": "t", "images": [], "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "word " * (3 + 5 * i)}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}]} for i in range(3)])  # fmt: skip
+    assert batch["input_ids"].shape[0] == 1 and (batch["position_ids"][0] == 0).sum() == 3
+    assert make_collator(load_config(None, {**values, "pack_max_tokens": 64})[0], tiny_processor).pack_max_tokens == 64

@@ -25,6 +25,7 @@ from modeling_ross.native_adapters import ADAPTERS
 from modeling_ross.testing import write_tiny_components
 from ross.eval.generation import ModelPathError, model_path_problem
 from ross.train.config import RossRunConfig, looks_like_hub_id
+import ross.train.packed_attention  # noqa: F401  (registers the "sdpa_varlen" attention)
 from ross.train.synthetic import write_llava_dataset
 
 
@@ -44,16 +45,20 @@ def build_model_and_processor(run_config: RossRunConfig):
     """
     The model is built in full on every rank, also under ZeRO-3 (the engine partitions it in `deepspeed.initialize`):
     `from_components` assembles modules on the meta device and `load_teacher` copies into the teacher, neither of
-    which works inside `zero.Init`. Memory per rank is then the whole model until the engine starts.
+    which works inside `zero.Init`. Memory per rank is then the whole model until the engine starts. The run key
+    `attn_implementation` is then set on the whole model (`set_attn_implementation`).
     """
     zero3 = is_deepspeed_zero3_enabled()
     if zero3:
         unset_hf_deepspeed_config()
     try:
-        return _build_model_and_processor(run_config)
+        model, processor = _build_model_and_processor(run_config)
     finally:
         if zero3:
             set_hf_deepspeed_config(run_config.hf_deepspeed_config)
+    if run_config.attn_implementation:  # "sdpa_varlen" is registered by ross.train.packed_attention (imported here)
+        model.set_attn_implementation(run_config.attn_implementation)
+    return model, processor
 
 
 def quiet_deepspeed_on_cpu(uses_deepspeed: bool = False) -> None:

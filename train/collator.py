@@ -100,9 +100,10 @@ class RossDataCollator:
     marked `ross_empty_batch`, which `RossTrainer` trains at zero weight (`_placeholder_batch`).
 
     `padding_free=True`: instead of padding, the samples are packed into rows of at most `pack_max_tokens` tokens
-    (default: the batch's longest sample) with `position_ids` restarting per sample and no `attention_mask` (see
-    `_pack`); loss and gradients equal the padded batch's (tests/test_packing.py). `RossTrainer` runs such batches
-    without a KV cache, which transformers needs to see the packing.
+    (default: the batch's longest sample; a run picks it per attention with `packed_attention.pack_capacity`) with
+    `position_ids` restarting per sample and no `attention_mask` (see `_pack`); loss and gradients equal the padded
+    batch's (tests/test_packing.py). `RossTrainer` runs such batches without a KV cache, which transformers needs to
+    see the packing.
 
     Creation samples (caption -> image, `ross.train.sources.is_creation`; for `condition="queries"`): the processor
     (built with `query_token`) expands the query item to `image_seq_length` query tokens, labelled -100 like image
@@ -348,14 +349,16 @@ class RossDataCollator:
     def _pack(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
         """Padding-free: the batch's samples, in their order, packed into rows of at most `capacity` tokens (next
         fit), `position_ids` restarting at 0 for each sample and no `attention_mask`, from which transformers builds
-        attention kept inside each sample (SDPA, eager, flex; flash-attention reads the same `position_ids`).
+        attention kept inside each sample (SDPA, eager, flex; flash-attention and `sdpa_varlen` read the same
+        `position_ids` as sample boundaries).
 
         `capacity` is `pack_max_tokens`, or by default the batch's longest sample: no row is longer than the padded
         batch's, so attention (quadratic in the row on SDPA / eager) never costs more than padded, while the rows are
-        fewer. A huge `pack_max_tokens` gives one row (no padding at all; best with flash-attention's varlen
-        kernels). The end of a shorter row is padded as a sequence of its own (positions from 0, labels -100), which
-        no real token attends to. Each sample's first label is -100, so no token learns to predict the next sample.
-        The order of samples, hence of images, is kept: the visual outputs are gathered per image as when padded."""
+        fewer. A huge `pack_max_tokens` gives one row: no padding at all, for attention that costs per sample
+        (`sdpa_varlen` of `ross.train.packed_attention`, flash-attention). The end of a shorter row is padded as a
+        sequence of its own (positions from 0, labels -100), which no real token attends to. Each sample's first
+        label is -100, so no token learns to predict the next sample. The order of samples, hence of images, is
+        kept: the visual outputs are gathered per image as when padded."""
         longest = max(len(e["input_ids"]) for e in encoded)
         capacity = max(longest, self.pack_max_tokens or longest)
         rows, used = [[]], 0

@@ -91,6 +91,11 @@ class RossRunConfig(RossTrainingArguments):
         "Dtype of the weights the optimizer updates (bf16 runs under autocast); auto: the checkpoint's own.",
         default="float32",
     )
+    attn_implementation: str | None = _help(
+        "Attention of the model: sdpa, eager, flash_attention_2, ..., or sdpa_varlen (SDPA per packed sample, for "
+        "padding_free on machines without flash-attention; train/packed_attention.py); default: the model's (sdpa).",
+        default=None,
+    )
     chat_template: str = _help(
         "auto (v1 for Vicuna/llama, qwen_2 otherwise), qwen_2, v1, llm, or a Jinja string.", default="auto"
     )
@@ -137,7 +142,9 @@ class RossRunConfig(RossTrainingArguments):
         default=False,
     )
     pack_max_tokens: int | None = _help(
-        "With padding_free: tokens per packed row (default: the batch's longest sample).", default=None
+        "With padding_free: tokens per packed row (default: the whole batch in one row with sdpa_varlen or "
+        "flash-attention, else the batch's longest sample).",
+        default=None,
     )
     # ---- latent cache of the teacher's outputs (train/latent_cache.py) ----
     latent_cache_dir: str | None = _help(

@@ -45,6 +45,7 @@ from ross.train.callbacks import (
 from ross.train.config import ConfigError, build_parser, make_run_config, parse_overrides, read_config
 from ross.train.collator import RossDataCollator
 from ross.train.native_collator import NativeVlmDataCollator
+from ross.train.packed_attention import pack_capacity
 from ross.train.dataset import load_training_dataset, skipped_summary
 from ross.train.latent_cache import LatentCache, build_latent_cache
 from ross.train.lengths import check_lengths
@@ -120,7 +121,7 @@ def make_collator(run_config, processor, latent_cache=None, adapter=None) -> Ros
         on_bad_sample=run_config.on_bad_sample,
         latent_cache=latent_cache,
         padding_free=run_config.padding_free,
-        pack_max_tokens=run_config.pack_max_tokens,
+        pack_max_tokens=pack_capacity(run_config.attn_implementation, run_config.pack_max_tokens),
     )
 
 
