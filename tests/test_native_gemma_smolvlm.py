@@ -119,6 +119,28 @@ def test_forward_loss_is_text_plus_visual(build, kl16_vae):
     assert all(p.grad is not None for p in projector.parameters())  # the idle tower ran, at zero weight
 
 
+def test_gemma3_pan_and_scan_crops_are_images_of_their_own(kl16_vae):
+    """Gemma 3 with pan-and-scan: a 40 x 120 px image becomes the original + 3 crops, each a 4 x 4 grid with its own
+    image seen (its `pixel_values`), through the collator and the training forward. (`Gemma3Processor.images_kwargs`
+    sets `do_pan_and_scan=False` over the image processor's own setting; this processor's defaults are changed.)"""
+    from ross.train.native_collator import NativeVlmDataCollator
+
+    torch.manual_seed(0)
+    ross, processor = ross_for(tiny_gemma3, kl16_vae)
+    processor.images_kwargs = {**processor.images_kwargs, "do_pan_and_scan": True, "pan_and_scan_min_crop_size": 8}
+    feature = {"id": "wide", "images": [random_image(40, 120, 0)], "messages": [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]}  # fmt: skip
+    batch = NativeVlmDataCollator(processor, max_length=1024)([feature])
+    assert batch["pixel_values"].shape == (4, 3, 32, 32)
+    assert int((batch["input_ids"] == ross.config.image_token_id).sum()) == 4 * 16
+    ross.train()
+    outputs = ross(**batch)
+    assert outputs.image_grids == [(4, 4)] * 4 and outputs.visual_loss > 0
+    seen = ross.adapter.images_seen(batch)
+    assert all(torch.allclose(s, (p * 0.5 + 0.5).clamp(0, 1)) for s, p in zip(seen, batch["pixel_values"]))
+
+
 # ---- the collator: the model's image tokens, per-token and per-frame tensors ----
 
 
