@@ -12,6 +12,7 @@ model's config. `../docs/native-vlms.md` lists what each adapter maps and how it
 | `LlavaAdapter` | `llava` | fixed `image_size / patch_size` square (CLS dropped by `"default"`) | `pixel_values[i]` |
 | `LlavaOnevisionAdapter` | `llava_onevision` | the base view's fixed square (tiles and newline tokens get no visual loss) | `pixel_values[i, 0]` |
 | `Gemma3Adapter` | `gemma3` | fixed `sqrt(mm_tokens_per_image)` square (16 x 16: the tower's patches average-pooled) | `pixel_values[i]` (each pan-and-scan crop is an image of its own) |
+| `Idefics3Adapter` | `idefics3`, `smolvlm` | fixed `(image_size / patch) / scale_factor` square per frame (each split tile and the global view is an image of its own) | each frame's `pixel_values` |
 | `QwenVLAdapter` | `qwen2_vl`, `qwen2_5_vl`, `qwen3_vl` | `image_grid_thw[i] = (1, h, w)` -> `(h / merge, w / merge)`; one token = `merge * patch` px (28 for Qwen2/2.5-VL, 32 for Qwen3-VL) | `pixel_values` rows of image i, un-patchified |
 """
 
@@ -175,6 +176,58 @@ class Gemma3Adapter(LlavaAdapter):
         return int(round(self.config.mm_tokens_per_image**0.5))
 
 
+class Idefics3Adapter(NativeVlmAdapter):
+    """Idefics3 (the SmolVLM v1 checkpoints) and SmolVLM2: `pixel_values` `(batch, max_frames, 3, S, S)`.
+
+    With image splitting (the processors' default) an image becomes `rows x cols` tiles of S x S px, row-major, then
+    the whole image resized to S x S (the global view); without it, the global view alone. Each frame is one tower
+    call (no attention across frames) and `pixel_shuffle` folds each `scale_factor x scale_factor` block of its patch
+    grid into one token, row-major over `(S / patch / scale_factor)` squared (`SmolVLMConnector.pixel_shuffle`). The
+    text holds one contiguous run of `<image>` tokens per frame, in the same order (tiles, then the global view).
+
+    Every frame gets the visual loss, as an image of its own on that fixed square grid, the teacher seeing the frame's
+    pixels: the tiles hold most of the image tokens and show the image at full resolution, the global view shows it
+    whole (as Gemma 3's pan-and-scan crops). Frames that are all zeros are batch padding, which the model drops
+    (`get_image_features`); so are they here."""
+
+    model_types = ("idefics3", "smolvlm")
+
+    @staticmethod
+    def language_model(vlm) -> nn.Module:
+        return vlm.model.text_model
+
+    @property
+    def grid_side(self) -> int:
+        vision = self.config.vision_config
+        return vision.image_size // vision.patch_size // self.config.scale_factor
+
+    @property
+    def nominal_grid(self) -> int:
+        return self.grid_side
+
+    def frames(self, inputs: dict) -> torch.Tensor:
+        """The batch's real frames `(n, 3, S, S)`, in placeholder order (the model's rule: padding frames are all 0)."""
+        pixel_values = inputs.get("pixel_values")
+        if pixel_values is None:
+            return torch.empty(0, 3, 0, 0)
+        frames = pixel_values.flatten(0, 1)
+        return frames[(frames != 0).flatten(1).any(1)]
+
+    def count_images(self, inputs: dict) -> int:
+        return int(self.frames(inputs).shape[0])
+
+    def image_grids(self, inputs: dict) -> list[tuple[int, int]]:
+        return [(self.grid_side, self.grid_side)] * self.count_images(inputs)
+
+    def images_seen(self, inputs: dict) -> list[torch.Tensor]:
+        return [self.unnormalise(frame) for frame in self.frames(inputs)]
+
+    def dummy_image_inputs(self, device, dtype) -> dict:
+        size = self.config.vision_config.image_size
+        # Not zeros: an all-zero frame is padding, which Idefics3 drops (leaving the tower nothing to run on).
+        return {"pixel_values": torch.ones(1, 1, 3, size, size, device=device, dtype=dtype)}
+
+
 class QwenVLAdapter(NativeVlmAdapter):
     """Qwen2-VL, Qwen2.5-VL, Qwen3-VL: a variable grid per image.
 
@@ -259,7 +312,7 @@ def _as_int(value) -> int:
 
 ADAPTERS = {
     model_type: adapter
-    for adapter in (LlavaAdapter, LlavaOnevisionAdapter, Gemma3Adapter, QwenVLAdapter)
+    for adapter in (LlavaAdapter, LlavaOnevisionAdapter, Gemma3Adapter, Idefics3Adapter, QwenVLAdapter)
     for model_type in adapter.model_types
 }
 
@@ -274,4 +327,4 @@ def adapter_for(config, image_mean: list[float], image_std: list[float]) -> Nati
     return ADAPTERS[model_type](config, image_mean, image_std)
 
 
-__all__ = ["ADAPTERS", "Gemma3Adapter", "LlavaAdapter", "LlavaOnevisionAdapter", "NativeVlmAdapter", "QwenVLAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "Gemma3Adapter", "Idefics3Adapter", "LlavaAdapter", "LlavaOnevisionAdapter", "NativeVlmAdapter", "QwenVLAdapter", "adapter_for"]

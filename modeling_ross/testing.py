@@ -70,10 +70,13 @@ _CORPUS_WORDS = (
 )
 
 
-def build_tiny_tokenizer(vocab_size: int = 1024, extra_special_tokens=(), added_tokens=()):
+def build_tiny_tokenizer(vocab_size: int = 1024, extra_special_tokens=(), added_tokens=(), named_special_tokens=None,
+                         eos_token: str = "<|im_end|>"):
     """A real `PreTrainedTokenizerFast` (byte-level BPE trained with `tokenizers`) with Qwen2's chat special tokens;
     `extra_special_tokens` / `added_tokens` are appended after the learned vocabulary, as the Qwen2.5 / Qwen3
-    tokenizers list them (special / not special)."""
+    tokenizers list them (special / not special). `named_special_tokens` (`{"image_token": "<image_soft_token>"}`)
+    become attributes (`tokenizer.image_token`, `tokenizer.image_token_id`) saved in `tokenizer_config.json`, as the
+    Gemma 3 tokenizer's; `eos_token` is added when it is not one of Qwen2's three."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -84,14 +87,16 @@ def build_tiny_tokenizer(vocab_size: int = 1024, extra_special_tokens=(), added_
         show_progress=False,
     )
     tokenizer.train_from_iterator([_CORPUS_WORDS] * 4, trainer=trainer)
+    named = {"extra_special_tokens": dict(named_special_tokens)} if named_special_tokens else {}
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
+        eos_token=eos_token,
         pad_token="<|endoftext|>",
         bos_token=None,
         unk_token=None,
         model_max_length=2048,
         padding_side="right",
+        **named,  # a dict: named tokens, each added to the vocabulary
     )
     if extra_special_tokens:
         fast.add_tokens(list(extra_special_tokens), special_tokens=True)
@@ -300,6 +305,26 @@ QWEN_VL_CHAT_TEMPLATE = (
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Gemma 3's chat template, reduced like the others: turns as <start_of_turn>user / model, an image as <start_of_image>
+# (which Gemma3Processor expands to "\n\n<start_of_image>" + the soft image tokens + "<end_of_image>\n\n").
+GEMMA3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<start_of_image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+GEMMA3_IMAGE_TOKENS = {
+    "boi_token": "<start_of_image>", "image_token": "<image_soft_token>", "eoi_token": "<end_of_image>"
+}
+# SmolVLM's chat template ("User:<image>...<end_of_utterance>\nAssistant: ..."), reduced like the others; Idefics3 /
+# SmolVLM processors expand each <image> into its frames.
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}: {{ message['content'] }}{% else %}"
+    "{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 # llava-hf's template shape: "USER: <image>\n... ASSISTANT: ..."
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
@@ -482,28 +507,157 @@ def tiny_qwen3_vl(seed: int = 0, vision_depth: int = 1, min_pixels: int = 32 * 3
 
 def tiny_gemma3(seed: int = 0, vision_layers: int = 1, image_size: int = 32, patch_size: int = 4, tokens_per_side: int = 4):
     """A random-weight `Gemma3ForConditionalGeneration` (SigLIP tower 32 px / patch 4 = 8 x 8 patches, average-pooled
-    to `tokens_per_side` ** 2 = 16 image tokens; Gemma 3 text model 64 wide, 2 layers). No processor: the tests build
-    `input_ids` (`<start_of_image>`, the soft image tokens, `<end_of_image>`) and `token_type_ids` themselves.
-    Returns `(model, ids)` with `ids` = {"image", "boi", "eoi", "pad"}."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+    to `tokens_per_side` ** 2 = 16 image tokens; Gemma 3 text model 64 wide, 2 layers) and its `Gemma3Processor`
+    (`Gemma3ImageProcessorPil`; a tokenizer with Gemma 3's turn markers and its three named image tokens, which the
+    processor reads as attributes: `boi_token` `<start_of_image>`, the chat template's image placeholder;
+    `image_token` `<image_soft_token>`, the soft token the model scatters features into; `eoi_token`
+    `<end_of_image>`). `vision_layers=0` gives a tower without attention (the grid-mapping tests)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
 
+    tokenizer = build_tiny_tokenizer(
+        extra_special_tokens=["<start_of_turn>"], named_special_tokens=GEMMA3_IMAGE_TOKENS, eos_token="<end_of_turn>"
+    )
     torch.manual_seed(seed)
-    ids = {"pad": 0, "boi": 5, "eoi": 6, "image": 7}
     config = Gemma3Config(
         text_config={
-            "vocab_size": 128, "hidden_size": 64, "intermediate_size": 133, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16,
-            "pad_token_id": ids["pad"], "eos_token_id": 1, "bos_token_id": 2,
+            "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64, "intermediate_size": 133,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "sliding_window": 16, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": None,
         },
         vision_config={
             "model_type": "siglip_vision_model", "image_size": image_size, "patch_size": patch_size,
             "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
             "vision_use_head": False,
         },
-        mm_tokens_per_image=tokens_per_side**2, boi_token_index=ids["boi"], eoi_token_index=ids["eoi"],
-        image_token_index=ids["image"],
+        mm_tokens_per_image=tokens_per_side**2, boi_token_index=tokenizer.boi_token_id,
+        eoi_token_index=tokenizer.eoi_token_id, image_token_index=tokenizer.image_token_id,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
     )  # fmt: skip
-    return Gemma3ForConditionalGeneration(config), ids
+    model = Gemma3ForConditionalGeneration(config)
+    # Real checkpoints start the projector from trained weights; its zero init would make every image feature 0.
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight)
+    image_processor = Gemma3ImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    processor = Gemma3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=GEMMA3_CHAT_TEMPLATE,
+        image_seq_length=tokens_per_side**2,
+    )  # fmt: skip
+    return model, processor
+
+
+# Idefics3 / SmolVLM: the tokens their processors expand an image into (`<fake_token_around_image>` around each
+# frame, `<row_i_col_j>` before each tile, `<global-img>` before the whole image) and the end of a turn.
+IDEFICS3_SPECIAL_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"] + [
+    f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)
+]
+
+
+def _tiny_idefics3_family(model_type: str, seed: int, vision_layers: int, frame_size: int, patch_size: int,
+                          scale_factor: int, longest_edge: int):
+    """A tiny `Idefics3ForConditionalGeneration` or `SmolVLMForConditionalGeneration` (SigLIP-like tower 32 wide,
+    Llama LLM 64 wide), its tokenizer and its PIL image processor."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessorPil,
+    )
+
+    config_class, model_class, image_processor_class = {
+        "idefics3": (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil),
+        "smolvlm": (SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil),
+    }[model_type]
+    tokenizer = build_tiny_tokenizer(extra_special_tokens=IDEFICS3_SPECIAL_TOKENS, eos_token="<end_of_utterance>")
+    torch.manual_seed(seed)
+    config = config_class(
+        text_config={
+            "model_type": "llama", "vocab_size": (len(tokenizer) // 64 + 1) * 64, "hidden_size": 64,
+            "intermediate_size": 133, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None,
+        },
+        vision_config={
+            "image_size": frame_size, "patch_size": patch_size, "hidden_size": 32, "intermediate_size": 37,
+            "num_hidden_layers": vision_layers, "num_attention_heads": 4,
+        },
+        scale_factor=scale_factor, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    image_processor = image_processor_class(
+        size={"longest_edge": longest_edge}, max_image_size={"longest_edge": frame_size},
+        image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )  # fmt: skip
+    return model_class(config), tokenizer, image_processor
+
+
+def tiny_idefics3(seed: int = 0, vision_layers: int = 1, frame_size: int = 32, patch_size: int = 4,
+                  scale_factor: int = 2, longest_edge: int = 64):
+    """A random-weight `Idefics3ForConditionalGeneration` (the class of the SmolVLM v1 checkpoints, e.g.
+    `HuggingFaceTB/SmolVLM-Instruct`) and its `Idefics3Processor`. An image is resized to at most `longest_edge` px,
+    split into `frame_size` px tiles (up to 2 x 2 here) plus the whole image at `frame_size` px; each frame is
+    8 x 8 patches, pixel-shuffled by 2 into 4 x 4 = 16 tokens. `vision_layers=0`: a tower without attention."""
+    from transformers import Idefics3Processor
+
+    model, tokenizer, image_processor = _tiny_idefics3_family(
+        "idefics3", seed, vision_layers, frame_size, patch_size, scale_factor, longest_edge
+    )
+    image_seq_len = (frame_size // patch_size // scale_factor) ** 2
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len,
+        chat_template=SMOLVLM_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor
+
+
+def tiny_smolvlm(seed: int = 0, vision_layers: int = 1, frame_size: int = 32, patch_size: int = 4,
+                 scale_factor: int = 2, longest_edge: int = 64):
+    """A random-weight `SmolVLMForConditionalGeneration` (SmolVLM2, e.g. `HuggingFaceTB/SmolVLM2-2.2B-Instruct`) laid
+    out like `tiny_idefics3`, and its `SmolVLMProcessor` without the video processor, which needs torchvision (see
+    `build_smolvlm_processor_without_torchvision`)."""
+    model, tokenizer, image_processor = _tiny_idefics3_family(
+        "smolvlm", seed, vision_layers, frame_size, patch_size, scale_factor, longest_edge
+    )
+    image_seq_len = (frame_size // patch_size // scale_factor) ** 2
+    processor = build_smolvlm_processor_without_torchvision(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len,
+        chat_template=SMOLVLM_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor
+
+
+def build_smolvlm_processor_without_torchvision(**parts):
+    """`SmolVLMProcessor(**parts)` without its video processor (`SmolVLMVideoProcessor` needs torchvision), built with
+    `build_processor_without_torchvision`. `SmolVLMProcessor.apply_chat_template` reads `video_processor.num_frames`
+    and `.fps` for every conversation, with or without a video (transformers 5.23), so this instance's
+    `apply_chat_template` is `ProcessorMixin`'s, which it only adds those video defaults to. For tests on machines
+    without torchvision only, like the Qwen-VL workaround."""
+    from transformers import ProcessorMixin, SmolVLMProcessor
+
+    processor = build_processor_without_torchvision(SmolVLMProcessor, video_processor=None, **parts)
+
+    def apply_chat_template(conversation, chat_template=None, **kwargs):
+        return ProcessorMixin.apply_chat_template(processor, conversation, chat_template, **kwargs)
+
+    processor.apply_chat_template = apply_chat_template  # a plain function: not saved by `to_dict`, not deep-copied
+    return processor
+
+
+def load_smolvlm_processor_without_torchvision(path):
+    """`SmolVLMProcessor` from a folder's saved parts (what `AutoProcessor.from_pretrained` gives with torchvision)."""
+    import json
+
+    from transformers import AutoTokenizer, SmolVLMImageProcessorPil
+
+    path = Path(path)
+    settings = json.loads((path / "processor_config.json").read_text())
+    template = path / "chat_template.jinja"
+    return build_smolvlm_processor_without_torchvision(
+        image_processor=SmolVLMImageProcessorPil.from_pretrained(path), tokenizer=AutoTokenizer.from_pretrained(path),
+        image_seq_len=settings["image_seq_len"], chat_template=template.read_text() if template.is_file() else None,
+    )  # fmt: skip
 
 
 def load_native_processor_without_torchvision(path):
@@ -517,6 +671,8 @@ def load_native_processor_without_torchvision(path):
         return load_qwen_vl_processor_without_torchvision(path)
     if model_type == "llava_onevision":
         return load_llava_onevision_processor_without_torchvision(path)
+    if model_type == "smolvlm":
+        return load_smolvlm_processor_without_torchvision(path)
     return AutoProcessor.from_pretrained(path)
 
 

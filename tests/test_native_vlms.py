@@ -1,5 +1,6 @@
 """ROSS around native transformers VLMs (`RossForPreTraining`): tiny random-weight configs of the real classes
-(Qwen2.5-VL, Qwen3-VL, llava-hf Llava, LLaVA-OneVision, Gemma 3), offline. See docs/native-vlms.md."""
+(Qwen2.5-VL, Qwen3-VL, llava-hf Llava, LLaVA-OneVision), offline. Gemma 3, Idefics3 and SmolVLM:
+tests/test_native_gemma_smolvlm.py. See docs/native-vlms.md."""
 
 import json
 import os
@@ -14,7 +15,6 @@ from modeling_ross.denoiser import RossDenoiser, build_noise_scheduler, grid_sin
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
 from modeling_ross.objective import grid_denoising_loss
 from modeling_ross.testing import (
-    tiny_gemma3,
     tiny_llava,
     tiny_llava_onevision,
     tiny_qwen3_vl,
@@ -52,14 +52,15 @@ def random_image(height: int, width: int, seed: int) -> Image.Image:
 
 
 def chat_batch(processor, images_per_sample, answers=("red", "two")):
-    """A padded batch of user (images + question) -> assistant turns; a sample with no image is text-only."""
-    texts, images = [], []
+    """A padded batch of user (images + question) -> assistant turns; a sample with no image is text-only. The images
+    go to the processor nested per sample (Gemma 3's needs that; the others accept it)."""
+    texts = []
     for sample_images, answer in zip(images_per_sample, answers):
         content = [{"type": "image"} for _ in sample_images] + [{"type": "text", "text": "what colour is it"}]
         messages = [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
         texts.append(processor.apply_chat_template(messages, tokenize=False))
-        images.extend(sample_images)
-    return processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+    images = [list(sample_images) for sample_images in images_per_sample]
+    return processor(text=texts, images=images if any(images) else None, return_tensors="pt", padding=True)
 
 
 # ---- the variable-grid denoiser and loss ----
@@ -274,6 +275,13 @@ def test_truncated_image_span_is_a_clear_error(kl16_vae):
     ids=["qwen2_5_vl", "qwen3_vl", "llava", "llava_onevision"],
 )
 def test_save_loads_as_the_plain_vlm_without_ross(build, kl16_vae, tmp_path):
+    check_save_loads_as_the_plain_vlm_without_ross(build, kl16_vae, tmp_path)
+
+
+def check_save_loads_as_the_plain_vlm_without_ross(build, kl16_vae, tmp_path):
+    """The saved folder is the plain VLM (its own `config.json`, no `auto_map`) + `ross_head/`: in a process without
+    this package it loads with `AutoModelForImageTextToText` and generates the same tokens; `from_pretrained`
+    restores every tensor and `reconstruct` returns each image on its grid."""
     torch.manual_seed(0)
     ross, processor = ross_for(build, kl16_vae)
     with torch.no_grad():
@@ -367,9 +375,13 @@ def write_native_data(root, fmt: str):
          "llava_onevision-messages"],
 )  # fmt: skip
 def test_sft_trains_a_native_vlm_end_to_end(build, fmt, kl16_vae, tmp_path, monkeypatch):
+    check_sft_trains_a_native_vlm_end_to_end(build, fmt, kl16_vae, tmp_path, monkeypatch)
+
+
+def check_sft_trains_a_native_vlm_end_to_end(build, fmt, kl16_vae, tmp_path, monkeypatch) -> dict:
     """train/sft.py with model_name_or_path = a native VLM folder (laid out like its Hub repo) and objective denoise:
     the model's own processor and chat template, assistant-only labels, text-only and two-image samples; the saved
-    folder is the plain VLM + ross_head/, and training continues from it."""
+    folder is the plain VLM + ross_head/, and training continues from it. Returns the first run's summary."""
     import ross.train.build
     from modeling_ross.testing import load_native_processor_without_torchvision
     from ross.train.sft import main
@@ -405,6 +417,7 @@ def test_sft_trains_a_native_vlm_end_to_end(build, fmt, kl16_vae, tmp_path, monk
     again = main([*argv[:argv.index("--output_dir")], "--model_name_or_path", str(folder), "--output_dir",
                   str(tmp_path / "again"), *argv[argv.index("--output_dir") + 2:]])  # fmt: skip
     assert again["global_step"] == 3
+    return summary
 
 
 def test_native_collator_supervises_only_the_answers(kl16_vae):
@@ -445,47 +458,6 @@ def test_native_collator_too_long_sample_names_it():
         {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]}  # fmt: skip
     with pytest.raises(BadSampleError, match="long.*data.json|too_long"):
         collator([feature])
-
-
-# ---- Gemma 3 (model level: the tests build input_ids without a processor) ----
-
-
-def gemma3_batch(ids, num_tokens: int, text_lengths=(3, 5)):
-    """Two rows: text, <start_of_image>, `num_tokens` soft image tokens, <end_of_image>, text; right-padded."""
-    rows = [[9] * n + [ids["boi"]] + [ids["image"]] * num_tokens + [ids["eoi"]] + [10, 11] for n in text_lengths]
-    width = max(map(len, rows))
-    input_ids = torch.tensor([row + [ids["pad"]] * (width - len(row)) for row in rows])
-    attention_mask = (input_ids != ids["pad"]).long()
-    token_type_ids = (input_ids == ids["image"]).long()
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-
-
-def test_gemma3_forward_and_grid_mapping(kl16_vae, tmp_path):
-    """Gemma 3's fixed 4 x 4 grid (8 x 8 SigLIP patches average-pooled 2 x 2): a change in the 8 px cell (1, 2)
-    moves token 1 * 4 + 2 only (tower embeddings, before attention); the training forward is text + visual."""
-    torch.manual_seed(0)
-    vlm, ids = tiny_gemma3(vision_layers=0)
-    torch.nn.init.normal_(vlm.model.multi_modal_projector.mm_input_projection_weight)  # zero-initialised
-    ross = RossForPreTraining.from_vlm(vlm, objective(kl16_vae), image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    pixels = torch.rand(1, 3, 32, 32) * 2 - 1
-    changed = pixels.clone()
-    changed[:, :, 8:16, 16:24] *= -1
-    with torch.no_grad():
-        features = [ross.model.get_image_features(pixel_values=p, return_dict=True).pooler_output[0] for p in (pixels, changed)]
-    assert ross.adapter.image_grids({"pixel_values": pixels}) == [(4, 4)]
-    assert _changed_tokens(features[0], features[1]) == [1 * 4 + 2]
-
-    ross.train()
-    batch = {**gemma3_batch(ids, 16), "pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1}
-    labels = batch["input_ids"].masked_fill(batch["token_type_ids"].bool() | ~batch["attention_mask"].bool(), -100)
-    outputs = ross(**batch, labels=labels)
-    assert torch.allclose(outputs.loss, outputs.text_loss + outputs.visual_loss) and outputs.visual_loss > 0
-    assert outputs.image_grids == [(4, 4), (4, 4)]
-    outputs.loss.backward()
-    assert ross.denoiser.final_layer.linear.weight.grad.abs().sum() > 0
-    ross.save_pretrained(tmp_path / "ckpt")
-    restored = RossForPreTraining.from_pretrained(tmp_path / "ckpt")
-    assert torch.equal(restored.denoiser.x_embedder.weight, ross.denoiser.x_embedder.weight)
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,15 @@ template's `{% generation %}` markers or from rendered prefixes, image tokens an
 multi-image samples, nothing ever truncated, bad samples raise or are counted skips) and changes what depends on the
 processor: an image expands to as many placeholder tokens as the processor makes of it (variable for Qwen-VL), and
 every tensor the processor returns travels into the batch: per image (`pixel_values`, `image_grid_thw`,
-`image_sizes`, LLaVA-OneVision's per-sample `batch_num_images`) concatenated in sample order (any-res views padded to
-the most), per token (`mm_token_type_ids`, which Qwen-VL's M-RoPE needs) padded like `input_ids`.
+`image_sizes`, LLaVA-OneVision's per-sample `batch_num_images`, Idefics3 / SmolVLM's `pixel_attention_mask`)
+concatenated in sample order (any-res views and Idefics3 / SmolVLM frames zero-padded to the most), per token
+(`mm_token_type_ids`, which Qwen-VL's M-RoPE needs; Gemma 3's `token_type_ids`, its bidirectional attention over
+each image) padded like `input_ids`.
+
+The image tokens (kept out of the labels, counted against the sample's images) are the processor's
+`image_token_ids`: the tokens of the expanded text the model scatters image features into. For most processors that
+is `image_token_id`; Gemma 3's `image_token_id` is `<start_of_image>`, which begins each image, and its
+`image_token_ids` is the soft image token (`config.image_token_id`).
 
 With a native VLM's latent cache (`train/latent_cache.py`, built with the model's `adapter`), every batch also gets
 `teacher_targets`: one `{"mean", "std"}` per image in placeholder order, looked up by image content, the grid the
@@ -28,7 +35,10 @@ from ross.train.sources import BadSampleError, is_creation
 PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
 # Concatenated in sample order: per image, or per sample with images (LLaVA-OneVision's `batch_num_images`, which
 # tells the model that a multi-image sample's images are not split into any-res tiles).
-PER_IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes", "batch_num_images")
+PER_IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes", "batch_num_images", "pixel_attention_mask")
+# Per-image tensors with a views axis (dim 1) when they have this many dims: LLaVA-OneVision's `(images, views, 3, S,
+# S)`, Idefics3 / SmolVLM's `(1, frames, 3, S, S)` and `(1, frames, S, S)`.
+VIEWS_NDIM = {"pixel_values": 5, "pixel_attention_mask": 4}
 
 
 class NativeVlmDataCollator(RossDataCollator):
@@ -50,6 +60,7 @@ class NativeVlmDataCollator(RossDataCollator):
             )
         super().__init__(processor, max_length, **kwargs)
         self.adapter = adapter
+        self.image_token_ids = torch.tensor([i for i in processor.image_token_ids if i is not None])
 
     def sample_length(self, messages, num_images: int) -> int:
         raise NotImplementedError(
@@ -63,7 +74,7 @@ class NativeVlmDataCollator(RossDataCollator):
             raise BadSampleError("template", "creation samples (<query>) need the LLaVA-style RossForConditionalGeneration")
         out, mask = self._tokenize(feature["messages"], images, self.processor)
         input_ids = out["input_ids"][0]
-        is_image = input_ids == self.image_token_id
+        is_image = torch.isin(input_ids, self.image_token_ids)
         num_image_tokens = int(is_image.sum())
         if bool(images) != (num_image_tokens > 0):  # e.g. an image the template dropped, or a literal placeholder
             raise BadSampleError(
@@ -96,20 +107,21 @@ class NativeVlmDataCollator(RossDataCollator):
         for key in PER_IMAGE_KEYS:
             values = [e["per_image"][key] for e in encoded if key in e["per_image"]]
             if values:
-                batch[key] = torch.cat(_pad_views(values), dim=0)
+                batch[key] = torch.cat(_pad_views(key, values), dim=0)
         if self.latent_cache is not None:
             grids, views = self.adapter.image_grids(batch), self.adapter.image_views(batch)
             batch["teacher_targets"] = self.latent_cache.grid_targets_for(kept, grids, views)
         return batch
 
 
-def _pad_views(values: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Any-res `pixel_values` `(images, views, 3, S, S)` of several samples, zero-padded to the most views (what the
-    processor does within one call; the model reads each image's own view count from `image_sizes`)."""
-    if values[0].ndim != 5:
+def _pad_views(key: str, values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-image tensors of several samples with a views axis (`VIEWS_NDIM`), zero-padded to the most views: what the
+    processor does within one call. LLaVA-OneVision reads each image's own view count from `image_sizes`; Idefics3 /
+    SmolVLM drop all-zero frames (and their `pixel_attention_mask`)."""
+    if values[0].ndim != VIEWS_NDIM.get(key):
         return values
     views = max(value.shape[1] for value in values)
-    return [torch.nn.functional.pad(v, (0, 0, 0, 0, 0, 0, 0, views - v.shape[1])) for v in values]
+    return [torch.nn.functional.pad(v, (0, 0) * (v.ndim - 2) + (0, views - v.shape[1])) for v in values]
 
 
 __all__ = ["NativeVlmDataCollator"]

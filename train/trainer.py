@@ -47,12 +47,14 @@ MODULE_PREFIXES = {
 }
 # The same groups in `RossForPreTraining` (a native VLM as `model`, its own parameter names under it). Checked first,
 # in this order: Qwen-VL's projector (the patch merger, and Qwen3-VL's DeepStack mergers) sits inside its tower.
+# Idefics3 / SmolVLM name theirs `connector`, `vision_model` and `text_model`.
 NATIVE_MODULE_PREFIXES = {
     "projector": (
         "model.model.multi_modal_projector.", "model.model.visual.merger.", "model.model.visual.deepstack_merger_list.",
+        "model.model.connector.",
     ),
-    "vision_tower": ("model.model.vision_tower.", "model.model.visual."),
-    "language_model": ("model.model.language_model.", "model.lm_head."),
+    "vision_tower": ("model.model.vision_tower.", "model.model.visual.", "model.model.vision_model."),
+    "language_model": ("model.model.language_model.", "model.model.text_model.", "model.lm_head."),
 }  # fmt: skip
 # The queries, where they exist, train with the denoiser they condition.
 STAGE_TRAINABLE = {
@@ -130,10 +132,13 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 
     names = target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     # Only the LLM's layers: a regex keeps LoRA off the vision tower and the denoiser, which share layer names.
     # `model.language_model.` (RossForConditionalGeneration) or `model.model.language_model.` (a native VLM inside
-    # RossForPreTraining).
-    pattern = r"(model\.)?model\.language_model\..*\.(" + "|".join(map(re.escape, names)) + r")"
-    # The projector: ours, llava-hf's `multi_modal_projector`, or Qwen-VL's patch `merger` (suffix matches).
-    projectors = [name for name in ("projector", "merger") if any(n.endswith(name) for n, _ in model.named_modules())]
+    # RossForPreTraining; Idefics3 / SmolVLM: `model.model.text_model.`).
+    pattern = r"(model\.)?model\.(language_model|text_model)\..*\.(" + "|".join(map(re.escape, names)) + r")"
+    # The projector: ours, llava-hf's `multi_modal_projector`, Qwen-VL's patch `merger` or Idefics3 / SmolVLM's
+    # `connector` (suffix matches).
+    projectors = [
+        name for name in ("projector", "merger", "connector") if any(n.endswith(name) for n, _ in model.named_modules())
+    ]
     modules_to_save = projectors + [
         name for name in ("denoiser", "queries") if getattr(model, name, None) is not None
     ]
