@@ -26,6 +26,9 @@ class NativeVlmAdapter:
     to give the teacher the image in [0, 1]."""
 
     model_types: tuple[str, ...] = ()
+    # The latent cache keys one teacher target per input image (`train/latent_cache.py`); an adapter whose "images"
+    # are several frames per input image (Idefics3 / SmolVLM tiles) sets this False and the cache refuses it.
+    one_grid_per_image: bool = True
 
     def __init__(self, config, image_mean: list[float], image_std: list[float]):
         self.config = config
@@ -191,6 +194,7 @@ class Idefics3Adapter(NativeVlmAdapter):
     (`get_image_features`); so are they here."""
 
     model_types = ("idefics3", "smolvlm")
+    one_grid_per_image = False  # the tiles and the global view are frames of one image
 
     @staticmethod
     def language_model(vlm) -> nn.Module:

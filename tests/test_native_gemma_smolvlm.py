@@ -228,3 +228,20 @@ def test_sft_trains_end_to_end(build, fmt, kl16_vae, tmp_path, monkeypatch):
     check_sft_trains_a_native_vlm_end_to_end(build, fmt, kl16_vae, tmp_path, monkeypatch)
     if build is tiny_gemma3:
         assert image_tokens_marked and all(image_tokens_marked)
+
+
+def test_latent_cache_is_refused_for_frame_per_tile_models(kl16_vae):
+    """The latent cache keys one teacher target per input image; Idefics3 / SmolVLM see several frames per image
+    (tiles + the global view), so a run asking for the cache is refused before anything trains, naming the model."""
+    from types import SimpleNamespace
+
+    from ross.train.config import ConfigError
+    from ross.train.sft import check_native_run
+
+    run = SimpleNamespace(
+        model_name_or_path="smolvlm", latent_cache_dir="cache", padding_free=False, preview_every_n_steps=0,
+        group_by=None, data_format="chat",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="latent_cache_dir with smolvlm"):
+        check_native_run(run, ross_for(tiny_smolvlm, kl16_vae)[0].adapter)
+    check_native_run(run, ross_for(tiny_gemma3, kl16_vae)[0].adapter)  # one grid per image: accepted

@@ -180,13 +180,17 @@ def save_model(trainer, model, processor, run_config, resolved: dict, directory:
             yaml.safe_dump(public, f, sort_keys=True)
 
 
-def check_native_run(run_config) -> None:
-    """What a native VLM run (`RossForPreTraining`) does not support yet, named before anything trains."""
+def check_native_run(run_config, adapter) -> None:
+    """What a native VLM run (`RossForPreTraining` with `adapter`) does not support yet, named before anything trains."""
     unsupported = {
         "padding_free": run_config.padding_free,
         "preview_every_n_steps": bool(run_config.preview_every_n_steps),
         "group_by": run_config.group_by is not None,
         "data_format: plain": run_config.data_format != "chat",
+        # Idefics3 / SmolVLM: several frames (tiles + global view) per image, the cache keys one target per image.
+        f"latent_cache_dir with {adapter.config.model_type}": (
+            run_config.latent_cache_dir is not None and not adapter.one_grid_per_image
+        ),
     }
     named = [key for key, used in unsupported.items() if used]
     if named:
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
     model, processor = build_model_and_processor(run_config)
     native = isinstance(model, RossForPreTraining)
     if native:
-        check_native_run(run_config)
+        check_native_run(run_config, model.adapter)
 
     teacher = model.teacher  # before any PEFT wrapping; used by the latent cache
     adapter = model.adapter if native else None  # a native VLM's grids, for its collator and latent cache
