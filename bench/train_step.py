@@ -63,12 +63,13 @@ Qwen2.5-VL arms (`--qwen25vl-only` writes `train_step_qwen25vl.{md,json}`). A ti
 `Qwen2_5_VLForConditionalGeneration` (`modeling_ross.testing.tiny_qwen25_vl`) wrapped in `RossForPreTraining` (ROSS^D:
 a KL-16 teacher, the `tiny` denoiser, 4 draws) against an equal copy of the plain VLM (`none`: its own text loss),
 both with the stage-2 trainable set (`ross.train.trainer.apply_stage(model, 2)`: vision blocks and teacher frozen,
-merger, LLM and denoiser trained). Each arm is timed on two batches of four one-image samples with 64 image tokens:
-uniform grids (4 x 4 tokens each) and mixed grids (2 x 4, 3 x 4, 4 x 5, 4 x 6: different `image_grid_thw` in one
-batch, which the denoiser pads and key-masks). The four (arm, batch) pairs run interleaved, a full AdamW step each;
-reported: ms/step, FLOPs, the paired ROSS^D / none ratio per batch and the mixed / uniform ratio per arm. Before the
-first step, on the arms' equal weights, the run checks ROSS^D's grids, a finite positive visual loss,
-loss = text + weight x visual and text loss = the plain VLM's loss, and stops if any fails.
+merger, LLM and denoiser trained). Each arm is timed on two batches of four one-image samples, 64 image tokens per
+batch: uniform grids (4 x 4 tokens each) and mixed grids (2 x 4, 3 x 4, 4 x 5, 4 x 6: different `image_grid_thw` in
+one batch, which the denoiser pads and key-masks). The four (arm, batch) pairs run interleaved, a full AdamW step
+each; reported: ms/step, FLOPs, the paired ROSS^D / none ratio per batch and the mixed / uniform ratio per arm, and
+the load average before and after (a shared machine inflates times). Before the first step, on the arms' equal
+weights, the run checks ROSS^D's grids, a finite positive visual loss, loss = text + weight x visual and text loss =
+the plain VLM's loss, and stops if any fails.
 
 Packing (`--packing`, or `--packing-only`). On the `tiny` configuration (CPU, SDPA), batches of `--packing-batch`
 samples drawn from a LLaVA-665K-like length mix (90% one-image samples: the image tokens plus a log-normal number of
@@ -818,13 +819,15 @@ def measure_qwen25vl(root: Path, device, dtype, repeats: int) -> dict:
 def qwen25vl_arms_markdown(result: dict, args, load: tuple[list[float], list[float]]) -> str:
     stamp = run_stamp()
     before, after = (", ".join(f"{v:.1f}" for v in values) for values in load)
-    lines = [f"Qwen2.5-VL arms ({stamp['machine']}, commit {stamp['commit']}; **shared machine**: other sessions "
-             f"run tests on the same cores, load average {before} (1/5/15 min) before, {after} after): "
+    # Other jobs on the machine show in the load average before the run starts (the run itself adds about 1).
+    machine = "**shared machine**: other jobs ran, " if load[0][0] >= 0.5 else "idle machine, "
+    lines = [f"Qwen2.5-VL arms ({stamp['machine']}, commit {stamp['commit']}; {machine}load average {before} "
+             f"(1/5/15 min) before, {after} after): "
              f"{result['model']}, {args.device}, {args.dtype}, one AdamW step (forward + backward + step) per timing, "
              f"{args.repeats} interleaved steps per arm (median). LLM {result['parameters']['llm']:,} parameters, "
              f"denoiser {result['parameters']['denoiser']:,}: a tiny model, where the head is large next to the LLM "
              "(the 7B share is in the FLOP account).", "",
-             "Batches of four one-image samples, 64 image tokens each: uniform grids " +
+             "Batches of four one-image samples, 64 image tokens per batch: uniform grids " +
              " ".join("x".join(map(str, g)) for g in result["grids"]["uniform"]) + ", mixed grids " +
              " ".join("x".join(map(str, g)) for g in result["grids"]["mixed"]) + " (tokens, 28 px each; "
              f"sequences {result['sequence_length']['uniform']} / {result['sequence_length']['mixed']} tokens).", "",
