@@ -329,4 +329,5 @@ def test_train_step_qwen25vl_arms_compare_ross_with_none_on_uniform_and_mixed_gr
         assert payload["ratios"][f"ross/none {kind}"]["time_ratio"] > 0
     assert arms["ross/mixed"]["flops"] > arms["ross/uniform"]["flops"]
     report = (tmp_path / "train_step_qwen25vl.md").read_text()
-    assert "| ROSS^D/none mixed |" in report and "shared machine" in report and payload["commit"] in report
+    assert "| ROSS^D/none mixed |" in report and "load average" in report and payload["commit"] in report
+    assert len(payload["load_average"][0]) == 3  # before the run, 1/5/15 min: whether the machine was shared

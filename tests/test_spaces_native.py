@@ -1,6 +1,6 @@
 """The Spaces demo (spaces/app.py) on native VLM folders (RossForPreTraining's: a plain llava-hf Llava or Qwen2.5-VL +
-ross_head/):
-chat with transformers' own class, the reconstruction panel from ross_head/, or a panel that says why not."""
+ross_head/): chat with transformers' own class, the reconstruction panel from ross_head/, or a panel that says why
+not."""
 
 import sys
 from pathlib import Path
