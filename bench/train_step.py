@@ -3,6 +3,7 @@ of the real 7B recipe spends its arithmetic.
 
     python bench/train_step.py [--device cpu|cuda] [--dtype float32|bfloat16] [--configs tiny scaled] [--repeats 6]
                                [--arms none ross ross+cache queries none+depth ross+depth viral] [--depth]
+                               [--qwen25vl-only | --qwen25vl-account-only | --packing-only]
                                [--out runs/bench/train_step]
 
 Measured part. For each configuration one ROSS^D model is built from tiny component repos (`modeling_ross.testing`)
@@ -58,6 +59,18 @@ Qwen2.5-VL vision towers, Qwen2 LMs and denoisers, and the grids against the ima
 Only the teacher is counted by the counter itself, on the meta device, as above. Trained: LLM, merger, denoiser
 (vision blocks frozen, as Qwen's own fine-tuning default).
 
+Qwen2.5-VL arms (`--qwen25vl-only` writes `train_step_qwen25vl.{md,json}`). A tiny random-weight
+`Qwen2_5_VLForConditionalGeneration` (`modeling_ross.testing.tiny_qwen25_vl`) wrapped in `RossForPreTraining` (ROSS^D:
+a KL-16 teacher, the `tiny` denoiser, 4 draws) against an equal copy of the plain VLM (`none`: its own text loss),
+both with the stage-2 trainable set (`ross.train.trainer.apply_stage(model, 2)`: vision blocks and teacher frozen,
+merger, LLM and denoiser trained). Each arm is timed on two batches of four one-image samples, 64 image tokens per
+batch: uniform grids (4 x 4 tokens each) and mixed grids (2 x 4, 3 x 4, 4 x 5, 4 x 6: different `image_grid_thw` in
+one batch, which the denoiser pads and key-masks). The four (arm, batch) pairs run interleaved, a full AdamW step
+each; reported: ms/step, FLOPs, the paired ROSS^D / none ratio per batch and the mixed / uniform ratio per arm, and
+the load average before and after (a shared machine inflates times). Before the first step, on the arms' equal
+weights, the run checks ROSS^D's grids, a finite positive visual loss, loss = text + weight x visual and text loss =
+the plain VLM's loss, and stops if any fails.
+
 Packing (`--packing`, or `--packing-only`). On the `tiny` configuration (CPU, SDPA), batches of `--packing-batch`
 samples drawn from a LLaVA-665K-like length mix (90% one-image samples: the image tokens plus a log-normal number of
 text tokens, median 180 and the tail of multi-round records, scaled by image tokens / 729 as the tiny tower has
@@ -80,6 +93,7 @@ Writes `train_step.json` and `train_step.md` under `--out`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -97,10 +111,10 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, Sigl
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from _common import cpu_model, git_commit, noise_images, processor_side, synchronize, write_outputs
-from modeling_ross import RossProcessor, from_components
+from modeling_ross import RossForPreTraining, RossProcessor, from_components
 from modeling_ross.denoiser import RossDenoiser
 from modeling_ross.processing_ross import depth_to_rgb
-from modeling_ross.testing import write_tiny_components, write_tiny_dinov2
+from modeling_ross.testing import tiny_qwen25_vl, write_tiny_components, write_tiny_dinov2, write_tiny_vae
 from ross.train.packed_attention import SDPA_VARLEN, pack_capacity
 
 
@@ -677,6 +691,173 @@ def qwen25vl_markdown(account: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Qwen2.5-VL arms (RossForPreTraining around transformers' own class): ROSS^D vs none, mixed vs uniform grids
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Token grids (rows, cols) of the four one-image samples of a batch; 28 px per token, so a `rows * 28` x `cols * 28` px
+# image keeps its size through `smart_resize`. Both batches hold 64 image tokens; the mixed one's images differ in
+# size, so the denoiser pads them to the longest (24 tokens) and masks the padding, as a real Qwen-VL batch needs.
+QWEN25VL_BATCH_GRIDS = {"uniform": [(4, 4)] * 4, "mixed": [(2, 4), (3, 4), (4, 5), (4, 6)]}
+QWEN25VL_ARMS = ("none", "ross")
+
+
+def build_qwen25vl_arms(root: Path, device, dtype) -> tuple[dict, object]:
+    """`{"none": the plain tiny Qwen2.5-VL (its own text loss), "ross": RossForPreTraining around an equal copy}`
+    (ROSS^D: KL-16 teacher, the `tiny` denoiser, 4 draws), both with the stage-2 trainable set (vision blocks and
+    teacher frozen; merger, LLM and denoiser trained), and the processor."""
+    import copy
+
+    from ross.train.trainer import apply_stage
+
+    vae = write_tiny_vae(root / "vae-kl16", block_out_channels=(8, 16, 16, 16, 16))  # downsample 16: 16 px per token
+    vlm, processor = tiny_qwen25_vl(vision_depth=1, max_pixels=28 * 28 * 36)
+    image_processor = processor.image_processor
+    torch.manual_seed(0)
+    ross = RossForPreTraining.from_vlm(
+        vlm, {"teacher": str(vae), "teacher_subfolder": "vae", "num_noise_draws": 4, **CONFIGS["tiny"]["objective"]},
+        image_mean=image_processor.image_mean, image_std=image_processor.image_std,
+    )  # fmt: skip
+    apply_stage(ross, 2)
+    baseline = copy.deepcopy(ross.model)  # the same weights and trainable set, without the head
+    return {"none": baseline.to(device, dtype), "ross": ross.to(device, dtype)}, processor
+
+
+def make_qwen25vl_batch(processor, grids: list[tuple[int, int]], device, dtype, text_tokens: int = 24) -> dict:
+    """One one-image conversation per grid (an image of `rows * 28` x `cols * 28` px, about `text_tokens` text
+    tokens), labels on everything but padding and image tokens."""
+    texts, images = [], []
+    words = " ".join(["colour shape count position"] * (text_tokens // 8))
+    for i, (rows, cols) in enumerate(grids):
+        images += noise_images(1, 28 * max(rows, cols), seed=i)
+        images[-1] = images[-1].crop((0, 0, 28 * cols, 28 * rows))
+        question = [{"type": "image"}, {"type": "text", "text": f"Describe {i}: {words}"}]
+        messages = [{"role": "user", "content": question},
+                    {"role": "assistant", "content": [{"type": "text", "text": words}]}]  # fmt: skip
+        texts.append(processor.apply_chat_template(messages, tokenize=False))
+    batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    merge = processor.image_processor.merge_size
+    got = [(int(h) // merge, int(w) // merge) for _, h, w in batch["image_grid_thw"].tolist()]
+    if got != list(grids):
+        raise RuntimeError(f"the processor gave token grids {got}, not {list(grids)} (smart_resize bounds?)")
+    labels = batch["input_ids"].clone()
+    labels[(batch["attention_mask"] == 0) | (labels == processor.image_token_id)] = -100
+    batch["labels"] = labels
+    batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def check_qwen25vl_forward(models: dict, batch: dict, grids: list[tuple[int, int]]) -> dict:
+    """The correctness line of one batch, on the arms' equal starting weights: ROSS^D's grids are the batch's, its
+    visual loss is finite and positive, its loss is text + weight x visual, and its text loss is the plain VLM's own
+    loss on the same batch. Raises if any fails (a timing of a wrong step is no result)."""
+    ross = models["ross"].train()
+    with torch.no_grad():
+        outputs = ross(**batch)
+        plain = models["none"].train()(**batch).loss
+    weight = ross.head_config.objective_config.weight
+    check = {
+        "grids": [list(grid) for grid in outputs.image_grids],
+        "text_loss": float(outputs.text_loss), "visual_loss": float(outputs.visual_loss), "loss": float(outputs.loss),
+        "loss_minus_text_plus_visual": float((outputs.loss - outputs.text_loss - weight * outputs.visual_loss).abs()),
+        "text_loss_minus_plain_vlm": float((outputs.text_loss - plain).abs()),
+    }  # fmt: skip
+    check["ok"] = (
+        outputs.image_grids == list(grids) and math.isfinite(check["visual_loss"]) and check["visual_loss"] > 0
+        and check["loss_minus_text_plus_visual"] <= 1e-5 * max(1.0, abs(check["loss"]))
+        and check["text_loss_minus_plain_vlm"] <= 1e-5 * max(1.0, check["text_loss"])
+    )  # fmt: skip
+    if not check["ok"]:
+        raise RuntimeError(f"Qwen2.5-VL ROSS^D forward check failed: {check}")
+    return check
+
+
+def measure_qwen25vl(root: Path, device, dtype, repeats: int) -> dict:
+    """Interleaved optimizer steps (AdamW, forward + backward + step) of `none` and `ross` on a uniform-grid and a
+    mixed-grid batch, four arms in turn; FLOPs counted once per arm (also the warm-up step)."""
+    models, processor = build_qwen25vl_arms(root, device, dtype)
+    batches = {kind: make_qwen25vl_batch(processor, grids, device, dtype)
+               for kind, grids in QWEN25VL_BATCH_GRIDS.items()}  # fmt: skip
+    checks = {kind: check_qwen25vl_forward(models, batches[kind], QWEN25VL_BATCH_GRIDS[kind]) for kind in batches}
+    optimizers = {arm: torch.optim.AdamW([p for p in models[arm].parameters() if p.requires_grad], lr=1e-5)
+                  for arm in QWEN25VL_ARMS}  # fmt: skip
+
+    def make(arm, kind):
+        def step():
+            loss = models[arm](**batches[kind]).loss
+            loss.backward()
+            optimizers[arm].step()
+            optimizers[arm].zero_grad(set_to_none=True)
+            return loss
+
+        return step
+
+    runs = [(arm, kind) for kind in QWEN25VL_BATCH_GRIDS for arm in QWEN25VL_ARMS]
+    steps = {run: make(*run) for run in runs}
+    flops = {run: count_flops(steps[run]) for run in runs}
+    times = {run: [] for run in runs}
+    for _ in range(repeats):
+        for run in runs:
+            synchronize(device)
+            start = time.perf_counter()
+            steps[run]()
+            synchronize(device)
+            times[run].append(time.perf_counter() - start)
+    arms = {f"{arm}/{kind}": {"median_s": statistics.median(times[arm, kind]), "times_s": times[arm, kind],
+                              "flops": flops[arm, kind]} for arm, kind in runs}  # fmt: skip
+    ratios = {}
+    for kind in QWEN25VL_BATCH_GRIDS:
+        ross, none = arms[f"ross/{kind}"], arms[f"none/{kind}"]
+        ratio, spread = paired_ratio(ross, none)
+        ratios[f"ross/none {kind}"] = {"time_ratio": ratio, "time_ratio_range": spread,
+                                       "flop_ratio": ross["flops"] / none["flops"]}  # fmt: skip
+    for arm in QWEN25VL_ARMS:
+        mixed, uniform = arms[f"{arm}/mixed"], arms[f"{arm}/uniform"]
+        ratio, spread = paired_ratio(mixed, uniform)
+        ratios[f"{arm} mixed/uniform"] = {"time_ratio": ratio, "time_ratio_range": spread,
+                                          "flop_ratio": mixed["flops"] / uniform["flops"]}  # fmt: skip
+    return {
+        "model": "tiny Qwen2_5_VLForConditionalGeneration (modeling_ross.testing.tiny_qwen25_vl)",
+        "grids": {kind: [list(g) for g in grids] for kind, grids in QWEN25VL_BATCH_GRIDS.items()},
+        "sequence_length": {kind: batch["input_ids"].shape[1] for kind, batch in batches.items()},
+        "parameters": {"llm": sum(p.numel() for p in models["none"].model.language_model.parameters()),
+                       "denoiser": sum(p.numel() for p in models["ross"].denoiser.parameters())},
+        "checks": checks, "arms": arms, "ratios": ratios,
+    }  # fmt: skip
+
+
+def qwen25vl_arms_markdown(result: dict, args, load: tuple[list[float], list[float]]) -> str:
+    stamp = run_stamp()
+    before, after = (", ".join(f"{v:.1f}" for v in values) for values in load)
+    # Other jobs on the machine show in the load average before the run starts (the run itself adds about 1).
+    machine = "**shared machine**: other jobs ran, " if load[0][0] >= 0.5 else "idle machine, "
+    lines = [f"Qwen2.5-VL arms ({stamp['machine']}, commit {stamp['commit']}; {machine}load average {before} "
+             f"(1/5/15 min) before, {after} after): "
+             f"{result['model']}, {args.device}, {args.dtype}, one AdamW step (forward + backward + step) per timing, "
+             f"{args.repeats} interleaved steps per arm (median). LLM {result['parameters']['llm']:,} parameters, "
+             f"denoiser {result['parameters']['denoiser']:,}: a tiny model, where the head is large next to the LLM "
+             "(the 7B share is in the FLOP account).", "",
+             "Batches of four one-image samples, 64 image tokens per batch: uniform grids " +
+             " ".join("x".join(map(str, g)) for g in result["grids"]["uniform"]) + ", mixed grids " +
+             " ".join("x".join(map(str, g)) for g in result["grids"]["mixed"]) + " (tokens, 28 px each; "
+             f"sequences {result['sequence_length']['uniform']} / {result['sequence_length']['mixed']} tokens).", "",
+             "| arm | grids | ms/step | GFLOPs/step |", "|---|---|---|---|"]  # fmt: skip
+    for name, run in result["arms"].items():
+        arm, kind = name.split("/")
+        lines.append(f"| {'ROSS^D' if arm == 'ross' else 'none'} | {kind} | {run['median_s'] * 1e3:.1f} | "
+                     f"{run['flops'] / 1e9:.3f} |")  # fmt: skip
+    lines += ["", "| ratio | time (paired median, min-max) | FLOPs |", "|---|---|---|"]
+    for name, r in result["ratios"].items():
+        lines.append(f"| {name.replace('ross', 'ROSS^D')} | {r['time_ratio']:.2f} "
+                     "({:.2f}-{:.2f}) | {:.2f} |".format(*r["time_ratio_range"], r["flop_ratio"]))  # fmt: skip
+    lines += ["", "Check (before the first step, equal weights; the run stops if it fails):"]
+    for kind, c in result["checks"].items():
+        lines.append(f"- {kind}: grids {c['grids']}; visual loss {c['visual_loss']:.4f} (finite, > 0); "
+                     f"|loss - (text + visual)| = {c['loss_minus_text_plus_visual']:.1e}; |text loss - plain "
+                     f"Qwen2.5-VL loss| = {c['text_loss_minus_plain_vlm']:.1e}.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -744,6 +925,8 @@ def main(argv=None) -> int:
     parser.add_argument("--packing-only", action="store_true", help="only the padded vs packed comparison")
     parser.add_argument("--qwen25vl-account-only", action="store_true",
                         help="only the analytic Qwen2.5-VL-7B FLOP account (no model is built or timed)")
+    parser.add_argument("--qwen25vl-only", action="store_true",
+                        help="only the Qwen2.5-VL arms (a tiny Qwen2.5-VL, ROSS^D vs none, uniform vs mixed grids)")
     parser.add_argument("--packing-batches", type=int, default=12)
     parser.add_argument("--packing-batch", type=int, default=8)
     parser.add_argument("--pack-max-tokens", type=int, default=None,
@@ -764,6 +947,15 @@ def main(argv=None) -> int:
         payload = {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "commit": git_commit()[0], "config": QWEN25VL_7B,
                    "flop_account": qwen_account}
         write_outputs(args.out, "train_step_qwen25vl_flops", payload, qwen25vl_markdown(qwen_account))
+        return 0
+    if args.qwen25vl_only:
+        load = os.getloadavg()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = measure_qwen25vl(Path(tmp), args.device, dtype, args.repeats)
+        load = (list(load), list(os.getloadavg()))
+        write_outputs(args.out, "train_step_qwen25vl",
+                      {**run_stamp(), "device": args.device, "dtype": args.dtype, "repeats": args.repeats,
+                       "load_average": load, **result}, qwen25vl_arms_markdown(result, args, load))  # fmt: skip
         return 0
     if args.packing_only:
         with tempfile.TemporaryDirectory() as tmp:

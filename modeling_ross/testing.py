@@ -726,3 +726,28 @@ def tiny_llava_onevision(seed: int = 0, vision_layers: int = 1, image_size: int 
         chat_template=LLAVA_CHAT_TEMPLATE,
     )  # fmt: skip
     return model, processor
+
+
+def without_torchvision_preamble() -> str:
+    """Python source to run first in a fresh process where this project cannot be imported (`publish`'s
+    verification): it defines the loaders above and makes `AutoProcessor.from_pretrained` use
+    `load_native_processor_without_torchvision` for Qwen-VL and LLaVA-OneVision folders, the stock loader for any
+    other. For tests on machines without torchvision only: `publish` itself calls `AutoProcessor.from_pretrained`, as
+    a user's machine (with torchvision) does."""
+    import inspect
+
+    loaders = (
+        absent_subprocessors_unchecked, build_processor_without_torchvision, load_qwen_vl_processor_without_torchvision,
+        load_llava_onevision_processor_without_torchvision, load_native_processor_without_torchvision,
+    )  # fmt: skip
+    swap = (
+        "_stock_from_pretrained = transformers.AutoProcessor.from_pretrained\n\n\n"
+        "def _from_pretrained(path, *args, **kwargs):\n"
+        "    model_type = json.loads((Path(path) / 'config.json').read_text()).get('model_type')\n"
+        "    if model_type in ('qwen2_vl', 'qwen2_5_vl', 'qwen3_vl', 'llava_onevision'):\n"
+        "        return load_native_processor_without_torchvision(path)\n"
+        "    return _stock_from_pretrained(path, *args, **kwargs)\n\n\n"
+        "transformers.AutoProcessor.from_pretrained = staticmethod(_from_pretrained)\n"
+    )
+    header = "import contextlib\nimport json\nfrom pathlib import Path\n\nimport transformers"
+    return "\n\n\n".join([header, *(inspect.getsource(function) for function in loaders), swap])

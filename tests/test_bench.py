@@ -308,3 +308,26 @@ def test_data_scale_splits_a_first_start_into_serial_and_parallel_cpu(tmp_path):
         split = data_scale.first_start_split(r)
         assert split["parallel"] > 0 and split["serial"] > 0
     assert "T(3.2M, 16)" in (tmp_path / "data_scale.md").read_text()
+
+
+def test_train_step_qwen25vl_arms_compare_ross_with_none_on_uniform_and_mixed_grids(tmp_path):
+    """The Qwen2.5-VL arms at their (tiny) size, one timed step each: ROSS^D and the plain VLM's text loss on a
+    uniform-grid and a mixed-grid batch; the run's own check (grids, finite visual loss, loss = text + visual, text
+    loss = the plain Qwen2.5-VL's) passed, and the FLOPs say where the work is."""
+    train_step = load_script("train_step")
+    assert train_step.main(["--qwen25vl-only", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "train_step_qwen25vl.json").read_text())
+    arms = payload["arms"]
+    assert set(arms) == {"none/uniform", "ross/uniform", "none/mixed", "ross/mixed"}
+    assert payload["grids"]["mixed"] == [[2, 4], [3, 4], [4, 5], [4, 6]]
+    for kind in ("uniform", "mixed"):
+        check = payload["checks"][kind]
+        assert check["ok"] and check["grids"] == payload["grids"][kind] and check["visual_loss"] > 0
+        assert check["text_loss_minus_plain_vlm"] < 1e-5 and check["loss_minus_text_plus_visual"] < 1e-5
+        # The head (teacher + denoiser) adds work; the mixed batch's larger images and padding add more.
+        assert arms[f"ross/{kind}"]["flops"] > arms[f"none/{kind}"]["flops"]
+        assert payload["ratios"][f"ross/none {kind}"]["time_ratio"] > 0
+    assert arms["ross/mixed"]["flops"] > arms["ross/uniform"]["flops"]
+    report = (tmp_path / "train_step_qwen25vl.md").read_text()
+    assert "| ROSS^D/none mixed |" in report and "load average" in report and payload["commit"] in report
+    assert len(payload["load_average"][0]) == 3  # before the run, 1/5/15 min: whether the machine was shared

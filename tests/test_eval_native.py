@@ -1,5 +1,6 @@
 """`python -m ross.eval.run` on native VLM folders (what `RossForPreTraining.save_pretrained` writes: a plain
-Qwen2.5-VL / llava-hf Llava + `ross_head/`): loaded as their own class, prompted through their own chat template."""
+Qwen2.5-VL / llava-hf Llava / LLaVA-OneVision + `ross_head/`): loaded as their own class, prompted through their own
+chat template."""
 
 import json
 
@@ -10,6 +11,7 @@ from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTrain
 from modeling_ross.testing import (
     load_native_processor_without_torchvision,
     tiny_llava,
+    tiny_llava_onevision,
     tiny_qwen25_vl,
     write_tiny_language_model,
     write_tiny_vae,
@@ -47,7 +49,9 @@ def save_native(build, folder, vae):
     return ross, processor
 
 
-@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_llava], ids=["qwen2_5_vl", "llava"])
+@pytest.mark.parametrize(
+    "build", [tiny_qwen25_vl, tiny_llava, tiny_llava_onevision], ids=["qwen2_5_vl", "llava", "llava_onevision"]
+)
 def test_cli_evaluates_a_native_vlm_folder(build, bench_dir, tmp_path, capsys):
     vae = write_tiny_vae(tmp_path / "vae", block_out_channels=(8, 16, 16, 16, 16))
     ross, processor = save_native(build, tmp_path / "ckpt", vae)

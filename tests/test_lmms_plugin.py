@@ -336,35 +336,49 @@ def test_lmms_eval_cli_matches_the_runner(interface, saved_model, cli_env, runne
         assert lmms_metrics[f"{theirs},none"] == pytest.approx(metrics[ours]), theirs
 
 
-@pytest.fixture(scope="module")
-def native_plugin_models(saved_model, tmp_path_factory):
-    """Both interfaces on a native VLM folder (RossForPreTraining's: a plain llava-hf Llava + ross_head/)."""
+@pytest.fixture(scope="module", params=["llava", "qwen2_5_vl"])
+def native_plugin_models(request, saved_model, tmp_path_factory):
+    """Both interfaces on a native VLM folder (RossForPreTraining's: a plain llava-hf Llava or Qwen2.5-VL +
+    ross_head/), and the class the folder names."""
     from lmms_eval.models import get_model
 
     from modeling_ross.modeling_ross_pretraining import RossForPreTraining
-    from modeling_ross.testing import tiny_llava, write_tiny_vae
+    from modeling_ross.testing import (
+        load_native_processor_without_torchvision,
+        tiny_llava,
+        tiny_qwen25_vl,
+        write_tiny_vae,
+    )
+    from ross.eval import generation
 
-    root = tmp_path_factory.mktemp("native-lmms")
+    root = tmp_path_factory.mktemp(f"native-lmms-{request.param}")
     vae = write_tiny_vae(root / "vae", block_out_channels=(8, 16, 16, 16, 16))
     torch.manual_seed(0)
-    vlm, processor = tiny_llava()
+    vlm, processor = {"llava": tiny_llava, "qwen2_5_vl": tiny_qwen25_vl}[request.param]()
     objective = {"teacher": str(vae), "teacher_subfolder": "vae", "denoiser_hidden_size": 64, "denoiser_depth": 2,
                  "denoiser_num_heads": 4}  # fmt: skip
-    ross = RossForPreTraining.from_vlm(vlm, objective, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    image_processor = processor.image_processor
+    ross = RossForPreTraining.from_vlm(
+        vlm, objective, image_mean=image_processor.image_mean, image_std=image_processor.image_std
+    )
     ross.save_pretrained(root / "ckpt")
     processor.save_pretrained(root / "ckpt")
     settings = {"batch_size": 4, "device": "cpu"}
     arg = f"pretrained={root / 'ckpt'}"
-    return (get_model("ross", force_simple=True).create_from_arg_string(arg, settings),
-            get_model("ross").create_from_arg_string(arg, settings), saved_model[1])
+    with pytest.MonkeyPatch.context() as patch:
+        # No torchvision here: Qwen-VL's AutoProcessor needs it (its video processor); the plugin loads through
+        # ross.eval.generation.load_processor, swapped for the loader that builds it from the folder's saved parts.
+        patch.setattr(generation, "load_processor", load_native_processor_without_torchvision)
+        return (get_model("ross", force_simple=True).create_from_arg_string(arg, settings),
+                get_model("ross").create_from_arg_string(arg, settings), saved_model[1], type(vlm).__name__)
 
 
 def test_native_vlm_folder_matches_the_runner(native_plugin_models):
     """A native VLM loads as its own class; both interfaces give the runner's batch-size-1 answers."""
     from ross.eval.generation import generate_answers, load_items
 
-    simple, chat, data = native_plugin_models
-    assert type(simple.model).__name__ == "LlavaForConditionalGeneration"
+    simple, chat, data, model_class = native_plugin_models
+    assert type(simple.model).__name__ == type(chat.model).__name__ == model_class
     _, rows, prompts = load_items("synthetic_pope", data)
     reference = generate_answers(simple.model, simple.processor, [(r["images"], p) for r, p in zip(rows, prompts)],
                                  6, batch_size=1, progress=False)

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
-from modeling_ross.testing import tiny_llava, tiny_qwen25_vl, write_tiny_vae
+from modeling_ross.testing import tiny_llava, tiny_qwen25_vl, without_torchvision_preamble, write_tiny_vae
 from ross.model_cards import publish
 from ross.model_cards.card import NATIVE_HEAD_FOLDER, build_model_card
 
@@ -60,14 +60,24 @@ def test_card_names_the_base_model_and_the_objective(build, base, vae, tmp_path)
     assert "RossForPreTraining.from_pretrained" in card
 
 
-def test_publish_dry_run_stages_the_head_and_verifies_the_plain_vlm(vae, tmp_path, capsys):
-    folder = save_native(tiny_llava, tmp_path / "ckpt", vae, "llava-hf/llava-1.5-7b-hf")
+@pytest.mark.parametrize(
+    "build, base", [(tiny_llava, "llava-hf/llava-1.5-7b-hf"), (tiny_qwen25_vl, "Qwen/Qwen2.5-VL-7B-Instruct")],
+    ids=["llava", "qwen2_5_vl"],
+)
+def test_publish_dry_run_stages_the_head_and_verifies_the_plain_vlm(build, base, vae, tmp_path, capsys, monkeypatch):
+    if build is tiny_qwen25_vl:
+        # No torchvision here: the fresh verification process builds Qwen2.5-VL's processor from its saved parts
+        # (modeling_ross.testing's loader, as source: that process cannot import this project); users' runs load it
+        # with AutoProcessor.from_pretrained.
+        monkeypatch.setattr(publish, "VERIFY_SCRIPT", without_torchvision_preamble() + publish.VERIFY_SCRIPT)
+    folder = save_native(build, tmp_path / "ckpt", vae, base)
     staged = tmp_path / "repo"
-    code = publish.main(["--model", str(folder), "--repo-id", "me/ross-llava", "--dry-run", str(staged),
+    code = publish.main(["--model", str(folder), "--repo-id", "me/ross-vlm", "--dry-run", str(staged),
                          "--no-eval", "--verify-device", "cpu"])  # fmt: skip
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "LlavaForConditionalGeneration (transformers' own class" in out.out
+    architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
+    assert f"{architecture} (transformers' own class" in out.out
     files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
     assert {"config.json", "model.safetensors", "chat_template.jinja", "README.md",
             f"{HEAD_FOLDER}/config.json", f"{HEAD_FOLDER}/model.safetensors"} <= set(files)  # fmt: skip
@@ -76,7 +86,8 @@ def test_publish_dry_run_stages_the_head_and_verifies_the_plain_vlm(vae, tmp_pat
         folder / HEAD_FOLDER / "model.safetensors"
     ).read_bytes()
     readme = (staged / "README.md").read_text()
-    assert front_matter(readme)["base_model"] == ["llava-hf/llava-1.5-7b-hf"] and "me/ross-llava" in readme
+    assert front_matter(readme)["base_model"] == [base] and "me/ross-vlm" in readme
+    assert f"**Base model:** {base}" in readme and "ROSS^D" in readme  # the card names base model and objective
     # The staged repo is a complete RossForPreTraining folder again.
     restored = RossForPreTraining.from_pretrained(staged)
     assert restored.head_config.objective_config.objective == "denoise"

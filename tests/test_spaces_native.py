@@ -1,8 +1,10 @@
-"""The Spaces demo (spaces/app.py) on a native VLM folder (RossForPreTraining's: a plain llava-hf Llava + ross_head/):
-chat with transformers' own class, the reconstruction panel from ross_head/, or a panel that says why not."""
+"""The Spaces demo (spaces/app.py) on native VLM folders (RossForPreTraining's: a plain llava-hf Llava or Qwen2.5-VL +
+ross_head/): chat with transformers' own class, the reconstruction panel from ross_head/, or a panel that says why
+not."""
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +12,12 @@ from conftest import load_spaces_app
 from PIL import Image
 
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
-from modeling_ross.testing import tiny_llava, write_tiny_vae
+from modeling_ross.testing import (
+    load_native_processor_without_torchvision,
+    tiny_llava,
+    tiny_qwen25_vl,
+    write_tiny_vae,
+)
 
 
 gradio = pytest.importorskip("gradio", reason="gradio is not installed (demo extra: pip install -e '.[demo]')")
@@ -20,12 +27,11 @@ HEAD = {"teacher_subfolder": "vae", "denoiser_hidden_size": 64, "denoiser_depth"
 app = load_spaces_app()
 
 
-@pytest.fixture(scope="module")
-def native_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("native")
+def save_native_folder(root: Path, build) -> Path:
+    """`build`'s tiny VLM + a fresh ROSS head (KL-16 teacher), saved as RossForPreTraining does, with its processor."""
     vae = write_tiny_vae(root / "vae", block_out_channels=(8, 16, 16, 16, 16))
     torch.manual_seed(0)
-    vlm, processor = tiny_llava()
+    vlm, processor = build()
     image_processor = processor.image_processor
     ross = RossForPreTraining.from_vlm(
         vlm, {"teacher": str(vae), **HEAD}, image_mean=image_processor.image_mean, image_std=image_processor.image_std
@@ -38,13 +44,19 @@ def native_dir(tmp_path_factory):
     return root / "ckpt"
 
 
-def test_native_folder_chats_and_reconstructs(native_dir):
-    loaded = app.load_model(str(native_dir))
-    assert loaded.reconstruction_error is None and loaded.native_ross is not None
-    assert type(loaded.model).__name__ == "LlavaForConditionalGeneration"
-    assert "native `llava`" in loaded.describe() and "objective `denoise`" in loaded.describe()
-    image = Image.new("RGB", (40, 30), "red")
+@pytest.fixture(scope="module")
+def native_dir(tmp_path_factory):
+    return save_native_folder(tmp_path_factory.mktemp("native"), tiny_llava)
 
+
+@pytest.fixture(scope="module")
+def qwen25_vl_dir(tmp_path_factory):
+    return save_native_folder(tmp_path_factory.mktemp("native-qwen"), tiny_qwen25_vl)
+
+
+def check_chat_and_reconstruction(loaded, image: Image.Image) -> tuple[Image.Image, str]:
+    """The chat answer is the model's own greedy answer to its chat template; the reconstruction is seeded and
+    conditioned on the image. Returns the reconstruction and its panel text."""
     history = [{"role": "user", "content": "What colour is it?"}]
     answer = list(app.stream_answer(loaded, image, history, max_new_tokens=5))[-1][-1]["content"]
     processor = loaded.processor
@@ -58,11 +70,35 @@ def test_native_folder_chats_and_reconstructs(native_dir):
 
     result, info = app.reconstruct(loaded, image, steps=2, seed=1)
     assert isinstance(result, Image.Image) and max(result.size) == app.DISPLAY_SIZE
-    assert "2 DDIM steps" in info and HEAD_FOLDER in info and "128x128 px" in info  # 8 x 8 tokens, 16 px each
+    assert "2 DDIM steps" in info and HEAD_FOLDER in info
     again, _ = app.reconstruct(loaded, image, steps=2, seed=1)
     assert again.tobytes() == result.tobytes()  # seeded
-    other, _ = app.reconstruct(loaded, Image.new("RGB", (40, 30), "blue"), steps=2, seed=1)
+    other, _ = app.reconstruct(loaded, Image.new("RGB", image.size, "blue"), steps=2, seed=1)
     assert other.tobytes() != result.tobytes()  # conditioned on the image
+    return result, info
+
+
+def test_native_folder_chats_and_reconstructs(native_dir):
+    loaded = app.load_model(str(native_dir))
+    assert loaded.reconstruction_error is None and loaded.native_ross is not None
+    assert type(loaded.model).__name__ == "LlavaForConditionalGeneration"
+    assert "native `llava`" in loaded.describe() and "objective `denoise`" in loaded.describe()
+    _, info = check_chat_and_reconstruction(loaded, Image.new("RGB", (40, 30), "red"))
+    assert "128x128 px" in info  # 8 x 8 tokens, 16 px each
+
+
+def test_native_qwen25_vl_folder_chats_and_reconstructs_on_the_image_grid(qwen25_vl_dir, monkeypatch):
+    # No torchvision here: the app's AutoProcessor.from_pretrained is swapped for the loader that builds Qwen2.5-VL's
+    # processor from its saved parts (as tests/test_native_vlms.py does for sft); the app itself is unchanged.
+    monkeypatch.setattr(app, "AutoProcessor", SimpleNamespace(
+        from_pretrained=lambda name, **kwargs: load_native_processor_without_torchvision(name)))  # fmt: skip
+    loaded = app.load_model(str(qwen25_vl_dir))
+    assert loaded.reconstruction_error is None and loaded.native_ross is not None
+    assert type(loaded.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert "native `qwen2_5_vl`" in loaded.describe() and "objective `denoise`" in loaded.describe()
+    # 84 x 56 px: a 2 x 3 token grid (28 px per token), reconstructed at 16 px per token, shown with its aspect ratio.
+    result, info = check_chat_and_reconstruction(loaded, Image.new("RGB", (84, 56), "red"))
+    assert "48x32 px" in info and result.size == (app.DISPLAY_SIZE, round(app.DISPLAY_SIZE * 32 / 48))
 
 
 def test_without_modeling_ross_the_panel_says_why(native_dir, monkeypatch):
