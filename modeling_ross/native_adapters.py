@@ -17,6 +17,7 @@ model's config. `../docs/native-vlms.md` lists what each adapter maps and how it
 
 import torch
 from torch import nn
+from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 
 class NativeVlmAdapter:
@@ -138,9 +139,12 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         return runs
 
     def dummy_image_inputs(self, device, dtype) -> dict:
+        """One S x S image as the processor gives it: the base view and the any-res tiles `get_image_features` counts
+        for that size from `image_grid_pinpoints` (it slices that many views per image; one view alone fails there)."""
         size = self.config.vision_config.image_size
+        views = image_size_to_num_patches((size, size), self.config.image_grid_pinpoints, patch_size=size)
         return {
-            "pixel_values": torch.zeros(1, 1, 3, size, size, device=device, dtype=dtype),
+            "pixel_values": torch.zeros(1, views, 3, size, size, device=device, dtype=dtype),
             "image_sizes": torch.tensor([[size, size]], device=device),
         }
 
