@@ -471,4 +471,5 @@ __all__ = [
     "count_trainable_parameters",
     "images_seen_per_rank",
     "module_of",
+    "projector_modules",
 ]
