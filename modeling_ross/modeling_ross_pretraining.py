@@ -348,15 +348,19 @@ class RossForPreTraining(nn.Module):
 
         The VLM's own forward would then skip its vision tower and projector; they run here instead, on the adapter's
         minimal dummy input, at zero weight, inside the VLM's forward between the token embedding and the LLM: the
-        place and order in which a batch with images calls them. Every rank then calls the same modules in the same
-        order, which DeepSpeed ZeRO-3 checks and needs for its per-module parameter gathers."""
+        place and order in which a batch with images calls them; features that a batch with images hands the LLM
+        another way (Qwen3-VL's DeepStack) go in there too (`adapter.idle_language_model_inputs`). Every rank then calls
+        the same modules in the same order and produces the same gradients in the same order, which DeepSpeed ZeRO-3
+        checks and needs for its per-module parameter gathers and its gradient reductions."""
         if not self._idle_tower_armed:
             return None
         self._idle_tower_armed = False
         embeds = kwargs["inputs_embeds"]
         dummy = self.adapter.dummy_image_inputs(embeds.device, self.model.dtype)
-        features = self.model.get_image_features(**dummy, return_dict=True).pooler_output  # per image, or a tensor
+        image_outputs = self.model.get_image_features(**dummy, return_dict=True)
+        features = image_outputs.pooler_output  # per image, or a tensor
         kwargs["inputs_embeds"] = embeds + 0.0 * sum(feature.sum() for feature in features).to(embeds.dtype)
+        kwargs.update(self.adapter.idle_language_model_inputs(image_outputs, embeds))
         return args, kwargs
 
     def empty_batch_loss(self, hidden_states: torch.Tensor, cached: bool = False) -> torch.Tensor:

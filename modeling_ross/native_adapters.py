@@ -70,6 +70,13 @@ class NativeVlmAdapter:
         at zero weight, so every rank calls the same modules (DeepSpeed ZeRO-3 / DDP)."""
         raise NotImplementedError
 
+    def idle_language_model_inputs(self, image_outputs, inputs_embeds: torch.Tensor) -> dict:
+        """Extra language-model inputs that carry the dummy image's features in (`image_outputs`, what
+        `get_image_features` returned for `dummy_image_inputs`) where a batch with images would, at no image position,
+        so that every part of the tower gets its (zero) gradient at the same point of the backward. Default: none (the
+        features reach the LLM through `inputs_embeds` only)."""
+        return {}
+
     @property
     def nominal_grid(self) -> int:
         """A square grid side for the parts of the objective that want one (the teacher's default input size)."""
@@ -156,8 +163,8 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         return runs
 
     def dummy_image_inputs(self, device, dtype) -> dict:
-        """One S x S image with the views the model expects of it (base + the any-res tiles of its best pinpoint):
-        `get_image_features` reads that count from `image_sizes` and splits the tower's output by it."""
+        """One S x S image as the processor gives it: the base view and the any-res tiles `get_image_features` counts
+        for that size from `image_grid_pinpoints` (it slices that many views per image; one view alone fails there)."""
         size = self.config.vision_config.image_size
         views = image_size_to_num_patches((size, size), self.config.image_grid_pinpoints, patch_size=size)
         return {
@@ -307,6 +314,19 @@ class QwenVLAdapter(NativeVlmAdapter):
         return {
             "pixel_values": torch.zeros(num_rows, width, device=device, dtype=dtype),
             "image_grid_thw": torch.tensor([[1, m, m]], device=device),
+        }
+
+    def idle_language_model_inputs(self, image_outputs, inputs_embeds):
+        """Qwen3-VL's DeepStack: the mergers' features are added to the hidden states of the first LLM layers at the
+        image positions (`deepstack_visual_embeds`, `visual_pos_masks`). Passed on with no position selected, the
+        mergers still get their (zero) gradients where a rank with images gets them: ZeRO-3 reduces gradients in the
+        order they become ready, and a rank that never produced the mergers' gradients breaks that collective."""
+        deepstack = getattr(image_outputs, "deepstack_features", None)
+        if not deepstack:
+            return {}
+        return {
+            "visual_pos_masks": torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device),
+            "deepstack_visual_embeds": [torch.cat(list(features))[:0] for features in deepstack],
         }
 
 

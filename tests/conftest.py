@@ -37,6 +37,14 @@ def tiny_processor(tiny_components):
     return RossProcessor.from_components(tiny_components["vision_model"], tiny_components["language_model"])
 
 
+@pytest.fixture(scope="session")
+def kl16_vae(tmp_path_factory):
+    """A KL-16 teacher (5 blocks: downsample 16, no folding), as the paper's default: the native-VLM tests' teacher."""
+    from modeling_ross.testing import write_tiny_vae
+
+    return str(write_tiny_vae(tmp_path_factory.mktemp("vae"), block_out_channels=(8, 16, 16, 16, 16)))
+
+
 def run_demo_cli(out: Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m ross.train.demo --fast --out OUT ARGS...` (a smoke run: tiny step counts), checked for success."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

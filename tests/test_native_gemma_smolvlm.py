@@ -8,13 +8,12 @@ import torch
 from PIL import Image
 
 from modeling_ross.testing import tiny_gemma3, tiny_idefics3, tiny_smolvlm
-from tests.test_native_vlms import (  # noqa: F401 (kl16_vae is a fixture)
+from tests.native_sft import random_image
+from tests.test_native_vlms import (
     _changed_tokens,
     chat_batch,
     check_save_loads_as_the_plain_vlm_without_ross,
     check_sft_trains_a_native_vlm_end_to_end,
-    kl16_vae,
-    random_image,
     ross_for,
 )
 

@@ -16,7 +16,8 @@ from ross.train.latent_cache import (
     settings_key,
 )
 from ross.train.native_collator import NativeVlmDataCollator
-from tests.test_native_vlms import kl16_vae, random_image, ross_for, write_native_data  # noqa: F401 (a fixture)
+from tests.native_sft import random_image, write_native_data
+from tests.test_native_vlms import ross_for
 
 
 def item(index: int, images: list, answer: str = "red") -> dict:

@@ -3,8 +3,6 @@
 tests/test_native_gemma_smolvlm.py. See docs/native-vlms.md."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,27 +12,13 @@ from PIL import Image
 from modeling_ross.denoiser import RossDenoiser, build_noise_scheduler, grid_sincos_table
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
 from modeling_ross.objective import grid_denoising_loss
-from modeling_ross.testing import (
-    tiny_llava,
-    tiny_llava_onevision,
-    tiny_qwen3_vl,
-    tiny_qwen25_vl,
-    write_tiny_vae,
-)
-from tests.conftest import run_isolated
-
-
-HEAD = {"denoiser_hidden_size": 64, "denoiser_depth": 2, "denoiser_num_heads": 4, "num_noise_draws": 2}
-
-
-@pytest.fixture(scope="module")
-def kl16_vae(tmp_path_factory):
-    """A KL-16 teacher (5 blocks: downsample 16, no folding), as the paper's default."""
-    return str(write_tiny_vae(tmp_path_factory.mktemp("vae"), block_out_channels=(8, 16, 16, 16, 16)))
+from modeling_ross.testing import tiny_llava, tiny_llava_onevision, tiny_qwen3_vl, tiny_qwen25_vl
+from tests.conftest import TINY_OBJECTIVE, run_isolated
+from tests.native_sft import ARCHITECTURES, random_image, save_base, sft_argv, write_native_data
 
 
 def objective(vae: str, **overrides) -> dict:
-    return {"teacher": vae, "teacher_subfolder": "vae", **HEAD, **overrides}
+    return {"teacher": vae, "teacher_subfolder": "vae", **TINY_OBJECTIVE, **overrides}
 
 
 def ross_for(build, vae, **kwargs):
@@ -44,11 +28,6 @@ def ross_for(build, vae, **kwargs):
         vlm, objective(vae), image_mean=image_processor.image_mean, image_std=image_processor.image_std
     )
     return ross, processor
-
-
-def random_image(height: int, width: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def chat_batch(processor, images_per_sample, answers=("red", "two")):
@@ -334,39 +313,6 @@ def test_from_pretrained_of_a_plain_vlm_says_what_to_do(kl16_vae, tmp_path):
 # ---- the training path: train/sft.py on a native VLM folder ----
 
 
-def write_native_data(root, fmt: str):
-    """Images of three sizes; a one-image, a two-image and a text-only sample, in LLaVA JSON or HF messages JSONL."""
-    images = root / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    for name, (height, width), seed in (("a.png", (56, 84), 0), ("b.png", (84, 56), 1), ("c.png", (56, 56), 2)):
-        random_image(height, width, seed).save(images / name)
-    if fmt == "llava":
-        records = [
-            {"id": "one", "image": "a.png", "conversations": [
-                {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]},
-            {"id": "two", "image": ["b.png", "c.png"], "conversations": [
-                {"from": "human", "value": "<image>\n<image>\nHow many are there?"}, {"from": "gpt", "value": "two"}]},
-            {"id": "text", "conversations": [
-                {"from": "human", "value": "Is there a circle?"}, {"from": "gpt", "value": "yes"}]},
-        ] * 2  # fmt: skip
-        path = root / "data.json"
-        path.write_text(json.dumps(records))
-    else:
-        records = [
-            {"id": "one", "images": ["a.png"], "messages": [
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
-                {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]},
-            {"id": "two", "images": ["b.png", "c.png"], "messages": [
-                {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "How many?"}]},
-                {"role": "assistant", "content": "two"}]},
-            {"id": "text", "messages": [
-                {"role": "user", "content": "Is there a circle?"}, {"role": "assistant", "content": "yes"}]},
-        ] * 2  # fmt: skip
-        path = root / "data.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path, images
-
-
 @pytest.mark.parametrize(
     "build, fmt",
     [(tiny_qwen25_vl, "llava"), (tiny_qwen25_vl, "messages"), (tiny_llava, "llava"), (tiny_qwen3_vl, "llava"),
@@ -386,22 +332,12 @@ def check_sft_trains_a_native_vlm_end_to_end(build, fmt, kl16_vae, tmp_path, mon
     from modeling_ross.testing import load_native_processor_without_torchvision
     from ross.train.sft import main
 
-    vlm, processor = build()
     base = tmp_path / "base"
-    vlm.save_pretrained(base)
-    processor.save_pretrained(base)
+    vlm, _ = save_base(build, base)
     # No torchvision here: see load_native_processor (Qwen-VL's processor needs it; others load as usual).
     monkeypatch.setattr(ross.train.build, "load_native_processor", load_native_processor_without_torchvision)
     data, images = write_native_data(tmp_path, fmt)
-    argv = [
-        "--model_name_or_path", str(base), "--objective", "denoise", "--teacher", kl16_vae, "--teacher_subfolder", "vae",
-        "--model_overrides", "{denoiser_hidden_size: 64, denoiser_depth: 2, denoiser_num_heads: 4, num_noise_draws: 2}",
-        "--data_path", str(data), "--image_folder", str(images), "--data_format", "chat", "--stage", "2",
-        "--output_dir", str(tmp_path / "out"), "--max_steps", "3", "--per_device_train_batch_size", "2",
-        "--learning_rate", "1e-3", "--logging_steps", "1", "--save_strategy", '"no"', "--report_to", "none",
-        "--use_cpu", "true", "--model_max_length", "512",
-    ]  # fmt: skip
-    summary = main(argv)
+    summary = main(sft_argv(base, data, images, kl16_vae, tmp_path / "out", max_steps=3))
     assert summary["global_step"] == 3
     assert np.isfinite(summary["final_text_loss"]) and summary["final_visual_loss"] > 0
     counts = summary["trainable_parameters"]
@@ -414,8 +350,7 @@ def check_sft_trains_a_native_vlm_end_to_end(build, fmt, kl16_vae, tmp_path, mon
     trained = RossForPreTraining.from_pretrained(folder)
     assert not torch.equal(trained.denoiser.final_layer.linear.weight, torch.zeros_like(trained.denoiser.final_layer.linear.weight))
     # Continue from the saved folder: the head is restored, not rebuilt.
-    again = main([*argv[:argv.index("--output_dir")], "--model_name_or_path", str(folder), "--output_dir",
-                  str(tmp_path / "again"), *argv[argv.index("--output_dir") + 2:]])  # fmt: skip
+    again = main(sft_argv(folder, data, images, kl16_vae, tmp_path / "again", max_steps=3))
     assert again["global_step"] == 3
     return summary
 
@@ -460,184 +395,63 @@ def test_native_collator_too_long_sample_names_it():
         collator([feature])
 
 
-@pytest.mark.parametrize(
-    "build", [tiny_qwen25_vl, tiny_llava, tiny_llava_onevision], ids=["qwen2_5_vl", "llava", "llava_onevision"]
-)
+@pytest.mark.parametrize("build", ARCHITECTURES)
 def test_text_only_batch_runs_the_same_modules_in_the_same_order(build, kl16_vae):
-    """ZeRO-3 gathers each module's parameters when it is called: a rank with a text-only batch must call the same
-    modules in the same order as a rank with images. Its text loss is unchanged by the idle tower."""
+    """ZeRO-3 gathers each module's parameters when it is called, and reduces gradients in the order they become
+    ready: a rank with a text-only batch must call the same modules in the same order as a rank with images, and
+    produce the same parameters' gradients in the same order (Qwen3-VL's DeepStack mergers included). Its text loss is
+    unchanged by the idle tower."""
     torch.manual_seed(0)
     ross, processor = ross_for(build, kl16_vae)
     ross.train()
-    order = []
+    order, ready = [], []
     names = {"embed": ross.model.get_input_embeddings(), "llm": ross.model.model.language_model,
              "teacher": ross.teacher.vae.encoder, "denoiser": ross.denoiser}  # fmt: skip
-    names["tower"] = ross.model.model.visual if build is tiny_qwen25_vl else ross.model.model.vision_tower
+    names["tower"] = getattr(ross.model.model, "visual", None) or ross.model.model.vision_tower  # Qwen-VL: visual
     hooks = [module.register_forward_pre_hook(lambda m, a, n=name: order.append(n)) for name, module in names.items()]
-    calls = {}
+    hooks += [p.register_post_accumulate_grad_hook(lambda p, n=name: ready.append(n)) for name, p in ross.named_parameters()]
+    calls, gradients = {}, {}
     for kind, images in (("images", [[random_image(56, 84, 0)], [random_image(84, 56, 1)]]), ("text", [[], []])):
-        order.clear()
+        order.clear(), ready.clear()
         batch = chat_batch(processor, images)
         outputs = ross(**batch, labels=batch["input_ids"])
         calls[kind] = [name for k, name in enumerate(order) if k == 0 or order[k - 1] != name]
         if kind == "text":
             assert torch.allclose(outputs.text_loss, ross.model(**batch, labels=batch["input_ids"]).loss, atol=1e-6)
+        ross.zero_grad(set_to_none=True)
+        outputs.loss.backward()
+        gradients[kind] = list(ready)
     for hook in hooks:
         hook.remove()
     assert calls["images"] == calls["text"] == ["embed", "tower", "llm", "teacher", "denoiser"]
+    assert gradients["text"] == gradients["images"]
+    assert any(".merger." in name or "multi_modal_projector" in name for name in gradients["text"])
 
 
-# ---- DeepSpeed on 2 CPU processes (see tests/test_distributed.py for how DeepSpeed runs on CPU here) ----
-
-_SFT_NO_TORCHVISION = """
-import sys
-sys.path.insert(0, {repo!r})
-import ross.train.build
-from modeling_ross.testing import load_native_processor_without_torchvision
-from ross.train.sft import main
-
-ross.train.build.load_native_processor = load_native_processor_without_torchvision  # no torchvision here
-main(sys.argv[1:])
-"""
+# ---- LoRA through train/sft.py ----
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("build", [tiny_qwen25_vl, tiny_llava], ids=["qwen2_5_vl", "llava"])
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
-def test_deepspeed_two_processes_with_a_text_only_rank(build, zero, kl16_vae, tmp_path):
-    """torchrun, 2 CPU processes, DeepSpeed ZeRO-2 / ZeRO-3: records alternate image / text-only with a sequential
-    sampler and one sample per rank, so rank 1 never has an image. Every rank must call the same modules (the idle
-    tower, teacher and denoiser at zero weight) or ZeRO-3's gathers hang; the run finishing, and the saved plain VLM
-    + ross_head with gathered (non-empty) weights, show it."""
-    from tests.test_distributed import REPO_ROOT, _torchrun
-
-    vlm, processor = build()
-    base = tmp_path / "base"
-    vlm.save_pretrained(base)
-    processor.save_pretrained(base)
-    data, images = write_native_data(tmp_path, "llava")
-    records = json.loads(data.read_text())[:3]  # one image, two images, text-only
-    alternating = [records[0], records[2], records[1], records[2]]
-    data.write_text(json.dumps(alternating))
-    script = tmp_path / "sft.py"
-    script.write_text(_SFT_NO_TORCHVISION.format(repo=str(REPO_ROOT)))
-    output_dir = tmp_path / "out"
-    result = _torchrun(
-        [
-            "--model_name_or_path", str(base), "--objective", "denoise", "--teacher", kl16_vae,
-            "--teacher_subfolder", "vae",
-            "--model_overrides", "{denoiser_hidden_size: 64, denoiser_depth: 2, denoiser_num_heads: 4, num_noise_draws: 2}",
-            "--data_path", str(data), "--image_folder", str(images), "--data_format", "chat", "--stage", "2",
-            "--use_cpu", "false", "--deepspeed", str(REPO_ROOT / "train" / "configs" / f"{zero}.json"),
-            "--output_dir", str(output_dir), "--max_steps", "2", "--per_device_train_batch_size", "1",
-            "--gradient_accumulation_steps", "1", "--train_sampling_strategy", "sequential", "--learning_rate", "1e-3",
-            "--save_strategy", '"no"', "--report_to", "none", "--model_max_length", "512", "--logging_steps", "1",
-        ],
-        cwd=tmp_path, script=str(script),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    summary = json.loads((output_dir / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["global_step"] == 2
-    assert summary["images_seen_per_rank"] == [3, 0]  # rank 1 never saw an image
-    assert summary["final_visual_loss"] > 0 and np.isfinite(summary["final_text_loss"])
-    restored = RossForPreTraining.from_pretrained(output_dir / "model")
-    assert all(p.numel() > 0 for p in restored.parameters())
-    assert restored.denoiser.final_layer.linear.weight.abs().sum() > 0  # trained and gathered
-
-
-_KILL_AFTER_SAVE = """
-import os, signal, sys
-sys.path.insert(0, {repo!r})
-import ross.train.build
-from transformers import TrainerCallback
-from modeling_ross.testing import load_native_processor_without_torchvision
-from ross.train.sft import main
-
-ross.train.build.load_native_processor = load_native_processor_without_torchvision  # no torchvision here
-
-class KillAfterSave(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == 2 and os.environ.get("KILL_AT_2"):
-            os.kill(os.getpid(), signal.SIGKILL)  # like a preempted job
-
-main(sys.argv[1:], callbacks=[KillAfterSave()])
-"""
-
-
-@pytest.mark.slow
-def test_resume_after_kill_matches_uninterrupted_run(kl16_vae, tmp_path):
-    """Qwen2.5-VL through train/sft.py: killed (SIGKILL) right after the step-2 checkpoint, resumed with
-    `--resume_from_checkpoint true`, the final VLM and head equal an uninterrupted 4-step run's."""
-    import subprocess
-    import sys
-
-    from safetensors.torch import load_file
-
-    vlm, processor = tiny_qwen25_vl()
-    base = tmp_path / "base"
-    vlm.save_pretrained(base)
-    processor.save_pretrained(base)
-    data, images = write_native_data(tmp_path, "llava")
-    script = tmp_path / "sft.py"
-    script.write_text(_KILL_AFTER_SAVE.format(repo=str(Path(__file__).resolve().parents[1])))
-
-    def run(output_dir, kill=False, resume=False):
-        argv = [
-            "--model_name_or_path", str(base), "--objective", "denoise", "--teacher", kl16_vae,
-            "--teacher_subfolder", "vae",
-            "--model_overrides", "{denoiser_hidden_size: 64, denoiser_depth: 2, denoiser_num_heads: 4, num_noise_draws: 2}",
-            "--data_path", str(data), "--image_folder", str(images), "--data_format", "chat", "--stage", "2",
-            "--output_dir", str(output_dir), "--max_steps", "4", "--per_device_train_batch_size", "2",
-            "--learning_rate", "1e-3", "--save_strategy", "steps", "--save_steps", "2", "--report_to", "none",
-            "--use_cpu", "true", "--model_max_length", "512", "--logging_steps", "1",
-        ]  # fmt: skip
-        if resume:
-            argv += ["--resume_from_checkpoint", "true"]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-        if kill:
-            env["KILL_AT_2"] = "1"
-        return subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=400,
-                              env=env, cwd=tmp_path)  # fmt: skip
-
-    full = run(tmp_path / "full")
-    assert full.returncode == 0, full.stderr[-3000:]
-    killed = run(tmp_path / "interrupted", kill=True)
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    assert (tmp_path / "interrupted" / "checkpoint-2" / HEAD_FOLDER / "model.safetensors").is_file()
-    resumed = run(tmp_path / "interrupted", resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    for part in ("model.safetensors", f"{HEAD_FOLDER}/model.safetensors"):
-        expected = load_file(str(tmp_path / "full" / "model" / part))
-        got = load_file(str(tmp_path / "interrupted" / "model" / part))
-        assert expected.keys() == got.keys()
-        for key in expected:
-            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
-
-
-def test_sft_lora_on_qwen25_vl_saves_a_merged_plain_vlm(kl16_vae, tmp_path, monkeypatch):
-    """LoRA on the LLM of a native Qwen2.5-VL through train/sft.py: the patch merger (projector) and the denoiser train
-    fully, the LLM's base weights stay, and the saved folder is the merged plain VLM + ross_head."""
+@pytest.mark.parametrize("build", ARCHITECTURES)
+def test_sft_lora_saves_a_merged_plain_vlm(build, kl16_vae, tmp_path, monkeypatch):
+    """LoRA on the LLM of a native VLM through train/sft.py: the whole projector (Qwen-VL's patch `merger`, with
+    Qwen3-VL's DeepStack mergers; llava-hf's `multi_modal_projector`) and the denoiser train fully, the LLM through
+    its adapters only, and the saved folder is the merged plain VLM + ross_head."""
     import ross.train.build
     from modeling_ross.testing import load_native_processor_without_torchvision
     from ross.train.sft import main
+    from ross.train.trainer import module_of
 
-    vlm, processor = tiny_qwen25_vl()
-    base = tmp_path / "base"
-    vlm.save_pretrained(base)
-    processor.save_pretrained(base)
     monkeypatch.setattr(ross.train.build, "load_native_processor", load_native_processor_without_torchvision)
-    data, images = write_native_data(tmp_path, "llava")
-    summary = main([
-        "--model_name_or_path", str(base), "--objective", "denoise", "--teacher", kl16_vae, "--teacher_subfolder", "vae",
-        "--model_overrides", "{denoiser_hidden_size: 64, denoiser_depth: 2, denoiser_num_heads: 4, num_noise_draws: 2}",
-        "--data_path", str(data), "--image_folder", str(images), "--data_format", "chat", "--stage", "2",
-        "--lora", "true", "--lora_r", "4", "--lora_alpha", "8",
-        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--per_device_train_batch_size", "2",
-        "--learning_rate", "1e-2", "--save_strategy", '"no"', "--report_to", "none", "--use_cpu", "true",
-        "--model_max_length", "512",
-    ])  # fmt: skip
+    base = tmp_path / "base"
+    vlm, _ = save_base(build, base)
+    data, images = write_native_data(tmp_path, "messages")
+    summary = main(sft_argv(
+        base, data, images, kl16_vae, tmp_path / "out", lora="true", lora_r=4, lora_alpha=8, learning_rate=1e-2,
+    ))  # fmt: skip
     counts = summary["trainable_parameters"]
-    assert counts["projector"] > 0 and counts["denoiser"] > 0 and counts["vision_tower"] == counts["teacher"] == 0
+    projector = {name: p for name, p in vlm.named_parameters() if module_of(f"model.{name}") == "projector"}
+    assert counts["projector"] == sum(p.numel() for p in projector.values()) > 0  # all of it, not a LoRA wrap
+    assert counts["denoiser"] > 0 and counts["vision_tower"] == counts["teacher"] == 0
     assert 0 < counts["language_model"] < sum(p.numel() for p in vlm.model.language_model.parameters())  # LoRA only
     folder = tmp_path / "out" / "model"
     assert not list(folder.glob("adapter_*"))
@@ -645,7 +459,9 @@ def test_sft_lora_on_qwen25_vl_saves_a_merged_plain_vlm(kl16_vae, tmp_path, monk
     assert not any("lora_" in name for name, _ in trained.named_parameters())
     merged_q = trained.model.model.language_model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(merged_q, vlm.model.language_model.layers[0].self_attn.q_proj.weight)  # LoRA merged in
-    assert not torch.equal(trained.model.model.visual.merger.mlp[0].weight, vlm.model.visual.merger.mlp[0].weight)
+    saved = dict(trained.model.named_parameters())
+    unchanged = [name for name, p in projector.items() if torch.equal(saved[name], p)]
+    assert not unchanged, f"projector tensors not trained: {unchanged}"
 
 
 @pytest.mark.parametrize("recipe", ["qwen2.5vl_7b_ross.yaml", "qwen2.5vl_7b_ross_lora24gb.yaml"])
@@ -672,10 +488,8 @@ def test_qwen25_vl_recipes_train_with_their_own_settings(recipe, kl16_vae, tmp_p
     assert settings["learning_rate"] == (2e-4 if lora else 2e-5) and settings["weight_decay"] == 0.0
     assert settings["warmup_steps"] == 0.03 and settings["lr_scheduler_type"] == "cosine" and settings["bf16"]
     assert settings.get("deepspeed") == (None if lora else "train/configs/zero3.json") and settings["stage"] == 2
-    vlm, processor = tiny_qwen25_vl()
     base = tmp_path / "base"
-    vlm.save_pretrained(base)
-    processor.save_pretrained(base)
+    save_base(tiny_qwen25_vl, base)
     monkeypatch.setattr(ross.train.build, "load_native_processor", load_native_processor_without_torchvision)
     data, images = write_native_data(tmp_path, "llava")
     argv = []
@@ -683,7 +497,7 @@ def test_qwen25_vl_recipes_train_with_their_own_settings(recipe, kl16_vae, tmp_p
         if key in site:
             continue
         if key == "model_overrides":
-            value = {"denoiser_hidden_size": 64, "denoiser_depth": 2, "denoiser_num_heads": 4, "num_noise_draws": 2, **value}
+            value = {**TINY_OBJECTIVE, **value}
         argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
     argv += [
         "--model_name_or_path", str(base), "--teacher", kl16_vae, "--teacher_subfolder", "vae", "--data_path", str(data),

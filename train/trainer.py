@@ -121,6 +121,21 @@ def apply_stage(model: nn.Module, stage: int, train_position_embedding: bool | N
     return count_trainable_parameters(model)
 
 
+def projector_modules(model: nn.Module) -> list[str]:
+    """The modules of the projector group (`NATIVE_MODULE_PREFIXES` / `MODULE_PREFIXES`), by full name, for PEFT's
+    `modules_to_save`: ours, llava-hf's `multi_modal_projector`, Qwen-VL's patch `merger`, and each of Qwen3-VL's
+    DeepStack mergers, Idefics3 / SmolVLM's `connector`. A `ModuleList` is never called, so PEFT cannot wrap it: its members are listed instead."""
+    modules = dict(model.named_modules())
+    names = []
+    for prefix in (*NATIVE_MODULE_PREFIXES["projector"], *MODULE_PREFIXES["projector"]):
+        module = modules.get(prefix.rstrip("."))
+        if isinstance(module, nn.ModuleList):
+            names += [f"{prefix}{index}" for index in range(len(module))]
+        elif module is not None:
+            names.append(prefix.rstrip("."))
+    return names
+
+
 def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules=None):
     """
     Wrap the LLM's linear layers with LoRA adapters (PEFT). The LLM's base weights are frozen; the projector and the
@@ -134,12 +149,7 @@ def apply_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: float = 
     # `model.language_model.` (RossForConditionalGeneration) or `model.model.language_model.` (a native VLM inside
     # RossForPreTraining; Idefics3 / SmolVLM: `model.model.text_model.`).
     pattern = r"(model\.)?model\.(language_model|text_model)\..*\.(" + "|".join(map(re.escape, names)) + r")"
-    # The projector: ours, llava-hf's `multi_modal_projector`, Qwen-VL's patch `merger` or Idefics3 / SmolVLM's
-    # `connector` (suffix matches).
-    projectors = [
-        name for name in ("projector", "merger", "connector") if any(n.endswith(name) for n, _ in model.named_modules())
-    ]
-    modules_to_save = projectors + [
+    modules_to_save = projector_modules(model) + [
         name for name in ("denoiser", "queries") if getattr(model, name, None) is not None
     ]
     config = LoraConfig(
@@ -463,4 +473,5 @@ __all__ = [
     "count_trainable_parameters",
     "images_seen_per_rank",
     "module_of",
+    "projector_modules",
 ]
