@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER
-from modeling_ross.testing import tiny_llava, tiny_llava_onevision, tiny_qwen3_vl, tiny_qwen25_vl
+from modeling_ross.testing import tiny_gemma3, tiny_llava, tiny_llava_onevision, tiny_qwen3_vl, tiny_qwen25_vl, tiny_smolvlm
 from tests.conftest import TINY_OBJECTIVE
 
 
@@ -27,6 +27,8 @@ ARCHITECTURES = [
     pytest.param(tiny_llava, id="llava"),
     pytest.param(tiny_llava_onevision, id="llava_onevision"),
 ]
+# Also required unless transformers blocks them: Gemma 3 and SmolVLM (SmolVLM2's class; Idefics3 shares its adapter).
+MORE_ARCHITECTURES = [pytest.param(tiny_gemma3, id="gemma3"), pytest.param(tiny_smolvlm, id="smolvlm")]
 
 
 # `train/sft.py` in a process of its own. No torchvision here, so the VLM's processor is built from its saved parts

@@ -1,6 +1,6 @@
 """`train/sft.py` runs of native VLMs (`RossForPreTraining`) that must equal a reference run: gradient accumulation
 (one large batch), DeepSpeed ZeRO-2 / ZeRO-3 on 2 CPU processes with a text-only rank, and kill -9 resume; for
-Qwen2.5-VL, Qwen3-VL, llava-hf Llava and LLaVA-OneVision (tiny random-weight configs, offline). See
+Qwen2.5-VL, Qwen3-VL, llava-hf Llava, LLaVA-OneVision, Gemma 3 and SmolVLM (tiny random-weight configs, offline). See
 docs/native-vlms.md; tests/test_distributed.py says how DeepSpeed runs on CPU here."""
 
 import hashlib
@@ -13,8 +13,10 @@ from safetensors.torch import load_file
 
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
 from modeling_ross.objective import grid_denoising_loss
+from modeling_ross.testing import tiny_smolvlm
 from tests.native_sft import (
     ARCHITECTURES,
+    MORE_ARCHITECTURES,
     REPO_ROOT,
     assert_same_saved_weights,
     run_sft_process,
@@ -47,7 +49,7 @@ def noise_keyed_by_image(denoiser, scheduler, conditions, targets, grids, num_dr
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("build", ARCHITECTURES)
+@pytest.mark.parametrize("build", ARCHITECTURES + MORE_ARCHITECTURES)
 def test_gradient_accumulation_equals_one_large_batch(build, kl16_vae, tmp_path, monkeypatch):
     """Batch 2 x GA 1 and batch 1 x GA 2 over the same samples in the same order (sequential sampler) give the same
     logged losses and the same VLM and ROSS head after 2 SGD steps. The micro-batches hold 1 and 2 images (step 1),
@@ -73,7 +75,9 @@ def test_gradient_accumulation_equals_one_large_batch(build, kl16_vae, tmp_path,
             learning_rate=0.1, lr_scheduler_type="constant", max_grad_norm=0, train_sampling_strategy="sequential",
         ))  # fmt: skip
     large, accumulated = runs["large"], runs["accumulated"]
-    assert large["images_seen_per_rank"] == accumulated["images_seen_per_rank"] == [4]
+    # 4 images; SmolVLM counts frames (each image's tiles + global view), as its visual loss does.
+    frames_per_image = 1 if build is not tiny_smolvlm else 5
+    assert large["images_seen_per_rank"] == accumulated["images_seen_per_rank"] == [4 * frames_per_image]
     for key in ("first_logged", "last_logged"):
         assert accumulated[key] == pytest.approx(large[key], rel=1e-5, abs=1e-7), key
     assert large["first_logged"]["visual_loss"] > 0 and large["last_logged"]["visual_loss"] > 0
@@ -90,7 +94,7 @@ def test_gradient_accumulation_equals_one_large_batch(build, kl16_vae, tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("build", ARCHITECTURES)
+@pytest.mark.parametrize("build", ARCHITECTURES + MORE_ARCHITECTURES)
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_deepspeed_two_processes_with_a_text_only_rank(build, zero, kl16_vae, tmp_path):
     """torchrun, 2 CPU processes, DeepSpeed ZeRO-2 / ZeRO-3: records alternate image / text-only with a sequential
@@ -114,7 +118,8 @@ def test_deepspeed_two_processes_with_a_text_only_rank(build, zero, kl16_vae, tm
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads((output_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_step"] == 2
-    assert summary["images_seen_per_rank"] == [3, 0]  # rank 1 never saw an image
+    frames_per_image = 1 if build is not tiny_smolvlm else 5  # SmolVLM counts frames: tiles + the global view
+    assert summary["images_seen_per_rank"] == [3 * frames_per_image, 0]  # rank 1 never saw an image
     assert summary["final_visual_loss"] > 0 and np.isfinite(summary["final_text_loss"])
     restored = RossForPreTraining.from_pretrained(output_dir / "model")
     assert all(p.numel() > 0 for p in restored.parameters())
@@ -125,7 +130,7 @@ def test_deepspeed_two_processes_with_a_text_only_rank(build, zero, kl16_vae, tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("build", ARCHITECTURES)
+@pytest.mark.parametrize("build", ARCHITECTURES + MORE_ARCHITECTURES)
 def test_resume_after_kill_matches_uninterrupted_run(build, kl16_vae, tmp_path, monkeypatch):
     """train/sft.py killed (SIGKILL) right after the step-1 checkpoint and resumed with `--resume_from_checkpoint
     true`: the final VLM and head equal an uninterrupted 2-step run's, so the checkpoint (the plain VLM + ross_head/,

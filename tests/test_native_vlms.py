@@ -11,10 +11,11 @@ from PIL import Image
 
 from modeling_ross.denoiser import RossDenoiser, build_noise_scheduler, grid_sincos_table
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
+from modeling_ross.native_adapters import ADAPTERS
 from modeling_ross.objective import grid_denoising_loss
 from modeling_ross.testing import tiny_llava, tiny_llava_onevision, tiny_qwen3_vl, tiny_qwen25_vl
 from tests.conftest import TINY_OBJECTIVE, run_isolated
-from tests.native_sft import ARCHITECTURES, random_image, save_base, sft_argv, write_native_data
+from tests.native_sft import ARCHITECTURES, MORE_ARCHITECTURES, random_image, save_base, sft_argv, write_native_data
 
 
 def objective(vae: str, **overrides) -> dict:
@@ -431,10 +432,10 @@ def test_text_only_batch_runs_the_same_modules_in_the_same_order(build, kl16_vae
 # ---- LoRA through train/sft.py ----
 
 
-@pytest.mark.parametrize("build", ARCHITECTURES)
+@pytest.mark.parametrize("build", ARCHITECTURES + MORE_ARCHITECTURES)
 def test_sft_lora_saves_a_merged_plain_vlm(build, kl16_vae, tmp_path, monkeypatch):
     """LoRA on the LLM of a native VLM through train/sft.py: the whole projector (Qwen-VL's patch `merger`, with
-    Qwen3-VL's DeepStack mergers; llava-hf's `multi_modal_projector`) and the denoiser train fully, the LLM through
+    Qwen3-VL's DeepStack mergers; llava-hf's and Gemma 3's `multi_modal_projector`; SmolVLM's `connector`) and the denoiser train fully, the LLM through
     its adapters only, and the saved folder is the merged plain VLM + ross_head."""
     import ross.train.build
     from modeling_ross.testing import load_native_processor_without_torchvision
@@ -452,13 +453,14 @@ def test_sft_lora_saves_a_merged_plain_vlm(build, kl16_vae, tmp_path, monkeypatc
     projector = {name: p for name, p in vlm.named_parameters() if module_of(f"model.{name}") == "projector"}
     assert counts["projector"] == sum(p.numel() for p in projector.values()) > 0  # all of it, not a LoRA wrap
     assert counts["denoiser"] > 0 and counts["vision_tower"] == counts["teacher"] == 0
-    assert 0 < counts["language_model"] < sum(p.numel() for p in vlm.model.language_model.parameters())  # LoRA only
+    llm = ADAPTERS[vlm.config.model_type].language_model(vlm)
+    assert 0 < counts["language_model"] < sum(p.numel() for p in llm.parameters())  # LoRA only
     folder = tmp_path / "out" / "model"
     assert not list(folder.glob("adapter_*"))
     trained = RossForPreTraining.from_pretrained(folder)
     assert not any("lora_" in name for name, _ in trained.named_parameters())
-    merged_q = trained.model.model.language_model.layers[0].self_attn.q_proj.weight
-    assert not torch.equal(merged_q, vlm.model.language_model.layers[0].self_attn.q_proj.weight)  # LoRA merged in
+    merged_q = ADAPTERS[vlm.config.model_type].language_model(trained.model).layers[0].self_attn.q_proj.weight
+    assert not torch.equal(merged_q, llm.layers[0].self_attn.q_proj.weight)  # LoRA merged in
     saved = dict(trained.model.named_parameters())
     unchanged = [name for name, p in projector.items() if torch.equal(saved[name], p)]
     assert not unchanged, f"projector tensors not trained: {unchanged}"
