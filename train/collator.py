@@ -238,6 +238,13 @@ class RossDataCollator:
             )
         return encoded
 
+    # The length pre-pass hands `sample_length` the sample's image count (a native VLM's collator: its image sizes).
+    counts_image_sizes = False
+
+    def length_settings(self) -> dict:
+        """What decides the image token count, for the length cache's key (`train/lengths.py`)."""
+        return {"image_seq_length": self.processor.image_seq_length}
+
     def sample_length(self, messages, num_images: int) -> int:
         """The number of tokens `_encode` makes of a sample, without its images; raises `BadSampleError`
         (`template`, `image_count_mismatch`) as training would. Used by the length pre-pass (`train/lengths.py`).

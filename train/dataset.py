@@ -130,6 +130,17 @@ class RossDataset(Dataset):
         source = self.sources[source_index]
         return f"id={source.sample_id(local)!r} ({source.locations[local]})"
 
+    def image_sizes(self, index: int) -> list[tuple[int, int]]:
+        """`(height, width)` of each image of sample `index` as `load` gives it (upright), from the files' headers only
+        (the native VLM length pre-pass); raises `BadSampleError` naming id and file for a missing or unreadable one."""
+        source_index, local = self.entry(index)
+        source = self.sources[source_index]
+        row = source.row(local)
+        try:
+            return source.image_sizes(local, row)
+        except BadSampleError as error:
+            raise error.located(row_sample_id(row), row["location"]) from error
+
     def load(self, index: int) -> dict:
         """Load sample `index`; raises `BadSampleError` (naming id and file) whatever `on_bad_sample` says."""
         source_index, local = self.entry(index)

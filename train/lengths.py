@@ -66,7 +66,7 @@ def _tokenizer_identity(tokenizer) -> str:
 
 
 def lengths_key(dataset, collator) -> str:
-    """The cache key: data files, tokenizer, chat template, max length, format, image tokens, image placement."""
+    """The cache key: data files, tokenizer, chat template, max length, format, image expansion, image placement."""
     processor = collator.processor
     blob = json.dumps(
         {
@@ -79,7 +79,7 @@ def lengths_key(dataset, collator) -> str:
             "format": collator.format,
             "masking": collator.masking,
             "plain_end": collator.plain_end,
-            "image_seq_length": processor.image_seq_length,
+            **collator.length_settings(),  # the image expansion: image_seq_length, or a native VLM's processor settings
         },
         sort_keys=True,
     )
@@ -129,7 +129,9 @@ def _measure_chunk(indices) -> list:
     out = []
     for index in indices:
         try:
-            out.append((int(index), collator.sample_length(dataset.messages(index), int(dataset._num_images[index]))))
+            # A native VLM's image token count depends on each image's size: read from the files' headers, here.
+            images = dataset.image_sizes(index) if collator.counts_image_sizes else int(dataset._num_images[index])
+            out.append((int(index), collator.sample_length(dataset.messages(index), images)))
         except BadSampleError as error:
             out.append((int(index), [error.reason, error.detail]))
     return out

@@ -15,6 +15,17 @@ The image tokens (kept out of the labels, counted against the sample's images) a
 is `image_token_id`; Gemma 3's `image_token_id` is `<start_of_image>`, which begins each image, and its
 `image_token_ids` is the soft image token (`config.image_token_id`).
 
+The length pre-pass (`train/lengths.py`) counts a sample's tokens with `sample_length(messages, image_sizes)`: the
+collator's own encoding (template, tokenizer, masking, checks) through a counting copy of the processor whose images
+are size-only stand-ins. Each image's placeholder is replaced by the processor's own replacement text
+(`replace_image_token`, what `ProcessorMixin._process_images` returns next to the pixels), measured once per distinct
+`(height, width, images in the sample)` by running the real processor's `_process_images` on blank images of that size,
+and memoised; the rendered text is then tokenised as in training. So the count is the collator's `input_ids` length,
+neighbouring-token merges included (Gemma 3's replacement starts and ends with newlines), and no pixels are processed
+per sample. The image count is in the key because LLaVA-OneVision expands an image of a multi-image sample without
+its any-res tiles. (`_get_num_multimodal_tokens(image_sizes=...)` is not used: it gives the image tokens, not the
+replacement's text tokens, such as Idefics3's row / column tags, and ignores that multi-image rule.)
+
 With a native VLM's latent cache (`train/latent_cache.py`, built with the model's `adapter`), every batch also gets
 `teacher_targets`: one `{"mean", "std"}` per image in placeholder order, looked up by image content, the grid the
 processor gave it and its view (`adapter.image_grids` / `adapter.image_views` of the batch); an empty list for a
@@ -23,9 +34,14 @@ batch without images. A miss raises `LatentCacheMiss`.
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
+from transformers import BatchFeature
+from transformers.image_utils import is_valid_image, make_flat_list_of_images
 
 from ross.train.collator import IGNORE_INDEX, RossDataCollator
 from ross.train.sources import BadSampleError, is_creation
@@ -62,17 +78,42 @@ class NativeVlmDataCollator(RossDataCollator):
         self.adapter = adapter
         self.image_token_ids = torch.tensor([i for i in processor.image_token_ids if i is not None])
 
-    def sample_length(self, messages, num_images: int) -> int:
-        raise NotImplementedError(
-            "a native VLM's image token count depends on the image's size: lengths are checked per batch, not by a "
-            "pre-pass"
+    # The length pre-pass hands `sample_length` each image's `(height, width)` (`RossDataset.image_sizes`).
+    counts_image_sizes = True
+
+    def sample_length(self, messages, image_sizes: Sequence[tuple[int, int]]) -> int:
+        """The number of tokens `_encode` makes of a sample whose images have these `(height, width)` sizes (upright,
+        as the dataset loads them), without their pixels; raises `BadSampleError` (`template`,
+        `image_count_mismatch`) as training would. See the module docstring; equal to `_encode`'s count (tested)."""
+        stand_ins = [_SizeOnly(height, width) for height, width in image_sizes]
+        encoded = self._encode_any_length(
+            {"messages": messages, "images": stand_ins}, processor=self._counting_processor(), count_only=True
         )
+        return len(encoded["input_ids"])
+
+    def _counting_processor(self):
+        """A shallow copy of the processor whose `_process_images` returns no pixels and each image's memoised
+        replacement text (`ImageExpansions`)."""
+        if self._counter is None:
+            counter = copy.copy(self.processor)
+            counter._process_images = ImageExpansions(self.processor)
+            self._counter = counter
+        return self._counter
+
+    def length_settings(self) -> dict:
+        """What decides an image's expansion, for the length cache's key (`train/lengths.py`): the processor's saved
+        settings (its image processor's whole config: sizes, min / max pixels, patch and merge size, ...; its own
+        `num_image_tokens`, `image_seq_len`, `vision_feature_select_strategy`, ...) and its plain attributes (the
+        image tokens and Gemma 3's `full_image_sequence`)."""
+        settings = {key: value for key, value in self.processor.to_dict().items() if key != "chat_template"}
+        attributes = {k: v for k, v in sorted(vars(self.processor).items()) if isinstance(v, (str, int, float, bool))}
+        return json.loads(json.dumps({"processor": settings, "attributes": attributes}, sort_keys=True, default=str))
 
     def _encode_any_length(self, feature, processor=None, count_only: bool = False) -> dict:
         images = feature["images"]
         if is_creation(feature["messages"]):
             raise BadSampleError("template", "creation samples (<query>) need the LLaVA-style RossForConditionalGeneration")
-        out, mask = self._tokenize(feature["messages"], images, self.processor)
+        out, mask = self._tokenize(feature["messages"], images, processor or self.processor)
         input_ids = out["input_ids"][0]
         is_image = torch.isin(input_ids, self.image_token_ids)
         num_image_tokens = int(is_image.sum())
@@ -112,6 +153,36 @@ class NativeVlmDataCollator(RossDataCollator):
             grids, views = self.adapter.image_grids(batch), self.adapter.image_views(batch)
             batch["teacher_targets"] = self.latent_cache.grid_targets_for(kept, grids, views)
         return batch
+
+
+class _SizeOnly(Image.Image):
+    """A stand-in image with a size and no pixels (the counting processor reads only `.size`)."""
+
+    def __init__(self, height: int, width: int):
+        super().__init__()
+        self._size, self._mode = (int(width), int(height)), "RGB"
+
+
+class ImageExpansions:
+    """The counting processor's `_process_images`: no pixels, and per image the real processor's replacement text for
+    a blank image of its size, memoised by `(height, width, images in the sample)` (see the module docstring)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.memo: dict[tuple[int, int, int], str] = {}
+
+    def __call__(self, images, **kwargs) -> tuple[BatchFeature, list[str]]:
+        flat = make_flat_list_of_images(images)
+        nested = not is_valid_image(images[0])  # Gemma 3 / Idefics3 / SmolVLM pass one list of images per sample
+        return BatchFeature({}), [self.replacement(*image.size[::-1], len(flat), nested, kwargs) for image in flat]
+
+    def replacement(self, height: int, width: int, num_images: int, nested: bool, kwargs: dict) -> str:
+        key = (height, width, num_images)
+        if key not in self.memo:
+            blanks = [Image.new("RGB", (width, height))] * num_images
+            _, replacements = self.processor._process_images([blanks] if nested else blanks, **kwargs)
+            self.memo[key] = replacements[0]
+        return self.memo[key]
 
 
 def _pad_views(key: str, values: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -262,9 +262,9 @@ def main(argv: list[str] | None = None, callbacks=None) -> dict:
             # Frozen LLM: checkpointed blocks need an input that requires grad for the backward to reach the projector.
             model.enable_input_require_grads()
 
-    # The length pre-pass encodes with a cacheless collator; training's collator gets the latent cache it reads.
-    # A native VLM's image token count depends on each image's size: its lengths are checked per batch instead.
-    dataset = load_data(run_config, processor, None if native else make_collator(run_config, processor))
+    # The length pre-pass encodes with a cacheless collator; training's collator gets the latent cache it reads. A
+    # native VLM's collator counts each image's tokens from its size (read from the file's header in the pre-pass).
+    dataset = load_data(run_config, processor, make_collator(run_config, processor, adapter=adapter))
     latent_cache = prepare_latent_cache(run_config, teacher, processor, dataset, adapter)
     collator = make_collator(run_config, processor, latent_cache=latent_cache, adapter=adapter)
     callbacks = [ProgressCallback(label=f"stage {run_config.stage}"), *(callbacks or [])]

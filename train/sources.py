@@ -42,7 +42,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from modeling_ross.processing_ross import depth_to_rgb, upright_rgb
+from modeling_ross.processing_ross import EXIF_ORIENTATION, depth_to_rgb, upright_rgb
 
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ __all__ = [
     "open_source",
     "llava_to_messages",
     "decode_image",
+    "image_size",
     "is_creation",
     "row_sample_id",
 ]
@@ -300,6 +301,43 @@ def decode_image(image, depth: bool = False) -> Image.Image:
         raise BadSampleError("corrupt_image", f"cannot decode image: {error}") from error
 
 
+# EXIF orientations that `ImageOps.exif_transpose` turns by 90 degrees (transpose, rotate 270, transverse, rotate 90).
+_SIDEWAYS = (5, 6, 7, 8)
+
+
+def image_size(image) -> tuple[int, int]:
+    """`(height, width)` of an image as `decode_image` will give it (EXIF orientation applied, which both of its rules
+    do), read from the file's header without decoding its pixels (PIL opens lazily). Takes what `decode_image` takes;
+    a missing or unreadable file is a `BadSampleError` as there (a file whose pixels are truncated is found at fetch)."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.exists(path):
+            raise BadSampleError("missing_image", f"image file {path} does not exist")
+        try:
+            with Image.open(path) as opened:
+                return _upright_size(opened)
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+            raise BadSampleError("corrupt_image", f"cannot read the header of image file {path}: {error}") from error
+    if isinstance(image, Mapping) and ("bytes" in image or "path" in image):  # datasets Image(decode=False)
+        if image.get("bytes") is None:
+            return image_size(image["path"])
+        try:
+            with Image.open(io.BytesIO(image["bytes"])) as opened:
+                return _upright_size(opened)
+        except Exception as error:
+            raise BadSampleError("corrupt_image", f"cannot read the image's header: {error}") from error
+    if not isinstance(image, Image.Image):
+        raise BadSampleError("invalid_record", f"unsupported image value of type {type(image).__name__}")
+    return _upright_size(image)
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    if image.getexif().get(EXIF_ORIENTATION, 1) in _SIDEWAYS:
+        return width, height
+    return height, width
+
+
 # ----------------------------------------------------------------------------- sources
 class JsonSource:
     """One LLaVA-format or messages-format JSON / JSONL file. `parse_all` reads and parses it once; the dataset then
@@ -422,6 +460,11 @@ class JsonSource:
         depth = row["depth"] or ()
         return [decode_image(path, k in depth) for k, path in enumerate(row["images"] or [])]
 
+    def image_sizes(self, index: int, row: dict | None = None) -> list[tuple[int, int]]:
+        """`(height, width)` of each image of record `index` as `load_images` gives it, from the files' headers."""
+        row = self.rows[index] if row is None else row
+        return [image_size(path) for path in row["images"] or []]
+
 
 def row_sample_id(row: dict) -> str:
     """A stored row's sample id: its record's id, else its location (`file:line` / `file:#index`)."""
@@ -522,6 +565,7 @@ class HFSource:
         # Only this column is read at fetch time: the messages were parsed at load.
         self._images = dataset.select_columns(["images"]) if "images" in dataset.column_names else None
         self._depth = dataset.select_columns(["depth_images"]) if "depth_images" in dataset.column_names else None
+        self._image_refs = None  # the images column without decoding (`image_sizes`), made when first needed
         self.locations = _LazyLocations(name)
         self.requested_format = None
         self.records = self.rows = None  # the parsed store (`train/records.py`), once attached
@@ -591,6 +635,25 @@ class HFSource:
         images = (self._images[index]["images"] or []) if self._images is not None else []
         depth = _depth_positions(self._depth[index]["depth_images"], len(images)) if self._depth is not None else ()
         return [decode_image(self._resolve(image), k in depth) for k, image in enumerate(images)]
+
+    def image_sizes(self, index: int, row: dict | None = None) -> list[tuple[int, int]]:
+        """`(height, width)` of each image of row `index` as `load_images` gives it, without decoding pixels."""
+        if self._image_refs is None and self._images is not None:
+            self._image_refs = _undecoded(self._images)
+        images = (self._image_refs[index]["images"] or []) if self._image_refs is not None else []
+        return [image_size(self._resolve(image)) for image in images]
+
+
+def _undecoded(column):
+    """The `images` column with its `datasets.Image` feature set to `decode=False`: `{"bytes", "path"}` per image, whose
+    header alone gives the size (`image_size`)."""
+    import datasets
+
+    feature = column.features["images"]
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, datasets.Image) and inner.decode:
+        return column.cast_column("images", type(feature)(datasets.Image(decode=False)))
+    return column
 
 
 class _LazyLocations:
