@@ -66,14 +66,16 @@ WORDS = (
 IMAGES = 8
 
 
-def write_records(folder: Path, n: int, seed: int = 0) -> Path:
-    """N LLaVA-format records like LLaVA-665K's (see the module docstring) in `folder/data.json`."""
+def write_records(folder: Path, n: int, seed: int = 0, image_sizes=None) -> Path:
+    """N LLaVA-format records like LLaVA-665K's (see the module docstring) in `folder/data.json`. `image_sizes`: one
+    blank PNG per `(height, width)`, which the records cycle through (default: `IMAGES` of 64 x 64 px)."""
     from PIL import Image
 
     rng = random.Random(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    for k in range(IMAGES):
-        Image.new("RGB", (64, 64), (k * 30 % 256, 90, 160)).save(folder / "images" / f"{k}.png")
+    image_sizes = image_sizes or [(64, 64)] * IMAGES
+    for k, (height, width) in enumerate(image_sizes):
+        Image.new("RGB", (width, height), (k * 30 % 256, 90, 160)).save(folder / "images" / f"{k}.png")
     words = lambda m: " ".join(rng.choice(WORDS) for _ in range(m))  # noqa: E731
     with open(folder / "data.json", "w") as f:
         f.write("[")
@@ -86,7 +88,7 @@ def write_records(folder: Path, n: int, seed: int = 0) -> Path:
                 turns.append({"from": "gpt", "value": words(max(1, round(rng.gauss(per_turn * 1.4, 8)))) + "."})
             record = {"id": f"{i:08d}", "conversations": turns}
             if i % 10:
-                record["image"] = f"images/{i % IMAGES}.png"
+                record["image"] = f"images/{i % len(image_sizes)}.png"
                 turns[0]["value"] = "<image>\n" + turns[0]["value"]
             f.write(("," if i else "") + json.dumps(record))
         f.write("]")

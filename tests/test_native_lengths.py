@@ -19,7 +19,7 @@ from modeling_ross.testing import (
 from ross.train.dataset import load_training_dataset
 from ross.train.lengths import check_lengths, lengths_key
 from ross.train.native_collator import NativeVlmDataCollator
-from ross.train.sources import image_size
+from ross.train.sources import BadSampleError, image_size
 from tests.native_sft import random_image, save_base, sft_argv, write_native_data
 
 
@@ -79,14 +79,36 @@ def write_records(root, fmt: str):
     return path
 
 
+def move_exif_after_the_pixels(path):
+    """Rewrite a PNG with its eXIf chunk just before IEND (allowed by the PNG spec; PIL writes it before IDAT)."""
+    data, chunks, at = path.read_bytes(), [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        chunks.append(data[at : at + 12 + length])
+        at += 12 + length
+    exif = [chunk for chunk in chunks if chunk[4:8] == b"eXIf"]
+    rest = [chunk for chunk in chunks if chunk[4:8] != b"eXIf"]
+    assert len(exif) == 1 and rest[-1][4:8] == b"IEND"
+    path.write_bytes(data[:8] + b"".join(rest[:-1]) + exif[0] + rest[-1])
+
+
 def test_image_size_is_the_decoded_images_upright_size(tmp_path):
-    folder = write_images(tmp_path / "images")
+    """From the header: EXIF orientation applied as `decode_image` applies it, also a PNG's eXIf chunk after the
+    pixel data (which PIL's `getexif` would decode the image to reach)."""
     from ross.train.sources import decode_image
 
-    for name, (height, width), orientation in IMAGES:
+    folder = write_images(tmp_path / "images")
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    for name in ("f.png", "g.png"):
+        random_image(48, 80, 5).save(folder / name, exif=exif.tobytes())
+    move_exif_after_the_pixels(folder / "g.png")
+    for name, (height, width), orientation in [*IMAGES, ("f.png", (48, 80), 6), ("g.png", (48, 80), 6)]:
         size = image_size(folder / name)
         assert size == decode_image(folder / name).size[::-1]
         assert size == ((width, height) if orientation == 6 else (height, width))
+    with pytest.raises(BadSampleError, match="missing_image|does not exist"):
+        image_size(folder / "absent.png")
 
 
 ALL_ARCHITECTURES = [tiny_qwen25_vl, tiny_qwen3_vl, tiny_llava, tiny_llava_onevision, tiny_gemma3, tiny_idefics3,

@@ -20,9 +20,10 @@ collator's own encoding (template, tokenizer, masking, checks) through a countin
 are size-only stand-ins. Each image's placeholder is replaced by the processor's own replacement text
 (`replace_image_token`, what `ProcessorMixin._process_images` returns next to the pixels), measured once per distinct
 `(height, width, images in the sample)` by running the real processor's `_process_images` on blank images of that size,
-and memoised; the rendered text is then tokenised as in training. So the count is the collator's `input_ids` length,
-neighbouring-token merges included (Gemma 3's replacement starts and ends with newlines), and no pixels are processed
-per sample. The image count is in the key because LLaVA-OneVision expands an image of a multi-image sample without
+and memoised; the rendered text is then tokenised as in training, with each run of image tokens kept as one token
+and the rest added back (they are added tokens, which the tokenizer splits out before anything else). So the count
+is the collator's `input_ids` length, neighbouring-token merges included (Gemma 3's replacement starts and ends with
+newlines), and no pixels are processed per sample. The image count is in the key because LLaVA-OneVision expands an image of a multi-image sample without
 its any-res tiles. (`_get_num_multimodal_tokens(image_sizes=...)` is not used: it gives the image tokens, not the
 replacement's text tokens, such as Idefics3's row / column tags, and ignores that multi-image rule.)
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Sequence
 
 import torch
@@ -86,10 +88,10 @@ class NativeVlmDataCollator(RossDataCollator):
         as the dataset loads them), without their pixels; raises `BadSampleError` (`template`,
         `image_count_mismatch`) as training would. See the module docstring; equal to `_encode`'s count (tested)."""
         stand_ins = [_SizeOnly(height, width) for height, width in image_sizes]
-        encoded = self._encode_any_length(
-            {"messages": messages, "images": stand_ins}, processor=self._counting_processor(), count_only=True
-        )
-        return len(encoded["input_ids"])
+        counter = self._counting_processor()
+        encoded = self._encode_any_length({"messages": messages, "images": stand_ins}, processor=counter, count_only=True)
+        collapsed = counter._process_images.collapsed
+        return len(encoded["input_ids"]) + sum(collapsed[(h, w, len(image_sizes))] for h, w in image_sizes)
 
     def _counting_processor(self):
         """A shallow copy of the processor whose `_process_images` returns no pixels and each image's memoised
@@ -170,6 +172,17 @@ class ImageExpansions:
     def __init__(self, processor):
         self.processor = processor
         self.memo: dict[tuple[int, int, int], str] = {}
+        # Per key, the image tokens left out of the memoised text: each run of an image token is kept as one token
+        # (an added token, split out before anything else, so a run of n is always n tokens; checked here), which
+        # spares tokenising and offsetting hundreds of them per image. `sample_length` adds them back.
+        self.collapsed: dict[tuple[int, int, int], int] = {}
+        tokenizer = processor.tokenizer
+        tokens = tokenizer.convert_ids_to_tokens([i for i in processor.image_token_ids if i is not None])
+        self._runs = [
+            (token, re.compile(f"(?:{re.escape(token)}){{2,}}"))
+            for token in tokens
+            if tokenizer(token * 3, add_special_tokens=False)["input_ids"] == tokenizer.convert_tokens_to_ids([token] * 3)
+        ]
 
     def __call__(self, images, **kwargs) -> tuple[BatchFeature, list[str]]:
         flat = make_flat_list_of_images(images)
@@ -181,7 +194,11 @@ class ImageExpansions:
         if key not in self.memo:
             blanks = [Image.new("RGB", (width, height))] * num_images
             _, replacements = self.processor._process_images([blanks] if nested else blanks, **kwargs)
-            self.memo[key] = replacements[0]
+            text, collapsed = replacements[0], 0
+            for token, run in self._runs:
+                collapsed += sum(len(match) // len(token) - 1 for match in run.findall(text))
+                text = run.sub(token, text)
+            self.memo[key], self.collapsed[key] = text, collapsed
         return self.memo[key]
 
 

@@ -40,7 +40,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from modeling_ross.processing_ross import EXIF_ORIENTATION, depth_to_rgb, upright_rgb
 
@@ -333,9 +333,29 @@ def image_size(image) -> tuple[int, int]:
 
 def _upright_size(image: Image.Image) -> tuple[int, int]:
     width, height = image.size
-    if image.getexif().get(EXIF_ORIENTATION, 1) in _SIDEWAYS:
+    if _orientation(image) in _SIDEWAYS:
         return width, height
     return height, width
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation `upright_rgb` applies. A PNG's eXIf chunk may follow the pixel data, and PIL's `getexif`
+    then decodes the whole image to reach it; the chunk headers are walked instead (PIL's `ChunkStream`), seeking
+    past the data."""
+    if image.format != "PNG" or "exif" in image.info or getattr(image, "fp", None) is None:
+        return image.getexif().get(EXIF_ORIENTATION, 1)
+    fp = image.fp
+    fp.seek(8)  # after the signature
+    stream = PngImagePlugin.ChunkStream(fp)
+    while True:
+        cid, position, length = stream.read()
+        if cid == b"eXIf":
+            exif = Image.Exif()
+            exif.load(fp.read(length))
+            return exif.get(EXIF_ORIENTATION, 1)
+        if cid == b"IEND":
+            return 1
+        fp.seek(position + length + 4)  # the chunk's data and CRC
 
 
 # ----------------------------------------------------------------------------- sources
