@@ -196,3 +196,30 @@ def test_sft_native_too_long_sample_is_a_counted_skip(kl16_vae, tmp_path, monkey
     summary = run()
     assert summary["skipped"] == {"too_long": 1} and summary["num_train_samples"] == 6
     assert summary["global_step"] == 1 and steps == [0]
+
+
+def test_datasets_source_sizes_without_decoding(tmp_path):
+    """A `datasets` source (images column of `datasets.Image`, stored as bytes): the sizes come from the undecoded
+    column and equal the JSON source's; the counts equal the collator's on the decoded samples."""
+    import datasets
+
+    images = write_images(tmp_path / "images")
+    from_json = load_training_dataset(write_records(tmp_path, "messages"), image_folder=images, cache_dir=tmp_path)
+    rows = {"messages": [], "images": []}
+    for k in range(len(from_json)):
+        sample = from_json.load(k)
+        rows["messages"].append(json.dumps(sample["messages"]))
+        paths = from_json.sources[0].rows[k]["images"] or []
+        rows["images"].append([{"bytes": (images / path).read_bytes(), "path": None} for path in paths])
+    assert rows["images"][4]  # the sideways JPEG's record
+    features = datasets.Features({"messages": datasets.Value("string"), "images": datasets.List(datasets.Image())})
+    hf = datasets.Dataset.from_dict(rows, features=features)
+    hf = hf.map(lambda row: {"messages": json.loads(row["messages"])}, features=None)
+    from_hf = load_training_dataset(hf, cache_dir=tmp_path / "hf")
+    sizes = [from_hf.image_sizes(k) for k in range(len(from_hf))]
+    assert sizes == [from_json.image_sizes(k) for k in range(len(from_json))]
+    assert from_hf.sources[0]._image_refs.features["images"].feature.decode is False  # read without decoding
+    assert sizes == [[image.size[::-1] for image in from_hf[k]["images"]] for k in range(len(from_hf))]
+    collator = NativeVlmDataCollator(tiny_qwen25_vl()[1], max_length=100_000)
+    expected = [len(collator._encode(from_hf[k])["input_ids"]) for k in range(len(from_hf))]
+    assert [collator.sample_length(from_hf.messages(k), sizes[k]) for k in range(len(from_hf))] == expected

@@ -2,17 +2,18 @@
 
 :func:`check_lengths` renders each sample of a `RossDataset` with the chat template and counts its tokens exactly as
 `RossDataCollator` will (`collator.sample_length`: the same template, tokenizer and checks, one token per image
-placeholder plus the known `image_seq_length - 1`, no pixels processed), so a sample too long for `max_length`, or one
-the template cannot supervise, is found before step 1:
+placeholder plus the known `image_seq_length - 1`, no pixels processed; a native VLM's `NativeVlmDataCollator` counts
+each image from its size, read here from the file's header, see `train/native_collator.py`), so a sample too long for
+`max_length`, or one the template cannot supervise, is found before step 1:
 
 * ``on_bad_sample="error"``: one `ValueError` listing every such sample (id, file, length vs limit);
 * ``"skip"``: they are dropped from the dataset up front (`RossDataset.drop`, counted as ``too_long`` / ``template``),
   then `max_bad_fraction` is checked again.
 
 The lengths are cached in `<cache_dir>/lengths-<key>.json`, keyed by a hash of the data files (their contents), the
-tokenizer (its serialised vocabulary and merges), the chat template, `max_length` and the collator's format, so a
-second run with the same data and settings measures nothing. The kept samples then carry exact lengths for the
-length-grouped samplers.
+tokenizer (its serialised vocabulary and merges), the chat template, `max_length`, the collator's format and what
+decides the image expansion (`collator.length_settings()`), so a second run with the same data and settings measures
+nothing. The kept samples then carry exact lengths for the length-grouped samplers.
 
 Scale: the samples still to measure are split over the ranks of the process group (every rank calls
 `check_lengths`; rank r measures every world_size-th one) and, in each rank, over `num_proc` forked processes; progress
