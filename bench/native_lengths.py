@@ -111,7 +111,7 @@ def report(result: dict, machine: str, commit: str, dirty: bool) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=10_000)
-    parser.add_argument("--sizes", type=int, default=1000, help="distinct image sizes (files) the records cycle through")
+    parser.add_argument("--sizes", type=int, default=1000, help="distinct image sizes the records cycle through")
     parser.add_argument("--encode", type=int, default=300, help="samples encoded by the training collator, for scale")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/native_lengths"))
     parser.add_argument("--machine", default=None, help="named in the report (default: the CPU model)")

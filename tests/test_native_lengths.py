@@ -159,7 +159,7 @@ def write_too_long_data(root):
 
 
 def too_long_run(tmp_path, kl16_vae, monkeypatch, **settings):
-    """`sft.py` on a tiny Qwen2.5-VL with `model_max_length` the longest normal record's count: only "big" is too long."""
+    """`sft.py` on a tiny Qwen2.5-VL, `model_max_length` the longest normal record's count: only "big" is too long."""
     import ross.train.build
     from modeling_ross.testing import load_native_processor_without_torchvision
     from ross.train.sft import main
@@ -192,7 +192,9 @@ def test_sft_native_too_long_sample_fails_before_step_1(kl16_vae, tmp_path, monk
 
 
 def test_sft_native_too_long_sample_is_a_counted_skip(kl16_vae, tmp_path, monkeypatch):
-    run, steps, _, _ = too_long_run(tmp_path, kl16_vae, monkeypatch, on_bad_sample="skip", max_bad_fraction=0.5, max_steps=1)
+    run, steps, _, _ = too_long_run(
+        tmp_path, kl16_vae, monkeypatch, on_bad_sample="skip", max_bad_fraction=0.5, max_steps=1
+    )
     summary = run()
     assert summary["skipped"] == {"too_long": 1} and summary["num_train_samples"] == 6
     assert summary["global_step"] == 1 and steps == [0]

@@ -19,13 +19,14 @@ The length pre-pass (`train/lengths.py`) counts a sample's tokens with `sample_l
 collator's own encoding (template, tokenizer, masking, checks) through a counting copy of the processor whose images
 are size-only stand-ins. Each image's placeholder is replaced by the processor's own replacement text
 (`replace_image_token`, what `ProcessorMixin._process_images` returns next to the pixels), measured once per distinct
-`(height, width, images in the sample)` by running the real processor's `_process_images` on blank images of that size,
-and memoised; the rendered text is then tokenised as in training, with each run of image tokens kept as one token
-and the rest added back (they are added tokens, which the tokenizer splits out before anything else). So the count
-is the collator's `input_ids` length, neighbouring-token merges included (Gemma 3's replacement starts and ends with
-newlines), and no pixels are processed per sample. The image count is in the key because LLaVA-OneVision expands an image of a multi-image sample without
-its any-res tiles. (`_get_num_multimodal_tokens(image_sizes=...)` is not used: it gives the image tokens, not the
-replacement's text tokens, such as Idefics3's row / column tags, and ignores that multi-image rule.)
+`(height, width, images in the sample)` by running the real processor's `_process_images` on blank images of that
+size, and memoised; the rendered text is then tokenised as in training, with each run of image tokens kept as one
+token and the rest added back (they are added tokens, which the tokenizer splits out before anything else). So the
+count is the collator's `input_ids` length, neighbouring-token merges included (Gemma 3's replacement starts and ends
+with newlines), and no pixels are processed per sample. The image count is in the key because LLaVA-OneVision
+expands an image of a multi-image sample without its any-res tiles. (`_get_num_multimodal_tokens(image_sizes=...)` is
+not used: it gives the image tokens, not the replacement's text tokens, such as Gemma 3's `<start_of_image>` and
+newlines, ignores that multi-image rule, and raises for some processors; see docs/native-vlms.md.)
 
 With a native VLM's latent cache (`train/latent_cache.py`, built with the model's `adapter`), every batch also gets
 `teacher_targets`: one `{"mean", "std"}` per image in placeholder order, looked up by image content, the grid the
@@ -89,7 +90,8 @@ class NativeVlmDataCollator(RossDataCollator):
         `image_count_mismatch`) as training would. See the module docstring; equal to `_encode`'s count (tested)."""
         stand_ins = [_SizeOnly(height, width) for height, width in image_sizes]
         counter = self._counting_processor()
-        encoded = self._encode_any_length({"messages": messages, "images": stand_ins}, processor=counter, count_only=True)
+        feature = {"messages": messages, "images": stand_ins}
+        encoded = self._encode_any_length(feature, processor=counter, count_only=True)
         collapsed = counter._process_images.collapsed
         return len(encoded["input_ids"]) + sum(collapsed[(h, w, len(image_sizes))] for h, w in image_sizes)
 
@@ -177,11 +179,11 @@ class ImageExpansions:
         # spares tokenising and offsetting hundreds of them per image. `sample_length` adds them back.
         self.collapsed: dict[tuple[int, int, int], int] = {}
         tokenizer = processor.tokenizer
-        tokens = tokenizer.convert_ids_to_tokens([i for i in processor.image_token_ids if i is not None])
+        ids = [i for i in processor.image_token_ids if i is not None]
         self._runs = [
             (token, re.compile(f"(?:{re.escape(token)}){{2,}}"))
-            for token in tokens
-            if tokenizer(token * 3, add_special_tokens=False)["input_ids"] == tokenizer.convert_tokens_to_ids([token] * 3)
+            for token, token_id in zip(tokenizer.convert_ids_to_tokens(ids), ids)
+            if tokenizer(token * 3, add_special_tokens=False)["input_ids"] == [token_id] * 3
         ]
 
     def __call__(self, images, **kwargs) -> tuple[BatchFeature, list[str]]:

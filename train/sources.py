@@ -308,7 +308,8 @@ _SIDEWAYS = (5, 6, 7, 8)
 def image_size(image) -> tuple[int, int]:
     """`(height, width)` of an image as `decode_image` will give it (EXIF orientation applied, which both of its rules
     do), read from the file's header without decoding its pixels (PIL opens lazily). Takes what `decode_image` takes;
-    a missing or unreadable file is a `BadSampleError` as there (a file whose pixels are truncated is found at fetch)."""
+    a missing or unreadable file is a `BadSampleError` as there (a file whose pixels are truncated is found at
+    fetch)."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.exists(path):
