@@ -733,8 +733,8 @@ def without_torchvision_preamble() -> str:
     """Python source to run first in a fresh process where this project cannot be imported (`publish`'s
     verification): it defines the loaders above and makes `AutoProcessor.from_pretrained` use
     `load_native_processor_without_torchvision` for Qwen-VL, LLaVA-OneVision and SmolVLM folders, the stock loader for
-    any other. For tests on machines without torchvision only: `publish` itself calls `AutoProcessor.from_pretrained`, as
-    a user's machine (with torchvision) does."""
+    any other. For tests on machines without torchvision only: `publish` itself calls
+    `AutoProcessor.from_pretrained`, as a user's machine (with torchvision) does."""
     import inspect
 
     loaders = (
