@@ -227,8 +227,10 @@ def build_batch(processor, items: Sequence[tuple[list, str]], device=None, dtype
     """Left-padded processor output for ``items`` = ``[(images, prompt), ...]`` (images: a list, may be empty;
     prompt: a string or a conversation, see :func:`chat_text`)."""
     texts = [chat_text(processor, prompt, len(images)) for images, prompt in items]
-    images = [image for item_images, _ in items for image in item_images]
-    batch = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
+    # One list of images per sample: processors that count placeholders per prompt (Gemma 3, Idefics3 / SmolVLM)
+    # need the nesting; the others flatten it.
+    images = [list(item_images) for item_images, _ in items] if any(item_images for item_images, _ in items) else None
+    batch = processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt")
     if device is not None:
         batch = batch.to(device)
     if dtype is not None and "pixel_values" in batch:

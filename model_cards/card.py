@@ -50,8 +50,12 @@ KNOWN_DATASETS = {
     "llava_v1_5_mix665k": "liuhaotian/LLaVA-Instruct-150K",
     "cambrian737k": "nyu-visionx/Cambrian-10M",
 }
-# License of the weights follows the language model's (the largest part of the checkpoint).
-KNOWN_LICENSES = {"vicuna": "llama2", "llama-2": "llama2", "qwen2": "apache-2.0", "siglip-tiny": "apache-2.0"}
+# License of the weights follows the language model's (the largest part of the checkpoint); for a native VLM, the base
+# model's (Hub license ids: Qwen3-VL and SmolVLM are Apache 2.0, Gemma 3 has its own "gemma" terms).
+KNOWN_LICENSES = {
+    "vicuna": "llama2", "llama-2": "llama2", "qwen2": "apache-2.0", "qwen3": "apache-2.0", "siglip-tiny": "apache-2.0",
+    "gemma-3": "gemma", "smolvlm": "apache-2.0",
+}  # fmt: skip
 # What each stage of the recipe trains (as `ross.train.trainer.STAGE_TRAINABLE`; the vision tower and teacher stay frozen).
 STAGE_TRAINABLE = {1: "projector + denoiser", 2: "projector + LLM + denoiser"}
 OBJECTIVE_NAMES = {

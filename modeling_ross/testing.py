@@ -661,7 +661,8 @@ def load_smolvlm_processor_without_torchvision(path):
 
 
 def load_native_processor_without_torchvision(path):
-    """`AutoProcessor.from_pretrained(path)`, except for Qwen-VL folders (`load_qwen_vl_processor_without_torchvision`)."""
+    """`AutoProcessor.from_pretrained(path)`, except for the Qwen-VL, LLaVA-OneVision and SmolVLM folders, whose video
+    processors need torchvision (built from their saved parts by the loaders above)."""
     import json
 
     from transformers import AutoProcessor
@@ -731,20 +732,21 @@ def tiny_llava_onevision(seed: int = 0, vision_layers: int = 1, image_size: int 
 def without_torchvision_preamble() -> str:
     """Python source to run first in a fresh process where this project cannot be imported (`publish`'s
     verification): it defines the loaders above and makes `AutoProcessor.from_pretrained` use
-    `load_native_processor_without_torchvision` for Qwen-VL and LLaVA-OneVision folders, the stock loader for any
-    other. For tests on machines without torchvision only: `publish` itself calls `AutoProcessor.from_pretrained`, as
-    a user's machine (with torchvision) does."""
+    `load_native_processor_without_torchvision` for Qwen-VL, LLaVA-OneVision and SmolVLM folders, the stock loader for
+    any other. For tests on machines without torchvision only: `publish` itself calls
+    `AutoProcessor.from_pretrained`, as a user's machine (with torchvision) does."""
     import inspect
 
     loaders = (
         absent_subprocessors_unchecked, build_processor_without_torchvision, load_qwen_vl_processor_without_torchvision,
-        load_llava_onevision_processor_without_torchvision, load_native_processor_without_torchvision,
+        load_llava_onevision_processor_without_torchvision, build_smolvlm_processor_without_torchvision,
+        load_smolvlm_processor_without_torchvision, load_native_processor_without_torchvision,
     )  # fmt: skip
     swap = (
         "_stock_from_pretrained = transformers.AutoProcessor.from_pretrained\n\n\n"
         "def _from_pretrained(path, *args, **kwargs):\n"
         "    model_type = json.loads((Path(path) / 'config.json').read_text()).get('model_type')\n"
-        "    if model_type in ('qwen2_vl', 'qwen2_5_vl', 'qwen3_vl', 'llava_onevision'):\n"
+        "    if model_type in ('qwen2_vl', 'qwen2_5_vl', 'qwen3_vl', 'llava_onevision', 'smolvlm'):\n"
         "        return load_native_processor_without_torchvision(path)\n"
         "    return _stock_from_pretrained(path, *args, **kwargs)\n\n\n"
         "transformers.AutoProcessor.from_pretrained = staticmethod(_from_pretrained)\n"

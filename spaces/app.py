@@ -305,7 +305,8 @@ def stream_answer(loaded: LoadedModel, image: Image.Image | None, history: list[
     images = model_images(loaded, image, depth)
     messages = to_model_messages(history, with_image=bool(images), num_images=len(images))
     prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[prompt], images=images or None, return_tensors="pt")
+    # The images nested per prompt (one prompt here): Gemma 3 and Idefics3 / SmolVLM count placeholders per prompt.
+    inputs = processor(text=[prompt], images=[images] if images else None, return_tensors="pt")
     inputs = inputs.to(loaded.device)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     failure = []
@@ -343,16 +344,20 @@ def reconstruct_native(loaded: LoadedModel, batch, steps: int, seed: int, genera
     """The panel for a native VLM: `RossForPreTraining.reconstruct` on the image's own token grid (not square for
     Qwen-VL), shown with its aspect ratio. No PSNR line: the native teacher decodes per grid, not the whole upload."""
     with torch.no_grad():
-        result = loaded.native_ross.reconstruct(
+        frames = loaded.native_ross.reconstruct(
             num_inference_steps=int(steps), scheduler="ddim", generator=generator, output_type="pil", **batch
-        )[0]
+        )
+    # One reconstruction per frame: one for most VLMs; Idefics3 / SmolVLM split the upload into tiles followed by the
+    # global view (the whole upload resized), which is the one that shows all of it.
+    result = frames[-1]
     width, height = result.size
     scale = DISPLAY_SIZE / max(height, width)
     shown = result.resize((round(width * scale), round(height * scale)), Image.NEAREST)
     objective = loaded.native_ross.head_config.objective_config
     info = (
         f"Reconstructed from the LLM's visual outputs: {int(steps)} DDIM steps (seed {int(seed)}) with the trained "
-        f"denoiser of `{NATIVE_HEAD_FOLDER}/`, decoded by the `{objective.target}` teacher at {width}x{height} px."
+        f"denoiser of `{NATIVE_HEAD_FOLDER}/`, decoded by the `{objective.target}` teacher at {width}x{height} px"
+        + (f" (the global view; the {len(frames) - 1} tiles are not shown)." if len(frames) > 1 else ".")
     )
     return shown, info
 
@@ -366,7 +371,7 @@ def reconstruct(loaded: LoadedModel, image: Image.Image | None, steps: int = 25,
     processor, model = loaded.processor, loaded.model
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": RECONSTRUCTION_PROMPT}]}]
     prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    batch = processor(text=[prompt], images=[image], return_tensors="pt").to(loaded.device)
+    batch = processor(text=[prompt], images=[[image]], return_tensors="pt").to(loaded.device)
     generator = torch.Generator(device=loaded.device).manual_seed(int(seed))
     if loaded.native_ross is not None:
         return reconstruct_native(loaded, batch, steps, seed, generator)

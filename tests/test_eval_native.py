@@ -1,6 +1,6 @@
 """`python -m ross.eval.run` on native VLM folders (what `RossForPreTraining.save_pretrained` writes: a plain
-Qwen2.5-VL / llava-hf Llava / LLaVA-OneVision + `ross_head/`): loaded as their own class, prompted through their own
-chat template."""
+Qwen2.5-VL / Qwen3-VL / llava-hf Llava / LLaVA-OneVision / Gemma 3 / Idefics3 / SmolVLM + `ross_head/`): loaded as
+their own class, prompted through their own chat template."""
 
 import json
 
@@ -10,9 +10,13 @@ import torch
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
 from modeling_ross.testing import (
     load_native_processor_without_torchvision,
+    tiny_gemma3,
+    tiny_idefics3,
     tiny_llava,
     tiny_llava_onevision,
+    tiny_qwen3_vl,
     tiny_qwen25_vl,
+    tiny_smolvlm,
     write_tiny_language_model,
     write_tiny_vae,
 )
@@ -49,9 +53,14 @@ def save_native(build, folder, vae):
     return ross, processor
 
 
-@pytest.mark.parametrize(
-    "build", [tiny_qwen25_vl, tiny_llava, tiny_llava_onevision], ids=["qwen2_5_vl", "llava", "llava_onevision"]
-)
+# Every architecture RossForPreTraining has an adapter for.
+NATIVE_BUILDERS = {
+    "qwen2_5_vl": tiny_qwen25_vl, "qwen3_vl": tiny_qwen3_vl, "llava": tiny_llava,
+    "llava_onevision": tiny_llava_onevision, "gemma3": tiny_gemma3, "idefics3": tiny_idefics3, "smolvlm": tiny_smolvlm,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("build", NATIVE_BUILDERS.values(), ids=NATIVE_BUILDERS.keys())
 def test_cli_evaluates_a_native_vlm_folder(build, bench_dir, tmp_path, capsys):
     vae = write_tiny_vae(tmp_path / "vae", block_out_channels=(8, 16, 16, 16, 16))
     ross, processor = save_native(build, tmp_path / "ckpt", vae)

@@ -336,25 +336,25 @@ def test_lmms_eval_cli_matches_the_runner(interface, saved_model, cli_env, runne
         assert lmms_metrics[f"{theirs},none"] == pytest.approx(metrics[ours]), theirs
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_5_vl"])
+@pytest.fixture(scope="module", params=["llava", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "gemma3", "idefics3",
+                                        "smolvlm"])  # fmt: skip
 def native_plugin_models(request, saved_model, tmp_path_factory):
-    """Both interfaces on a native VLM folder (RossForPreTraining's: a plain llava-hf Llava or Qwen2.5-VL +
-    ross_head/), and the class the folder names."""
+    """Both interfaces on a native VLM folder (RossForPreTraining's: a plain VLM of each architecture with an adapter
+    + ross_head/), and the class the folder names."""
     from lmms_eval.models import get_model
 
+    from modeling_ross import testing
     from modeling_ross.modeling_ross_pretraining import RossForPreTraining
-    from modeling_ross.testing import (
-        load_native_processor_without_torchvision,
-        tiny_llava,
-        tiny_qwen25_vl,
-        write_tiny_vae,
-    )
+    from modeling_ross.testing import load_native_processor_without_torchvision, write_tiny_vae
     from ross.eval import generation
 
     root = tmp_path_factory.mktemp(f"native-lmms-{request.param}")
     vae = write_tiny_vae(root / "vae", block_out_channels=(8, 16, 16, 16, 16))
     torch.manual_seed(0)
-    vlm, processor = {"llava": tiny_llava, "qwen2_5_vl": tiny_qwen25_vl}[request.param]()
+    build = {"llava": testing.tiny_llava, "qwen2_5_vl": testing.tiny_qwen25_vl, "qwen3_vl": testing.tiny_qwen3_vl,
+             "llava_onevision": testing.tiny_llava_onevision, "gemma3": testing.tiny_gemma3,
+             "idefics3": testing.tiny_idefics3, "smolvlm": testing.tiny_smolvlm}[request.param]  # fmt: skip
+    vlm, processor = build()
     objective = {"teacher": str(vae), "teacher_subfolder": "vae", "denoiser_hidden_size": 64, "denoiser_depth": 2,
                  "denoiser_num_heads": 4}  # fmt: skip
     image_processor = processor.image_processor
@@ -366,8 +366,9 @@ def native_plugin_models(request, saved_model, tmp_path_factory):
     settings = {"batch_size": 4, "device": "cpu"}
     arg = f"pretrained={root / 'ckpt'}"
     with pytest.MonkeyPatch.context() as patch:
-        # No torchvision here: Qwen-VL's AutoProcessor needs it (its video processor); the plugin loads through
-        # ross.eval.generation.load_processor, swapped for the loader that builds it from the folder's saved parts.
+        # No torchvision here: the AutoProcessor of Qwen-VL, LLaVA-OneVision and SmolVLM needs it (their video
+        # processors); the plugin loads through ross.eval.generation.load_processor, swapped for the loader that
+        # builds those from the folder's saved parts.
         patch.setattr(generation, "load_processor", load_native_processor_without_torchvision)
         return (get_model("ross", force_simple=True).create_from_arg_string(arg, settings),
                 get_model("ross").create_from_arg_string(arg, settings), saved_model[1], type(vlm).__name__)

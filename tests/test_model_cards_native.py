@@ -1,6 +1,6 @@
 """Model cards and `python -m ross.model_cards.publish --dry-run` for native VLM folders (RossForPreTraining's: a plain
-llava-hf Llava / Qwen2.5-VL + `ross_head/`): the card names the base model and the objective; `ross_head/` goes
-along."""
+Qwen2.5-VL / Qwen3-VL / llava-hf Llava / LLaVA-OneVision / Gemma 3 / Idefics3 / SmolVLM + `ross_head/`): the card
+names the base model and the objective; `ross_head/` goes along."""
 
 import json
 
@@ -9,11 +9,31 @@ import torch
 import yaml
 
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
-from modeling_ross.testing import tiny_llava, tiny_qwen25_vl, without_torchvision_preamble, write_tiny_vae
+from modeling_ross.testing import (
+    tiny_gemma3,
+    tiny_idefics3,
+    tiny_llava,
+    tiny_llava_onevision,
+    tiny_qwen3_vl,
+    tiny_qwen25_vl,
+    tiny_smolvlm,
+    without_torchvision_preamble,
+    write_tiny_vae,
+)
 from ross.model_cards import publish
 from ross.model_cards.card import NATIVE_HEAD_FOLDER, build_model_card
 
 
+# Each architecture with the Hub checkpoint a user would start from (the card's `base_model`) and that repo's license.
+NATIVE_MODELS = {
+    "qwen2_5_vl": (tiny_qwen25_vl, "Qwen/Qwen2.5-VL-7B-Instruct", "apache-2.0"),
+    "qwen3_vl": (tiny_qwen3_vl, "Qwen/Qwen3-VL-8B-Instruct", "apache-2.0"),
+    "llava": (tiny_llava, "llava-hf/llava-1.5-7b-hf", "other"),
+    "llava_onevision": (tiny_llava_onevision, "llava-hf/llava-onevision-qwen2-7b-ov-hf", "apache-2.0"),
+    "gemma3": (tiny_gemma3, "google/gemma-3-4b-it", "gemma"),
+    "idefics3": (tiny_idefics3, "HuggingFaceTB/SmolVLM-Instruct", "apache-2.0"),
+    "smolvlm": (tiny_smolvlm, "HuggingFaceTB/SmolVLM2-2.2B-Instruct", "apache-2.0"),
+}
 HEAD = {"teacher_subfolder": "vae", "denoiser_hidden_size": 64, "denoiser_depth": 2, "denoiser_num_heads": 4}
 
 
@@ -43,15 +63,12 @@ def test_head_folder_name_matches_the_model_code():
     assert NATIVE_HEAD_FOLDER == HEAD_FOLDER
 
 
-@pytest.mark.parametrize(
-    "build, base", [(tiny_qwen25_vl, "Qwen/Qwen2.5-VL-7B-Instruct"), (tiny_llava, "llava-hf/llava-1.5-7b-hf")],
-    ids=["qwen2_5_vl", "llava"],
-)
-def test_card_names_the_base_model_and_the_objective(build, base, vae, tmp_path):
+@pytest.mark.parametrize("build, base, license_", NATIVE_MODELS.values(), ids=NATIVE_MODELS.keys())
+def test_card_names_the_base_model_and_the_objective(build, base, license_, vae, tmp_path):
     folder = save_native(build, tmp_path / "ckpt", vae, base)
     card = str(build_model_card(folder, eval_results=[]))
     meta = front_matter(card)
-    assert meta["base_model"] == [base]
+    assert meta["base_model"] == [base] and meta["license"] == license_
     assert meta["pipeline_tag"] == "image-text-to-text" and "custom_code" not in meta["tags"]
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"][0] in card and f"**Base model:** {base}" in card
@@ -60,16 +77,13 @@ def test_card_names_the_base_model_and_the_objective(build, base, vae, tmp_path)
     assert "RossForPreTraining.from_pretrained" in card
 
 
-@pytest.mark.parametrize(
-    "build, base", [(tiny_llava, "llava-hf/llava-1.5-7b-hf"), (tiny_qwen25_vl, "Qwen/Qwen2.5-VL-7B-Instruct")],
-    ids=["llava", "qwen2_5_vl"],
-)
-def test_publish_dry_run_stages_the_head_and_verifies_the_plain_vlm(build, base, vae, tmp_path, capsys, monkeypatch):
-    if build is tiny_qwen25_vl:
-        # No torchvision here: the fresh verification process builds Qwen2.5-VL's processor from its saved parts
-        # (modeling_ross.testing's loader, as source: that process cannot import this project); users' runs load it
-        # with AutoProcessor.from_pretrained.
-        monkeypatch.setattr(publish, "VERIFY_SCRIPT", without_torchvision_preamble() + publish.VERIFY_SCRIPT)
+@pytest.mark.parametrize("build, base, license_", NATIVE_MODELS.values(), ids=NATIVE_MODELS.keys())
+def test_publish_dry_run_stages_the_head_and_verifies_the_plain_vlm(build, base, license_, vae, tmp_path, capsys,
+                                                                    monkeypatch):
+    # No torchvision here: the fresh verification process builds the Qwen-VL / LLaVA-OneVision / SmolVLM processors
+    # from their saved parts (modeling_ross.testing's loaders, as source: that process cannot import this project);
+    # any other folder loads with the stock AutoProcessor.from_pretrained, as users' runs all do.
+    monkeypatch.setattr(publish, "VERIFY_SCRIPT", without_torchvision_preamble() + publish.VERIFY_SCRIPT)
     folder = save_native(build, tmp_path / "ckpt", vae, base)
     staged = tmp_path / "repo"
     code = publish.main(["--model", str(folder), "--repo-id", "me/ross-vlm", "--dry-run", str(staged),
@@ -86,7 +100,8 @@ def test_publish_dry_run_stages_the_head_and_verifies_the_plain_vlm(build, base,
         folder / HEAD_FOLDER / "model.safetensors"
     ).read_bytes()
     readme = (staged / "README.md").read_text()
-    assert front_matter(readme)["base_model"] == [base] and "me/ross-vlm" in readme
+    assert front_matter(readme)["base_model"] == [base] and front_matter(readme)["license"] == license_
+    assert "me/ross-vlm" in readme
     assert f"**Base model:** {base}" in readme and "ROSS^D" in readme  # the card names base model and objective
     # The staged repo is a complete RossForPreTraining folder again.
     restored = RossForPreTraining.from_pretrained(staged)

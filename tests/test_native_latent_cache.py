@@ -202,3 +202,46 @@ def test_llava_onevision_multi_image_view_is_its_own_entry(kl16_vae, tmp_path):
     assert (seen[0] - seen[1]).abs().max() > 0.1  # image b, alone and in the pair
     for entry, image in zip(batch["teacher_targets"], seen):
         torch.testing.assert_close(entry["mean"], ross.teacher.encode_grid_distribution(image[None], (8, 8))[0][0])
+
+
+def test_cli_builds_then_reuses_a_native_checkpoints_cache(kl16_vae, tmp_path, monkeypatch, capsys):
+    """`python -m ross.train.latent_cache --model CHECKPOINT` on a Qwen2.5-VL folder with `ross_head/` (as
+    `train/sft.py` saves it): the first run encodes the 3 images of 6 references, the second encodes none and reuses
+    them; a folder without `ross_head/config.json` and a data file naming a missing image are one-line errors."""
+    import shutil
+
+    from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER
+    from modeling_ross.testing import load_native_processor_without_torchvision
+    from ross.train import latent_cache
+
+    monkeypatch.setattr(latent_cache, "load_native_processor", load_native_processor_without_torchvision)
+    ross, processor = ross_for(tiny_qwen25_vl, kl16_vae)
+    ross.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    data, images = write_native_data(tmp_path, "llava")
+    arguments = ["--data", str(data), "--image_folder", str(images), "--out", str(tmp_path / "cache")]
+    calls = CountEncodes(monkeypatch)
+
+    assert latent_cache.cli(["--model", str(tmp_path / "ckpt"), *arguments]) == 0
+    first = capsys.readouterr().out
+    assert '"images": 6, "unique": 3, "encoded": 3, "reused": 0' in first and calls.images == 3
+    assert latent_cache.cli(["--model", str(tmp_path / "ckpt"), *arguments]) == 0
+    assert '"encoded": 0, "reused": 3' in capsys.readouterr().out and calls.images == 3
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert len(LatentCache(folder)) == 3
+
+    def error_of(argv) -> str:
+        assert latent_cache.cli(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith("error: "), lines
+        return lines[-1]
+
+    shutil.copytree(tmp_path / "ckpt", tmp_path / "plain")
+    (tmp_path / "plain" / HEAD_FOLDER / "config.json").unlink()
+    err = error_of(["--model", str(tmp_path / "plain"), *arguments])
+    assert f"{tmp_path / 'plain'} is a plain qwen2_5_vl folder without {HEAD_FOLDER}/config.json" in err, err
+    err = error_of(["--model", str(tmp_path / "none"), *arguments])
+    assert f"model folder {tmp_path / 'none'} does not exist" in err, err
+    (images / "b.png").unlink()
+    err = error_of(["--model", str(tmp_path / "ckpt"), *arguments])
+    assert f"id='two' ({data}:#1)" in err and f"{images / 'b.png'} does not exist" in err, err

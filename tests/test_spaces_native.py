@@ -1,6 +1,6 @@
-"""The Spaces demo (spaces/app.py) on native VLM folders (RossForPreTraining's: a plain llava-hf Llava or Qwen2.5-VL +
-ross_head/): chat with transformers' own class, the reconstruction panel from ross_head/, or a panel that says why
-not."""
+"""The Spaces demo (spaces/app.py) on native VLM folders (RossForPreTraining's: a plain Qwen2.5-VL, Qwen3-VL, llava-hf
+Llava, LLaVA-OneVision, Gemma 3, Idefics3 or SmolVLM + ross_head/): chat with transformers' own class, the
+reconstruction panel from ross_head/, or a panel that says why not."""
 
 import sys
 from pathlib import Path
@@ -14,8 +14,13 @@ from PIL import Image
 from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
 from modeling_ross.testing import (
     load_native_processor_without_torchvision,
+    tiny_gemma3,
+    tiny_idefics3,
     tiny_llava,
+    tiny_llava_onevision,
+    tiny_qwen3_vl,
     tiny_qwen25_vl,
+    tiny_smolvlm,
     write_tiny_vae,
 )
 
@@ -99,6 +104,33 @@ def test_native_qwen25_vl_folder_chats_and_reconstructs_on_the_image_grid(qwen25
     # 84 x 56 px: a 2 x 3 token grid (28 px per token), reconstructed at 16 px per token, shown with its aspect ratio.
     result, info = check_chat_and_reconstruction(loaded, Image.new("RGB", (84, 56), "red"))
     assert "48x32 px" in info and result.size == (app.DISPLAY_SIZE, round(app.DISPLAY_SIZE * 32 / 48))
+
+
+# The other architectures, each with what its panel shows for an 84 x 56 px upload: the grid the VLM saw it on (16 px
+# per token), and for Idefics3 / SmolVLM the global view (64 px resized to 32 px: 2 x 2 tiles + the whole image).
+MORE_NATIVE = {
+    "qwen3_vl": (tiny_qwen3_vl, "Qwen3VLForConditionalGeneration", "at 48x32 px."),  # 2 x 3 tokens of 32 px
+    "llava_onevision": (tiny_llava_onevision, "LlavaOnevisionForConditionalGeneration", "at 128x128 px."),  # base view
+    "gemma3": (tiny_gemma3, "Gemma3ForConditionalGeneration", "at 64x64 px."),  # 4 x 4 pooled tokens
+    "idefics3": (tiny_idefics3, "Idefics3ForConditionalGeneration",
+                 "at 64x64 px (the global view; the 4 tiles are not shown)."),
+    "smolvlm": (tiny_smolvlm, "SmolVLMForConditionalGeneration",
+                "at 64x64 px (the global view; the 4 tiles are not shown)."),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("build, model_class, panel", MORE_NATIVE.values(), ids=MORE_NATIVE.keys())
+def test_every_native_architecture_chats_and_reconstructs(build, model_class, panel, tmp_path, monkeypatch):
+    # No torchvision here: as above, the processors with a video processor are built from the folder's saved parts;
+    # the others load with the stock AutoProcessor.from_pretrained.
+    monkeypatch.setattr(app, "AutoProcessor", SimpleNamespace(
+        from_pretrained=lambda name, **kwargs: load_native_processor_without_torchvision(name)))  # fmt: skip
+    loaded = app.load_model(str(save_native_folder(tmp_path, build)))
+    assert loaded.reconstruction_error is None and loaded.native_ross is not None
+    assert type(loaded.model).__name__ == model_class
+    assert f"native `{loaded.model.config.model_type}`" in loaded.describe()
+    _, info = check_chat_and_reconstruction(loaded, Image.new("RGB", (84, 56), "red"))
+    assert info.endswith(panel), info
 
 
 def test_without_modeling_ross_the_panel_says_why(native_dir, monkeypatch):

@@ -71,8 +71,10 @@ from tqdm.auto import tqdm
 from transformers import AutoProcessor
 
 from modeling_ross import RossForConditionalGeneration
-from modeling_ross.modeling_ross_pretraining import RossForPreTraining
+from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
+from ross.eval.generation import ModelPathError, model_path_problem
 from ross.train.build import build_model_and_processor, load_native_processor, native_vlm_type, prepare_tiny_run
+from ross.train.command_line import run_cli
 from ross.train.config import load_config, resolve_path
 from ross.train.dataset import load_training_dataset
 
@@ -561,7 +563,15 @@ def _load_model_and_processor(model: str, output_dir: str | None):
             prepare_tiny_run(run_config)
         built, processor = build_model_and_processor(run_config)
         return built, processor, run_config
+    problem = model_path_problem(model)
+    if problem is not None:
+        raise ModelPathError(f"--model: {problem}")
     if native_vlm_type(model):
+        if not (Path(model) / HEAD_FOLDER / "config.json").is_file():  # the teacher to encode with is the head's
+            raise ModelPathError(
+                f"--model: {model} is a plain {native_vlm_type(model)} folder without {HEAD_FOLDER}/config.json (the "
+                "ROSS head, whose teacher the cache is built with): pass a run config or a ROSS checkpoint"
+            )
         return RossForPreTraining.from_pretrained(model), load_native_processor(model), None
     built = RossForConditionalGeneration.from_pretrained(model, load_objective=True)
     return built, AutoProcessor.from_pretrained(model, trust_remote_code=True), None
@@ -604,5 +614,10 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`main` for the command line: bad input (model path, data file, sample) is one `error: ...` line, status 2."""
+    return run_cli(main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

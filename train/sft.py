@@ -29,12 +29,10 @@ if __package__ in (None, ""):  # `python train/sft.py` / `accelerate launch trai
 import torch
 import yaml
 from accelerate import PartialState
-from tqdm.auto import tqdm
 from transformers import set_seed
 
 from modeling_ross.modeling_ross_pretraining import RossForPreTraining
 from ross.model_cards.publish import push_from_trainer
-from ross.eval.generation import ModelPathError
 from ross.train.build import build_model_and_processor, prepare_tiny_run, quiet_deepspeed_on_cpu
 from ross.train.callbacks import (
     BenchmarkEvalCallback,
@@ -44,12 +42,12 @@ from ross.train.callbacks import (
 )
 from ross.train.config import ConfigError, build_parser, make_run_config, parse_overrides, read_config
 from ross.train.collator import RossDataCollator
+from ross.train.command_line import run_cli
 from ross.train.native_collator import NativeVlmDataCollator
 from ross.train.packed_attention import pack_capacity
 from ross.train.dataset import load_training_dataset, skipped_summary
 from ross.train.latent_cache import LatentCache, build_latent_cache
 from ross.train.lengths import check_lengths
-from ross.train.sources import BadSampleError, DataFileError
 from ross.train.trainer import RossTrainer, apply_lora, apply_stage, count_trainable_parameters, images_seen_per_rank
 
 
@@ -367,23 +365,9 @@ def changed_summary(dataset) -> dict:
     return {rule: count for rule, count in sorted(changed.items()) if count}
 
 
-# Bad input found before or during training (a config that does not parse or check, a model path that is no model, a
-# data file that is not JSON, a sample that cannot be trained on in error mode): one line naming the file (and the key
-# or sample), status 2, no traceback.
-INPUT_ERRORS = (ConfigError, ModelPathError, DataFileError, BadSampleError)
-
-
 def cli(argv: list[str] | None = None) -> int:
     """`main` for the command line: bad input is one `error: ...` line on stderr and status 2."""
-    try:
-        main(argv)
-    except INPUT_ERRORS as error:
-        for bar in list(getattr(tqdm, "_instances", ())):  # a progress bar left open: the error starts its own line
-            bar.close()
-        first, *rest = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        print(f"error: {first} {'; '.join(rest)}".rstrip(), file=sys.stderr, flush=True)
-        return 2
-    return 0
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":
