@@ -1,23 +1,20 @@
 """`train/sft.py` runs of native VLMs (`RossForPreTraining`) that must equal a reference run: gradient accumulation
-(one large batch), DeepSpeed ZeRO-2 / ZeRO-3 on 2 CPU processes with a text-only rank, and kill -9 resume; for
+(one large batch) and kill -9 resume (DeepSpeed with a text-only rank: tests/test_native_deepspeed.py); for
 Qwen2.5-VL, Qwen3-VL, llava-hf Llava, LLaVA-OneVision, Gemma 3 and SmolVLM (tiny random-weight configs, offline). See
-docs/native-vlms.md; tests/test_distributed.py says how DeepSpeed runs on CPU here."""
+docs/native-vlms.md."""
 
 import hashlib
-import json
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER, RossForPreTraining
+from modeling_ross.modeling_ross_pretraining import HEAD_FOLDER
 from modeling_ross.objective import grid_denoising_loss
 from modeling_ross.testing import tiny_smolvlm
 from tests.native_sft import (
     ARCHITECTURES,
     MORE_ARCHITECTURES,
-    REPO_ROOT,
     assert_same_saved_weights,
     run_sft_process,
     save_base,
@@ -88,42 +85,6 @@ def test_gradient_accumulation_equals_one_large_batch(build, kl16_vae, tmp_path,
     assert max((after[k] - before[k]).abs().max().item() for k in before) > 1e-3
     head = load_file(str(tmp_path / "large" / "model" / HEAD_FOLDER / "model.safetensors"))
     assert head["denoiser.final_layer.linear.weight"].abs().max() > 1e-3  # zero-initialised
-
-
-# ---- DeepSpeed ZeRO-2 / ZeRO-3 on 2 CPU processes, one rank text-only ----
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("build", ARCHITECTURES + MORE_ARCHITECTURES)
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
-def test_deepspeed_two_processes_with_a_text_only_rank(build, zero, kl16_vae, tmp_path):
-    """torchrun, 2 CPU processes, DeepSpeed ZeRO-2 / ZeRO-3: records alternate image / text-only with a sequential
-    sampler and one sample per rank, so rank 1 never has an image. Every rank must call the same modules (the idle
-    tower, teacher and denoiser at zero weight) or ZeRO-3's gathers hang; the run finishing, and the saved plain VLM
-    + ross_head with gathered (non-empty) weights, show it."""
-    from tests.test_distributed import _torchrun
-
-    base = tmp_path / "base"
-    save_base(build, base)
-    data, images = write_native_data(tmp_path, "llava")
-    records = json.loads(data.read_text())[:3]  # one image, two images, text-only
-    data.write_text(json.dumps([records[0], records[2], records[1], records[2]]))
-    output_dir = tmp_path / "out"
-    argv = sft_argv(
-        base, data, images, kl16_vae, output_dir, use_cpu="false",
-        deepspeed=REPO_ROOT / "train" / "configs" / f"{zero}.json", per_device_train_batch_size=1,
-        gradient_accumulation_steps=1, train_sampling_strategy="sequential",
-    )  # fmt: skip
-    result = _torchrun(argv, cwd=tmp_path, script=str(write_sft_script(tmp_path)))
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    summary = json.loads((output_dir / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["global_step"] == 2
-    frames_per_image = 1 if build is not tiny_smolvlm else 5  # SmolVLM counts frames: tiles + the global view
-    assert summary["images_seen_per_rank"] == [3 * frames_per_image, 0]  # rank 1 never saw an image
-    assert summary["final_visual_loss"] > 0 and np.isfinite(summary["final_text_loss"])
-    restored = RossForPreTraining.from_pretrained(output_dir / "model")
-    assert all(p.numel() > 0 for p in restored.parameters())
-    assert restored.denoiser.final_layer.linear.weight.abs().sum() > 0  # trained and gathered
 
 
 # ---- kill -9 and resume ----

@@ -1,0 +1,68 @@
+"""DeepSpeed ZeRO-2 / ZeRO-3 runs of `train/sft.py` on native VLMs (`RossForPreTraining`), 2 CPU processes with a
+text-only rank (tiny random-weight configs, offline). A file of its own so that pytest-xdist (`--dist loadfile`) runs
+these two-process runs beside tests/test_native_distributed.py's. See docs/native-vlms.md; tests/test_distributed.py
+says how DeepSpeed runs on CPU here."""
+
+import json
+
+import numpy as np
+import pytest
+
+from modeling_ross.modeling_ross_pretraining import RossForPreTraining
+from modeling_ross.testing import tiny_smolvlm
+from tests.native_sft import (
+    ARCHITECTURES,
+    MORE_ARCHITECTURES,
+    REPO_ROOT,
+    save_base,
+    sft_argv,
+    write_native_data,
+    write_sft_script,
+)
+
+
+# ---- DeepSpeed ZeRO-2 / ZeRO-3 on 2 CPU processes, one rank text-only ----
+
+
+def _deepspeed_cases():
+    """ZeRO-3 (partitioned parameters gathered per module, and gradients reduced in bucket order: the stricter case for
+    a text-only rank) on every architecture; ZeRO-2 on Qwen2.5-VL and Llava in `make test`, and on the others under the
+    `extended` mark (`make test-extended`): each 2-process run costs both cores of the test machine for ~20 s."""
+    cases = []
+    for arch in ARCHITECTURES + MORE_ARCHITECTURES:
+        cases.append(pytest.param(arch.values[0], "zero3", id=f"zero3-{arch.id}"))
+        marks = () if arch.id in ("qwen2_5_vl", "llava") else (pytest.mark.extended,)
+        cases.append(pytest.param(arch.values[0], "zero2", id=f"zero2-{arch.id}", marks=marks))
+    return cases
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build, zero", _deepspeed_cases())
+def test_deepspeed_two_processes_with_a_text_only_rank(build, zero, kl16_vae, tmp_path):
+    """torchrun, 2 CPU processes, DeepSpeed ZeRO-2 / ZeRO-3: records alternate image / text-only with a sequential
+    sampler and one sample per rank, so rank 1 never has an image. Every rank must call the same modules (the idle
+    tower, teacher and denoiser at zero weight) or ZeRO-3's gathers hang; the run finishing, and the saved plain VLM
+    + ross_head with gathered (non-empty) weights, show it."""
+    from tests.test_distributed import _torchrun
+
+    base = tmp_path / "base"
+    save_base(build, base)
+    data, images = write_native_data(tmp_path, "llava")
+    records = json.loads(data.read_text())[:3]  # one image, two images, text-only
+    data.write_text(json.dumps([records[0], records[2], records[1], records[2]]))
+    output_dir = tmp_path / "out"
+    argv = sft_argv(
+        base, data, images, kl16_vae, output_dir, use_cpu="false",
+        deepspeed=REPO_ROOT / "train" / "configs" / f"{zero}.json", per_device_train_batch_size=1,
+        gradient_accumulation_steps=1, train_sampling_strategy="sequential",
+    )  # fmt: skip
+    result = _torchrun(argv, cwd=tmp_path, script=str(write_sft_script(tmp_path)))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_step"] == 2
+    frames_per_image = 1 if build is not tiny_smolvlm else 5  # SmolVLM counts frames: tiles + the global view
+    assert summary["images_seen_per_rank"] == [3 * frames_per_image, 0]  # rank 1 never saw an image
+    assert summary["final_visual_loss"] > 0 and np.isfinite(summary["final_text_loss"])
+    restored = RossForPreTraining.from_pretrained(output_dir / "model")
+    assert all(p.numel() > 0 for p in restored.parameters())
+    assert restored.denoiser.final_layer.linear.weight.abs().sum() > 0  # trained and gathered
