@@ -55,7 +55,8 @@ test: test-lmms test-main
 test-main: venv browser
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile -m "not extended" tests --durations=15
 
-# The rest of the DeepSpeed matrix (ZeRO-2 on Qwen3-VL, LLaVA-OneVision, Gemma 3, SmolVLM), about 2 min.
+# The rest of the native DeepSpeed matrix (ZeRO-2 on Qwen3-VL and LLaVA-OneVision; ZeRO-2 and ZeRO-3 on Gemma 3 and
+# SmolVLM), about 3 min.
 test-extended: venv
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -m extended tests
 

@@ -25,14 +25,16 @@ from tests.native_sft import (
 
 
 def _deepspeed_cases():
-    """ZeRO-3 (partitioned parameters gathered per module, and gradients reduced in bucket order: the stricter case for
-    a text-only rank) on every architecture; ZeRO-2 on Qwen2.5-VL and Llava in `make test`, and on the others under the
-    `extended` mark (`make test-extended`): each 2-process run costs both cores of the test machine for ~20 s."""
+    """In `make test`: ZeRO-3 (partitioned parameters gathered per module, and gradients reduced in bucket order: the
+    stricter case for a text-only rank) on the four required architectures, ZeRO-2 on Qwen2.5-VL and Llava. The rest
+    of the matrix (ZeRO-2 on Qwen3-VL and LLaVA-OneVision, both stages on Gemma 3 and SmolVLM) is marked `extended`
+    (`make test-extended`): each 2-process run takes both cores of the test machine for ~20 s."""
     cases = []
     for arch in ARCHITECTURES + MORE_ARCHITECTURES:
-        cases.append(pytest.param(arch.values[0], "zero3", id=f"zero3-{arch.id}"))
-        marks = () if arch.id in ("qwen2_5_vl", "llava") else (pytest.mark.extended,)
-        cases.append(pytest.param(arch.values[0], "zero2", id=f"zero2-{arch.id}", marks=marks))
+        for zero in ("zero3", "zero2"):
+            in_make_test = arch in ARCHITECTURES and (zero == "zero3" or arch.id in ("qwen2_5_vl", "llava"))
+            marks = () if in_make_test else (pytest.mark.extended,)
+            cases.append(pytest.param(arch.values[0], zero, id=f"{zero}-{arch.id}", marks=marks))
     return cases
 
 
