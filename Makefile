@@ -56,7 +56,7 @@ test-main: venv browser
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile -m "not extended" tests --durations=15
 
 # The rest of the native DeepSpeed matrix (ZeRO-2 on Qwen3-VL and LLaVA-OneVision; ZeRO-2 and ZeRO-3 on Gemma 3 and
-# SmolVLM), about 3 min.
+# SmolVLM), about 2 min.
 test-extended: venv
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -m extended tests
 
