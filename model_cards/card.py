@@ -382,8 +382,9 @@ def _license_of(language_path: str | None) -> str:
     return next((v for k, v in KNOWN_LICENSES.items() if k in language_id), "other")
 
 
-def _tags(is_demo: bool, extra: list[str] | None) -> list[str]:
-    tags = ["ross", "multimodal", "vision-language", "llava", "custom_code"]
+def _tags(is_demo: bool, extra: list[str] | None, kind: list[str]) -> list[str]:
+    """The card's tags: ROSS's, then the model's `kind` (e.g. `llava` + `custom_code`, or a native VLM's type)."""
+    tags = ["ross", "multimodal", "vision-language", *kind]
     if is_demo:
         tags.append("synthetic-demo")
     return tags + [t for t in extra or [] if t not in tags]
@@ -454,7 +455,7 @@ def build_model_card(folder: str | Path, eval_results=None, **overrides) -> Mode
     if is_demo is None:
         is_demo = any(r.get("prepare_tiny") for r in runs) or (num_parameters or 0) < DEMO_MAX_PARAMETERS
     license_ = overrides.get("license") or _license_of(language_path)
-    tags = _tags(is_demo, overrides.get("tags"))
+    tags = _tags(is_demo, overrides.get("tags"), ["llava", "custom_code"])
     card_data, scores, eval_results, model_name, repo_id = _card_data(folder, runs, base_model, license_, tags,
                                                                       eval_results, overrides)
     return ModelCard.from_template(
@@ -488,11 +489,10 @@ def read_native_head(folder: str | Path) -> dict | None:
     return head if isinstance(head, dict) and head.get("model_type") == "ross_head" else None
 
 
-def _native_architecture(config: Mapping, folder: Path) -> dict:
+def _native_architecture(config: Mapping, folder: Path, num_parameters: int | None) -> dict:
     text = config.get("text_config") or config
     vision = config.get("vision_config") or {}
     head_parameters = count_parameters(folder / NATIVE_HEAD_FOLDER)
-    num_parameters = count_parameters(folder)
     return {
         "model_type": config.get("model_type"),
         "model_class": (config.get("architectures") or ["unknown"])[0],
@@ -516,14 +516,13 @@ def build_native_model_card(folder: Path, config: Mapping, head: Mapping, eval_r
     if base_model is None:
         base_model = component_id(head.get("base_model") or run.get("model_name_or_path"))
     base_model = [base_model] if isinstance(base_model, str) else list(base_model or [])
-    architecture = _native_architecture(config, folder)
+    num_parameters = count_parameters(folder)
+    architecture = _native_architecture(config, folder, num_parameters)
     is_demo = overrides.get("demo")
     if is_demo is None:
-        is_demo = (count_parameters(folder) or 0) < DEMO_MAX_PARAMETERS
+        is_demo = (num_parameters or 0) < DEMO_MAX_PARAMETERS
     license_ = overrides.get("license") or _license_of(base_model[0] if base_model else None)
-    tags = ["ross", "multimodal", "vision-language", str(config.get("model_type"))]
-    tags += ["synthetic-demo"] if is_demo else []
-    tags += [t for t in overrides.get("tags") or [] if t not in tags]
+    tags = _tags(is_demo, overrides.get("tags"), [str(config.get("model_type"))])
     card_data, scores, eval_results, model_name, repo_id = _card_data(folder, runs, base_model, license_, tags,
                                                                       eval_results, overrides)
     return ModelCard.from_template(
