@@ -557,7 +557,8 @@ IDEFICS3_SPECIAL_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utte
 def _tiny_idefics3_family(model_type: str, seed: int, vision_layers: int, frame_size: int, patch_size: int,
                           scale_factor: int, longest_edge: int):
     """A tiny `Idefics3ForConditionalGeneration` or `SmolVLMForConditionalGeneration` (SigLIP-like tower 32 wide,
-    Llama LLM 64 wide), its tokenizer and its PIL image processor."""
+    Llama LLM 64 wide), and the keyword arguments of its processor (PIL image processor, tokenizer, chat template,
+    image tokens per frame)."""
     from transformers import (
         Idefics3Config,
         Idefics3ForConditionalGeneration,
@@ -590,7 +591,11 @@ def _tiny_idefics3_family(model_type: str, seed: int, vision_layers: int, frame_
         size={"longest_edge": longest_edge}, max_image_size={"longest_edge": frame_size},
         image_mean=[0.5] * 3, image_std=[0.5] * 3,
     )  # fmt: skip
-    return model_class(config), tokenizer, image_processor
+    parts = {
+        "image_processor": image_processor, "tokenizer": tokenizer, "chat_template": SMOLVLM_CHAT_TEMPLATE,
+        "image_seq_len": (frame_size // patch_size // scale_factor) ** 2,  # tokens per frame after pixel_shuffle
+    }  # fmt: skip
+    return model_class(config), parts
 
 
 def tiny_idefics3(seed: int = 0, vision_layers: int = 1, frame_size: int = 32, patch_size: int = 4,
@@ -601,15 +606,10 @@ def tiny_idefics3(seed: int = 0, vision_layers: int = 1, frame_size: int = 32, p
     8 x 8 patches, pixel-shuffled by 2 into 4 x 4 = 16 tokens. `vision_layers=0`: a tower without attention."""
     from transformers import Idefics3Processor
 
-    model, tokenizer, image_processor = _tiny_idefics3_family(
+    model, parts = _tiny_idefics3_family(
         "idefics3", seed, vision_layers, frame_size, patch_size, scale_factor, longest_edge
     )
-    image_seq_len = (frame_size // patch_size // scale_factor) ** 2
-    processor = Idefics3Processor(
-        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len,
-        chat_template=SMOLVLM_CHAT_TEMPLATE,
-    )  # fmt: skip
-    return model, processor
+    return model, Idefics3Processor(**parts)
 
 
 def tiny_smolvlm(seed: int = 0, vision_layers: int = 1, frame_size: int = 32, patch_size: int = 4,
@@ -617,15 +617,10 @@ def tiny_smolvlm(seed: int = 0, vision_layers: int = 1, frame_size: int = 32, pa
     """A random-weight `SmolVLMForConditionalGeneration` (SmolVLM2, e.g. `HuggingFaceTB/SmolVLM2-2.2B-Instruct`) laid
     out like `tiny_idefics3`, and its `SmolVLMProcessor` without the video processor, which needs torchvision (see
     `build_smolvlm_processor_without_torchvision`)."""
-    model, tokenizer, image_processor = _tiny_idefics3_family(
+    model, parts = _tiny_idefics3_family(
         "smolvlm", seed, vision_layers, frame_size, patch_size, scale_factor, longest_edge
     )
-    image_seq_len = (frame_size // patch_size // scale_factor) ** 2
-    processor = build_smolvlm_processor_without_torchvision(
-        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=image_seq_len,
-        chat_template=SMOLVLM_CHAT_TEMPLATE,
-    )  # fmt: skip
-    return model, processor
+    return model, build_smolvlm_processor_without_torchvision(**parts)
 
 
 def build_smolvlm_processor_without_torchvision(**parts):
