@@ -1,5 +1,5 @@
 """Helpers for running `train/sft.py` on tiny native VLMs (tests/test_native_vlms.py, tests/test_native_distributed.py):
-the four architectures the training matrix covers, their data, the base folder, the argv, the script a run in its own
+the architectures the training matrix covers, their data, the base folder, the argv, the script a run in its own
 process starts (torchrun, kill -9), and the comparison of two saved folders."""
 
 import json
@@ -29,6 +29,12 @@ ARCHITECTURES = [
 ]
 # Also required unless transformers blocks them: Gemma 3 and SmolVLM (SmolVLM2's class; Idefics3 shares its adapter).
 MORE_ARCHITECTURES = [pytest.param(tiny_gemma3, id="gemma3"), pytest.param(tiny_smolvlm, id="smolvlm")]
+
+
+def images_counted(build, num_images: int) -> int:
+    """What `images_seen_per_rank` counts for `num_images` images of `write_native_data`: SmolVLM counts frames (each
+    image of these sizes becomes 2 x 2 tiles + the global view), the others images."""
+    return num_images * (5 if build is tiny_smolvlm else 1)
 
 
 # `train/sft.py` in a process of its own. No torchvision here, so the VLM's processor is built from its saved parts
