@@ -278,27 +278,41 @@ def decode_image(image, depth: bool = False) -> Image.Image:
     truncated files fail here, in the dataloader worker) and turn it upright (EXIF) in RGB (`upright_rgb`; a depth map
     with `depth=True`: `depth_to_rgb`)."""
     rule = depth_to_rgb if depth else upright_rgb
+
+    def decode(opened: Image.Image) -> Image.Image:
+        opened.load()
+        return rule(opened)
+
+    return _read_image(image, decode, "decode")
+
+
+def _read_image(image, read, doing: str):
+    """`read(PIL image)` of an image given as `decode_image` and `image_size` take it: a path, a `datasets`
+    `{"bytes", "path"}` dict (`Image(decode=False)`) or a PIL image. A missing file, an unsupported value, or `read`
+    failing (`doing`: what it does, for the message) is a `BadSampleError` naming the file."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.exists(path):
             raise BadSampleError("missing_image", f"image file {path} does not exist")
         try:
             with Image.open(path) as opened:
-                opened.load()
-                return rule(opened)
+                return read(opened)
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-            raise BadSampleError("corrupt_image", f"cannot decode image file {path}: {error}") from error
-    if isinstance(image, Mapping) and ("bytes" in image or "path" in image):  # datasets Image(decode=False)
+            raise BadSampleError("corrupt_image", f"cannot {doing} image file {path}: {error}") from error
+    if isinstance(image, Mapping) and ("bytes" in image or "path" in image):
         if image.get("bytes") is None:
-            return decode_image(image["path"], depth)
-        image = Image.open(io.BytesIO(image["bytes"]))
+            return _read_image(image["path"], read, doing)
+        try:
+            with Image.open(io.BytesIO(image["bytes"])) as opened:
+                return read(opened)
+        except Exception as error:
+            raise BadSampleError("corrupt_image", f"cannot {doing} image: {error}") from error
     if not isinstance(image, Image.Image):
         raise BadSampleError("invalid_record", f"unsupported image value of type {type(image).__name__}")
     try:
-        image.load()
-        return rule(image)
+        return read(image)
     except Exception as error:
-        raise BadSampleError("corrupt_image", f"cannot decode image: {error}") from error
+        raise BadSampleError("corrupt_image", f"cannot {doing} image: {error}") from error
 
 
 # EXIF orientations that `ImageOps.exif_transpose` turns by 90 degrees (transpose, rotate 270, transverse, rotate 90).
@@ -310,26 +324,7 @@ def image_size(image) -> tuple[int, int]:
     do), read from the file's header without decoding its pixels (PIL opens lazily). Takes what `decode_image` takes;
     a missing or unreadable file is a `BadSampleError` as there (a file whose pixels are truncated is found at
     fetch)."""
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if not os.path.exists(path):
-            raise BadSampleError("missing_image", f"image file {path} does not exist")
-        try:
-            with Image.open(path) as opened:
-                return _upright_size(opened)
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-            raise BadSampleError("corrupt_image", f"cannot read the header of image file {path}: {error}") from error
-    if isinstance(image, Mapping) and ("bytes" in image or "path" in image):  # datasets Image(decode=False)
-        if image.get("bytes") is None:
-            return image_size(image["path"])
-        try:
-            with Image.open(io.BytesIO(image["bytes"])) as opened:
-                return _upright_size(opened)
-        except Exception as error:
-            raise BadSampleError("corrupt_image", f"cannot read the image's header: {error}") from error
-    if not isinstance(image, Image.Image):
-        raise BadSampleError("invalid_record", f"unsupported image value of type {type(image).__name__}")
-    return _upright_size(image)
+    return _read_image(image, _upright_size, "read the header of")
 
 
 def _upright_size(image: Image.Image) -> tuple[int, int]:
