@@ -121,12 +121,14 @@ def sdpa_varlen_attention_forward(
     def flat(x):  # (batch, h, length, d) -> (1, h, batch * length, d): samples never cross rows, so rows can join
         return x.transpose(0, 1).reshape(1, x.shape[1], batch * length, x.shape[3])
 
-    query, key, value = flat(query), flat(key), flat(value)
+    # `split`, not one slice per sample: a slice's backward writes its gradient into a zero-filled copy of the whole
+    # row, so n slices cost n rows of memory traffic per tensor and layer; split's backward is one concatenation.
+    lengths = [b - a for a, b in zip(bounds, bounds[1:])]
+    queries, keys, values = (flat(x).split(lengths, dim=2) for x in (query, key, value))
     outputs = [  # each (1, l_i, heads, head_dim)
-        sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, is_causal=True,
-                               **kwargs)[0]
-        for a, b in zip(bounds, bounds[1:])
-    ]  # fmt: skip
+        sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)[0]
+        for q, k, v in zip(queries, keys, values)
+    ]
     return torch.cat(outputs, dim=1).view(batch, length, heads, head_dim), None
 
 
