@@ -346,6 +346,8 @@ def summarize(protocol: dict, results: dict) -> dict:
         for key in ("fine_grained_accuracy", *benchmarks):
             row[key] = [_accuracy(r["final"], key) for r in runs]
             row[f"{key}:shuffled"] = [_accuracy(r["shuffled"], key) for r in runs]
+            if key != "fine_grained_accuracy" and "pair_accuracy" in runs[0]["final"][key]:
+                row[f"{key}:pairs"] = [r["final"][key]["pair_accuracy"] for r in runs]
         row["curve"] = {step: [r["curve"][str(step)]["fine_grained_accuracy"] for r in runs]
                         for step in protocol["curve_steps"]}  # fmt: skip
         row["attention"] = [score for r in runs for score in r["attention"]]
@@ -371,12 +373,20 @@ def claim(protocol: dict, table: dict) -> dict | None:
 
     attention = compare(_attention(protocol["compare"][0], base["attention"]),
                         _attention(protocol["compare"][1], ross["attention"]))  # fmt: skip
-    return {
-        "difference": mr - mb, "larger_seed_std": spread,
-        "beats_by_two_std": (not math.isnan(spread)) and mr - mb > 2 * spread,
+    beats = (not math.isnan(spread)) and mr - mb > 2 * spread
+    result = {
+        "difference": mr - mb, "larger_seed_std": spread, "beats_by_two_std": beats,
         "attention": attention,
         "attends_more": attention["mean_difference_b_minus_a"] > 0 and attention["welch_t"]["p_value"] < 0.01,
+        "verdict": "positive" if beats else "null",
     }  # fmt: skip
+    floor = protocol.get("competence")
+    if floor:  # a baseline that cannot do the task makes the comparison uninformative, whatever the difference
+        pairs = float(np.mean(table[f"{floor['arm']}@{size}"][f"{floor['benchmark']}:pairs"]))
+        result["competence"] = {**floor, "pair_accuracy": pairs, "met": pairs > floor["pair_accuracy_min"]}
+        if not result["competence"]["met"]:
+            result["verdict"] = "uninformative"
+    return result
 
 
 def markdown(protocol: dict, table: dict, verdict: dict | None, components: dict) -> str:
@@ -410,6 +420,12 @@ def markdown(protocol: dict, table: dict, verdict: dict | None, components: dict
                   f"{a['mean_a']:.3e} vs {a['mean_b']:.3e} (Welch p = {a['welch_t']['p_value']:.2g}, Mann-Whitney p = "
                   f"{a['mann_whitney_u']['p_value']:.2g}) -> attends more (p < 0.01): "
                   f"{'yes' if verdict['attends_more'] else 'no'}."]  # fmt: skip
+        floor = verdict.get("competence")
+        if floor:
+            lines += ["", f"Competence floor ({floor['arm']}: {floor['benchmark']} pair accuracy above "
+                      f"{floor['pair_accuracy_min']}): {floor['pair_accuracy']:.3f} -> "
+                      f"{'met' if floor['met'] else 'not met'}."]  # fmt: skip
+        lines += ["", f"Verdict: **{verdict['verdict']}**."]
     return "\n".join(lines) + "\n"
 
 

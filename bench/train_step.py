@@ -71,7 +71,7 @@ the load average before and after (a shared machine inflates times). Before the 
 weights, the run checks ROSS^D's grids, a finite positive visual loss, loss = text + weight x visual and text loss =
 the plain VLM's loss, and stops if any fails.
 
-Packing (`--packing`, or `--packing-only`). On the `tiny` configuration (CPU, SDPA), batches of `--packing-batch`
+Packing (`--packing`, or `--packing-only`). On the `tiny` configuration (`--packing-config scaled`: the 7B proportions; CPU, SDPA), batches of `--packing-batch`
 samples drawn from a LLaVA-665K-like length mix (90% one-image samples: the image tokens plus a log-normal number of
 text tokens, median 180 and the tail of multi-round records, scaled by image tokens / 729 as the tiny tower has
 fewer image tokens than SigLIP at 384 px; 10% text-only) are collated by `RossDataCollator` padded (right padding) and
@@ -360,7 +360,7 @@ def packing_samples(processor, mix: list[int]) -> list[dict]:
 
 def measure_packing(
     root: Path, repeats: int, num_batches: int, batch_size: int, device, dtype, arm="ross", pack_max_tokens=None,
-    attention=SDPA_VARLEN,
+    attention=SDPA_VARLEN, config="tiny",
 ) -> dict:
     """Real tokens per second, padded vs packed, random and length-grouped batches (see the docstring); `arm`:
     `ross` (ROSS^D) or `none` (the LLaVA baseline: no per-image denoiser cost, which packing cannot reduce);
@@ -371,7 +371,7 @@ def measure_packing(
     from ross.train.collator import RossDataCollator
     from ross.train.samplers import length_grouped_indices
 
-    models, processors = build_arms("tiny", root, device, dtype)
+    models, processors = build_arms(config, root, device, dtype)
     model, processor = models[arm], processors["ross"]
     model.set_attn_implementation(attention)
     pack_max_tokens = pack_capacity(attention, pack_max_tokens)
@@ -469,7 +469,7 @@ def packing_markdown(packing: dict, args) -> str:
     stamp = run_stamp()
     capacity = args.pack_max_tokens or ("one row per batch" if args.packed_attention == SDPA_VARLEN
                                         else "rows of at most the longest sample")  # fmt: skip
-    lines = [f"Packing ({stamp['machine']}, commit {stamp['commit']}): tiny config, {args.device}, "
+    lines = [f"Packing ({stamp['machine']}, commit {stamp['commit']}): {args.packing_config} config, {args.device}, "
              f"attention {args.packed_attention}, packed {capacity}, forward + backward, "
              f"{args.packing_batches} batches of {args.packing_batch} x {args.repeats} (interleaved)", "",
              "| arm | batches | mean sample (tokens) | padding share, padded | padding share, packed | "
@@ -928,6 +928,10 @@ def main(argv=None) -> int:
     parser.add_argument("--qwen25vl-only", action="store_true",
                         help="only the Qwen2.5-VL arms (a tiny Qwen2.5-VL, ROSS^D vs none, uniform vs mixed grids)")
     parser.add_argument("--packing-batches", type=int, default=12)
+    parser.add_argument("--packing-config", default="tiny", choices=list(CONFIGS),
+                        help="configuration of the packing comparison: tiny (the default run's, where per-image work "
+                        "is most of a ROSS^D step) or scaled (the 7B recipe's proportions); `--packing-only` writes "
+                        "train_step_packing.* for tiny, train_step_packing_scaled.* for scaled")
     parser.add_argument("--packing-batch", type=int, default=8)
     parser.add_argument("--pack-max-tokens", type=int, default=None,
                         help="the packed rows' capacity (default: the whole batch in one row with sdpa_varlen, each "
@@ -961,8 +965,9 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             packing = {key: value for arm in ("ross", "none") for key, value in measure_packing(
                 Path(tmp) / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype, arm,
-                args.pack_max_tokens, args.packed_attention).items()}
-        write_outputs(args.out, "train_step_packing",
+                args.pack_max_tokens, args.packed_attention, args.packing_config).items()}
+        name = "train_step_packing" + ("" if args.packing_config == "tiny" else f"_{args.packing_config}")
+        write_outputs(args.out, name,
                       {**run_stamp(), "device": args.device, "dtype": args.dtype, "packing": packing},
                       packing_markdown(packing, args))  # fmt: skip
         return 0
@@ -972,7 +977,7 @@ def main(argv=None) -> int:
         results = [measure_config(name, Path(tmp), args.device, dtype, args.repeats, arms) for name in args.configs]
         packing = {key: value for arm in ("ross", "none") for key, value in measure_packing(
             Path(tmp) / "packing" / arm, args.repeats, args.packing_batches, args.packing_batch, args.device, dtype,
-            arm, args.pack_max_tokens, args.packed_attention).items()} if args.packing else None
+            arm, args.pack_max_tokens, args.packed_attention, args.packing_config).items()} if args.packing else None
     account = flop_account_7b(args.sft_length)
     report = markdown(results, account, args) + "\n" + qwen25vl_markdown(qwen_account)
     report += "\n" + packing_markdown(packing, args) if packing else ""

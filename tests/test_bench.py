@@ -157,6 +157,24 @@ def test_rgbd_ablation_trains_and_evaluates_each_arm_on_its_inputs(tmp_path):
     assert "synthetic_depth" in ross["final"] and "depth" in (out / "ablation_quick.md").read_text()
 
 
+
+@pytest.mark.parametrize("pairs, verdict", [([0.0, 0.0], "uninformative"), ([0.4, 0.5], "positive")])
+def test_rgbd_claim_is_uninformative_below_the_competence_floor(pairs, verdict):
+    """bench/ablation_depth.yaml v2's floor: whatever the difference, a baseline whose depth pair accuracy is at or
+    below chance (0.25) makes the verdict "uninformative" (v1's quick run: pairs 0.0 for every arm)."""
+    ablation = load_script("ablation")
+    registered = ablation.load_protocol(BENCH / "ablation_depth.yaml", "full")
+    assert registered["competence"] == {"arm": "baseline_rgbd", "benchmark": "synthetic_depth",
+                                        "pair_accuracy_min": 0.25}
+    row = {"attention": [0.1, 0.2, 0.3], "synthetic_depth:pairs": pairs}
+    table = {"baseline_rgbd@large": {**row, "fine_grained_accuracy": [0.50, 0.51]},
+             "ross_d_rgbd@large": {**row, "fine_grained_accuracy": [0.70, 0.71]}}
+    result = ablation.claim(registered, table)
+    assert result["beats_by_two_std"] and result["verdict"] == verdict
+    assert result["competence"]["pair_accuracy"] == pytest.approx(sum(pairs) / 2)
+    assert f"Verdict: **{verdict}**" in ablation.markdown(registered, {}, result, {
+        "vae": {"psnr_db": 20.0}, "vision_tower": {"probe_accuracy": 0.9, "probe_chance": 0.5}})
+
 @pytest.mark.slow
 def test_a_run_without_the_modes_curve_steps_is_not_reused():
     ablation = load_script("ablation")
