@@ -120,6 +120,19 @@ SMOKE_PROTOCOL = {
 }  # fmt: skip
 
 
+def test_train_step_packing_compares_equal_losses_without_padding(tmp_path):
+    """`--packing-only`: padded and packed layouts of the same batches, both arms and both orders, give equal losses,
+    and the packed batches hold no padding."""
+    train_step = load_script("train_step")
+    args = ["--packing-only", "--repeats", "1", "--packing-batches", "2", "--packing-batch", "3", "--out", str(tmp_path)]
+    assert train_step.main(args) == 0
+    packing = json.loads((tmp_path / "train_step_packing.json").read_text())["packing"]
+    assert set(packing) == {f"{arm}/{order}" for arm in ("ross", "none") for order in ("random", "length-grouped")}
+    for row in packing.values():
+        assert row["max_loss_diff"] < 1e-5 and row["padding_share_packed"] == 0
+        assert row["padded_over_real"] >= 1 and 0 < row["token_share_padded"]
+    assert "tiny config" in (tmp_path / "train_step_packing.md").read_text()
+
 def test_rgbd_ablation_trains_and_evaluates_each_arm_on_its_inputs(tmp_path):
     """bench/ablation_depth.yaml at smoke size: an `inputs: rgbd` arm trains on [RGB, depth map] samples and answers
     synthetic_depth with the depth map; an `rgb` arm sees the RGB image only. The registered protocol loads."""
