@@ -85,7 +85,9 @@ so their losses must agree. Batches come in random order and length-grouped (`ro
 the padding ratio (padded tokens / real tokens: the most packing can gain), and the largest loss difference. Also the
 share of the padded step that scales with tokens (the language model, LM head and text loss alone, forward +
 backward, on the padded batches' shape) and the speed-up bound it sets (Amdahl: only that part shrinks, by the
-padding ratio): per-image costs (vision tower, denoiser, teacher) are the same whatever the layout.
+padding ratio): per-image costs (vision tower, denoiser, teacher) are the same whatever the layout; and that token
+part's own speed-up, timed on the packed batches too (how close the layout comes where it can gain). `--threads N`
+sets torch's intra-op threads (small matrix products scale differently with 1 and 2 threads).
 
 Writes `train_step.json` and `train_step.md` under `--out`.
 """
@@ -402,9 +404,8 @@ def measure_packing(
         forward + backward, on embeddings of the batch's shape (the vision tower, projector, denoiser and teacher
         left out: their cost is per image, which no layout changes)."""
         embeds = torch.randn(*batch["input_ids"].shape, hidden, device=device, dtype=dtype, requires_grad=True)
-        hidden_states = model.model.language_model(
-            inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(device), use_cache=False
-        ).last_hidden_state
+        layout = {key: batch[key].to(device) for key in ("attention_mask", "position_ids") if key in batch}
+        hidden_states = model.model.language_model(inputs_embeds=embeds, use_cache=False, **layout).last_hidden_state
         logits = model.lm_head(hidden_states).float()
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].to(device).flatten())
         loss.backward()
@@ -431,25 +432,29 @@ def measure_packing(
                     synchronize(device)
                     times[layout] += time.perf_counter() - start
                 diffs.append(abs(losses["padded"] - losses["packed"]))
-        run_language_model(padded[0])  # warm-up
-        language_model_s = 0.0
+        run_language_model(padded[0]), run_language_model(packed[0])  # warm-up
+        language_model_s = {"padded": 0.0, "packed": 0.0}
         for _ in range(repeats):
             for k in range(num_batches):
-                synchronize(device)
-                start = time.perf_counter()
-                run_language_model(padded[k])
-                synchronize(device)
-                language_model_s += time.perf_counter() - start
+                for layout, batch in (("padded", padded[k]), ("packed", packed[k])):
+                    synchronize(device)
+                    start = time.perf_counter()
+                    run_language_model(batch)
+                    synchronize(device)
+                    language_model_s[layout] += time.perf_counter() - start
         real = sum(int(b["attention_mask"].sum()) for b in padded) * repeats
         padded_tokens = sum(b["input_ids"].numel() for b in padded) * repeats
         speed = {layout: real / t for layout, t in times.items()}
         packed_tokens = sum(b["input_ids"].numel() for b in packed) * repeats
         ratio = padded_tokens / real
         # The most any layout can gain: only the token part shrinks, by the padding ratio (Amdahl).
-        token_share = language_model_s / times["padded"]
+        token_share = language_model_s["padded"] / times["padded"]
+        # The token part's own gain (language model alone, packed vs padded): what the layout achieves where it can.
+        token_speedup = language_model_s["padded"] / language_model_s["packed"]
         bound = 1 / ((1 - token_share) + token_share / ratio)
         results[f"{arm}/{name}"] = {
             "token_share_padded": token_share, "speedup_bound": bound, "bound_over_padding_ratio": bound / ratio,
+            "token_part_speedup_over_padding_ratio": token_speedup / ratio, "threads": torch.get_num_threads(),
             "real_tokens_per_s": speed, "padding_share_padded": 1 - real / padded_tokens, "padding_share_packed": 1 - real / packed_tokens,
             "padded_over_real": ratio, "speedup": speed["packed"] / speed["padded"],
             "speedup_over_padding_ratio": speed["packed"] / speed["padded"] / ratio, "max_loss_diff": max(diffs),
@@ -470,13 +475,14 @@ def packing_markdown(packing: dict, args) -> str:
     capacity = args.pack_max_tokens or ("one row per batch" if args.packed_attention == SDPA_VARLEN
                                         else "rows of at most the longest sample")  # fmt: skip
     lines = [f"Packing ({stamp['machine']}, commit {stamp['commit']}): {args.packing_config} config, {args.device}, "
-             f"attention {args.packed_attention}, packed {capacity}, forward + backward, "
+             f"attention {args.packed_attention}, packed {capacity}, {torch.get_num_threads()} threads, forward + backward, "
              f"{args.packing_batches} batches of {args.packing_batch} x {args.repeats} (interleaved)", "",
              "| arm | batches | mean sample (tokens) | padding share, padded | padding share, packed | "
              "real tokens/s padded | real tokens/s packed | "
              "speed-up | padded / real tokens | speed-up / (padded / real) | max loss diff | "
-             "token part of the padded step | bound | bound / (padded / real) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "token part of the padded step | bound | bound / (padded / real) | "
+             "token part alone: speed-up / (padded / real) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, r in packing.items():
         arm, name = key.split("/")
         lines.append(
@@ -484,11 +490,13 @@ def packing_markdown(packing: dict, args) -> str:
             f"{r['padding_share_packed']:.1%} | "
             f"{r['real_tokens_per_s']['padded']:,.0f} | {r['real_tokens_per_s']['packed']:,.0f} | {r['speedup']:.2f} | "
             f"{r['padded_over_real']:.2f} | {r['speedup_over_padding_ratio']:.0%} | {r['max_loss_diff']:.1e} | "
-            f"{r['token_share_padded']:.0%} | {r['speedup_bound']:.2f} | {r['bound_over_padding_ratio']:.0%} |"
+            f"{r['token_share_padded']:.0%} | {r['speedup_bound']:.2f} | {r['bound_over_padding_ratio']:.0%} | "
+            f"{r['token_part_speedup_over_padding_ratio']:.0%} |"
         )
     lines += ["", "Token part: the language model + LM head + text loss alone (forward + backward) on the padded "
               "batches, over the padded step; bound: the speed-up if only that part shrank by padded / real tokens "
-              "(no padding left, attention at no extra cost), `1 / ((1 - share) + share / (padded / real))`."]
+              "(no padding left, attention at no extra cost), `1 / ((1 - share) + share / (padded / real))`; token part "
+              "alone: that part timed on the packed batches too, its own speed-up over the padding ratio."]
     return "\n".join(lines) + "\n"
 
 
@@ -927,6 +935,8 @@ def main(argv=None) -> int:
                         help="only the analytic Qwen2.5-VL-7B FLOP account (no model is built or timed)")
     parser.add_argument("--qwen25vl-only", action="store_true",
                         help="only the Qwen2.5-VL arms (a tiny Qwen2.5-VL, ROSS^D vs none, uniform vs mixed grids)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's, one per core)")
     parser.add_argument("--packing-batches", type=int, default=12)
     parser.add_argument("--packing-config", default="tiny", choices=list(CONFIGS),
                         help="configuration of the packing comparison: tiny (the default run's, where per-image work "
@@ -946,6 +956,8 @@ def main(argv=None) -> int:
     if args.sft_length <= REFERENCE_7B["image_tokens"]:
         parser.error(f"--sft-length must exceed the {REFERENCE_7B['image_tokens']} image tokens")
     dtype = getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     qwen_account = flop_account_qwen25vl(args.sft_length - REFERENCE_7B["image_tokens"])
     if args.qwen25vl_account_only:
         payload = {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "commit": git_commit()[0], "config": QWEN25VL_7B,

@@ -131,6 +131,7 @@ def test_train_step_packing_compares_equal_losses_without_padding(tmp_path):
     for row in packing.values():
         assert row["max_loss_diff"] < 1e-5 and row["padding_share_packed"] == 0
         assert row["padded_over_real"] >= 1 and 0 < row["token_share_padded"]
+        assert row["token_part_speedup_over_padding_ratio"] > 0
     assert "tiny config" in (tmp_path / "train_step_packing.md").read_text()
 
 def test_rgbd_ablation_trains_and_evaluates_each_arm_on_its_inputs(tmp_path):
