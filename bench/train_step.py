@@ -71,23 +71,23 @@ the load average before and after (a shared machine inflates times). Before the 
 weights, the run checks ROSS^D's grids, a finite positive visual loss, loss = text + weight x visual and text loss =
 the plain VLM's loss, and stops if any fails.
 
-Packing (`--packing`, or `--packing-only`). On the `tiny` configuration (`--packing-config scaled`: the 7B proportions; CPU, SDPA), batches of `--packing-batch`
-samples drawn from a LLaVA-665K-like length mix (90% one-image samples: the image tokens plus a log-normal number of
-text tokens, median 180 and the tail of multi-round records, scaled by image tokens / 729 as the tiny tower has
-fewer image tokens than SigLIP at 384 px; 10% text-only) are collated by `RossDataCollator` padded (right padding) and
-packed (`padding_free=True`, position ids restarting per sample). With `--packed-attention sdpa_varlen` (default;
-`train/packed_attention.py`: SDPA causal per packed sample, no dense mask) the whole batch is one row; with `sdpa`
-(transformers' dense block-causal mask over each row) rows are no longer than the longest sample, and the padding
-left at row ends is reported. Each batch's forward + backward of
-ROSS^D (the optimizer step, equal for both, left out) is timed interleaved, padded then packed, with the same seed,
-so their losses must agree. Batches come in random order and length-grouped (`ross.train.samplers`). Reported: real
-(non-padding) tokens per second each way, the share of padding tokens of the padded batches, the speed-up next to
-the padding ratio (padded tokens / real tokens: the most packing can gain), and the largest loss difference. Also the
-share of the padded step that scales with tokens (the language model, LM head and text loss alone, forward +
-backward, on the padded batches' shape) and the speed-up bound it sets (Amdahl: only that part shrinks, by the
-padding ratio): per-image costs (vision tower, denoiser, teacher) are the same whatever the layout; and that token
-part's own speed-up, timed on the packed batches too (how close the layout comes where it can gain). `--threads N`
-sets torch's intra-op threads (small matrix products scale differently with 1 and 2 threads).
+Packing (`--packing`, or `--packing-only`). On the `tiny` configuration (`--packing-config scaled`: the 7B
+proportions; CPU, SDPA), batches of `--packing-batch` samples drawn from a LLaVA-665K-like length mix (90% one-image
+samples: the image tokens plus a log-normal number of text tokens, median 180 and the tail of multi-round records,
+scaled by image tokens / 729 as the tiny tower has fewer image tokens than SigLIP at 384 px; 10% text-only) are
+collated by `RossDataCollator` padded (right padding) and packed (`padding_free=True`, position ids restarting per
+sample). With `--packed-attention sdpa_varlen` (default; `train/packed_attention.py`: SDPA causal per packed sample,
+no dense mask) the whole batch is one row; with `sdpa` (transformers' dense block-causal mask over each row) rows are
+no longer than the longest sample, and the padding left at row ends is reported. Each batch's forward + backward of
+ROSS^D (the optimizer step, equal for both, left out) is timed interleaved, padded then packed, with the same seed, so
+their losses must agree. Batches come in random order and length-grouped (`ross.train.samplers`). Reported: real
+(non-padding) tokens per second each way, the share of padding tokens of the padded batches, the speed-up next to the
+padding ratio (padded tokens / real tokens: the most packing can gain), and the largest loss difference. Also the
+share of the padded step that scales with tokens (the language model, LM head and text loss alone, forward + backward,
+on the padded batches' shape) and the speed-up bound it sets (Amdahl: only that part shrinks, by the padding ratio):
+per-image costs (vision tower, denoiser, teacher) are the same whatever the layout; and that token part's own
+speed-up, timed on the packed batches too (how close the layout comes where it can gain). `--threads N` sets torch's
+intra-op threads (small matrix products scale differently with 1 and 2 threads).
 
 Writes `train_step.json` and `train_step.md` under `--out`.
 """
@@ -475,7 +475,8 @@ def packing_markdown(packing: dict, args) -> str:
     capacity = args.pack_max_tokens or ("one row per batch" if args.packed_attention == SDPA_VARLEN
                                         else "rows of at most the longest sample")  # fmt: skip
     lines = [f"Packing ({stamp['machine']}, commit {stamp['commit']}): {args.packing_config} config, {args.device}, "
-             f"attention {args.packed_attention}, packed {capacity}, {torch.get_num_threads()} threads, forward + backward, "
+             f"attention {args.packed_attention}, packed {capacity}, torch threads {torch.get_num_threads()}, "
+             f"forward + backward, "
              f"{args.packing_batches} batches of {args.packing_batch} x {args.repeats} (interleaved)", "",
              "| arm | batches | mean sample (tokens) | padding share, padded | padding share, packed | "
              "real tokens/s padded | real tokens/s packed | "
@@ -495,8 +496,8 @@ def packing_markdown(packing: dict, args) -> str:
         )
     lines += ["", "Token part: the language model + LM head + text loss alone (forward + backward) on the padded "
               "batches, over the padded step; bound: the speed-up if only that part shrank by padded / real tokens "
-              "(no padding left, attention at no extra cost), `1 / ((1 - share) + share / (padded / real))`; token part "
-              "alone: that part timed on the packed batches too, its own speed-up over the padding ratio."]
+              "(no padding left, attention at no extra cost), `1 / ((1 - share) + share / (padded / real))`; "
+              "token part alone: that part timed on the packed batches too, its own speed-up over the padding ratio."]
     return "\n".join(lines) + "\n"
 
 
