@@ -19,6 +19,7 @@ from ross.train.config import (
     RossRunConfig,
     load_config,
     model_override_types,
+    parse_overrides,
     read_config,
     run_config_keys,
 )
@@ -112,6 +113,19 @@ def test_nested_values_are_typed_like_top_level_keys(tmp_path):
     # Every key the model configs accept is listed with its type.
     assert {"denoiser_depth", "vision_feature_layer", "condition"} <= set(model_override_types())
 
+
+
+def test_no_and_yes_are_strings_for_string_keys_and_booleans_for_boolean_keys(tmp_path):
+    """YAML 1.1 reads `no` as False, so transformers' `save_strategy: no` was refused ("False is not one of 'no',
+    ..."); the config and the command line now read YAML 1.2 booleans (true / false), and bool keys take yes / no."""
+    config = _write(tmp_path, BASE + "save_strategy: no\nbf16: no\ndataloader_pin_memory: no\ndisable_tqdm: yes\n")
+    run, values = load_config(str(config))
+    assert values["save_strategy"] == "no" and run.save_strategy == "no"
+    assert run.bf16 is False and run.dataloader_pin_memory is False and run.disable_tqdm is True
+    overrides = parse_overrides(["--save_strategy", "no", "--bf16=true", "--eval_strategy", "NO", "--seed", "3"])
+    assert overrides == {"save_strategy": "no", "bf16": True, "eval_strategy": "NO", "seed": 3}
+    run, _ = load_config(str(config), parse_overrides(["--save_strategy", "no", "--logging_steps", "5"]))
+    assert run.save_strategy == "no" and run.logging_steps == 5
 
 # ---- a YAML syntax error: one line, file:line:column, exit code 2 ----
 def test_yaml_syntax_error_names_file_line_and_column(tmp_path):

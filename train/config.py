@@ -234,8 +234,13 @@ def _field_types(dataclass_type) -> dict[str, Any]:
 
 @functools.cache
 def _actions(dataclass_type) -> dict[str, argparse.Action]:
-    """The parser actions `HfArgumentParser` builds for a dataclass's fields, by key (built once)."""
-    return {action.dest: action for action in build_parser(dataclass_type)._actions if action.option_strings}
+    """The parser actions `HfArgumentParser` builds for a dataclass's fields, by key (built once). A bool field whose
+    default is True also gets a `--no_<key>` action (no type) for the same key: the field's own action is kept."""
+    actions = {}
+    for action in build_parser(dataclass_type)._actions:
+        if action.option_strings and (action.dest not in actions or action.type is not None):
+            actions[action.dest] = action
+    return actions
 
 
 # ---- values -------------------------------------------------------------------------------------------------------
@@ -377,6 +382,24 @@ def _type_name(annotation) -> str:
     return simple.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true / false (any case). PyYAML follows YAML 1.1, where
+    `no`, `yes`, `on` and `off` are booleans too, so `save_strategy: no` (or `--save_strategy no`), transformers'
+    own spelling, would arrive as False and be refused. A bool field still takes yes / no: its parser reads them."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|false)$", re.IGNORECASE), list("tTfF"))
+
+
+def load_yaml(stream) -> Any:
+    """A YAML document (text or file) read with YAML 1.2 booleans (`_Loader`)."""
+    return yaml.load(stream, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
     """`["--lr", "1e-3", "--bf16=true", "--flag"]` -> `{"lr": 0.001, "bf16": True, "flag": True}` (values as YAML).
     argparse splits the arguments; the keys are checked with the YAML file's (`check_keys`, with its hints)."""
@@ -391,14 +414,14 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
     namespace, rest = parser.parse_known_args(argv)
     if rest:
         raise ConfigError(f"Expected --key value, got {rest[0]!r}")
-    return {key: yaml.safe_load(value) if value != "" else "" for key, value in vars(namespace).items()}
+    return {key: load_yaml(value) if value != "" else "" for key, value in vars(namespace).items()}
 
 
 def read_yaml(config_path: str | Path) -> dict[str, Any]:
     """The YAML file's mapping; a syntax error is a `ConfigError` naming the file, line and column."""
     try:
         with open(config_path) as f:
-            values = yaml.safe_load(f) or {}
+            values = load_yaml(f) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{config_path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(config_path)
