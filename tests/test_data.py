@@ -202,6 +202,33 @@ def test_labels_only_answers_and_end_of_turn(llava_json, tiny_processor):
     assert (batch["input_ids"] == image_id).sum(-1).tolist() == [0, n, 2 * n]
 
 
+def test_cached_encodings_give_the_same_batches_and_encode_each_sample_once(llava_json, tiny_processor, monkeypatch):
+    """`cache_encodings`: over three epochs the batches equal the uncached collator's, each distinct sample is
+    encoded once, a sample with other pixels (same text) is encoded anew, and a bad sample raises at every draw."""
+    dataset = load_training_dataset(llava_json)
+    features = [dataset[i] for i in range(3)]
+    plain = RossDataCollator(tiny_processor, max_length=512)
+    cached = RossDataCollator(tiny_processor, max_length=512, cache_encodings=True)
+    calls = []
+    encode = RossDataCollator._encode_any_length
+    monkeypatch.setattr(RossDataCollator, "_encode_any_length",
+                        lambda self, feature, **kw: calls.append(self is cached) or encode(self, feature, **kw))
+    for epoch in range(3):
+        order = [features[(i + epoch) % 3] for i in range(3)]
+        reference, batch = plain(copy.deepcopy(order)), cached(copy.deepcopy(order))
+        assert reference.keys() == batch.keys()
+        assert all(torch.equal(reference[k], batch[k]) for k in reference)
+    assert calls.count(True) == 3 and calls.count(False) == 9
+    with_image = next(f for f in features if f["images"])
+    other = copy.deepcopy(with_image)
+    other["images"] = [Image.new("RGB", image.size, (1, 2, 3)) for image in other["images"]]
+    assert not torch.equal(cached([other])["pixel_values"], cached([with_image])["pixel_values"])
+    assert calls.count(True) == 4
+    short = RossDataCollator(tiny_processor, max_length=8, cache_encodings=True)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="too_long|max_length"):
+            short([features[0]])
+
 def test_prefix_fallback_matches_generation_markers(llava_json, tiny_processor):
     dataset = load_training_dataset(llava_json)
     features = [dataset[i] for i in range(3)]

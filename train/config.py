@@ -146,6 +146,11 @@ class RossRunConfig(RossTrainingArguments):
         "flash-attention, else the batch's longest sample).",
         default=None,
     )
+    cache_encodings: bool = _help(
+        "Keep each sample's encoding (tokens, labels, pixel values) in memory and reuse it when the sample comes again "
+        "(several epochs over a small dataset; memory grows with the distinct samples; docs/training.md).",
+        default=False,
+    )
     # ---- latent cache of the teacher's outputs (train/latent_cache.py) ----
     latent_cache_dir: str | None = _help(
         "Read cached teacher targets from here (default: run the teacher every step).", default=None

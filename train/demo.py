@@ -664,6 +664,8 @@ def train_stages(run: _Run, paths: dict, manifest: dict, data_root: Path, data: 
         "logging_steps": max(1, min(10, settings.stage2.max_steps // 20)),
         "disable_tqdm": "true",
         "dataloader_num_workers": 0,
+        # About 5 epochs over 3000 records: each record is encoded once (a fifth of a stage-2 step was the encoding).
+        "cache_encodings": "true",
     }
     if settings.latent_cache and not run.baseline:  # the same posterior draw per step, without re-encoding
         common.update(latent_cache_dir=str(Path(paths["vision_model"]).parent / "latent_cache"), build_latent_cache="true")

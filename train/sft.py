@@ -120,6 +120,7 @@ def make_collator(run_config, processor, latent_cache=None, adapter=None) -> Ros
         latent_cache=latent_cache,
         padding_free=run_config.padding_free,
         pack_max_tokens=pack_capacity(run_config.attn_implementation, run_config.pack_max_tokens),
+        cache_encodings=run_config.cache_encodings,
     )
 
 
@@ -182,6 +183,7 @@ def check_native_run(run_config, adapter) -> None:
     """What a native VLM run (`RossForPreTraining` with `adapter`) does not support yet, named before anything trains."""
     unsupported = {
         "padding_free": run_config.padding_free,
+        "cache_encodings": run_config.cache_encodings,
         "preview_every_n_steps": bool(run_config.preview_every_n_steps),
         "group_by": run_config.group_by is not None,
         "data_format: plain": run_config.data_format != "chat",
