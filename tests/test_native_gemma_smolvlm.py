@@ -239,8 +239,11 @@ def test_latent_cache_is_refused_for_frame_per_tile_models(kl16_vae):
 
     run = SimpleNamespace(
         model_name_or_path="smolvlm", latent_cache_dir="cache", padding_free=False, preview_every_n_steps=0,
-        group_by=None, data_format="chat",
+        group_by=None, data_format="chat", cache_encodings=False,
     )  # fmt: skip
     with pytest.raises(ConfigError, match="latent_cache_dir with smolvlm"):
         check_native_run(run, ross_for(tiny_smolvlm, kl16_vae)[0].adapter)
-    check_native_run(run, ross_for(tiny_gemma3, kl16_vae)[0].adapter)  # one grid per image: accepted
+    gemma3 = ross_for(tiny_gemma3, kl16_vae)[0].adapter
+    check_native_run(run, gemma3)  # one grid per image: accepted
+    with pytest.raises(ConfigError, match="does not support cache_encodings"):  # the LLaVA-style collator's only
+        check_native_run(SimpleNamespace(**{**vars(run), "cache_encodings": True}), gemma3)
