@@ -419,29 +419,28 @@ def measure_packing(
         for batch in padded + packed:  # pixel values in the model's dtype
             if "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].to(dtype)
+
+        def interleaved(step):
+            """`step(batch, k)` on each batch pair, padded then packed, `repeats` times: seconds per layout and the
+            step's return values per pair."""
+            seconds, returned = {"padded": 0.0, "packed": 0.0}, []
+            for _ in range(repeats):
+                for k in range(num_batches):
+                    values = {}
+                    for layout, batch in (("padded", padded[k]), ("packed", packed[k])):
+                        synchronize(device)
+                        start = time.perf_counter()
+                        values[layout] = step(batch, k)
+                        synchronize(device)
+                        seconds[layout] += time.perf_counter() - start
+                    returned.append(values)
+            return seconds, returned
+
         run(padded[0], 0), run(packed[0], 0)  # warm-up
-        times = {"padded": 0.0, "packed": 0.0}
-        diffs = []
-        for _ in range(repeats):
-            for k in range(num_batches):
-                losses = {}
-                for layout, batch in (("padded", padded[k]), ("packed", packed[k])):
-                    synchronize(device)
-                    start = time.perf_counter()
-                    losses[layout] = run(batch, k)
-                    synchronize(device)
-                    times[layout] += time.perf_counter() - start
-                diffs.append(abs(losses["padded"] - losses["packed"]))
+        times, losses = interleaved(run)
+        diffs = [abs(pair["padded"] - pair["packed"]) for pair in losses]
         run_language_model(padded[0]), run_language_model(packed[0])  # warm-up
-        language_model_s = {"padded": 0.0, "packed": 0.0}
-        for _ in range(repeats):
-            for k in range(num_batches):
-                for layout, batch in (("padded", padded[k]), ("packed", packed[k])):
-                    synchronize(device)
-                    start = time.perf_counter()
-                    run_language_model(batch)
-                    synchronize(device)
-                    language_model_s[layout] += time.perf_counter() - start
+        language_model_s, _ = interleaved(lambda batch, k: run_language_model(batch))
         real = sum(int(b["attention_mask"].sum()) for b in padded) * repeats
         padded_tokens = sum(b["input_ids"].numel() for b in padded) * repeats
         speed = {layout: real / t for layout, t in times.items()}

@@ -229,6 +229,7 @@ def test_cached_encodings_give_the_same_batches_and_encode_each_sample_once(llav
         with pytest.raises(ValueError, match="too_long|max_length"):
             short([features[0]])
 
+
 def test_prefix_fallback_matches_generation_markers(llava_json, tiny_processor):
     dataset = load_training_dataset(llava_json)
     features = [dataset[i] for i in range(3)]

@@ -114,7 +114,6 @@ def test_nested_values_are_typed_like_top_level_keys(tmp_path):
     assert {"denoiser_depth", "vision_feature_layer", "condition"} <= set(model_override_types())
 
 
-
 def test_no_and_yes_are_strings_for_string_keys_and_booleans_for_boolean_keys(tmp_path):
     """YAML 1.1 reads `no` as False, so transformers' `save_strategy: no` was refused ("False is not one of 'no',
     ..."); the config and the command line now read YAML 1.2 booleans (true / false), and bool keys take yes / no."""
@@ -126,6 +125,7 @@ def test_no_and_yes_are_strings_for_string_keys_and_booleans_for_boolean_keys(tm
     assert overrides == {"save_strategy": "no", "bf16": True, "eval_strategy": "NO", "seed": 3}
     run, _ = load_config(str(config), parse_overrides(["--save_strategy", "no", "--logging_steps", "5"]))
     assert run.save_strategy == "no" and run.logging_steps == 5
+
 
 # ---- a YAML syntax error: one line, file:line:column, exit code 2 ----
 def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
