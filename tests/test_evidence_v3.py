@@ -2,6 +2,8 @@
 predictions, the refusal to mix commits / CPU models, the registered gates and the seed-level verdict."""
 
 import importlib.util
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,6 +65,26 @@ def test_predictions_are_stored_compressed_and_round_trip(tmp_path, protocol):
     assert ev.load_predictions(run, "synthetic_pope")[1] == {"id": 1, "prediction": "Yes", "answer": "No"}
     with pytest.raises(ValueError, match="without provenance"):
         ev.store_result(tmp_path / "x", {"arm": "baseline"}, {})
+
+
+def test_stored_full_runs_are_committed_with_provenance_and_predictions():
+    """The full table's finished runs live in bench/results/evidence_v3/runs/ and must be tracked by git: a run that
+    exists only in an ignored folder is lost with the machine (this happened once: `runs/` in .gitignore matched it)."""
+    stored = REPO_ROOT / "bench" / "results" / "evidence_v3"
+    if shutil.which("git") and (REPO_ROOT / ".git").exists():
+        probe = "bench/results/evidence_v3/runs/baseline-s0/result.json"
+        ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=REPO_ROOT).returncode == 0
+        assert not ignored, f"{probe} is git-ignored: finished runs would never be committed"
+    protocol = ev.load_protocol(mode="full")
+    results = ev.load_results(stored)
+    ev.check_provenance(results, protocol)  # one commit, one CPU model, the registered protocol
+    for result in results:
+        run = Path(result["_dir"])
+        assert run.name == f"{result['arm']}-s{result['seed']}" and result["arm"] in protocol["arms"]
+        for name in result["final"]:
+            if name.startswith("synthetic_"):
+                items = ev.load_predictions(run, name)
+                assert len(items) == result["final"][name]["num_items"] == protocol["benchmark_items"]
 
 
 def test_report_refuses_mixed_cpu_models_and_subsets(tmp_path, protocol):
