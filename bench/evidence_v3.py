@@ -1,6 +1,6 @@
 """The harness of evidence protocol v3 (`bench/evidence_v3.yaml`, pre-registered; docs/evidence.md).
 
-    python bench/evidence_v3.py --mode smoke|full [--out runs/evidence_v3] [--report-only]
+    python bench/evidence_v3.py --mode smoke|full [--out runs/evidence_v3] [--report-only | --progress]
 
 What is implemented and tested (`tests/test_evidence_v3.py`):
 - the protocol, loaded with its sha256 and the mode's overrides;
@@ -291,6 +291,36 @@ def markdown(protocol: dict, result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def progress(protocol: dict, out: Path) -> str:
+    """A row per finished run (same provenance refusals as the report), for a table still being run: the figures each
+    run shows, never a verdict, which needs every (arm, seed)."""
+    results = load_results(out)
+    check_provenance(results, protocol)
+    steps = [str(s) for s in protocol["curve_steps"]]
+    lines = [f"Evidence v3 ({protocol['mode']} mode): {len(results)} of "
+             f"{len(protocol['arms']) * len(protocol['seeds'])} runs finished; no verdict until all are.", "",
+             f"| run | fine-grained (primary) | curve {' / '.join(steps)} | POPE (yes-ratio) | MMVP (pairs) | "
+             + " | ".join(name.removeprefix("synthetic_") for name in protocol["fine_grained"]
+                          if name not in ("synthetic_pope", "synthetic_mmvp")) + " | ROSS-active check |",
+             "|---" * (6 + len(protocol["fine_grained"]) - 2) + "|"]  # fmt: skip
+    for r in sorted(results, key=lambda r: (r["seed"], list(protocol["arms"]).index(r["arm"]))):
+        f = r["final"]
+        check, control = r.get("check"), protocol["arms"][r["arm"]].get("shuffle_condition", False)
+        outcome = {(True, False): "passed", (False, False): "**failed**", (False, True): "failed, as a control should",
+                   (True, True): "**passed** (a control should not)"}  # fmt: skip
+        verdict = "-" if check is None else (
+            f"{outcome[bool(check['passed']), control]} (loss {check['visual_loss_true']:.3f} vs "
+            f"{check['visual_loss_shuffled']:.3f}; PSNR {check['psnr_ross_vs_teacher_db']:.2f} own, "
+            f"{check['psnr_ross_vs_other_teacher_db']:.2f} other, {check['psnr_constant_vs_teacher_db']:.2f} constant)")
+        row = [r["run"], f"{f['fine_grained_accuracy']:.3f}", " / ".join(f"{r['curve'][s]:.3f}" for s in steps),
+               f"{f['synthetic_pope']['accuracy']:.3f} ({f['synthetic_pope']['yes_ratio']:.3f})",
+               f"{f['synthetic_mmvp']['accuracy']:.3f} ({f['synthetic_mmvp']['pair_accuracy']:.3f})"]
+        row += [f"{f[name]['accuracy']:.3f}" for name in protocol["fine_grained"]
+                if name not in ("synthetic_pope", "synthetic_mmvp")]  # fmt: skip
+        lines.append("| " + " | ".join(row + [verdict]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report(protocol: dict, out: Path) -> dict:
     results = load_results(out)
     result = verdict(protocol, results)
@@ -453,9 +483,13 @@ def main(argv=None) -> int:
     parser.add_argument("--protocol", type=Path, default=PROTOCOL)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "evidence_v3")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--progress", action="store_true", help="a row per finished run (no verdict), then exit")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     protocol = load_protocol(args.protocol, args.mode)
+    if args.progress:
+        print(progress(protocol, args.out))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for seed in protocol["seeds"]:

@@ -2,6 +2,7 @@
 predictions, the refusal to mix commits / CPU models, the registered gates and the seed-level verdict."""
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,29 @@ def test_stored_full_runs_are_committed_with_provenance_and_predictions():
             if name.startswith("synthetic_"):
                 items = ev.load_predictions(run, name)
                 assert len(items) == result["final"][name]["num_items"] == protocol["benchmark_items"]
+
+
+def test_progress_table_of_a_partial_table(tmp_path, protocol, capsys):
+    check = {"visual_loss_true": 0.25, "visual_loss_shuffled": 0.4, "psnr_ross_vs_teacher_db": 23.0,
+             "psnr_ross_vs_other_teacher_db": 19.0, "psnr_constant_vs_teacher_db": 22.0}  # fmt: skip
+    _store(tmp_path, protocol, {"baseline": [0.45, 0.48], "ross_d": [0.47, 0.49]})
+    _store(tmp_path, protocol, {"ross_d_shuffled": [0.46]})
+    for run, passed in (("ross_d-s0", True), ("ross_d-s1", False), ("ross_d_shuffled-s0", False)):
+        path = tmp_path / "runs" / run / "result.json"
+        result = json.loads(path.read_text())
+        path.write_text(json.dumps({**result, "check": {**check, "passed": passed}}))
+    assert ev.main(["--mode", "smoke", "--out", str(tmp_path), "--progress"]) == 0
+    table = capsys.readouterr().out
+    assert "5 of 6 runs finished; no verdict" in table and "Verdict" not in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "-s" in line.split("|")[1]]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "baseline-s0", "ross_d-s0", "ross_d_shuffled-s0", "baseline-s1", "ross_d-s1"]  # by seed, then arm
+    assert "| 0.450 |" in rows[0] and rows[0].rstrip().endswith("| - |")
+    assert "passed (loss 0.250 vs 0.400" in rows[1] and "**failed**" in rows[4]
+    assert "failed, as a control should" in rows[2]
+    _store(tmp_path, protocol, {"ross_d_shuffled": [0.46, 0.47]}, cpu="Intel(R) Xeon(R)")
+    with pytest.raises(ev.ProvenanceError, match="CPU models"):
+        ev.progress(protocol, tmp_path)
 
 
 def test_report_refuses_mixed_cpu_models_and_subsets(tmp_path, protocol):
