@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from PIL import Image
 from transformers import BatchFeature
 
 from ross.train.dataset import check_on_bad_sample
+from ross.train.latent_cache import image_key
 from ross.train.sources import SKIP_REASONS, BadSampleError, is_creation
 
 
@@ -69,16 +69,12 @@ class _EventCounter:
         return {reason: count for reason, count in zip(SKIP_REASONS, totals) if count}
 
 
-def _content_key(feature) -> bytes | None:
-    """A digest of what a sample's encoding depends on: its messages and its images' pixels (mode, size, bytes); None
-    when an image is not a PIL image (then it is not cached)."""
-    digest = hashlib.blake2b(json.dumps(feature["messages"], sort_keys=True).encode(), digest_size=20)
-    for image in feature["images"]:
-        if not isinstance(image, Image.Image):
-            return None
-        digest.update(f"|{image.mode}|{image.size}|".encode())
-        digest.update(image.tobytes())
-    return digest.digest()
+def _content_key(feature) -> tuple[str, ...] | None:
+    """What a sample's encoding depends on: its messages and each image's content (the latent cache's `image_key`:
+    mode, size, pixels); None when an image is not a PIL image (then it is not cached)."""
+    if not all(isinstance(image, Image.Image) for image in feature["images"]):
+        return None
+    return (json.dumps(feature["messages"], sort_keys=True), *(image_key(image) for image in feature["images"]))
 
 
 class RossDataCollator:
@@ -170,7 +166,7 @@ class RossDataCollator:
         self._skips = _EventCounter()
         self._counter = None
         # Encodings by content (`_content_key`), kept for the run: None when off.
-        self._encodings: dict[bytes, dict] | None = {} if cache_encodings else None
+        self._encodings: dict[tuple[str, ...], dict] | None = {} if cache_encodings else None
 
     @property
     def skipped(self) -> dict[str, int]:
