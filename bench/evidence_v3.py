@@ -297,17 +297,17 @@ def progress(protocol: dict, out: Path) -> str:
     results = load_results(out)
     check_provenance(results, protocol)
     steps = [str(s) for s in protocol["curve_steps"]]
+    others = [name for name in protocol["fine_grained"] if name not in ("synthetic_pope", "synthetic_mmvp")]
+    outcome = {(True, False): "passed", (False, False): "**failed**", (False, True): "failed, as a control should",
+               (True, True): "**passed** (a control should not)"}  # (check passed, arm is the control)  # fmt: skip
     lines = [f"Evidence v3 ({protocol['mode']} mode): {len(results)} of "
              f"{len(protocol['arms']) * len(protocol['seeds'])} runs finished; no verdict until all are.", "",
              f"| run | fine-grained (primary) | curve {' / '.join(steps)} | POPE (yes-ratio) | MMVP (pairs) | "
-             + " | ".join(name.removeprefix("synthetic_") for name in protocol["fine_grained"]
-                          if name not in ("synthetic_pope", "synthetic_mmvp")) + " | ROSS-active check |",
-             "|---" * (6 + len(protocol["fine_grained"]) - 2) + "|"]  # fmt: skip
+             + " | ".join(name.removeprefix("synthetic_") for name in others) + " | ROSS-active check |",
+             "|---" * (6 + len(others)) + "|"]  # fmt: skip
     for r in sorted(results, key=lambda r: (r["seed"], list(protocol["arms"]).index(r["arm"]))):
         f = r["final"]
         check, control = r.get("check"), protocol["arms"][r["arm"]].get("shuffle_condition", False)
-        outcome = {(True, False): "passed", (False, False): "**failed**", (False, True): "failed, as a control should",
-                   (True, True): "**passed** (a control should not)"}  # fmt: skip
         verdict = "-" if check is None else (
             f"{outcome[bool(check['passed']), control]} (loss {check['visual_loss_true']:.3f} vs "
             f"{check['visual_loss_shuffled']:.3f}; PSNR {check['psnr_ross_vs_teacher_db']:.2f} own, "
@@ -315,8 +315,7 @@ def progress(protocol: dict, out: Path) -> str:
         row = [r["run"], f"{f['fine_grained_accuracy']:.3f}", " / ".join(f"{r['curve'][s]:.3f}" for s in steps),
                f"{f['synthetic_pope']['accuracy']:.3f} ({f['synthetic_pope']['yes_ratio']:.3f})",
                f"{f['synthetic_mmvp']['accuracy']:.3f} ({f['synthetic_mmvp']['pair_accuracy']:.3f})"]
-        row += [f"{f[name]['accuracy']:.3f}" for name in protocol["fine_grained"]
-                if name not in ("synthetic_pope", "synthetic_mmvp")]  # fmt: skip
+        row += [f"{f[name]['accuracy']:.3f}" for name in others]
         lines.append("| " + " | ".join(row + [verdict]) + " |")
     return "\n".join(lines) + "\n"
 
